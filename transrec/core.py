@@ -11,21 +11,34 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['log', 'data_root', 'seed_everything', 'resolve_device', 'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig',
-           'banner', 'environment_info']
+__all__ = ['log', 'project_root', 'data_root', 'reports_root', 'seed_everything', 'resolve_device', 'resolve_amp', 'JSONConfig',
+           'ModelConfig', 'TrainConfig', 'banner', 'environment_info']
 
 # %% ../nbs/00_core.ipynb #c005
-def data_root(root=None) -> Path:
-    "The data root: `root` if given, else `$TRANSREC_DATA`, else `./data`."
-    return Path(root if root is not None else os.environ.get('TRANSREC_DATA', 'data')).expanduser()
+def project_root(start=None) -> Path:
+    "The nearest folder at or above `start` (default: cwd) holding this project's `settings.ini`; else `start`."
+    start = Path(start or os.getcwd()).resolve()
+    for d in (start, *start.parents):
+        if (d/'settings.ini').exists() and 'lib_name = transrec' in (d/'settings.ini').read_text(): return d
+    return start
 
-# %% ../nbs/00_core.ipynb #c008
+def data_root(root=None) -> Path:
+    "The data root: `root` if given, else `$TRANSREC_DATA`, else `data/` in the project root (or the cwd)."
+    if root is not None: return Path(root).expanduser()
+    if os.environ.get('TRANSREC_DATA'): return Path(os.environ['TRANSREC_DATA']).expanduser()
+    return project_root()/'data'
+
+def reports_root() -> Path:
+    "Where experiment outputs go: `reports/` in the project root (or the cwd)."
+    return project_root()/'reports'
+
+# %% ../nbs/00_core.ipynb #c009
 def seed_everything(seed: int) -> None:
     "Seed `random`, `numpy` and `torch` (CPU and CUDA)."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
 
-# %% ../nbs/00_core.ipynb #c011
+# %% ../nbs/00_core.ipynb #c012
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
     "Turn `'auto'`, `'cpu'`, `'cuda'`, `'cuda:1'` into a `torch.device`, with a clear error when unavailable."
     if isinstance(device, torch.device): device = str(device)
@@ -47,7 +60,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == 'fp16' and device.type == 'cpu': raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'none' on CPU")
     return torch.bfloat16 if amp == 'bf16' else torch.float16
 
-# %% ../nbs/00_core.ipynb #c014
+# %% ../nbs/00_core.ipynb #c015
 class JSONConfig:
     "Mixin: dataclass <-> dict/JSON, rejecting unknown keys with a message that lists the valid ones."
     def to_dict(self): return asdict(self)
@@ -62,7 +75,7 @@ class JSONConfig:
     @classmethod
     def load(cls, path): return cls.from_dict(json.loads(Path(path).read_text()))
 
-# %% ../nbs/00_core.ipynb #c015
+# %% ../nbs/00_core.ipynb #c016
 @dataclass
 class ModelConfig(JSONConfig):
     "Everything that defines a TransRec model's architecture (not how it is trained)."
@@ -110,7 +123,7 @@ class ModelConfig(JSONConfig):
             if getattr(self, k) not in ok: raise ValueError(f"ModelConfig.{k}={getattr(self, k)!r}: choose one of {ok}")
         if self.dim % self.n_heads: raise ValueError(f"ModelConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}")
 
-# %% ../nbs/00_core.ipynb #c017
+# %% ../nbs/00_core.ipynb #c018
 @dataclass
 class TrainConfig(JSONConfig):
     "How a model is trained: optimisation, schedule, precision, checkpoints."
@@ -142,7 +155,7 @@ class TrainConfig(JSONConfig):
             raise ValueError(f"TrainConfig: batch_size={self.batch_size} must be a positive multiple of grad_accum={self.grad_accum}")
         resolve_amp(self.amp, torch.device('cuda')) if self.amp != 'fp16' else None
 
-# %% ../nbs/00_core.ipynb #c020
+# %% ../nbs/00_core.ipynb #c021
 log = logging.getLogger('transrec')
 if not log.handlers:
     _h = logging.StreamHandler(sys.stderr); _h.setFormatter(logging.Formatter('[transrec] %(message)s'))
@@ -154,7 +167,7 @@ def banner(msg: str) -> str:
     s = '\n'.join(['#' * w] + [f'# {l.ljust(w - 4)} #' for l in lines] + ['#' * w])
     log.warning('\n' + s); return s
 
-# %% ../nbs/00_core.ipynb #c023
+# %% ../nbs/00_core.ipynb #c024
 def environment_info() -> dict:
     "Versions of the main packages and a description of the machine (for metrics files)."
     import transformers, torchvision
