@@ -29,7 +29,8 @@ def data_root(root=None) -> Path:
     return project_root()/'data'
 
 def reports_root() -> Path:
-    "Where experiment outputs go: `reports/` in the project root (or the cwd)."
+    "Where experiment outputs go: `$TRANSREC_REPORTS`, else `reports/` in the project root (or the cwd)."
+    if os.environ.get('TRANSREC_REPORTS'): return Path(os.environ['TRANSREC_REPORTS']).expanduser()
     return project_root()/'reports'
 
 # %% ../nbs/00_core.ipynb #c009

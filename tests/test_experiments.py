@@ -1,0 +1,101 @@
+"End to end: the experiment notebooks run through papermill with tiny parameters (CPU, offline)."
+import json, os
+from pathlib import Path
+import pytest
+import papermill as pm
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT/'nbs'
+TINY = dict(scale=0.1, epochs=1, max_steps=3, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
+            image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=16, device='cpu', progress=False)
+STUDY = {k: v for k, v in TINY.items() if k not in ('epochs',)}
+
+
+def run(nb, out_nb, **params):
+    return pm.execute_notebook(str(NBS/f'{nb}.ipynb'), str(out_nb), parameters=params, kernel_name='python3',
+                               progress_bar=False, cwd=str(NBS))
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp('exp')
+    old = {k: os.environ.get(k) for k in ('TRANSREC_DATA', 'TRANSREC_REPORTS')}
+    os.environ['TRANSREC_DATA'] = str(d/'data'); os.environ['TRANSREC_REPORTS'] = str(d)
+    yield d
+    for k, v in old.items():
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v
+
+
+@pytest.fixture(scope='module')
+def pretrained(env):
+    out = env/'pre'
+    run('pretrain', env/'pretrain.ipynb', source='qb_mixed', out_dir=str(out), **TINY)
+    return out
+
+
+def test_pretrain_outputs(pretrained):
+    m = json.loads((pretrained/'metrics.json').read_text())
+    assert m['synthetic'] is True and m['data']['name'].startswith('qb_mixed')
+    for split in ('test', 'valid'):
+        assert 0 <= m[split]['NDCG@10'] <= 1 and set(m[split]['by_modality']) == {'text', 'image'}
+    assert m['image_weights'].startswith('random-init')
+    assert m['environment']['torch'] and m['wall_time_s'] > 0 and m['params']['source'] == 'qb_mixed'
+    assert (pretrained/'best'/'model.safetensors').exists() and (pretrained/'curves.html').exists()
+    assert (pretrained/'notebook.html').exists() and 'Pre-train' in (pretrained/'notebook.html').read_text()
+
+
+def test_finetune_pretrained_and_scratch(env, pretrained):
+    out = env/'ft'
+    run('finetune', env/'ft.ipynb', target='qb_text', init=str(pretrained/'best'), target_fraction=0.5, out_dir=str(out), **TINY)
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['zero_shot'] is not None and 'NDCG@10' in m['zero_shot'] and m['method'] == 'transrec-pretrained'
+    assert m['train_data']['users'] < m['data']['users']      # trained on a share, evaluated on everyone
+    assert m['test']['n_users'] == m['data']['users']
+    out2 = env/'ft-scratch'
+    run('finetune', env/'ft2.ipynb', target='qb_text', init='scratch', kind='id_sasrec', target_fraction=0.5, out_dir=str(out2), **TINY)
+    m2 = json.loads((out2/'metrics.json').read_text())
+    assert m2['zero_shot'] is None and m2['method'] == 'id_sasrec'
+
+
+@pytest.mark.parametrize('params, msg', [
+    (dict(source='no_such_set'), 'Available'),
+    (dict(device='tpu'), "device='tpu'"),
+    (dict(source_fraction=0), 'source_fraction=0'),
+    (dict(readout='first'), "readout='first'"),
+])
+def test_pretrain_rejects_bad_parameters_at_once(env, params, msg):
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        run('pretrain', env/'bad.ipynb', **{**TINY, 'out_dir': str(env/'bad'), **params})
+    assert msg in str(e.value)
+    assert not (env/'bad'/'metrics.json').exists()
+
+
+def test_finetune_rejects_missing_checkpoint(env):
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        run('finetune', env/'bad2.ipynb', **{**TINY, 'init': str(env/'nowhere'), 'out_dir': str(env/'bad2')})
+    assert 'no saved model there' in str(e.value)
+
+
+def test_transfer_grid(env, pretrained):
+    out = env/'transfer'
+    run('transfer', env/'transfer.ipynb', targets=['qb_text', 'tn_mixed'], pretrained=str(pretrained/'best'),
+        target_fraction=0.5, out_dir=str(out), finetune_epochs=1, **STUDY)
+    s = json.loads((out/'summary.json').read_text())
+    assert set(s['results']) == {'qb_text', 'tn_mixed'}
+    for t in s['results'].values():
+        assert set(t) == {'transrec', 'transrec-pretrained', 'zero-shot', 'id_sasrec', 'frozen', 'popularity'}
+        assert all(0 <= r['NDCG@10'] <= 1 for r in t.values())
+    assert 'gain NDCG@10' in (out/'table.md').read_text() and (out/'chart.html').exists() and (out/'notebook.html').exists()
+    assert (out/'qb_text-frozen'/'finetune.ipynb').exists()          # each run leaves its executed notebook
+    index = (env/'index.md').read_text()                               # TRANSREC_REPORTS points the index here
+    assert '[transfer/qb_text-transrec-pretrained]' in index or 'qb_text-transrec-pretrained' in index
+
+
+def test_scaling(env, pretrained):
+    out = env/'scaling'
+    run('scaling', env/'scaling.ipynb', target='qb_text', source_fractions=[0.5], target_fractions=[0.5], base_target_fraction=0.5,
+        out_dir=str(out), pretrain_epochs=1, finetune_epochs=1, **STUDY)
+    r = json.loads((out/'scaling.json').read_text())
+    assert len(r['source_scaling']) == 2 and len(r['target_scaling']) == 1     # 0.5 and the full source
+    assert all((out/f'{n}.html').exists() for n in ('source_scaling', 'target_scaling', 'convergence'))
