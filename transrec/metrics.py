@@ -185,7 +185,7 @@ def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, dev
     finally:
         model.train(was_training)
 
-# %% ../nbs/07_metrics.ipynb #c026
+# %% ../nbs/07_metrics.ipynb #c029
 def flatten_metrics(m: dict, prefix: str = '') -> dict:
     "Nested metrics -> flat dict; `by_modality` entries become `'{prefix}{modality}/{metric}'`."
     out = {}
