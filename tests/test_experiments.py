@@ -8,12 +8,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
 TINY = dict(scale=0.1, epochs=1, max_steps=3, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
             image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=16, device='cpu', progress=False)
-STUDY = {k: v for k, v in TINY.items() if k not in ('epochs',)}
+STUDY = {k: v for k, v in TINY.items() if k not in ('epochs', 'progress')}
 
 
 def run(nb, out_nb, **params):
-    return pm.execute_notebook(str(NBS/f'{nb}.ipynb'), str(out_nb), parameters=params, kernel_name='python3',
-                               progress_bar=False, cwd=str(NBS))
+    "Like the papermill CLI with --inject-paths (in-process papermill has no command line to find the output in)."
+    return pm.execute_notebook(str(NBS/f'{nb}.ipynb'), str(out_nb), parameters={**params, 'PAPERMILL_OUTPUT_PATH': str(out_nb)},
+                               kernel_name='python3', progress_bar=False, cwd=str(NBS))
 
 
 @pytest.fixture(scope='module')

@@ -204,14 +204,14 @@ def render_executed_notebook(out_dir, name: str = 'notebook.html') -> Path | Non
         print('Not running under papermill: no executed notebook to render (use File > Save and Export in JupyterLab).'); return None
     return render_notebook_html(p, Path(out_dir)/name)
 
-def run_notebook(nb, out_dir, **params) -> Path:
-    "Execute experiment notebook `nb` with papermill into `out_dir` (notebook + HTML rendering)."
+def run_notebook(nb, run_dir, params: dict) -> Path:
+    "Execute experiment notebook `nb` with papermill into folder `run_dir` (executed notebook + HTML rendering)."
     import papermill as pm
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    out_nb = out_dir/Path(nb).name
-    pm.execute_notebook(str(nb), str(out_nb), parameters=params, kernel_name='python3', progress_bar=False,
-                        cwd=str(Path(nb).parent))
-    render_notebook_html(out_nb, out_dir/'notebook.html'); return out_nb
+    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    out_nb = run_dir/Path(nb).name
+    pm.execute_notebook(str(nb), str(out_nb), parameters={**params, 'PAPERMILL_OUTPUT_PATH': str(out_nb)},
+                        kernel_name='python3', progress_bar=False, cwd=str(Path(nb).parent))
+    render_notebook_html(out_nb, run_dir/'notebook.html'); return out_nb
 
 # %% ../nbs/11_experiment.ipynb #c024
 METHOD_LABELS = {'transrec': 'TransRec (scratch)', 'transrec-pretrained': 'TransRec (pre-trained + fine-tuned)',
@@ -268,7 +268,7 @@ def run_or_reuse(nb: str, out_dir, **params) -> dict:
         if {k: v for k, v in (m.get('params') or {}).items()} == {k: v for k, v in _jsonable(params).items() if k not in ('out_dir', 'progress')}:
             log.info(f'reusing {out_dir}'); return m
     t0 = time.time()
-    run_notebook(notebooks_dir()/f'{nb}.ipynb', out_dir, **params)
+    run_notebook(notebooks_dir()/f'{nb}.ipynb', out_dir, params)
     log.info(f'{nb} -> {out_dir} in {time.time() - t0:.0f}s')
     return json.loads(mf.read_text())
 
