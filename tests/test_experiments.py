@@ -43,6 +43,8 @@ def test_pretrain_outputs(pretrained):
     assert m['image_weights'].startswith('random-init')
     assert m['environment']['torch'] and m['wall_time_s'] > 0 and m['params']['source'] == 'qb_mixed'
     assert (pretrained/'best'/'model.safetensors').exists() and (pretrained/'curves.html').exists()
+    assert m['history'] and all('valid_NDCG@10' in h and 'train_loss' in h for h in m['history'])
+    assert 'valid NDCG@10' in (pretrained/'curves.html').read_text()       # the curve is drawn, not an empty figure
     assert (pretrained/'notebook.html').exists() and 'Pre-train' in (pretrained/'notebook.html').read_text()
 
 
@@ -100,3 +102,4 @@ def test_scaling(env, pretrained):
     r = json.loads((out/'scaling.json').read_text())
     assert len(r['source_scaling']) == 2 and len(r['target_scaling']) == 1     # 0.5 and the full source
     assert all((out/f'{n}.html').exists() for n in ('source_scaling', 'target_scaling', 'convergence'))
+    assert all(v is not None for c in r['convergence'].values() for v in c['scratch'] + c['pretrained'])

@@ -134,15 +134,15 @@ def write_metrics(out_dir, metrics: dict) -> Path:
 
 # %% ../nbs/11_experiment.ipynb #c016
 def curves_figure(history: list[dict], title: str = 'Training curves'):
-    "Plotly figure: training loss and validation NDCG@10 / HR@10 per epoch."
+    "Plotly figure: training loss and validation NDCG@10 / HR@10 per epoch (`fit`'s history records)."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     fig = make_subplots(rows=1, cols=2, subplot_titles=('training loss', 'validation'))
     ep = [h.get('epoch') for h in history]
-    if any('loss' in h for h in history):
-        fig.add_trace(go.Scatter(x=ep, y=[h.get('loss') for h in history], name='loss', mode='lines+markers'), 1, 1)
+    if any('train_loss' in h for h in history):
+        fig.add_trace(go.Scatter(x=ep, y=[h.get('train_loss') for h in history], name='loss', mode='lines+markers'), 1, 1)
     for k in ('NDCG@10', 'HR@10'):
-        ys = [(h.get('valid') or {}).get(k) for h in history]
+        ys = [h.get(f'valid_{k}') for h in history]
         if any(y is not None for y in ys): fig.add_trace(go.Scatter(x=ep, y=ys, name=f'valid {k}', mode='lines+markers'), 1, 2)
     fig.update_layout(title=title, height=380, template='plotly_white'); fig.update_xaxes(title='epoch')
     return fig
@@ -353,8 +353,8 @@ def scaling_study(out_dir, source: str, target: str, source_fractions=(0.25, 0.5
         sc = run_or_reuse('finetune', out_dir/f'scratch-t{ft}', target=target, init='scratch', kind='transrec', target_fraction=ft, **fp)
         pt = run_or_reuse('finetune', out_dir/f'finetune-s1.0-t{ft}', target=target, init=str(full), target_fraction=ft, **fp)
         tgt[ft] = dict(target_users=sc['train_data']['users'], scratch=sc['test'], pretrained=pt['test'])
-        curves[ft] = dict(scratch=[(h.get('valid') or {}).get('NDCG@10') for h in sc['history']],
-                          pretrained=[(h.get('valid') or {}).get('NDCG@10') for h in pt['history']])
+        curves[ft] = dict(scratch=[h.get('valid_NDCG@10') for h in sc['history']],
+                          pretrained=[h.get('valid_NDCG@10') for h in pt['history']])
     res = dict(source=source, target=target, source_scaling=src, target_scaling=tgt, convergence=curves, wall_time_s=time.time() - t0)
     write_json(out_dir/'scaling.json', res)
     for name, fig in scaling_figures(res).items(): save_figure(fig, out_dir/f'{name}.html')
