@@ -1,5 +1,5 @@
 """Browser test of the static dashboard page: headless Chromium renders the exported HTML (offline, file://),
-we check the rendered DOM and keep a screenshot in reports/screenshots/dashboard.png."""
+we check the rendered DOM and keep a screenshot in reports/screenshots/dashboard-test.png."""
 import re, shutil, subprocess
 from pathlib import Path
 import numpy as np
@@ -14,7 +14,7 @@ import transrec.dashboard as dash
 from test_dashboard import make_tiny, TINY_CFG
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT/'reports'/'screenshots'/'dashboard.png'
+SCREENSHOT = ROOT/'reports'/'screenshots'/'dashboard-test.png'   # git-ignored; dashboard.png is a trained model's page
 CHROMIUM = next((p for p in (shutil.which(n) for n in ('chromium', 'chromium-browser', 'google-chrome')) if p), None)
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason='headless Chromium not installed (Debian: apt-get install -y chromium)')]

@@ -177,8 +177,17 @@ class TextEncoder(_Fingerprinted, nn.Module):
         return dict(encoder='text', model=self.cfg.text_model, trainable_blocks=self.trainable_blocks,
                     max_tokens=self.cfg.text_max_tokens, weights=self.prefix_fingerprint())
 
+    length_bucket: int = 64   # text items per length bucket (see `forward`)
+
     def forward(self, items: torch.Tensor, content: ItemContent) -> torch.Tensor:
-        "Vectors [n, cfg.dim] of text items `items` (global indices into `content`'s data set)."
+        "Vectors [n, cfg.dim] of text items `items`: sorted by length and encoded in buckets, so padding is short."
+        if len(items) <= self.length_bucket: return self.encode(items, content)
+        order = torch.argsort(content.tokens(items)[1].sum(1), stable=True)
+        parts = [self.encode(items[ch], content) for ch in order.split(self.length_bucket)]
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def encode(self, items: torch.Tensor, content: ItemContent) -> torch.Tensor:
+        "Vectors [n, cfg.dim] of text items `items` (global indices into `content`'s data set), one padded block."
         dev = self.proj.weight.device
         ids, mask = content.tokens(items)
         mask = mask.to(dev)
@@ -462,7 +471,7 @@ def make_content(cfg: ModelConfig, ds, prefix_cache: bool = True, cache_dir=None
     return ItemContent(cfg, ds, prefix_cache=prefix_cache, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes,
                        cache_dtype=cache_dtype, pixel_cache_max_bytes=pixel_cache_max_bytes)
 
-# %% ../nbs/05_encoders.ipynb #c033
+# %% ../nbs/05_encoders.ipynb #c035
 class ItemTower(nn.Module):
     "Items -> vectors [n, cfg.dim]: text/image encoders (each unique item once) + optional modality-type embedding."
     def __init__(self, cfg: ModelConfig, pretrained: bool = True):
