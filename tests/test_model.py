@@ -119,7 +119,7 @@ def test_last_readout_pairs():
 
 def test_bce_needs_negatives(ds):
     b = Batch(items=torch.arange(3), seq=torch.tensor([[0, 1, 2]]), mask=torch.ones(1, 3).bool(), neg=torch.zeros(1, 3, 0).long(), users=torch.zeros(1).long())
-    with pytest.raises(ValueError, match='n_neg'): ConstModel(CFG.replace(max_len=2), V, S[:, :2]).loss(b, UniformQ(4))
+    with pytest.raises(ValueError, match='n_neg'): ConstModel(CFG.replace(max_len=2, loss='bce'), V, S[:, :2]).loss(b, UniformQ(4))
 
 
 @pytest.mark.parametrize('readout,loss', [('causal', 'bce'), ('causal', 'softmax'), ('last', 'bce'), ('last', 'softmax')])

@@ -80,7 +80,7 @@ class TinyRec(nn.Module):
 
 
 def tiny_cfg(ds, **kw):
-    d = dict(kind='id_sasrec', dim=16, n_heads=2, max_len=6, dropout=0.1, n_neg=2, n_items=ds.n_items)
+    d = dict(kind='id_sasrec', loss='bce', dim=16, n_heads=2, max_len=6, dropout=0.1, n_neg=2, n_items=ds.n_items)
     d.update(kw); return ModelConfig(**d)
 
 def train_cfg(**kw):
@@ -392,7 +392,7 @@ def why(proc) -> str:
 
 def test_cli_single_process_and_torchrun_agree(ds, tmp_path):
     common = ['--data', str(ds.path), '--quiet',
-              '--model-config', json.dumps(dict(kind='id_sasrec', dim=16, n_layers=1, max_len=6, dropout=0.0)),
+              '--model-config', json.dumps(dict(kind='id_sasrec', loss='bce', dim=16, n_layers=1, max_len=6, dropout=0.0)),
               '--train-config', json.dumps(dict(epochs=2, batch_size=8, lr=1e-2, device='cpu', amp='none'))]
     one = run_cli(['--out', str(tmp_path/'one'), *common])
     assert one.returncode == 0, why(one)
@@ -421,7 +421,7 @@ def _ddp_transrec_worker(rank, world, init_file, data_path, out):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
     ds = load_dataset(data_path)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind='transrec', dim=16, n_layers=1, max_len=6, image_size=32, text_max_tokens=12,
+    model = build_model(ModelConfig(kind='transrec', loss='bce', dim=16, n_layers=1, max_len=6, image_size=32, text_max_tokens=12,
                                     text_trainable_blocks=1, image_trainable_blocks=1), ds)
     fit(model, ds, train_cfg(epochs=1, batch_size=8, lr=1e-3), out, content=make_content(model.cfg, ds), progress=False)
     dist.barrier(); dist.destroy_process_group()

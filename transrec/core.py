@@ -102,9 +102,9 @@ class ModelConfig(JSONConfig):
     max_len: int = 20                 # history length (reference: 25)
     readout: str = 'causal'           # 'causal' (SASRec-style, every position) | 'last' (reference)
     # loss
-    loss: str = 'bce'                 # 'bce' (reference: k positives / k sampled negatives) | 'softmax' (in-batch, logQ)
+    loss: str = 'softmax'             # 'softmax' (in-batch sampled softmax, logQ) | 'bce' (reference: k positives / k sampled negatives)
     n_pos: int = 5                    # reference readout: last k items are positives
-    n_neg: int = 1                    # sampled negatives per positive (BCE)
+    n_neg: int = 1                    # sampled negatives per positive (BCE only; softmax scores against the batch's items)
     temperature: float = 1.0          # softmax temperature
     # ID baseline
     n_items: int = 0                  # only for kind='id_sasrec': size of the item-ID table

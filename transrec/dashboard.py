@@ -742,14 +742,14 @@ def main(argv=None):
     e.add_argument('--data-seed', type=int, default=0)
     e.add_argument('--eval-users', type=int, default=None, help='evaluate hit rates on a sample of users (default all)')
     a = p.parse_args(argv)
-    torch.set_grad_enabled(False)
-    ds = load_data(a.data, a.scale, a.data_seed)
-    models = {(a.name or model_name(a.model)): load_model_dir(a.model)}
-    if a.model_b:
-        nb = a.name_b or model_name(a.model_b)
-        if nb in models: nb += ' (b)'
-        models[nb] = load_model_dir(a.model_b)
-    out = export_html(models, ds, a.out, users=a.user or a.users, k=a.k, seed=a.seed, eval_users=a.eval_users)
+    with torch.no_grad():    # scoped: main() is also called in-process (tests, notebooks)
+        ds = load_data(a.data, a.scale, a.data_seed)
+        models = {(a.name or model_name(a.model)): load_model_dir(a.model)}
+        if a.model_b:
+            nb = a.name_b or model_name(a.model_b)
+            if nb in models: nb += ' (b)'
+            models[nb] = load_model_dir(a.model_b)
+        out = export_html(models, ds, a.out, users=a.user or a.users, k=a.k, seed=a.seed, eval_users=a.eval_users)
     print(out)
     return out
 

@@ -362,7 +362,8 @@ class TrainingRun:
         self.n_micro = n_batches_per_epoch(ds, self.micro_bs)
         self.steps_per_epoch = math.ceil(self.n_micro / cfg.grad_accum)
         self.total_steps = cfg.epochs * self.steps_per_epoch                  # schedule horizon (not max_steps)
-        self.seq_len, self.n_neg = train_seq_len(model.cfg), model.cfg.n_neg
+        self.seq_len = train_seq_len(model.cfg)
+        self.n_neg = model.cfg.n_neg if model.cfg.loss == 'bce' else 0   # softmax: the batch's items are the negatives
         if cfg.compile:
             if hasattr(model, 'compile_parts') and self.device.type == 'cuda': model.compile_parts()
             else: log.warning('TrainConfig.compile=True: the model has no compile_parts() hook (or no CUDA); running eagerly')
