@@ -6,8 +6,8 @@ import papermill as pm
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
-TINY = dict(scale=0.1, epochs=1, max_steps=3, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
-            image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=16, device='cpu', progress=False)
+TINY = dict(scale=0.1, epochs=1, max_steps=None, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
+            image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=64, device='cpu', progress=False)
 STUDY = {k: v for k, v in TINY.items() if k not in ('epochs', 'progress')}
 
 
@@ -98,8 +98,10 @@ def test_transfer_grid(env, pretrained):
 def test_scaling(env, pretrained):
     out = env/'scaling'
     run('scaling', env/'scaling.ipynb', target='qb_text', source_fractions=[0.5], target_fractions=[0.5], base_target_fraction=0.5,
-        out_dir=str(out), pretrain_epochs=1, finetune_epochs=1, **STUDY)
+        out_dir=str(out), pretrain_epochs=1, finetune_epochs=1, pretrained=str(pretrained/'best'), **STUDY)
     r = json.loads((out/'scaling.json').read_text())
     assert len(r['source_scaling']) == 2 and len(r['target_scaling']) == 1     # 0.5 and the full source
+    assert not (out/'pretrain-s1.0').exists()                                  # the full-source model was reused
+    assert r['source_scaling']['1.0']['source_users'] > r['source_scaling']['0.5']['source_users']
     assert all((out/f'{n}.html').exists() for n in ('source_scaling', 'target_scaling', 'convergence'))
     assert all(v is not None for c in r['convergence'].values() for v in c['scratch'] + c['pretrained'])

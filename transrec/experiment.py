@@ -15,7 +15,7 @@ from .core import ModelConfig, TrainConfig, resolve_device, log, banner, environ
 __all__ = ['METHOD_LABELS', 'TRANSFER_METHODS', 'check_data_name', 'check_init', 'check_fraction', 'split_params',
            'dataset_summary', 'sample_users', 'image_weights_note', 'run_experiment', 'write_metrics', 'curves_figure',
            'save_figure', 'update_report_index', 'papermill_output_path', 'render_notebook_html',
-           'render_executed_notebook', 'run_notebook', 'transfer_table', 'table_markdown', 'results_frame',
+           'render_executed_notebook', 'run_notebook', 'transfer_table', 'table_markdown', 'results_frame', 'load_name',
            'notebooks_dir', 'run_or_reuse', 'transfer_study', 'write_json', 'markdown_table_html', 'transfer_figure',
            'scaling_study', 'scaling_figures']
 
@@ -254,6 +254,10 @@ def results_frame(results: dict):
     return pd.DataFrame(rows).T
 
 # %% ../nbs/11_experiment.ipynb #c029
+def load_name(source: str) -> str:
+    "The data set name a source resolves to (a registered name, or the folder name of a MoM path)."
+    return Path(source).name if (Path(source)/'items.tsv').exists() else source
+
 def notebooks_dir() -> Path:
     "The folder holding the experiment notebooks (`nbs/` of the project)."
     from transrec.core import project_root
@@ -335,19 +339,26 @@ def transfer_figure(rows: dict, metric: str = 'NDCG@10'):
 
 # %% ../nbs/11_experiment.ipynb #c034
 def scaling_study(out_dir, source: str, target: str, source_fractions=(0.25, 0.5, 1.0), target_fractions=(0.05, 0.1, 0.25),
-                  base_target_fraction: float = 0.1, pretrain_params: dict | None = None, finetune_params: dict | None = None) -> dict:
+                  base_target_fraction: float = 0.1, pretrain_params: dict | None = None, finetune_params: dict | None = None,
+                  pretrained: str = '') -> dict:
     "Source-size and target-size scaling curves; writes scaling.json and figures into `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); t0 = time.time()
     check_data_name(source, 'source'); check_data_name(target, 'target')
     for f in (*source_fractions, *target_fractions, base_target_fraction): check_fraction(f, 'fractions')
+    full_run = None
+    if pretrained:   # reuse a model pre-trained on the full source (e.g. the pretrain notebook's) for fraction 1.0
+        full_run = json.loads((check_init(pretrained).parent/'metrics.json').read_text())
+        if full_run.get('fraction', 1.0) != 1.0 or not str(full_run['data']['name']).startswith(load_name(source)):
+            raise ValueError(f"pretrained={pretrained!r} was not trained on all of {source!r}; leave it empty to pre-train here")
     fp = finetune_params or {}
     src = {}
     for fs in sorted(set(source_fractions) | {1.0}):
-        pm = run_or_reuse('pretrain', out_dir/f'pretrain-s{fs}', source=source, source_fraction=fs, **(pretrain_params or {}))
+        pm = full_run if (fs == 1.0 and full_run) else \
+             run_or_reuse('pretrain', out_dir/f'pretrain-s{fs}', source=source, source_fraction=fs, **(pretrain_params or {}))
         fm = run_or_reuse('finetune', out_dir/f'finetune-s{fs}-t{base_target_fraction}', target=target, init=pm['best_dir'],
                           target_fraction=base_target_fraction, **fp)
         src[fs] = dict(source_users=pm['train_data']['users'], source_test=pm['test'], zero_shot=fm['zero_shot'], finetuned=fm['test'])
-    full = Path(json.loads((out_dir/'pretrain-s1.0'/'metrics.json').read_text())['best_dir'])
+    full = Path(full_run['best_dir']) if full_run else Path(json.loads((out_dir/'pretrain-s1.0'/'metrics.json').read_text())['best_dir'])
     tgt, curves = {}, {}
     for ft in target_fractions:
         sc = run_or_reuse('finetune', out_dir/f'scratch-t{ft}', target=target, init='scratch', kind='transrec', target_fraction=ft, **fp)
