@@ -31,7 +31,10 @@ def check_data_name(name: str, param: str = 'source', root=None) -> str:
 def check_init(init: str):
     "`'scratch'` -> None; otherwise the directory of a saved model (config.json + model.safetensors)."
     if init in (None, '', 'scratch'): return None
+    from transrec.core import project_root
     p = Path(init)
+    if not p.is_absolute() and not p.exists(): p = project_root()/p      # notebooks run in nbs/, the CLI in the root
+    p = p.resolve()
     if (p/'best'/'config.json').exists(): p = p/'best'
     if not ((p/'config.json').exists() and (p/'model.safetensors').exists()):
         raise ValueError(f"init={str(init)!r}: no saved model there (expected config.json and model.safetensors, "
