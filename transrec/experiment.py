@@ -272,7 +272,8 @@ def run_or_reuse(nb: str, out_dir, **params) -> dict:
     params = {**params, 'out_dir': str(out_dir.resolve())}
     if mf.exists():
         m = json.loads(mf.read_text())
-        if {k: v for k, v in (m.get('params') or {}).items()} == {k: v for k, v in _jsonable(params).items() if k not in ('out_dir', 'progress')}:
+        old, new = m.get('params') or {}, {k: v for k, v in _jsonable(params).items() if k not in ('out_dir', 'progress')}
+        if all(k in old and old[k] == v for k, v in new.items()):   # every parameter we set is what that run used
             log.info(f'reusing {out_dir}'); return m
     t0 = time.time()
     run_notebook(notebooks_dir()/f'{nb}.ipynb', out_dir, params)
