@@ -113,7 +113,9 @@ def test_run_bench_quick_json(root):
     for r in ev['rows']:
         assert r['matmul_flops'] > 0 and r['ideal_users_per_s'] == pytest.approx(r['matmul_flops'] / (2 * r['n_items'] * ev['dim']))
         assert r['ideal_over_metrics'] == pytest.approx(r['ideal_users_per_s'] / r['metrics_users_per_s'])
-        assert r['chunk_size'] == eval_chunk_size(r['n_items'], QUICK['chunk_mb'])
+        assert r['chunk_size'] == eval_chunk_size(r['n_items'], QUICK['chunk_mb'], tile_items=r['tile_items'])
+        assert r['chunk_size_untiled'] == eval_chunk_size(r['n_items'], QUICK['chunk_mb'])
+        assert r['ideal_over_untiled'] == pytest.approx(r['ideal_users_per_s'] / r['untiled_users_per_s'])
     assert set(ev['memory_vs_users']['metrics_peak_mb']) == {'32', '64'}
     assert {'train_default_vs_reference_mixed', 'eval_metrics_within_2x_of_ceiling', 'eval_memory_independent_of_users'} <= set(res['targets'])
     text = bench.render(res)

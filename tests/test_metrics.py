@@ -103,16 +103,39 @@ def test_by_modality_breakdown():
     assert list(only_text['by_modality']) == ['text']
 
 
-def test_memory_is_bounded_by_chunks(monkeypatch):
-    shapes, real = [], M._scores_chunk
-    def spy(user_vecs, item_vecs, start, stop, dtype):
-        s = real(user_vecs, item_vecs, start, stop, dtype); shapes.append(tuple(s.shape)); return s
-    monkeypatch.setattr(M, '_scores_chunk', spy)
+def test_memory_is_bounded_by_chunks_and_tiles(monkeypatch):
+    shapes, real = [], M._scores_tile
+    def spy(u, item_vecs, start, stop):
+        s = real(u, item_vecs, start, stop); shapes.append(tuple(s.shape)); return s
+    monkeypatch.setattr(M, '_scores_tile', spy)
     uv, iv = torch.randn(103, 8), torch.randn(57, 8)
-    full_rank_metrics(uv, iv, np.zeros(103, np.int64), None, chunk_size=25)
-    topk_items(uv, iv, None, k=5, chunk_size=25)
-    assert max(r for r, _ in shapes) == 25 and {c for _, c in shapes} == {57}
-    assert sum(r for r, _ in shapes) == 2 * 103
+    for fn in (lambda: full_rank_metrics(uv, iv, np.zeros(103, np.int64), None, chunk_size=25, tile_items=10),
+               lambda: topk_items(uv, iv, None, k=5, chunk_size=25, tile_items=10)):
+        shapes.clear(); fn()
+        assert {c for _, c in shapes} == {10} and max(r for r, _ in shapes) == 25   # every matmul is one tile
+        assert sum(r for r, _ in shapes) >= 103 * 6                               # 6 tiles (the last overlapping) per chunk
+
+
+def test_ranks_are_exact_when_the_threshold_kernel_disagrees(monkeypatch):
+    "If the target scores used as thresholds differ from the tiles' own bits, the chunk is recounted with the tiles' scores."
+    rng = np.random.default_rng(3)
+    U, N = 40, 300
+    uv, iv = torch.from_numpy(rng.standard_normal((U, 16))).float(), torch.from_numpy(rng.standard_normal((N, 16))).float()
+    iv[150:200] = iv[100:150]                                       # exact duplicates: ties that rounding could break
+    targets = rng.integers(100, 200, U)
+    exclude = [rng.choice(N, 5, replace=False) for _ in range(U)]
+    S = (uv @ iv.T).numpy()                                         # the scores the tiles compute (one kernel)
+    want = target_ranks(uv, iv, targets, exclude, tile_items=N)
+    real = M._target_scores
+    monkeypatch.setattr(M, '_target_scores', lambda u, iv_, t, tile: real(u, iv_, t, tile) * (1 + 1e-6))
+    for tile in (N, 64, 7):
+        assert target_ranks(uv, iv, targets, exclude, chunk_size=16, tile_items=tile).tolist() == want.tolist()
+    monkeypatch.undo()
+    for tile, chunk in ((64, 16), (7, 40), (299, 1)):                # and without the nudge, any tiling
+        assert target_ranks(uv, iv, targets, exclude, chunk_size=chunk, tile_items=tile).tolist() == want.tolist()
+    for u in range(U):                                              # and `want` is the brute-force pessimistic rank
+        ex = set(exclude[u].tolist()) - {targets[u]}
+        assert want[u] == sum(1 for j in range(N) if j not in ex and S[u, j] >= S[u, targets[u]])
 
 
 @pytest.mark.parametrize('chunk', [1, 6, 100])

@@ -370,9 +370,10 @@ def bench_training(data=('text', 'image', 'mixed'), device='cpu', amp: str | Non
     return dict(rows=rows, loss_check=checks, skipped=skipped, variants=[asdict(v) for v in variants])
 
 # %% ../nbs/10_bench.ipynb #c033
-def eval_chunk_size(n_items: int, budget_mb: float = 256, max_rows: int = 1024) -> int:
-    "Users per scoring chunk so that `rows x n_items` fp32 scores fit in `budget_mb`."
-    return int(max(1, min(max_rows, budget_mb * 2**20 // (4 * max(1, n_items)))))
+def eval_chunk_size(n_items: int, budget_mb: float = 256, max_rows: int = 1024, tile_items: int | None = None) -> int:
+    "Users per scoring chunk so that `rows x min(tile_items, n_items)` fp32 scores fit in `budget_mb`."
+    width = max(1, min(n_items, tile_items or n_items))
+    return int(max(1, min(max_rows, budget_mb * 2**20 // (4 * width))))
 
 # %% ../nbs/10_bench.ipynb #c035
 @dataclass
@@ -384,6 +385,7 @@ class EvalSpec:
     hist_len: int = 20
     k: int = 10
     chunk_mb: float = 256
+    tile_items: int | None = None            # None: `transrec.metrics.default_tile_items`
     device: str = 'cpu'
     threads: int | None = None
     seed: int = 0
@@ -399,8 +401,8 @@ def _timed(fn, device, reps: int, min_time: float) -> float:
     return float(np.median(ts))
 
 def measure_eval(spec: EvalSpec) -> dict:
-    "Users/s and peak memory of `full_rank_metrics`, `topk_items` and the bare chunked matmul on random vectors."
-    from transrec.metrics import full_rank_metrics, topk_items
+    "Users/s and peak memory of `full_rank_metrics` (tiled and untiled), `topk_items` and the bare tile matmuls."
+    from transrec.metrics import full_rank_metrics, topk_items, default_tile_items, _scores_tile, _tile_starts
     s = spec
     if s.threads: torch.set_num_threads(s.threads)
     device = resolve_device(s.device)
@@ -410,16 +412,21 @@ def measure_eval(spec: EvalSpec) -> dict:
     rng = np.random.default_rng(s.seed)
     targets = rng.integers(0, s.n_items, s.n_users)
     exclude = list(rng.integers(0, s.n_items, (s.n_users, s.hist_len)))           # a history to mask per user
-    chunk = eval_chunk_size(s.n_items, s.chunk_mb)
+    tile = min(s.n_items, s.tile_items or default_tile_items(s.n_items, device))
+    chunk, chunk_untiled = eval_chunk_size(s.n_items, s.chunk_mb, tile_items=tile), eval_chunk_size(s.n_items, s.chunk_mb)
     flops = matmul_flops(device, n=s.ceiling_n)                 # the ceiling, measured in the same conditions
     w = min(s.n_users, 32)
-    full_rank_metrics(users[:w], items, targets[:w], exclude[:w], chunk_size=chunk)   # warm-up
+    full_rank_metrics(users[:w], items, targets[:w], exclude[:w], chunk_size=chunk, tile_items=tile)   # warm-up
     def gemm():
-        for a in range(0, s.n_users, chunk): users[a:a + chunk] @ items.T
-    out = dict(n_items=s.n_items, n_users=s.n_users, dim=s.dim, hist_len=s.hist_len, chunk_size=chunk, device=str(device),
-               matmul_flops=flops)
-    for name, fn in (('metrics', lambda: full_rank_metrics(users, items, targets, exclude, chunk_size=chunk)),
-                     ('topk', lambda: topk_items(users, items, exclude, s.k, chunk_size=chunk)), ('gemm', gemm)):
+        for a in range(0, s.n_users, chunk):
+            for b in _tile_starts(s.n_items, tile): _scores_tile(users[a:a + chunk], items, b, b + tile)
+    out = dict(n_items=s.n_items, n_users=s.n_users, dim=s.dim, hist_len=s.hist_len, chunk_size=chunk, tile_items=tile,
+               chunk_size_untiled=chunk_untiled, device=str(device), matmul_flops=flops)
+    variants = (('metrics', lambda: full_rank_metrics(users, items, targets, exclude, chunk_size=chunk, tile_items=tile)),
+                ('untiled', lambda: full_rank_metrics(users, items, targets, exclude, chunk_size=chunk_untiled,
+                                                      tile_items=s.n_items)),
+                ('topk', lambda: topk_items(users, items, exclude, s.k, chunk_size=chunk)), ('gemm', gemm))
+    for name, fn in variants:
         with PeakMemory(device) as pm: t = _timed(fn, device, s.reps, s.min_time_s)
         out[f'{name}_s'], out[f'{name}_users_per_s'], out[f'{name}_peak_mb'] = t, s.n_users / t, pm.peak_mb
     out['mem_method'] = pm.method
@@ -441,11 +448,12 @@ def bench_eval(n_items=(10_000, 100_000, 1_000_000), n_users=(1000, 4000), dim: 
             r = run_isolated('eval', asdict(s)) if isolate else measure_eval(s)
             if flops: r['matmul_flops'] = flops
             ideal = r['matmul_flops'] / (2 * n * dim)
-            r.update(ideal_users_per_s=ideal, ideal_over_metrics=ideal / r['metrics_users_per_s'],
-                     ideal_over_topk=ideal / r['topk_users_per_s'], ideal_over_gemm=ideal / r['gemm_users_per_s'])
+            r.update(ideal_users_per_s=ideal, **{f'ideal_over_{v}': ideal / r[f'{v}_users_per_s']
+                                                 for v in ('metrics', 'untiled', 'topk', 'gemm')})
             rows.append(r)
             if progress: log.info(f"bench eval {n:>9,} items {u:>6} users: metrics {r['metrics_users_per_s']:9.0f} users/s "
-                                  f"(ideal/achieved {r['ideal_over_metrics']:.1f}x), peak {r['metrics_peak_mb']:.0f} MB ({time.time() - t0:.0f}s)")
+                                  f"(ideal/achieved {r['ideal_over_metrics']:.1f}x, untiled {r['ideal_over_untiled']:.1f}x), "
+                                  f"peak {r['metrics_peak_mb']:.0f} MB ({time.time() - t0:.0f}s)")
     big = max(n_items)
     peaks = {r['n_users']: r['metrics_peak_mb'] for r in rows if r['n_items'] == big}
     topk_peaks = {r['n_users']: r['topk_peak_mb'] for r in rows if r['n_items'] == big}
@@ -571,13 +579,16 @@ def render(res: dict) -> str:
     ev = res.get('evaluation')
     if ev:
         L += ['', f"Full-ranking evaluation: random vectors, dim {ev['dim']}, {ev['rows'][0]['hist_len']} history items masked per user, "
-                  f"chunks of <= {ev['chunk_mb']:g} MiB of scores; ideal users/s = matmul FLOP/s (measured in each row) / (2 x items x dim)",
-              f"{'items':>10}{'users':>7}{'chunk':>6}{'FLOP/s':>8}{'ideal u/s':>11}{'metrics u/s':>12}{'ideal/x':>8}{'topk u/s':>10}{'ideal/x':>8}"
-              f"{'gemm u/s':>10}{'ideal/x':>8}{'peak MB metrics':>16}{'topk':>7}"]
+                  f"chunks of <= {ev['chunk_mb']:g} MiB of scores; ideal users/s = matmul FLOP/s (measured in each row) / (2 x items x dim); "
+                  "x = ideal / achieved",
+              f"{'items':>10}{'users':>7}{'chunk':>6}{'tile':>6}{'FLOP/s':>8}{'ideal u/s':>11}{'metrics u/s':>12}{'x':>6}"
+              f"{'untiled u/s':>12}{'x':>6}{'topk u/s':>10}{'x':>6}{'gemm u/s':>10}{'x':>6}{'peak MB metrics':>16}{'untiled':>8}{'topk':>7}"]
         for r in ev['rows']:
-            L.append(f"{r['n_items']:>10,}{r['n_users']:>7}{r['chunk_size']:>6}{_fmt_flops(r['matmul_flops']):>8}{r['ideal_users_per_s']:>11.0f}{r['metrics_users_per_s']:>12.0f}"
-                     f"{r['ideal_over_metrics']:>8.1f}{r['topk_users_per_s']:>10.0f}{r['ideal_over_topk']:>8.1f}{r['gemm_users_per_s']:>10.0f}"
-                     f"{r['ideal_over_gemm']:>8.1f}{r['metrics_peak_mb']:>16.0f}{r['topk_peak_mb']:>7.0f}")
+            L.append(f"{r['n_items']:>10,}{r['n_users']:>7}{r['chunk_size']:>6}{r.get('tile_items', r['n_items']):>6}"
+                     f"{_fmt_flops(r['matmul_flops']):>8}{r['ideal_users_per_s']:>11.0f}{r['metrics_users_per_s']:>12.0f}"
+                     f"{r['ideal_over_metrics']:>6.2f}{r['untiled_users_per_s']:>12.0f}{r['ideal_over_untiled']:>6.2f}"
+                     f"{r['topk_users_per_s']:>10.0f}{r['ideal_over_topk']:>6.2f}{r['gemm_users_per_s']:>10.0f}{r['ideal_over_gemm']:>6.2f}"
+                     f"{r['metrics_peak_mb']:>16.0f}{r['untiled_peak_mb']:>8.0f}{r['topk_peak_mb']:>7.0f}")
     if res.get('targets'):
         L.append('')
         for k, v in res['targets'].items():

@@ -10,8 +10,8 @@ import torch
 from .data import MODALITIES
 
 # %% auto #0
-__all__ = ['target_ranks', 'metrics_from_ranks', 'metrics_by_modality', 'full_rank_metrics', 'topk_items', 'user_vectors_for',
-           'evaluate', 'flatten_metrics']
+__all__ = ['CPU_TILE_ITEMS', 'default_tile_items', 'target_ranks', 'metrics_from_ranks', 'metrics_by_modality',
+           'full_rank_metrics', 'topk_items', 'user_vectors_for', 'evaluate', 'flatten_metrics']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def _check_vectors(user_vecs: torch.Tensor, item_vecs: torch.Tensor):
@@ -32,59 +32,122 @@ def _flat_exclusions(exclude, n_users: int, n_items: int, targets: np.ndarray | 
     if len(exclude) != n_users:
         raise ValueError(f"exclude has {len(exclude)} entries but there are {n_users} users: pass one array per user "
                          "(data.history_items(ds, split, users) gives them in eval order)")
-    cols = []
-    for u, ex in enumerate(exclude):
-        ex = np.asarray(ex, dtype=np.int64).reshape(-1)
-        if ex.size and (ex.min() < 0 or ex.max() >= n_items):
-            raise ValueError(f"exclude[{u}] holds item index {int(ex.min() if ex.min() < 0 else ex.max())} outside "
-                             f"[0, {n_items}): exclusions must be global item indices of this domain")
-        if targets is not None: ex = ex[ex != targets[u]]
-        cols.append(ex)
-    lens = np.array([len(c) for c in cols], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lens)])
+    lens = np.fromiter((np.size(ex) for ex in exclude), dtype=np.int64, count=n_users)
+    cols = np.concatenate([np.asarray(ex, dtype=np.int64).reshape(-1) for ex in exclude]) if lens.sum() else np.zeros(0, np.int64)
     rows = np.repeat(np.arange(n_users, dtype=np.int64), lens)
-    return rows, (np.concatenate(cols) if cols else np.zeros(0, np.int64)), offsets
+    bad = (cols < 0) | (cols >= n_items)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"exclude[{rows[i]}] holds item index {cols[i]} outside [0, {n_items}): exclusions must be "
+                         "global item indices of this domain")
+    if targets is not None:
+        keep = cols != np.asarray(targets, dtype=np.int64)[rows]
+        rows, cols = rows[keep], cols[keep]
+        lens = np.bincount(rows, minlength=n_users).astype(np.int64)
+    return rows, cols, np.concatenate([[0], np.cumsum(lens)])
 
-def _mask_chunk(scores: torch.Tensor, flat, start: int, stop: int):
-    "Set the excluded entries of users `start:stop` (rows of `scores`) to -inf, in place."
-    if flat is None: return scores
+# %% ../nbs/07_metrics.ipynb #c007
+CPU_TILE_ITEMS = 1024          # items per scoring tile on CPU: 1024 users x 1024 items of fp32 = 4 MB, tuned in 10_bench
+
+def default_tile_items(n_items: int, device) -> int:
+    "Items scored per matmul: a cache-sized tile on CPU, the whole catalogue on a GPU."
+    return n_items if torch.device(device).type == 'cuda' else min(n_items, CPU_TILE_ITEMS)
+
+def _scores_tile(u: torch.Tensor, item_vecs: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    return u @ item_vecs[start:stop].T
+
+def _chunk_exclusions(flat, start: int, stop: int, device):
+    "Exclusion pairs of users `start:stop` sorted by item: (local rows, items) tensors, items as numpy too."
+    if flat is None: return None
     rows, cols, offsets = flat
     a, b = offsets[start], offsets[stop]
-    if b > a:
-        r = torch.from_numpy(rows[a:b] - start).to(scores.device)
-        c = torch.from_numpy(cols[a:b]).to(scores.device)
-        scores[r, c] = float('-inf')
-    return scores
+    if b == a: return None
+    order = np.argsort(cols[a:b], kind='stable')
+    c = cols[a:b][order]
+    return (torch.from_numpy(rows[a:b][order] - start).to(device), torch.from_numpy(c).to(device), c)
 
-# %% ../nbs/07_metrics.ipynb #c006
-def _scores_chunk(user_vecs, item_vecs, start, stop, dtype):
-    u = user_vecs[start:stop].to(device=item_vecs.device, dtype=dtype)
-    return u @ item_vecs.to(dtype).T
+def _tile_starts(n_items: int, tile: int) -> list[int]:
+    "First item of each tile; every tile is `tile` wide (the last one overlaps its neighbour), so all share one matmul shape."
+    starts = list(range(0, n_items - tile + 1, tile))
+    if n_items % tile: starts.append(n_items - tile)
+    return starts
 
-@torch.no_grad()
-def target_ranks(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, exclude: list | None = None,
-                 chunk_size: int = 1024) -> torch.Tensor:
-    "Pessimistic 1-based rank of each user's target among all non-excluded items (LongTensor [U], on CPU)."
-    dtype = _check_vectors(user_vecs, item_vecs)
-    U, N = user_vecs.shape[0], item_vecs.shape[0]
+def _score_tiles(u: torch.Tensor, item_vecs: torch.Tensor, excl, tile: int):
+    "Yield `(start, new, scores [chunk, tile])`: one matmul per tile, excluded entries -inf; columns `new:` are not in earlier tiles."
+    N = item_vecs.shape[0]
+    done = 0
+    for b in _tile_starts(N, tile):
+        s = _scores_tile(u, item_vecs, b, b + tile)
+        if excl is not None:
+            lo, hi = np.searchsorted(excl[2], [b, b + tile])
+            if hi > lo: s[excl[0][lo:hi], excl[1][lo:hi] - b] = float('-inf')
+        yield b, done - b, s
+        done = b + tile
+
+def _check_targets(targets, U: int, N: int) -> torch.Tensor:
     targets = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1)
     if len(targets) != U: raise ValueError(f"targets has {len(targets)} entries for {U} users")
     if U and (targets.min() < 0 or targets.max() >= N):
         raise ValueError(f"targets must be item indices in [0, {N}); got min {int(targets.min())}, max {int(targets.max())}")
+    return targets
+
+def _check_sizes(chunk_size: int, tile_items: int | None, n_items: int, device) -> int:
     if chunk_size < 1: raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+    if tile_items is not None and tile_items < 1: raise ValueError(f"tile_items={tile_items} must be >= 1 (or None)")
+    return max(1, min(n_items, default_tile_items(n_items, device) if tile_items is None else tile_items))
+
+# %% ../nbs/07_metrics.ipynb #c009
+def _target_scores(u: torch.Tensor, item_vecs: torch.Tensor, targets: torch.Tensor, tile: int) -> torch.Tensor:
+    "Score of each user's target by a matmul shaped like a tile's: users x a tile made of their targets (zero-padded)."
+    out = torch.empty(u.shape[0], dtype=u.dtype, device=u.device)
+    for a in range(0, u.shape[0], tile):
+        n = min(tile, u.shape[0] - a)
+        T = item_vecs.new_zeros(tile, item_vecs.shape[1])
+        T[:n] = item_vecs[targets[a:a + n]]
+        out[a:a + n] = _scores_tile(u, T, 0, tile)[torch.arange(a, a + n, device=u.device), torch.arange(n, device=u.device)]
+    return out
+
+def _count_at_least(u, item_vecs, excl, tile: int, targets: torch.Tensor, threshold: torch.Tensor | None = None):
+    "Per user: non-excluded items scoring >= `threshold` (default: the target's score, one tile only) and the target's tile score."
+    counts = torch.zeros(u.shape[0], dtype=torch.long, device=u.device)
+    seen = torch.full((u.shape[0],), float('nan'), dtype=u.dtype, device=u.device)
+    order = torch.argsort(targets)
+    tg = targets[order]
+    for b, new, s in _score_tiles(u, item_vecs, excl, tile):
+        lo, hi = torch.searchsorted(tg, torch.tensor([b + new, b + tile], device=tg.device)).tolist()
+        if hi > lo: seen[order[lo:hi]] = s[order[lo:hi], tg[lo:hi] - b]
+        if threshold is None: threshold = seen                   # a single tile: every target was just read
+        hits = s[:, new:].ge_(threshold[:, None])                # in place: 1.0 / 0.0, no bool temporary
+        counts += hits.sum(1, dtype=torch.float64 if hits.shape[1] >= 2**24 else None).long()
+    return counts, seen
+
+@torch.no_grad()
+def target_ranks(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, exclude: list | None = None,
+                 chunk_size: int = 1024, tile_items: int | None = None) -> torch.Tensor:
+    "Pessimistic 1-based rank of each user's target among all non-excluded items (LongTensor [U], on CPU)."
+    dtype = _check_vectors(user_vecs, item_vecs)
+    U, N = user_vecs.shape[0], item_vecs.shape[0]
+    targets = _check_targets(targets, U, N)
+    tile = _check_sizes(chunk_size, tile_items, N, item_vecs.device)
     flat = _flat_exclusions(exclude, U, N, targets.numpy())
     item_vecs = item_vecs.to(dtype)
     ranks = []
     for s in range(0, U, chunk_size):
         e = min(s + chunk_size, U)
-        scores = _scores_chunk(user_vecs, item_vecs, s, e, dtype)            # [c, N]
-        t = targets[s:e].to(scores.device)
-        target_score = scores.gather(1, t[:, None])                          # read before masking
-        _mask_chunk(scores, flat, s, e)
-        ranks.append((scores >= target_score).sum(1).cpu())
+        u = user_vecs[s:e].to(device=item_vecs.device, dtype=dtype)
+        t = targets[s:e].to(item_vecs.device)
+        excl = _chunk_exclusions(flat, s, e, item_vecs.device)
+        threshold = _target_scores(u, item_vecs, t, tile) if tile < N else None
+        counts, seen = _count_at_least(u, item_vecs, excl, tile, t, threshold)
+        if threshold is not None and not torch.equal(seen, threshold):   # the BLAS gave other bits: count again
+            counts, seen2 = _count_at_least(u, item_vecs, excl, tile, t, seen)
+            if not torch.equal(seen2, seen):
+                raise RuntimeError("matmul gave different results for the same inputs twice: ranks would be unreliable; "
+                                   "evaluate with tile_items=None on a deterministic device")
+        ranks.append(counts.cpu())
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
-# %% ../nbs/07_metrics.ipynb #c010
+# %% ../nbs/07_metrics.ipynb #c015
 def metrics_from_ranks(ranks, ks=(5, 10, 20)) -> dict:
     "HR@k, NDCG@k for each k, MRR and n_users from 1-based ranks."
     r = torch.as_tensor(ranks).double().reshape(-1)
@@ -99,7 +162,7 @@ def metrics_from_ranks(ranks, ks=(5, 10, 20)) -> dict:
     out['n_users'] = len(r)
     return out
 
-# %% ../nbs/07_metrics.ipynb #c013
+# %% ../nbs/07_metrics.ipynb #c018
 def metrics_by_modality(ranks, target_modality, ks=(5, 10, 20)) -> dict:
     "`metrics_from_ranks` for the users of each modality in `MODALITIES` that has at least one target."
     ranks, target_modality = torch.as_tensor(ranks).reshape(-1), np.asarray(target_modality).reshape(-1)
@@ -110,9 +173,10 @@ def metrics_by_modality(ranks, target_modality, ks=(5, 10, 20)) -> dict:
     return out
 
 def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, exclude: list | None = None,
-                      ks=(5, 10, 20), chunk_size: int = 1024, item_modality: np.ndarray | None = None) -> dict:
+                      ks=(5, 10, 20), chunk_size: int = 1024, item_modality: np.ndarray | None = None,
+                      tile_items: int | None = None) -> dict:
     "HR@k, NDCG@k, MRR over all items with `exclude[u]` masked (pessimistic ties), optionally `by_modality`."
-    ranks = target_ranks(user_vecs, item_vecs, targets, exclude, chunk_size)
+    ranks = target_ranks(user_vecs, item_vecs, targets, exclude, chunk_size, tile_items)
     out = metrics_from_ranks(ranks, ks)
     if item_modality is not None:
         item_modality = np.asarray(item_modality)
@@ -121,27 +185,32 @@ def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets,
         out['by_modality'] = metrics_by_modality(ranks, item_modality[np.asarray(targets, dtype=np.int64)], ks)
     return out
 
-# %% ../nbs/07_metrics.ipynb #c019
+# %% ../nbs/07_metrics.ipynb #c024
 @torch.no_grad()
 def topk_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, exclude: list | None, k: int,
-               chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+               chunk_size: int = 1024, tile_items: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "The `k` highest-scoring non-excluded items per user: (idx LongTensor [U, k], scores [U, k]), on CPU."
     dtype = _check_vectors(user_vecs, item_vecs)
     U, N = user_vecs.shape[0], item_vecs.shape[0]
     if not 1 <= k <= N: raise ValueError(f"k={k} must be between 1 and the number of items ({N})")
-    if chunk_size < 1: raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+    tile = _check_sizes(chunk_size, tile_items, N, item_vecs.device)
+    if tile_items is None: tile = min(N, max(4 * tile, 8 * k))   # a top-k costs more than a count: fewer, wider tiles
     flat = _flat_exclusions(exclude, U, N)
     item_vecs = item_vecs.to(dtype)
     idx, val = [], []
     for s in range(0, U, chunk_size):
         e = min(s + chunk_size, U)
-        scores = _mask_chunk(_scores_chunk(user_vecs, item_vecs, s, e, dtype), flat, s, e)
-        v, i = torch.topk(scores, k, dim=1)
-        idx.append(i.cpu()); val.append(v.cpu())
+        u = user_vecs[s:e].to(device=item_vecs.device, dtype=dtype)
+        vs, is_ = [], []
+        for b, new, sc in _score_tiles(u, item_vecs, _chunk_exclusions(flat, s, e, item_vecs.device), tile):
+            v, i = torch.topk(sc[:, new:], min(k, tile - new), dim=1)
+            vs.append(v); is_.append(i + b + new)
+        v, j = torch.topk(torch.cat(vs, 1), k, dim=1)             # the best k of the tiles' best k
+        idx.append(torch.cat(is_, 1).gather(1, j).cpu()); val.append(v.cpu())
     if not idx: return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=dtype)
     return torch.cat(idx), torch.cat(val)
 
-# %% ../nbs/07_metrics.ipynb #c024
+# %% ../nbs/07_metrics.ipynb #c029
 def _model_device(model) -> torch.device:
     p = next(iter(model.parameters()), None)
     if p is None: p = next(iter(model.buffers()), None)
@@ -185,7 +254,7 @@ def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, dev
     finally:
         model.train(was_training)
 
-# %% ../nbs/07_metrics.ipynb #c029
+# %% ../nbs/07_metrics.ipynb #c034
 def flatten_metrics(m: dict, prefix: str = '') -> dict:
     "Nested metrics -> flat dict; `by_modality` entries become `'{prefix}{modality}/{metric}'`."
     out = {}
