@@ -158,6 +158,7 @@ def save_figure(fig, path) -> Path:
 def _row(p: Path, root: Path) -> dict | None:
     try: m = json.loads((p/'metrics.json').read_text())
     except Exception: return None
+    if not m.get('experiment'): return None                     # a checkpoint's training metrics, not a run
     t = m.get('test') or {}
     return dict(run=p.relative_to(root).as_posix(), experiment=m.get('experiment', ''), data=(m.get('data') or {}).get('name', m.get('target', '')),
                 method=m.get('method', ''), synthetic=m.get('synthetic', ''), ndcg=t.get('NDCG@10'), hr=t.get('HR@10'),

@@ -20,7 +20,7 @@ def _check_vectors(user_vecs: torch.Tensor, item_vecs: torch.Tensor):
         raise ValueError(f"user_vecs {tuple(user_vecs.shape)} and item_vecs {tuple(item_vecs.shape)} must be [U, d] and [N, d] "
                          "with the same d")
     for name, v in (('user_vecs', user_vecs), ('item_vecs', item_vecs)):
-        if not torch.isfinite(v).all():
+        if not torch.isfinite(v.sum(dtype=torch.float64)) and not torch.isfinite(v).all():   # NaN/inf propagate into the sum
             bad = (~torch.isfinite(v)).any(1).nonzero()[:5, 0].tolist()
             raise ValueError(f"{name} holds NaN/inf values (first bad rows: {bad}); the model diverged or was not "
                              "trained: check the training log before evaluating")
@@ -32,8 +32,11 @@ def _flat_exclusions(exclude, n_users: int, n_items: int, targets: np.ndarray | 
     if len(exclude) != n_users:
         raise ValueError(f"exclude has {len(exclude)} entries but there are {n_users} users: pass one array per user "
                          "(data.history_items(ds, split, users) gives them in eval order)")
-    lens = np.fromiter((np.size(ex) for ex in exclude), dtype=np.int64, count=n_users)
-    cols = np.concatenate([np.asarray(ex, dtype=np.int64).reshape(-1) for ex in exclude]) if lens.sum() else np.zeros(0, np.int64)
+    if isinstance(exclude, np.ndarray) and exclude.ndim == 2:        # equal-length histories: no per-user work
+        lens, cols = np.full(n_users, exclude.shape[1], dtype=np.int64), exclude.astype(np.int64).reshape(-1)
+    else:
+        lens = np.fromiter((np.size(ex) for ex in exclude), dtype=np.int64, count=n_users)
+        cols = (np.concatenate([np.ravel(ex) for ex in exclude]).astype(np.int64) if lens.sum() else np.zeros(0, np.int64))
     rows = np.repeat(np.arange(n_users, dtype=np.int64), lens)
     bad = (cols < 0) | (cols >= n_items)
     if bad.any():
@@ -47,7 +50,7 @@ def _flat_exclusions(exclude, n_users: int, n_items: int, targets: np.ndarray | 
     return rows, cols, np.concatenate([[0], np.cumsum(lens)])
 
 # %% ../nbs/07_metrics.ipynb #c007
-CPU_TILE_ITEMS = 1024          # items per scoring tile on CPU: 1024 users x 1024 items of fp32 = 4 MB, tuned in 10_bench
+CPU_TILE_ITEMS = 1024          # items per scoring tile on CPU: 1024 users x 1024 items of fp32 = 4 MB, tuned in 09_bench
 
 def default_tile_items(n_items: int, device) -> int:
     "Items scored per matmul: a cache-sized tile on CPU, the whole catalogue on a GPU."
