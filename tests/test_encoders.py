@@ -3,31 +3,17 @@ import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import logging
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from transrec.core import ModelConfig, seed_everything
-from transrec.data import write_dataset, load_dataset
+from transrec.data import load_dataset
 from transrec.encoders import (text_model_path, TextEncoder, ImageEncoder, ItemTower, ItemContent, PrefixCache, make_content,
                                count_parameters, dataset_item_key, dataset_content_key, load_image_weights)
+from tiny_data import tiny_mom
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 CFG = ModelConfig(dim=16, text_trainable_blocks=2, image_size=32, text_max_tokens=16)
-
-
-def tiny_mom(path, n_text=12, n_image=8, n_users=10, seed=0, prefix='', image_wh=(16, 16)):
-    rng = np.random.default_rng(seed)
-    words = 'football tennis recipe oven guitar piano flight beach stocks bank physics gene movie comedy dress shoes'.split()
-    ids = [f'{prefix}t{i}' for i in range(n_text)] + [f'{prefix}v{i}' for i in range(n_image)]
-    texts = [' '.join(rng.choice(words, int(rng.integers(1, 9)))) for _ in range(n_text)] + [''] * n_image
-    refs = [''] * n_text + [f'images/v{i}.png' for i in range(n_image)]
-    w, h = image_wh
-    images = {r: Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for r in refs if r}
-    items = pd.DataFrame({'item_id': ids, 'modality': ['text'] * n_text + ['image'] * n_image, 'text': texts, 'image': refs})
-    rows = [(f'{prefix}u{u}', ids[i], t) for u in range(n_users)
-            for t, i in enumerate(rng.choice(len(ids), int(rng.integers(3, 8)), replace=False))]
-    return write_dataset(path, items, pd.DataFrame(rows, columns=['user_id', 'item_id', 'timestamp']), {'synthetic': True}, images=images)
 
 
 @pytest.fixture(scope='module')

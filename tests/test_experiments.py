@@ -1,5 +1,5 @@
 "End to end: the experiment notebooks run through papermill with tiny parameters (CPU, offline)."
-import json, os
+import json, os, shutil
 from pathlib import Path
 import pytest
 import papermill as pm
@@ -59,6 +59,21 @@ def test_finetune_pretrained_and_scratch(env, pretrained):
     run('finetune', env/'ft2.ipynb', target='qb_text', init='scratch', kind='id_sasrec', target_fraction=0.5, out_dir=str(out2), **TINY)
     m2 = json.loads((out2/'metrics.json').read_text())
     assert m2['zero_shot'] is None and m2['method'] == 'id_sasrec'
+
+
+def test_rerun_with_other_parameters_never_continues_the_old_run(env, pretrained):
+    "Same out_dir, other settings: refused before any work; `resume fresh` replaces the run; the same settings continue it."
+    shutil.copytree(pretrained, env/'pre-copy'); pretrained = env/'pre-copy'
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained), **{**TINY, 'epochs': 2})
+    assert 'epochs: 1 -> 2' in str(e.value) and "resume='fresh'" in str(e.value)
+    before = json.loads((pretrained/'metrics.json').read_text())
+    assert len(before['history']) == 1                                     # the old run is untouched
+    run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained), resume='fresh', **{**TINY, 'epochs': 2})
+    m = json.loads((pretrained/'metrics.json').read_text())
+    assert [h['epoch'] for h in m['history']] == [1, 2] and m['params']['epochs'] == 2
+    run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained), **{**TINY, 'epochs': 2, 'device': 'auto'})
+    assert [h['epoch'] for h in json.loads((pretrained/'metrics.json').read_text())['history']] == [1, 2]   # resumed: done
 
 
 @pytest.mark.parametrize('params, msg', [

@@ -3,13 +3,12 @@ import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import json
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from transrec.core import ModelConfig, seed_everything
-from transrec.data import write_dataset, load_dataset, train_batches, Batch
+from transrec.data import load_dataset, train_batches, Batch
 from transrec.encoders import make_content, count_parameters
+from tiny_data import tiny_mom as _tiny_mom
 from transrec.model import (UserTower, TransRec, IDSASRec, Popularity, SequenceRecommender, build_model, save_model, load_model,
                             recommend, train_seq_len, param_groups, provenance, last_valid)
 
@@ -18,16 +17,8 @@ CFG = ModelConfig(dim=16, n_layers=1, n_heads=2, max_len=6, text_trainable_block
 
 
 def tiny_mom(path, n_text=16, n_image=8, n_users=16, seed=0, prefix=''):
-    rng = np.random.default_rng(seed)
-    words = 'football tennis recipe oven guitar piano flight beach stocks bank physics gene movie comedy dress shoes'.split()
-    ids = [f'{prefix}t{i}' for i in range(n_text)] + [f'{prefix}v{i}' for i in range(n_image)]
-    texts = [' '.join(rng.choice(words, 4)) for _ in range(n_text)] + [''] * n_image
-    refs = [''] * n_text + [f'images/v{i}.png' for i in range(n_image)]
-    images = {r: Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for r in refs if r}
-    items = pd.DataFrame({'item_id': ids, 'modality': ['text'] * n_text + ['image'] * n_image, 'text': texts, 'image': refs})
-    rows = [(f'{prefix}u{u}', ids[i], t) for u in range(n_users)
-            for t, i in enumerate(rng.choice(len(ids), int(rng.integers(3, 11)), replace=False))]
-    return write_dataset(path, items, pd.DataFrame(rows, columns=['user_id', 'item_id', 'timestamp']), {'synthetic': True}, images=images)
+    "This file's tiny data set: four-word captions, 3-10 clicks per user."
+    return _tiny_mom(path, n_text, n_image, n_users, seed, prefix, words=4, seq_len=(3, 11))
 
 
 @pytest.fixture(scope='module')

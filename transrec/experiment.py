@@ -12,12 +12,12 @@ import torch
 from .core import ModelConfig, TrainConfig, resolve_device, log, banner, environment_info, seed_everything
 
 # %% auto #0
-__all__ = ['METHOD_LABELS', 'TRANSFER_METHODS', 'check_data_name', 'check_init', 'check_fraction', 'split_params',
-           'dataset_summary', 'sample_users', 'image_weights_note', 'run_experiment', 'write_metrics', 'curves_figure',
-           'save_figure', 'update_report_index', 'papermill_output_path', 'render_notebook_html',
-           'render_executed_notebook', 'run_notebook', 'transfer_table', 'table_markdown', 'results_frame', 'load_name',
-           'notebooks_dir', 'run_or_reuse', 'transfer_study', 'write_json', 'markdown_table_html', 'transfer_figure',
-           'scaling_study', 'scaling_figures']
+__all__ = ['RESUME_IGNORES', 'METHOD_LABELS', 'TRANSFER_METHODS', 'check_data_name', 'check_init', 'check_fraction',
+           'split_params', 'dataset_summary', 'sample_users', 'image_weights_note', 'run_experiment', 'write_metrics',
+           'resume_run', 'write_run_params', 'curves_figure', 'save_figure', 'update_report_index',
+           'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook',
+           'transfer_table', 'table_markdown', 'results_frame', 'load_name', 'notebooks_dir', 'run_or_reuse',
+           'transfer_study', 'write_json', 'markdown_table_html', 'transfer_figure', 'scaling_study', 'scaling_figures']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -81,7 +81,7 @@ def image_weights_note(cfg: ModelConfig) -> str:
 
 def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, *, init=None,
                    fraction: float = 1.0, scale: float = 1.0, data_seed: int = 0, root=None,
-                   experiment: str = 'train', params: dict | None = None, progress: bool = True) -> dict:
+                   experiment: str = 'train', params: dict | None = None, progress: bool = True, resume: str = 'auto') -> dict:
     "Train (from scratch or from `init`) on `data`, evaluate on all its users, write `out_dir/metrics.json`."
     from transrec.sources import load_source
     from transrec.model import build_model, load_model
@@ -90,6 +90,8 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     from transrec.metrics import evaluate
     t0 = time.time(); out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     init = check_init(init) if init is not None else None
+    params = params or {}
+    resuming = resume_run(out_dir, params, resume)        # before any work: a clash with an older run fails now
     seed_everything(train_cfg.seed)
     ds = load_source(data, root=root, scale=scale, seed=data_seed)
     train_ds = sample_users(ds, fraction, train_cfg.seed)
@@ -105,7 +107,8 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
         model.fit_data(train_ds)
         zero_shot = evaluate(model.to(device), ds, content, split='test', device=device)
         log.info(f"zero-shot test NDCG@10 = {zero_shot['NDCG@10']:.4f}")
-    res = fit(model, train_ds, train_cfg, out_dir, content=content, progress=progress)
+    write_run_params(out_dir, params)
+    res = fit(model, train_ds, train_cfg, out_dir, content=content, progress=progress, resume=resuming)
     model = res.model if hasattr(res, 'model') else load_model(res.best_dir)
     model.to(device).fit_data(train_ds)
     test = evaluate(model, ds, content, split='test', device=device)
@@ -115,7 +118,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
              method=model_cfg.kind if init is None else f'{model_cfg.kind}-pretrained',
              image_weights=image_weights_note(model.cfg), test=test, valid=valid, zero_shot=zero_shot,
              history=res.history, sequences_per_s=res.sequences_per_s, best_dir=str(res.best_dir),
-             model_config=model.cfg.to_dict(), train_config=train_cfg.to_dict(), params=params or {},
+             model_config=model.cfg.to_dict(), train_config=train_cfg.to_dict(), params=params,
              wall_time_s=time.time() - t0, device=str(device), environment=environment_info())
     write_metrics(out_dir, m)
     return m
@@ -135,7 +138,32 @@ def write_metrics(out_dir, metrics: dict) -> Path:
     p = Path(out_dir)/'metrics.json'; tmp = p.with_suffix('.json.tmp')
     tmp.write_text(json.dumps(_jsonable(metrics), indent=2)); os.replace(tmp, p); return p
 
-# %% ../nbs/11_experiment.ipynb #c016
+# %% ../nbs/11_experiment.ipynb #c017
+RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device')   # may change between a run and its resumption
+
+def _comparable(params: dict) -> dict: return {k: v for k, v in _jsonable(dict(params)).items() if k not in RESUME_IGNORES}
+
+def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
+    "Whether to continue `out_dir`'s checkpoints: 'auto' only those of a run with the same parameters, 'fresh' never."
+    if resume not in ('auto', 'fresh'):
+        raise ValueError(f"resume={resume!r}: use 'auto' (continue an interrupted run with the same parameters) or 'fresh' (start over)")
+    ck = Path(out_dir)/'checkpoints'
+    if resume == 'fresh' or not (ck.is_dir() and any(ck.iterdir())): return resume == 'auto'
+    f = Path(out_dir)/'run.json'
+    old = _comparable(json.loads(f.read_text()).get('params', {})) if f.exists() else None
+    new = _comparable(params)
+    if old == new: return True
+    diff = ('parameters not recorded' if old is None else
+            ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)))
+    raise ValueError(f"{out_dir} holds checkpoints of a run with other parameters ({diff}): pass resume='fresh' "
+                     "(papermill: -p resume fresh) to replace that run, or choose another out_dir")
+
+def write_run_params(out_dir, params: dict) -> Path:
+    "Record the parameters of the run training in `out_dir` (`run.json`), for `resume_run`."
+    p = Path(out_dir)/'run.json'; tmp = p.with_suffix('.json.tmp')
+    tmp.write_text(json.dumps(_jsonable(dict(params=params)), indent=2)); os.replace(tmp, p); return p
+
+# %% ../nbs/11_experiment.ipynb #c019
 def curves_figure(history: list[dict], title: str = 'Training curves'):
     "Plotly figure: training loss and validation NDCG@10 / HR@10 per epoch (`fit`'s history records)."
     import plotly.graph_objects as go
@@ -154,7 +182,7 @@ def save_figure(fig, path) -> Path:
     "Self-contained HTML (plotly.js inlined: reports open offline)."
     fig.write_html(str(path), include_plotlyjs=True, full_html=True); return Path(path)
 
-# %% ../nbs/11_experiment.ipynb #c019
+# %% ../nbs/11_experiment.ipynb #c022
 def _row(p: Path, root: Path) -> dict | None:
     try: m = json.loads((p/'metrics.json').read_text())
     except Exception: return None
@@ -178,7 +206,7 @@ def update_report_index(reports_dir='reports') -> Path:
                      f"{f(r['ndcg'])} | {f(r['hr'])} | {f(round(r['wall'], 1) if r['wall'] else None)} |")
     p = reports_dir/'index.md'; p.write_text('\n'.join(lines) + '\n'); return p
 
-# %% ../nbs/11_experiment.ipynb #c022
+# %% ../nbs/11_experiment.ipynb #c025
 def papermill_output_path() -> Path | None:
     "The output notebook of the papermill run executing this kernel, if any."
     g = sys.modules['__main__'].__dict__
@@ -217,7 +245,7 @@ def run_notebook(nb, run_dir, params: dict) -> Path:
                         kernel_name='python3', progress_bar=False, cwd=str(Path(nb).parent))
     render_notebook_html(out_nb, run_dir/'notebook.html'); return out_nb
 
-# %% ../nbs/11_experiment.ipynb #c024
+# %% ../nbs/11_experiment.ipynb #c027
 METHOD_LABELS = {'transrec': 'TransRec (scratch)', 'transrec-pretrained': 'TransRec (pre-trained + fine-tuned)',
                  'zero-shot': 'TransRec (zero-shot)', 'id_sasrec': 'ID-SASRec', 'frozen': 'Frozen-feature TransRec',
                  'popularity': 'Popularity'}
@@ -244,7 +272,7 @@ def table_markdown(rows: dict, metrics=('NDCG@10', 'HR@10')) -> str:
                      f" | {'' if g is None else f'{100*g:+.1f}%'} |")
     return '\n'.join(lines)
 
-# %% ../nbs/11_experiment.ipynb #c026
+# %% ../nbs/11_experiment.ipynb #c029
 def results_frame(results: dict):
     "A pandas table: one row per named metrics dict (overall metrics, then per modality)."
     import pandas as pd
@@ -257,7 +285,7 @@ def results_frame(results: dict):
                 if k in mm: rows[name][f'{mod} {k}'] = mm[k]
     return pd.DataFrame(rows).T
 
-# %% ../nbs/11_experiment.ipynb #c029
+# %% ../nbs/11_experiment.ipynb #c032
 def load_name(source: str) -> str:
     "The data set name a source resolves to (a registered name, or the folder name of a MoM path)."
     return Path(source).name if (Path(source)/'items.tsv').exists() else source
@@ -273,15 +301,16 @@ def run_or_reuse(nb: str, out_dir, **params) -> dict:
     params = {**params, 'out_dir': str(out_dir.resolve())}
     if mf.exists():
         m = json.loads(mf.read_text())
-        old, new = m.get('params') or {}, {k: v for k, v in _jsonable(params).items() if k not in ('out_dir', 'progress')}
+        old, new = m.get('params') or {}, {k: v for k, v in _jsonable(params).items() if k not in RESUME_IGNORES}
         if all(k in old and old[k] == v for k, v in new.items()):   # every parameter we set is what that run used
             log.info(f'reusing {out_dir}'); return m
+        params['resume'] = 'fresh'                                   # a finished run with other settings: replace it
     t0 = time.time()
     run_notebook(notebooks_dir()/f'{nb}.ipynb', out_dir, params)
     log.info(f'{nb} -> {out_dir} in {time.time() - t0:.0f}s')
     return json.loads(mf.read_text())
 
-# %% ../nbs/11_experiment.ipynb #c031
+# %% ../nbs/11_experiment.ipynb #c034
 TRANSFER_METHODS = ('transrec', 'transrec-pretrained', 'id_sasrec', 'frozen', 'popularity')
 
 def transfer_study(out_dir, source: str, targets: list, pretrained: str = '', methods=TRANSFER_METHODS,
@@ -342,7 +371,7 @@ def transfer_figure(rows: dict, metric: str = 'NDCG@10'):
     fig.update_layout(barmode='group', title=f'Test {metric} by target and method', yaxis_title=metric, template='plotly_white', height=420)
     return fig
 
-# %% ../nbs/11_experiment.ipynb #c034
+# %% ../nbs/11_experiment.ipynb #c037
 def scaling_study(out_dir, source: str, target: str, source_fractions=(0.25, 0.5, 1.0), target_fractions=(0.05, 0.1, 0.25),
                   base_target_fraction: float = 0.1, pretrain_params: dict | None = None, finetune_params: dict | None = None,
                   pretrained: str = '') -> dict:
