@@ -138,13 +138,13 @@ def test_ranks_are_exact_when_the_threshold_kernel_disagrees(monkeypatch):
         assert want[u] == sum(1 for j in range(N) if j not in ex and S[u, j] >= S[u, targets[u]])
 
 
-@pytest.mark.parametrize('chunk', [1, 6, 100])
-def test_topk_items_match_brute_force(chunk):
+@pytest.mark.parametrize('chunk, tile', [(1, None), (6, 8), (100, 7), (100, None)])
+def test_topk_items_match_brute_force(chunk, tile):
     rng = np.random.default_rng(chunk)
     U, N = 30, 40
     S = rng.standard_normal((U, N))
     exclude = [rng.choice(N, size=int(rng.integers(0, 30)), replace=False) for _ in range(U)]
-    idx, sc = topk_items(torch.from_numpy(S), torch.eye(N, dtype=torch.float64), exclude, k=7, chunk_size=chunk)
+    idx, sc = topk_items(torch.from_numpy(S), torch.eye(N, dtype=torch.float64), exclude, k=7, chunk_size=chunk, tile_items=tile)
     assert idx.shape == (U, 7) and sc.shape == (U, 7) and idx.dtype == torch.long
     for u in range(U):
         ref = sorted((j for j in range(N) if j not in set(exclude[u].tolist())), key=lambda j: -S[u, j])[:7]

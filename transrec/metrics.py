@@ -189,6 +189,13 @@ def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets,
     return out
 
 # %% ../nbs/07_metrics.ipynb #c024
+def _merge_topk(best_v, best_i, v, i, rows=None):
+    "Merge candidates (v, i) into the running top-k (best_v, best_i), in place, for `rows` (default all)."
+    if rows is None: rows = slice(None)
+    cv, ci = torch.cat([best_v[rows], v], 1), torch.cat([best_i[rows], i], 1)
+    v2, j = torch.topk(cv, best_v.shape[1], dim=1)
+    best_v[rows], best_i[rows] = v2, ci.gather(1, j)
+
 @torch.no_grad()
 def topk_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, exclude: list | None, k: int,
                chunk_size: int = 1024, tile_items: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,20 +203,24 @@ def topk_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, exclude: list |
     dtype = _check_vectors(user_vecs, item_vecs)
     U, N = user_vecs.shape[0], item_vecs.shape[0]
     if not 1 <= k <= N: raise ValueError(f"k={k} must be between 1 and the number of items ({N})")
-    tile = _check_sizes(chunk_size, tile_items, N, item_vecs.device)
-    if tile_items is None: tile = min(N, max(4 * tile, 8 * k))   # a top-k costs more than a count: fewer, wider tiles
+    tile = max(k, _check_sizes(chunk_size, tile_items, N, item_vecs.device))     # the first tile fills the top k
     flat = _flat_exclusions(exclude, U, N)
     item_vecs = item_vecs.to(dtype)
     idx, val = [], []
     for s in range(0, U, chunk_size):
         e = min(s + chunk_size, U)
         u = user_vecs[s:e].to(device=item_vecs.device, dtype=dtype)
-        vs, is_ = [], []
+        best_v = best_i = None
         for b, new, sc in _score_tiles(u, item_vecs, _chunk_exclusions(flat, s, e, item_vecs.device), tile):
-            v, i = torch.topk(sc[:, new:], min(k, tile - new), dim=1)
-            vs.append(v); is_.append(i + b + new)
-        v, j = torch.topk(torch.cat(vs, 1), k, dim=1)             # the best k of the tiles' best k
-        idx.append(torch.cat(is_, 1).gather(1, j).cpu()); val.append(v.cpu())
+            sc = sc[:, new:]
+            if best_v is None:
+                best_v, best_i = torch.topk(sc, k, dim=1); best_i += b
+                continue
+            rows = (sc > best_v[:, -1:]).any(1).nonzero().squeeze(1)     # users for whom this tile beats their k-th best
+            if len(rows):
+                v, i = torch.topk(sc[rows], min(k, sc.shape[1]), dim=1)
+                _merge_topk(best_v, best_i, v, i + b + new, rows)
+        idx.append(best_i.cpu()); val.append(best_v.cpu())
     if not idx: return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=dtype)
     return torch.cat(idx), torch.cat(val)
 
