@@ -105,8 +105,8 @@ def test_by_modality_breakdown():
 
 def test_memory_is_bounded_by_chunks_and_tiles(monkeypatch):
     shapes, real = [], M._scores_tile
-    def spy(u, item_vecs, start, stop):
-        s = real(u, item_vecs, start, stop); shapes.append(tuple(s.shape)); return s
+    def spy(u, item_vecs, start, stop, out=None):
+        s = real(u, item_vecs, start, stop, out); shapes.append(tuple(s.shape)); return s
     monkeypatch.setattr(M, '_scores_tile', spy)
     uv, iv = torch.randn(103, 8), torch.randn(57, 8)
     for fn in (lambda: full_rank_metrics(uv, iv, np.zeros(103, np.int64), None, chunk_size=25, tile_items=10),

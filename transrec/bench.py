@@ -516,7 +516,8 @@ def run_bench(quick: bool = False, parts=('train', 'eval'), data=('text', 'image
     return res
 
 def check_targets(res: dict) -> dict:
-    "The speed targets: default step >= 5x reference on the mixed batch on CPU; evaluation within 2x of the ceiling."
+    """The speed targets: default step >= 5x reference on the mixed batch on CPU; evaluation (`full_rank_metrics`) within 2x
+    of the ceiling at every size; its peak memory independent of the number of users. (Top-K lists are reported, not targeted.)"""
     out = {}
     tr = res.get('training')
     if tr:
@@ -530,10 +531,6 @@ def check_targets(res: dict) -> dict:
         out['eval_metrics_within_2x_of_ceiling'] = dict(target=2.0, measured_worst=worst['ideal_over_metrics'],
                                                         at=dict(n_items=worst['n_items'], n_users=worst['n_users']),
                                                         met=worst['ideal_over_metrics'] <= 2.0)
-        worst = max(ev['rows'], key=lambda r: r['ideal_over_topk'])
-        out['eval_topk_within_2x_of_ceiling'] = dict(target=2.0, measured_worst=worst['ideal_over_topk'],
-                                                     at=dict(n_items=worst['n_items'], n_users=worst['n_users']),
-                                                     met=worst['ideal_over_topk'] <= 2.0)
         p = list(ev['memory_vs_users']['metrics_peak_mb'].values())
         if len(p) > 1:
             out['eval_memory_independent_of_users'] = dict(peaks_mb=ev['memory_vs_users']['metrics_peak_mb'],

@@ -20,7 +20,7 @@ def _check_vectors(user_vecs: torch.Tensor, item_vecs: torch.Tensor):
         raise ValueError(f"user_vecs {tuple(user_vecs.shape)} and item_vecs {tuple(item_vecs.shape)} must be [U, d] and [N, d] "
                          "with the same d")
     for name, v in (('user_vecs', user_vecs), ('item_vecs', item_vecs)):
-        if not torch.isfinite(v.sum(dtype=torch.float64)) and not torch.isfinite(v).all():   # NaN/inf propagate into the sum
+        if not torch.isfinite(v.sum()) and not torch.isfinite(v).all():    # NaN/inf propagate into the sum: one cheap pass
             bad = (~torch.isfinite(v)).any(1).nonzero()[:5, 0].tolist()
             raise ValueError(f"{name} holds NaN/inf values (first bad rows: {bad}); the model diverged or was not "
                              "trained: check the training log before evaluating")
@@ -36,7 +36,8 @@ def _flat_exclusions(exclude, n_users: int, n_items: int, targets: np.ndarray | 
         lens, cols = np.full(n_users, exclude.shape[1], dtype=np.int64), exclude.astype(np.int64).reshape(-1)
     else:
         lens = np.fromiter((np.size(ex) for ex in exclude), dtype=np.int64, count=n_users)
-        cols = (np.concatenate([np.ravel(ex) for ex in exclude]).astype(np.int64) if lens.sum() else np.zeros(0, np.int64))
+        try: cols = np.concatenate(exclude).astype(np.int64, copy=False) if lens.sum() else np.zeros(0, np.int64)
+        except ValueError: cols = np.concatenate([np.ravel(ex) for ex in exclude]).astype(np.int64)   # scalars, 2-d entries
     rows = np.repeat(np.arange(n_users, dtype=np.int64), lens)
     bad = (cols < 0) | (cols >= n_items)
     if bad.any():
@@ -56,8 +57,8 @@ def default_tile_items(n_items: int, device) -> int:
     "Items scored per matmul: a cache-sized tile on CPU, the whole catalogue on a GPU."
     return n_items if torch.device(device).type == 'cuda' else min(n_items, CPU_TILE_ITEMS)
 
-def _scores_tile(u: torch.Tensor, item_vecs: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    return u @ item_vecs[start:stop].T
+def _scores_tile(u: torch.Tensor, item_vecs: torch.Tensor, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.matmul(u, item_vecs[start:stop].T, out=out)
 
 def _chunk_exclusions(flat, start: int, stop: int, device):
     "Exclusion pairs of users `start:stop` sorted by item: (local rows, items) tensors, items as numpy too."
@@ -65,7 +66,7 @@ def _chunk_exclusions(flat, start: int, stop: int, device):
     rows, cols, offsets = flat
     a, b = offsets[start], offsets[stop]
     if b == a: return None
-    order = np.argsort(cols[a:b], kind='stable')
+    order = np.argsort(cols[a:b])
     c = cols[a:b][order]
     return (torch.from_numpy(rows[a:b][order] - start).to(device), torch.from_numpy(c).to(device), c)
 
@@ -76,15 +77,15 @@ def _tile_starts(n_items: int, tile: int) -> list[int]:
     return starts
 
 def _score_tiles(u: torch.Tensor, item_vecs: torch.Tensor, excl, tile: int):
-    "Yield `(start, new, scores [chunk, tile])`: one matmul per tile, excluded entries -inf; columns `new:` are not in earlier tiles."
-    N = item_vecs.shape[0]
+    "Yield `(i, start, new, scores [chunk, tile])` per tile: excluded entries -inf; columns `new:` are not in earlier tiles."
+    starts = _tile_starts(item_vecs.shape[0], tile)
+    buf = torch.empty(u.shape[0], tile, dtype=u.dtype, device=u.device)     # one buffer: no allocation per tile
+    if excl is not None: lo, hi = np.searchsorted(excl[2], starts), np.searchsorted(excl[2], [b + tile for b in starts])
     done = 0
-    for b in _tile_starts(N, tile):
-        s = _scores_tile(u, item_vecs, b, b + tile)
-        if excl is not None:
-            lo, hi = np.searchsorted(excl[2], [b, b + tile])
-            if hi > lo: s[excl[0][lo:hi], excl[1][lo:hi] - b] = float('-inf')
-        yield b, done - b, s
+    for i, b in enumerate(starts):
+        s = _scores_tile(u, item_vecs, b, b + tile, out=buf)
+        if excl is not None and hi[i] > lo[i]: s[excl[0][lo[i]:hi[i]], excl[1][lo[i]:hi[i]] - b] = float('-inf')
+        yield i, b, done - b, s                                  # `s` is overwritten by the next tile
         done = b + tile
 
 def _check_targets(targets, U: int, N: int) -> torch.Tensor:
@@ -112,17 +113,20 @@ def _target_scores(u: torch.Tensor, item_vecs: torch.Tensor, targets: torch.Tens
 
 def _count_at_least(u, item_vecs, excl, tile: int, targets: torch.Tensor, threshold: torch.Tensor | None = None):
     "Per user: non-excluded items scoring >= `threshold` (default: the target's score, one tile only) and the target's tile score."
-    counts = torch.zeros(u.shape[0], dtype=torch.long, device=u.device)
+    N = item_vecs.shape[0]
+    counts = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
     seen = torch.full((u.shape[0],), float('nan'), dtype=u.dtype, device=u.device)
-    order = torch.argsort(targets)
-    tg = targets[order]
-    for b, new, s in _score_tiles(u, item_vecs, excl, tile):
-        lo, hi = torch.searchsorted(tg, torch.tensor([b + new, b + tile], device=tg.device)).tolist()
-        if hi > lo: seen[order[lo:hi]] = s[order[lo:hi], tg[lo:hi] - b]
+    order = torch.argsort(targets)                               # users by target item; tile i counts items [i*tile, (i+1)*tile)
+    tile_of = torch.div(targets[order], tile, rounding_mode='floor').clamp_max(len(_tile_starts(N, tile)) - 1)
+    starts = torch.tensor(_tile_starts(N, tile), device=u.device)
+    col = targets[order] - starts[tile_of]                       # the target's column inside the tile that counts it
+    tb = torch.searchsorted(tile_of, torch.arange(len(starts) + 1, device=u.device)).tolist()
+    for i, b, new, s in _score_tiles(u, item_vecs, excl, tile):
+        if tb[i + 1] > tb[i]: seen[order[tb[i]:tb[i + 1]]] = s[order[tb[i]:tb[i + 1]], col[tb[i]:tb[i + 1]]]
         if threshold is None: threshold = seen                   # a single tile: every target was just read
         hits = s[:, new:].ge_(threshold[:, None])                # in place: 1.0 / 0.0, no bool temporary
-        counts += hits.sum(1, dtype=torch.float64 if hits.shape[1] >= 2**24 else None).long()
-    return counts, seen
+        counts += hits.sum(1, dtype=torch.float64 if hits.shape[1] >= 2**24 else None)
+    return counts.long(), seen
 
 @torch.no_grad()
 def target_ranks(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, exclude: list | None = None,
@@ -211,7 +215,7 @@ def topk_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, exclude: list |
         e = min(s + chunk_size, U)
         u = user_vecs[s:e].to(device=item_vecs.device, dtype=dtype)
         best_v = best_i = None
-        for b, new, sc in _score_tiles(u, item_vecs, _chunk_exclusions(flat, s, e, item_vecs.device), tile):
+        for _, b, new, sc in _score_tiles(u, item_vecs, _chunk_exclusions(flat, s, e, item_vecs.device), tile):
             sc = sc[:, new:]
             if best_v is None:
                 best_v, best_i = torch.topk(sc, k, dim=1); best_i += b
