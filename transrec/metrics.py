@@ -116,9 +116,9 @@ def _count_at_least(u, item_vecs, excl, tile: int, targets: torch.Tensor, thresh
     N = item_vecs.shape[0]
     counts = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
     seen = torch.full((u.shape[0],), float('nan'), dtype=u.dtype, device=u.device)
-    order = torch.argsort(targets)                               # users by target item; tile i counts items [i*tile, (i+1)*tile)
-    tile_of = torch.div(targets[order], tile, rounding_mode='floor').clamp_max(len(_tile_starts(N, tile)) - 1)
     starts = torch.tensor(_tile_starts(N, tile), device=u.device)
+    order = torch.argsort(targets)                               # users by target item; tile i counts items [i*tile, (i+1)*tile)
+    tile_of = torch.div(targets[order], tile, rounding_mode='floor').clamp_max(len(starts) - 1)
     col = targets[order] - starts[tile_of]                       # the target's column inside the tile that counts it
     tb = torch.searchsorted(tile_of, torch.arange(len(starts) + 1, device=u.device)).tolist()
     for i, b, new, s in _score_tiles(u, item_vecs, excl, tile):
@@ -193,9 +193,8 @@ def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets,
     return out
 
 # %% ../nbs/07_metrics.ipynb #c024
-def _merge_topk(best_v, best_i, v, i, rows=None):
-    "Merge candidates (v, i) into the running top-k (best_v, best_i), in place, for `rows` (default all)."
-    if rows is None: rows = slice(None)
+def _merge_topk(best_v, best_i, v, i, rows):
+    "Merge candidates (v, i) of users `rows` into their running top-k (best_v, best_i), in place."
     cv, ci = torch.cat([best_v[rows], v], 1), torch.cat([best_i[rows], i], 1)
     v2, j = torch.topk(cv, best_v.shape[1], dim=1)
     best_v[rows], best_i[rows] = v2, ci.gather(1, j)
