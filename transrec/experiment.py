@@ -13,11 +13,11 @@ from .core import ModelConfig, TrainConfig, resolve_device, log, banner, environ
 
 # %% auto #0
 __all__ = ['RESUME_IGNORES', 'METHOD_LABELS', 'TRANSFER_METHODS', 'check_data_name', 'check_init', 'check_fraction',
-           'split_params', 'dataset_summary', 'sample_users', 'image_weights_note', 'run_experiment', 'write_metrics',
-           'resume_run', 'write_run_params', 'curves_figure', 'save_figure', 'update_report_index',
+           'split_params', 'dataset_summary', 'sample_users', 'image_weights_note', 'run_experiment', 'write_json',
+           'write_metrics', 'resume_run', 'write_run_params', 'curves_figure', 'save_figure', 'update_report_index',
            'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook',
            'transfer_table', 'table_markdown', 'results_frame', 'load_name', 'notebooks_dir', 'run_or_reuse',
-           'transfer_study', 'write_json', 'markdown_table_html', 'transfer_figure', 'scaling_study', 'scaling_figures']
+           'transfer_study', 'markdown_table_html', 'transfer_figure', 'scaling_study', 'scaling_figures']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -133,10 +133,14 @@ def _jsonable(o):
     if isinstance(o, Path): return str(o)
     return o
 
+def write_json(path, obj) -> Path:
+    "Write `obj` as JSON (numpy/torch values converted, NaN -> null), atomically."
+    path = Path(path); tmp = path.with_suffix(path.suffix + '.tmp')
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2)); os.replace(tmp, path); return path
+
 def write_metrics(out_dir, metrics: dict) -> Path:
     "Write `metrics.json` atomically."
-    p = Path(out_dir)/'metrics.json'; tmp = p.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(_jsonable(metrics), indent=2)); os.replace(tmp, p); return p
+    return write_json(Path(out_dir)/'metrics.json', metrics)
 
 # %% ../nbs/11_experiment.ipynb #c017
 RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device')   # may change between a run and its resumption
@@ -160,8 +164,7 @@ def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
 
 def write_run_params(out_dir, params: dict) -> Path:
     "Record the parameters of the run training in `out_dir` (`run.json`), for `resume_run`."
-    p = Path(out_dir)/'run.json'; tmp = p.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(_jsonable(dict(params=params)), indent=2)); os.replace(tmp, p); return p
+    return write_json(Path(out_dir)/'run.json', dict(params=params))
 
 # %% ../nbs/11_experiment.ipynb #c019
 def curves_figure(history: list[dict], title: str = 'Training curves'):
@@ -345,11 +348,6 @@ def transfer_study(out_dir, source: str, targets: list, pretrained: str = '', me
     (out_dir/'table.html').write_text(markdown_table_html(md, title=f'Transfer from {source} (target fraction {target_fraction})'))
     save_figure(transfer_figure(rows), out_dir/'chart.html')
     return summary
-
-def write_json(path, obj) -> Path:
-    "Write `obj` as JSON (numpy/torch values converted, NaN -> null), atomically."
-    path = Path(path); tmp = path.with_suffix(path.suffix + '.tmp')
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2)); os.replace(tmp, path); return path
 
 def markdown_table_html(md: str, title: str = '') -> str:
     "A minimal standalone HTML page for a markdown pipe table."
