@@ -43,8 +43,31 @@ def test_domains_are_disjoint_but_share_the_world():
     for (n1, d1), (n2, d2) in combinations(doms.items(), 2):
         assert not set(d1.items['item_id']) & set(d2.items['item_id']), (n1, n2)
         assert not set(d1.interactions['user_id']) & set(d2.interactions['user_id']), (n1, n2)
-        np.testing.assert_array_equal(d1.world.transition, d2.world.transition)   # shared topics & transitions
         assert d1.world.topics == d2.world.topics
+        if d1.spec.transition_divergence == d2.spec.transition_divergence == 0:   # shared transitions ...
+            np.testing.assert_array_equal(d1.world.transition, d2.world.transition)
+        else:                                                                    # ... unless a dial moves them
+            assert not np.allclose(d1.world.transition, d2.world.transition), (n1, n2)
+
+
+def test_the_shift_dial_is_off_for_the_original_domains():
+    for n in ('qb_mixed', 'qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image'):
+        spec = sim.SYNTHETIC_DOMAINS[n]
+        assert (spec.transition_divergence, spec.other_vocab_share, spec.style_shift, spec.topic_overlap) \
+            == (0.0, 0.0, None, 1.0), n
+        d = sim.simulate(n, scale=SMALL, seed=2, render_images=False)
+        np.testing.assert_array_equal(d.world.content_topic, np.arange(16))
+
+
+def test_negative_control_moves_every_topic_and_habit():
+    d = sim.simulate('nc_mixed', scale=SMALL, seed=2, render_images=False)
+    world = sim.make_world(seed=2)
+    assert (d.world.content_topic != np.arange(16)).all()
+    assert np.diag(d.world.transition).mean() < np.diag(world.transition).mean() / 2
+    for text, k in zip(d.items['text'], d.item_topic):      # captions wear the moved topic's words
+        if text:
+            worn = set(sum(sim.topic_vocabulary(d.world.topics[d.world.content_topic[k]], 'tn'), []))
+            assert sum(w in worn for w in text.split()) >= 2
 
 
 @pytest.mark.parametrize('name', ['qb_mixed', 'tn_text'])

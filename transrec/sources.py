@@ -30,6 +30,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source('tn_mixed', 'target', 'mixed-modality target from another platform (paper: TN, Tencent News)', 'tn_mixed'),
     Source('tn_text', 'target', 'text-only target from another platform: other vocabulary', 'tn_text'),
     Source('tn_image', 'target', 'image-only target from another platform: other image style', 'tn_image'),
+    Source('nc_mixed', 'target', 'negative control: topics and transitions unrelated to the source', 'nc_mixed'),
+    *[Source(f'shift_{percent:03d}', 'target', f'shift ladder: every shift dial at {percent / 100} (0: the '
+             "source's world, 1: unrelated to it)", f'shift_{percent:03d}') for percent in (0, 25, 50, 75, 100)],
 ]}
 
 def list_sources() -> list[str]:
