@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 import numpy as np
 import torch
+from scipy import stats
 from .data import MODALITIES
 
 # %% auto #0
-__all__ = ['CPU_TILE_ITEMS', 'default_tile_items', 'target_ranks', 'metrics_from_ranks', 'metrics_by_modality',
-           'full_rank_metrics', 'topk_items', 'user_vectors_for', 'evaluate', 'flatten_metrics']
+__all__ = ['CPU_TILE_ITEMS', 'default_tile_items', 'target_ranks', 'per_user_metrics', 'metrics_from_ranks',
+           'metrics_by_modality', 'full_rank_metrics', 'topk_items', 'user_vectors_for', 'evaluate', 'flatten_metrics',
+           'mean_interval', 'paired_test']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def _check_vectors(user_vecs: torch.Tensor, item_vecs: torch.Tensor):
@@ -155,18 +157,25 @@ def target_ranks(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, excl
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 # %% ../nbs/07_metrics.ipynb #c015
-def metrics_from_ranks(ranks, ks=(5, 10, 20)) -> dict:
-    "HR@k, NDCG@k for each k, MRR and n_users from 1-based ranks."
-    r = torch.as_tensor(ranks).double().reshape(-1)
-    if len(r) == 0: raise ValueError("no users to evaluate (empty ranks)")
-    if (r < 1).any(): raise ValueError("ranks are 1-based: got a rank < 1")
+def per_user_metrics(ranks, ks=(5, 10, 20)) -> dict[str, np.ndarray]:
+    "Per user, from 1-based ranks: HR@k and NDCG@k for each k, and the reciprocal rank (key `MRR`)."
+    rank = torch.as_tensor(ranks).double().reshape(-1).numpy()
+    if len(rank) == 0: raise ValueError("no users to evaluate (empty ranks)")
+    if (rank < 1).any(): raise ValueError("ranks are 1-based: got a rank < 1")
     out = {}
     for k in ks:
-        hit = r <= k
-        out[f'HR@{k}'] = hit.double().mean().item()
-        out[f'NDCG@{k}'] = torch.where(hit, 1.0 / torch.log2(r + 1), torch.zeros_like(r)).mean().item()
-    out['MRR'] = (1.0 / r).mean().item()
-    out['n_users'] = len(r)
+        hit = rank <= k
+        out[f'HR@{k}'] = hit.astype(np.float64)
+        out[f'NDCG@{k}'] = np.where(hit, 1.0 / np.log2(rank + 1), 0.0)
+    out['MRR'] = 1.0 / rank
+    return out
+
+# %% ../nbs/07_metrics.ipynb #cm02
+def metrics_from_ranks(ranks, ks=(5, 10, 20)) -> dict:
+    "HR@k, NDCG@k for each k, MRR and n_users from 1-based ranks: the means of `per_user_metrics`."
+    per_user = per_user_metrics(ranks, ks)
+    out = {name: float(values.mean()) for name, values in per_user.items()}
+    out['n_users'] = len(per_user['MRR'])
     return out
 
 # %% ../nbs/07_metrics.ipynb #c018
@@ -181,7 +190,7 @@ def metrics_by_modality(ranks, target_modality, ks=(5, 10, 20)) -> dict:
 
 def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, exclude: list | None = None,
                       ks=(5, 10, 20), chunk_size: int = 1024, item_modality: np.ndarray | None = None,
-                      tile_items: int | None = None) -> dict:
+                      tile_items: int | None = None, return_ranks: bool = False) -> dict:
     "HR@k, NDCG@k, MRR over all items with `exclude[u]` masked (pessimistic ties), optionally `by_modality`."
     ranks = target_ranks(user_vecs, item_vecs, targets, exclude, chunk_size, tile_items)
     out = metrics_from_ranks(ranks, ks)
@@ -190,6 +199,7 @@ def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets,
         if len(item_modality) != item_vecs.shape[0]:
             raise ValueError(f"item_modality has {len(item_modality)} entries for {item_vecs.shape[0]} items")
         out['by_modality'] = metrics_by_modality(ranks, item_modality[np.asarray(targets, dtype=np.int64)], ks)
+    if return_ranks: out['ranks'] = torch.as_tensor(ranks).cpu().numpy()
     return out
 
 # %% ../nbs/07_metrics.ipynb #c024
@@ -251,7 +261,8 @@ def user_vectors_for(model, ds, item_vecs: torch.Tensor, split: str = 'test', ba
 
 @torch.no_grad()
 def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, device=None, users=None,
-             item_vecs: torch.Tensor | None = None, ks=(5, 10, 20), chunk_size: int = 1024) -> dict:
+             item_vecs: torch.Tensor | None = None, ks=(5, 10, 20), chunk_size: int = 1024,
+             return_ranks: bool = False) -> dict:
     "Full-ranking metrics of `model` on `split` of `ds` (history masked), with the per-modality breakdown."
     from transrec.data import history_items
     if split not in ('valid', 'test'): raise ValueError(f"split={split!r}: use 'valid' or 'test'")
@@ -266,8 +277,10 @@ def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, dev
                              "evaluate a model built/fitted for this data set (build_model(cfg, ds), model.fit_data(ds))")
         user_vecs, users_, targets = user_vectors_for(model, ds, item_vecs, split, batch_size, users, device)
         exclude = history_items(ds, split, users=users_)
-        return full_rank_metrics(user_vecs, item_vecs, targets, exclude, ks=ks, chunk_size=chunk_size,
-                                 item_modality=ds.modality)
+        out = full_rank_metrics(user_vecs, item_vecs, targets, exclude, ks=ks, chunk_size=chunk_size,
+                                item_modality=ds.modality, return_ranks=return_ranks)
+        if return_ranks: out['users'] = np.asarray(users_, dtype=np.int64)   # row of each rank in `ds`
+        return out
     finally:
         model.train(was_training)
 
@@ -281,3 +294,39 @@ def flatten_metrics(m: dict, prefix: str = '') -> dict:
                 for kk, vv in mm.items(): out[f'{prefix}{mod}/{kk}'] = vv
         else: out[f'{prefix}{k}'] = v
     return out
+
+# %% ../nbs/07_metrics.ipynb #cm04
+def mean_interval(values, confidence: float = 0.95) -> dict:
+    "Mean of `values` (one per seed) and its Student-t interval; one value gets a `nan` half-width."
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(values) == 0: raise ValueError("mean_interval: no values")
+    if not 0 < confidence < 1: raise ValueError(f"mean_interval: confidence={confidence} must lie in (0, 1)")
+    mean = float(values.mean())
+    if len(values) == 1: half_width = float('nan')
+    else:
+        quantile = stats.t.ppf((1 + confidence) / 2, len(values) - 1)
+        half_width = float(quantile * values.std(ddof=1) / np.sqrt(len(values)))
+    return dict(mean=mean, half_width=half_width, low=mean - half_width, high=mean + half_width, n=len(values))
+
+# %% ../nbs/07_metrics.ipynb #cm06
+def _per_user(values, name: str) -> np.ndarray:
+    "[users] or [seeds, users] -> [users] (the mean over seeds)."
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 2: values = values.mean(0)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"paired_test: {name} must be [users] or [seeds, users] with users > 0, got {values.shape}")
+    return values
+
+# %% ../nbs/07_metrics.ipynb #cm07
+def paired_test(a, b, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    "Compare per-user metrics `a` and `b` of the same users: mean difference, bootstrap interval, Wilcoxon p."
+    a, b = _per_user(a, 'a'), _per_user(b, 'b')
+    if a.shape != b.shape: raise ValueError(f"paired_test: a and b hold {len(a)} and {len(b)} users: need the same users")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    boot = np.concatenate([diff[rng.integers(0, len(diff), (min(1000, n_resamples - start), len(diff)))].mean(1)
+                           for start in range(0, n_resamples, 1000)])
+    low, high = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    p_value = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+    return dict(mean_a=float(a.mean()), mean_b=float(b.mean()), diff=float(diff.mean()), low=float(low),
+                high=float(high), p_value=p_value, n_users=len(diff))
