@@ -469,7 +469,9 @@ def _parse_timestamps(s: pd.Series, name: str, rows: np.ndarray, probs: list) ->
     other[other] = s[other].str.match(_ISO_DATE.pattern).to_numpy(dtype=bool)
     if other.any():
         dt = pd.to_datetime(s[other], errors='coerce', utc=True, format='ISO8601')
-        ts[other] = ((dt - pd.Timestamp(0, tz='UTC')) / pd.Timedelta(1, 's')).to_numpy(dtype=np.float64)
+        try: ts[other] = ((dt - pd.Timestamp(0, tz='UTC')) / pd.Timedelta(1, 's')).to_numpy(dtype=np.float64)
+        except (pd.errors.OutOfBoundsDatetime, OverflowError):   # a date far outside 1677..2262: one at a time
+            ts[other] = [np.nan if d is pd.NaT else d.timestamp() for d in dt]
     values = s.to_numpy()
     word = ~empty & np.isnan(ts)
     _add_rows(probs, name, rows[word], 'bad_timestamp', [f'timestamp {v!r} is neither a number nor an ISO-8601 date-time'
