@@ -121,7 +121,7 @@ def test_write_dataset_roundtrip_and_lmdb(tmp_path):
         assert ds.texts[:2] == ['tab\tinside "q"', 'line\nbreak'] and list(ds.item_ids) == ['a', 'NA', 'c']
         assert list(ds.user_ids) == ['x', '007'] and ds.image_store == store and ds.synthetic is False
         assert ds.load_image(2).size == (5, 3) and ds.load_image(2).getpixel((0, 0)) == (0, 0, 255)
-        with pytest.raises(DataError, match=r"items.tsv row 1 .*no image reference"):
+        with pytest.raises(DataError, match=r"items.tsv row 1 .*is a text item"):
             ds.load_image(0)
 
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #c002
 from __future__ import annotations
-import json, csv, io, os, re, sys, argparse, codecs
+import json, io, os, re, struct, sys, argparse, codecs
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,15 +14,30 @@ import torch
 from .core import log
 
 # %% auto #0
-__all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'SPLITS', 'NEG_STREAM', 'write_dataset',
-           'Problem', 'DataError', 'release_images', 'MoMDataset', 'load_dataset', 'ValidationReport', 'validate',
-           'train_part', 'history_and_target', 'split_targets', 'history_items', 'Batch', 'sample_negatives',
-           'n_batches_per_epoch', 'train_batches', 'EvalBatch', 'eval_batches', 'main']
+__all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
+           'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SPLITS', 'NEG_STREAM', 'write_dataset', 'Problem',
+           'DataError', 'release_images', 'MoMDataset', 'load_dataset', 'ValidationReport', 'validate', 'train_part',
+           'history_and_target', 'split_targets', 'history_items', 'Batch', 'sample_negatives', 'n_batches_per_epoch',
+           'train_batches', 'EvalBatch', 'eval_batches', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')   # modality code = position: text = 0, image = 1
 ITEM_COLUMNS = ('item_id', 'modality', 'text', 'image')
 INTERACTION_COLUMNS = ('user_id', 'item_id', 'timestamp')
+
+# %% ../nbs/01_data.ipynb #t002
+_NEEDS_QUOTES = re.compile('[\t\r\n"]')
+
+def _tsv_field(value) -> str:
+    "`value` as one TSV field: as it is, or in double quotes (inner quotes doubled) if it holds a tab, line break or quote."
+    s = '' if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA else str(value)
+    return '"' + s.replace('"', '""') + '"' if _NEEDS_QUOTES.search(s) else s
+
+def _write_tsv(file: Path, df: pd.DataFrame) -> None:
+    "Write `df` (header + rows, missing values empty) as a UTF-8 TSV with `\\n` line ends and the quoting rule above."
+    cols = [df[c].astype(object).where(df[c].notna(), '').tolist() for c in df.columns]
+    lines = ['\t'.join(_tsv_field(c) for c in df.columns)] + ['\t'.join(map(_tsv_field, row)) for row in zip(*cols)]
+    file.write_text('\n'.join(lines) + '\n', encoding='utf-8', newline='')
 
 # %% ../nbs/01_data.ipynb #c006
 def _encode_image(img) -> bytes:
@@ -38,8 +53,8 @@ def write_dataset(path, items: pd.DataFrame, interactions: pd.DataFrame, meta: d
     if image_store not in ('files', 'lmdb'): raise ValueError(f"image_store={image_store!r}: use 'files' or 'lmdb'")
     items = items.reindex(columns=list(ITEM_COLUMNS)).fillna('')
     inter = interactions.reindex(columns=list(INTERACTION_COLUMNS))
-    items.to_csv(path/'items.tsv', sep='\t', index=False, quoting=csv.QUOTE_MINIMAL, lineterminator='\n')
-    inter.to_csv(path/'interactions.tsv', sep='\t', index=False, quoting=csv.QUOTE_MINIMAL, lineterminator='\n')
+    _write_tsv(path/'items.tsv', items)
+    _write_tsv(path/'interactions.tsv', inter)
     images = images or {}
     if image_store == 'files':
         for key, img in images.items():
@@ -104,6 +119,36 @@ def _add_rows(probs: list, file: str, rows, kind: str, messages, fix: str, fatal
         probs.append(Problem(file, None, kind, f'{len(rest)} more rows with the same problem ({len(rows)} in all; '
                              f'not listed one by one: rows {rest[0]}, {rest[1] if len(rest) > 1 else ""} ...)', fix, fatal))
 
+# %% ../nbs/01_data.ipynb #t005
+_QUOTED_FIELD = re.compile(r'"((?:[^"]|"")*+)"(?=[\t\r\n]|\Z)')   # a whole well-formed quoted field
+_PLAIN_FIELD = re.compile(r'[^\t\r\n]*')
+_LINE_BREAK = re.compile(r'\r\n|\r|\n')
+
+def _n_breaks(text: str) -> int: return text.count('\n') + text.count('\r') - text.count('\r\n')
+
+def _split_tsv(text: str) -> list[tuple[int, list[str]]]:
+    "(1-based line number, fields) of every non-blank record of TSV `text`, with the quoting rule of `_tsv_field`."
+    if '"' not in text:
+        return [(k + 1, line.split('\t')) for k, line in enumerate(_LINE_BREAK.split(text)) if line]
+    records, pos, line, end = [], 0, 1, len(text)
+    while pos < end:
+        first_line, fields = line, []
+        while True:
+            match = _QUOTED_FIELD.match(text, pos) if text.startswith('"', pos) else None
+            if match:
+                fields.append(match.group(1).replace('""', '"'))
+                line += _n_breaks(match.group(1))
+            else:
+                match = _PLAIN_FIELD.match(text, pos)
+                fields.append(match.group())
+            pos = match.end()
+            if pos < end and text[pos] == '\t': pos += 1
+            else: break
+        pos += 2 if text.startswith('\r\n', pos) else 1
+        line += 1
+        if fields != ['']: records.append((first_line, fields))
+    return records
+
 # %% ../nbs/01_data.ipynb #c012
 _SURROGATE = re.compile('[\udc80-\udcff]')   # how `surrogateescape` decoding marks bytes that are not UTF-8
 
@@ -126,11 +171,48 @@ def _non_utf8_problems(raw: bytes, df: pd.DataFrame, name: str, bom: int, probs:
         off = offsets[k]
         msgs.append(f"column '{cols[c]}' has bytes that are not valid UTF-8 (first bad byte 0x{raw[off - bom]:02X} at byte "
                     f"offset {off} of the file, 0-based)")
-    _add_rows(probs, name, rows + 1, 'not_utf8', msgs + [''] * (len(rows) - len(msgs)),
+    _add_rows(probs, name, df.index.to_numpy()[rows], 'not_utf8', msgs + [''] * (len(rows) - len(msgs)),
               f're-save {name} as UTF-8, e.g. `iconv -f cp1252 -t utf-8 {name} > fixed.tsv` with the real source encoding')
 
-def _read_table(path: Path, stem: str, required: tuple, probs: list) -> tuple[pd.DataFrame | None, str]:
-    "Read `stem`.tsv (or .parquet) as strings; fatal problems for a missing/empty/malformed file or missing columns."
+_MALFORMED_FIX = ('give every row exactly as many tab-separated fields as the header; wrap a field that contains tabs, '
+                  'line breaks or double quotes in double quotes ("" for a quote inside)')
+
+def _tsv_frame(text: str, name: str, required: tuple, probs: list) -> pd.DataFrame | None:
+    "The records of TSV `text` as a string DataFrame indexed by data row (= line number - 1); None + problems if unusable."
+    if '"' not in text and not _SURROGATE.search(text):   # fast path: pandas' C parser; anything unusual: `_split_tsv`
+        lines = [k for k, line in enumerate(_LINE_BREAK.split(text), 1) if line]
+        try:
+            df = pd.read_csv(io.StringIO(text), sep='\t', header=None, dtype=str, keep_default_na=False, na_filter=False,
+                             quoting=3, skip_blank_lines=True, engine='c')   # 3 = csv.QUOTE_NONE
+        except (pd.errors.ParserError, pd.errors.EmptyDataError): df = None
+        header = None if df is None or not len(df) else df.iloc[0].tolist()
+        if header is not None and len(df) == len(lines) and len(set(header)) == len(header):
+            body = df.iloc[1:].set_axis(header, axis=1)
+            return body.set_axis(pd.Index(np.array(lines[1:], dtype=np.int64) - 1, name='row'))
+    records = _split_tsv(text)
+    if not records:
+        probs.append(Problem(name, None, 'empty_file', f'{name} is empty (not even a header row)',
+                             f'write a header row with columns {list(required)} and the data rows'))
+        return None
+    (_, header), body = records[0], records[1:]
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        probs.append(Problem(name, None, 'duplicate_column', f'column name(s) {dup} appear more than once in the header '
+                             f'{header}', 'keep one column of each name (rename or delete the others)'))
+        return None
+    width = len(header)
+    long = [(line - 1, len(f)) for line, f in body if len(f) > width]
+    if long:
+        _add_rows(probs, name, [r for r, _ in long], 'malformed_row', [f'{n} tab-separated fields, the header has {width}'
+                  for _, n in long], _MALFORMED_FIX)
+        return None
+    rows = np.array([line - 1 for line, _ in body], dtype=np.int64)
+    fields = [f + [''] * (width - len(f)) for _, f in body]   # short rows: missing trailing fields are empty
+    columns = list(zip(*fields)) if fields else [()] * width
+    return pd.DataFrame({c: np.array(v, dtype=object) for c, v in zip(header, columns)}, index=pd.Index(rows, name='row'))
+
+def _read_table(path: Path, stem: str, required: tuple, probs: list, known: tuple = ()) -> tuple[pd.DataFrame | None, str]:
+    "Read `stem`.tsv (or .parquet) as strings indexed by data row; problems for a missing/empty/malformed file or columns."
     tsv, pq = path/f'{stem}.tsv', path/f'{stem}.parquet'
     if not tsv.exists() and pq.exists():
         name = pq.name
@@ -139,6 +221,7 @@ def _read_table(path: Path, stem: str, required: tuple, probs: list) -> tuple[pd
             probs.append(Problem(name, None, 'missing_file', f'cannot read parquet here: {e}', f'pip install pyarrow, or write {stem}.tsv'))
             return None, name
         df = df.astype(object).where(df.notna(), '').astype(str)
+        df.index = pd.Index(np.arange(1, len(df) + 1), name='row')
     elif not tsv.exists():
         probs.append(Problem(tsv.name, None, 'missing_file', f'{tsv.name} not found in {path}',
                              f'write the data set with transrec.data.write_dataset (needs {tsv.name} with columns {list(required)})'))
@@ -149,28 +232,90 @@ def _read_table(path: Path, stem: str, required: tuple, probs: list) -> tuple[pd
         raw = raw[bom:]
         try: raw.decode('utf-8'); utf8 = True
         except UnicodeDecodeError: utf8 = False
-        try:
-            df = pd.read_csv(io.BytesIO(raw), sep='\t', dtype=str, keep_default_na=False, na_filter=False,
-                             encoding='utf-8', encoding_errors='surrogateescape', quoting=csv.QUOTE_MINIMAL)
-        except pd.errors.EmptyDataError:
-            probs.append(Problem(name, None, 'empty_file', f'{name} is empty (not even a header row)',
-                                 f'write a header row with columns {list(required)} and the data rows'))
-            return None, name
-        except pd.errors.ParserError as e:
-            m = re.search(r'line (\d+), saw (\d+)', str(e))
-            row = int(m.group(1)) - 1 if m else None
-            probs.append(Problem(name, row, 'malformed_row', f'cannot parse the file: {str(e).strip()} (pandas counts the '
-                                 f'header as line 1)', 'give every row exactly as many tab-separated fields as the header; '
-                                 'wrap fields that contain tabs, newlines or double quotes in double quotes ("" for a quote)'))
-            return None, name
+        df = _tsv_frame(raw.decode('utf-8', 'surrogateescape'), name, required, probs)
+        if df is None: return None, name
         if not utf8: _non_utf8_problems(raw, df, name, bom, probs)
-    df = df.reset_index(drop=True)
     missing = [c for c in required if c not in df.columns]
     if missing:
         probs.append(Problem(name, None, 'missing_column', f'column(s) {missing} missing; the header has {list(df.columns)}',
                              f'add the column(s) {missing} to the header row (names are case-sensitive)'))
         return None, name
+    extra = [c for c in df.columns if known and c not in known]
+    if extra:
+        probs.append(Problem(name, None, 'extra_column', f'column(s) {extra} are not part of the MoM format and are ignored '
+                             f'(known: {list(known)})', 'delete or rename them if they were meant to be one of the known columns',
+                             fatal=False))
     return df, name
+
+# %% ../nbs/01_data.ipynb #t008
+_LMDB_MAGIC, _LMDB_PAGE_HEADER = 0xBEEFC0DE, 16   # 64-bit layout: MDB_meta starts after the 16-byte page header
+_LMDB_FIX = ('the LMDB file is damaged (a truncated copy or download?): copy images.lmdb again from its source, or '
+             'rewrite the images with write_dataset(..., image_store="lmdb")')
+
+def _lmdb_meta(raw: bytes, offset: int) -> tuple[int, int, int] | None:
+    "(page size, last used page, transaction id) of the LMDB meta page at `offset` of `raw`, None if it is not one."
+    if len(raw) < offset + _LMDB_PAGE_HEADER + 136: return None
+    m = offset + _LMDB_PAGE_HEADER
+    magic, version = struct.unpack_from('<II', raw, m)
+    page_size = struct.unpack_from('<I', raw, m + 24)[0]    # mm_dbs[FREE_DBI].md_pad holds the page size
+    last_page, txn_id = struct.unpack_from('<QQ', raw, m + 120)
+    if magic != _LMDB_MAGIC or version != 1 or page_size < 512 or page_size & (page_size - 1): return None
+    return page_size, last_page, txn_id
+
+def _lmdb_file_problem(lmdb_dir: Path) -> Problem | None:
+    "A fatal `Problem` if `lmdb_dir`/data.mdb is missing, not an LMDB file or shorter than its meta pages say; else None."
+    data, where = Path(lmdb_dir)/'data.mdb', f'{Path(lmdb_dir).name}/data.mdb'
+    if not data.is_file():
+        return Problem(where, None, 'missing_file', f'{data} does not exist (images.lmdb must be a folder holding data.mdb)',
+                       _LMDB_FIX)
+    size = data.stat().st_size
+    with open(data, 'rb') as f: head = f.read(64 * 1024 + 256)
+    first = _lmdb_meta(head, 0)
+    metas = [m for m in (first, _lmdb_meta(head, first[0]) if first else None) if m is not None]
+    if not metas:
+        return Problem(where, None, 'corrupt_lmdb', f'{data} ({size} bytes) is not an LMDB file (no valid meta page)', _LMDB_FIX)
+    page_size, last_page, _ = max(metas, key=lambda m: m[2])
+    need = (last_page + 1) * page_size
+    if size < need:
+        return Problem(where, None, 'corrupt_lmdb', f'{data} is truncated: {size} bytes, but its meta page says pages '
+                       f'0..{last_page} of {page_size} bytes are in use ({need} bytes)', _LMDB_FIX)
+    return None
+
+# %% ../nbs/01_data.ipynb #t011
+MAX_IMAGE_PIXELS = 25_000_000   # 5000 x 5000; a cover or thumbnail is far smaller
+MAX_IMAGE_ASPECT = 20           # longer side / shorter side
+
+def _image_file(folder: Path, ref: str) -> Path | None:
+    "The file of image value `ref` under `folder`, resolved (symlinks followed); None if it lies outside the folder."
+    root = Path(folder).resolve()
+    target = (root/ref).resolve()   # an absolute `ref` replaces root; `..` and symlinks are resolved
+    return target if target.is_relative_to(root) and target != root else None
+
+def _image_size_problem(size: tuple[int, int]) -> str | None:
+    "Why an image of `size` (width, height) from its header is refused, or None."
+    w, h = size
+    if w < 1 or h < 1: return f'its header gives a size of {w} x {h} pixels'
+    if w * h > MAX_IMAGE_PIXELS:
+        return f'its header gives {w} x {h} = {w * h:,} pixels, more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,}'
+    if max(w, h) / min(w, h) > MAX_IMAGE_ASPECT:
+        return f'its header gives {w} x {h} pixels, a side ratio above MAX_IMAGE_ASPECT = {MAX_IMAGE_ASPECT}'
+    return None
+
+# %% ../nbs/01_data.ipynb #t014
+def _to_rgb(img):
+    "PIL image -> 8-bit RGB PIL image: EXIF orientation applied, 16-bit data scaled, transparency over white."
+    from PIL import Image, ImageOps
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith('I') or img.mode == 'F':   # I;16, I;16B, I;16L, I;16N, I (16-bit PNGs), F
+        scale = 1 / 257 if img.mode != 'F' else 1.0
+        grey = np.asarray(img, dtype=np.float64) * scale
+        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), 'L')
+    if img.mode == 'P' and 'transparency' in img.info: img = img.convert('RGBA')
+    if img.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
+        rgba = img.convert('RGBA')
+        white = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert('RGB')
+    return img.convert('RGB')
 
 # %% ../nbs/01_data.ipynb #c015
 def _image_store(path: Path, meta: dict, probs: list) -> str:
@@ -190,10 +335,14 @@ def _lmdb_env(path: Path):
     pid, env = _LMDB_ENVS.get(key, (None, None))
     if env is None or pid != os.getpid():
         import lmdb
+        if (problem := _lmdb_file_problem(Path(key))) is not None: raise DataError([problem], path)   # before mapping it
         # inherited through fork: never read through it; closing it here only drops the child's copy of the mapping
         # and py-lmdb's "already open in this process" registration (the parent's environment is unaffected)
         if env is not None: env.close()
-        env = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True, max_readers=4096)
+        try: env = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True, max_readers=4096)
+        except lmdb.Error as e:
+            raise DataError([Problem('images.lmdb', None, 'corrupt_lmdb', f'cannot open {key}: {type(e).__name__}: {e}',
+                                     _LMDB_FIX)], path) from e
         _LMDB_ENVS[key] = (os.getpid(), env)
     return env
 
@@ -202,48 +351,62 @@ def release_images(path) -> None:
     pid, env = _LMDB_ENVS.pop(str((Path(path)/'images.lmdb').resolve()), (None, None))
     if env is not None and pid == os.getpid(): env.close()
 
-def _decode_check(data_or_file) -> str | None:
-    "None when PIL can open, verify and fully decode the image, else the error text."
+def _decode_check(data_or_file) -> tuple[str, str] | None:
+    "None when PIL can open, verify and fully decode the image, else (kind, why); a too large header is not decoded."
     from PIL import Image
     src = (lambda: io.BytesIO(data_or_file)) if isinstance(data_or_file, bytes) else (lambda: data_or_file)
     try:
-        with Image.open(src()) as im: im.verify()
+        with Image.open(src()) as im:
+            if (why := _image_size_problem(im.size)) is not None: return 'image_too_large', why
+            im.verify()
         with Image.open(src()) as im: im.load()
         return None
-    except Exception as e: return f'{type(e).__name__}: {e}'
+    except Image.DecompressionBombError as e: return 'image_too_large', str(e)
+    except Exception as e: return 'corrupt_image', f'{type(e).__name__}: {e}'
 
 def _check_images(path: Path, store: str, rows: np.ndarray, refs: np.ndarray, ids: np.ndarray, decode: bool, probs: list):
-    "Missing (and, when `decode`, corrupt) images of image items: fatal problems against the items.tsv rows."
+    "Missing, outside (and, when `decode`, too large or corrupt) images of image items: fatal problems by items.tsv row."
+    import lmdb
     uniq = list(dict.fromkeys(refs.tolist()))
-    missing, corrupt = set(), {}
+    found = {}   # image value -> (kind, why) of what is wrong with it
     if store == 'lmdb':
         if not (path/'images.lmdb').exists():
             probs.append(Problem('images.lmdb', None, 'missing_file', f'meta.json says image_store=lmdb but {path}/images.lmdb '
                                  'does not exist', 'write the images with write_dataset(..., image_store="lmdb") or set image_store to "files"'))
             return
         was_open = _LMDB_ENVS.get(str((path/'images.lmdb').resolve()), (None,))[0] == os.getpid()
-        with _lmdb_env(path).begin() as txn:
-            cur = txn.cursor()
-            for r in uniq:
-                if not cur.set_key(r.encode()): missing.add(r)
-                elif decode and (err := _decode_check(bytes(cur.value()))): corrupt[r] = err
+        try:
+            with _lmdb_env(path).begin() as txn:
+                cur = txn.cursor()
+                for r in uniq:
+                    if not cur.set_key(r.encode()): found[r] = ('missing_image', 'does not exist')
+                    elif decode and (bad := _decode_check(bytes(cur.value()))): found[r] = bad
+        except DataError as e: probs.extend(e.problems); return
+        except lmdb.Error as e:
+            probs.append(Problem('images.lmdb', None, 'corrupt_lmdb', f'reading {path/"images.lmdb"} failed: '
+                                 f'{type(e).__name__}: {e}', _LMDB_FIX)); return
         if not was_open: release_images(path)   # loading leaves nothing open: image reads open it lazily
     else:
         for r in uniq:
-            f = path/r
-            if not f.is_file(): missing.add(r)
-            elif decode and (err := _decode_check(f)): corrupt[r] = err
+            f = _image_file(path, r)
+            if f is None: found[r] = ('image_outside_folder', f'lies outside the data set folder {path} (absolute path, '
+                                      '`..` or a symlink leading out); it is not read')
+            elif not f.is_file(): found[r] = ('missing_image', 'does not exist')
+            elif decode and (bad := _decode_check(f)): found[r] = bad
     where = 'images.lmdb key' if store == 'lmdb' else 'image file'
-    m = np.array([r in missing for r in refs.tolist()], dtype=bool)
-    _add_rows(probs, 'items.tsv', rows[m], 'missing_image', [f"{where} {r!r} of image item {i!r} does not exist"
-              for r, i in zip(refs[m], ids[m])], f'add the image (under {path}) or fix the image column of the row')
-    c = np.array([r in corrupt for r in refs.tolist()], dtype=bool)
-    _add_rows(probs, 'items.tsv', rows[c], 'corrupt_image', [f"{where} {r!r} of image item {i!r} cannot be decoded ({corrupt[r]})"
-              for r, i in zip(refs[c], ids[c])], 'replace it with a valid PNG/JPEG file')
+    fixes = dict(missing_image=f'add the image (under {path}) or fix the image column of the row',
+                 image_outside_folder=f'copy the image into {path} (e.g. images/) and write its path relative to the folder',
+                 image_too_large=f'shrink the image (e.g. to at most 1024 pixels a side) and keep its sides within '
+                                 f'{MAX_IMAGE_ASPECT}:1', corrupt_image='replace it with a valid PNG/JPEG file')
+    for kind, fix in fixes.items():
+        m = np.array([found.get(r, ('',))[0] == kind for r in refs.tolist()], dtype=bool)
+        what = 'cannot be decoded ({})' if kind == 'corrupt_image' else 'is refused: {}' if kind == 'image_too_large' else '{}'
+        _add_rows(probs, 'items.tsv', rows[m], kind, [f"{where} {r!r} of image item {i!r} " + what.format(found[r][1])
+                  for r, i in zip(refs[m], ids[m])], fix)
 
 def _check_items(path: Path, df: pd.DataFrame, name: str, meta: dict, decode_images: bool, probs: list) -> dict:
     "Item arrays (`item_ids`, `modality` codes, -1 = unknown, `texts`, `image_refs`) and problems for the item table."
-    n = len(df); rows = np.arange(1, n + 1)
+    n = len(df); rows = df.index.to_numpy(dtype=np.int64)   # data row = line number - 1
     ids = df['item_id'].to_numpy(dtype=object); mod_raw = df['modality'].to_numpy(dtype=object)   # python str
     if n == 0: probs.append(Problem(name, None, 'no_items', f'{name} has no item rows', 'add the items, one row each'))
     code = pd.Series(mod_raw).map({m: i for i, m in enumerate(MODALITIES)}).fillna(-1).to_numpy(dtype=np.int64)
@@ -269,6 +432,11 @@ def _check_items(path: Path, df: pd.DataFrame, name: str, meta: dict, decode_ima
         _add_rows(probs, name, rows[et], 'empty_text', [f'text item {i!r} has empty text (it stays in the data set, '
                   'encoded from an empty string)' for i in ids[et]], 'fill in its text (e.g. the title) or drop the item', fatal=False)
     img = code == 1
+    ignored = (code == 0) & (refs != '')
+    _add_rows(probs, name, rows[ignored], 'ignored_image', [f'text item {i!r} has an image value {r!r}: ignored (never read; '
+              'a text item is encoded from its text)' for i, r in zip(ids[ignored], refs[ignored])],
+              "empty the image column of text items, or make the item modality 'image'", fatal=False)
+    refs = np.where(img, refs, '').astype(object)   # only image items have an image
     if 'image' in df.columns:
         noref = img & (refs == '')
         _add_rows(probs, name, rows[noref], 'missing_image', [f'image item {i!r} has an empty image column' for i in ids[noref]],
@@ -280,22 +448,56 @@ def _check_items(path: Path, df: pd.DataFrame, name: str, meta: dict, decode_ima
     return dict(item_ids=ids, modality=code, texts=texts, image_refs=refs, image_store=store)
 
 # %% ../nbs/01_data.ipynb #c017
-def _parse_timestamps(s: pd.Series, name: str, probs: list) -> np.ndarray:
-    "Float timestamps (NaN = empty) from numbers or ISO-8601 date-times; unparseable values are fatal problems."
+TIMESTAMP_UNITS = {'s': 1, 'ms': 1e3, 'us': 1e6, 'ns': 1e9}   # Unix time units, told apart by magnitude
+_YEAR_2100 = 4_102_444_800.0                                    # 2100-01-01 in Unix seconds
+_ISO_DATE = re.compile(r'\d{4}-\d{2}-\d{2}')                      # date-times must start like one (no 'now', 'today')
+
+def _timestamp_units(ts: np.ndarray) -> np.ndarray:
+    "Index into `TIMESTAMP_UNITS` of each value's plausible unit (1970..2100 in it; 's' from 0 up), -1 if none (or NaN)."
+    unit = np.full(len(ts), -1, np.int64)
+    with np.errstate(invalid='ignore'):
+        for k, scale in enumerate(TIMESTAMP_UNITS.values()):
+            low = 0.0 if k == 0 else 1e8 * scale   # ms/us/ns start at 1973, so the bands never touch
+            unit[(ts >= low) & (ts <= _YEAR_2100 * scale) & (unit < 0)] = k
+    return unit
+
+def _parse_timestamps(s: pd.Series, name: str, rows: np.ndarray, probs: list) -> np.ndarray:
+    "Float timestamps (NaN = empty) from numbers or ISO-8601 date-times; bad, implausible or mixed-unit values are fatal."
     s = s.str.strip(); empty = (s == '').to_numpy()
     ts = pd.to_numeric(s.where(~empty), errors='coerce').to_numpy(dtype=np.float64, copy=True)   # writable (copy-on-write)
     other = ~empty & np.isnan(ts)
+    other[other] = s[other].str.match(_ISO_DATE.pattern).to_numpy(dtype=bool)
     if other.any():
         dt = pd.to_datetime(s[other], errors='coerce', utc=True, format='ISO8601')
-        ts[other] = ((dt - pd.Timestamp(0, tz='UTC')) / pd.Timedelta(1, 's')).to_numpy(dtype=np.float64)
-        bad = ~empty & np.isnan(ts); rows = np.flatnonzero(bad) + 1
-        _add_rows(probs, name, rows, 'bad_timestamp', [f'timestamp {v!r} is neither a number nor an ISO-8601 date-time'
-                  for v in s.to_numpy()[bad]], "write a number (e.g. Unix seconds) or a date-time like '2024-05-01T12:00:00', or leave it empty")
+        try: ts[other] = ((dt - pd.Timestamp(0, tz='UTC')) / pd.Timedelta(1, 's')).to_numpy(dtype=np.float64)
+        except (pd.errors.OutOfBoundsDatetime, OverflowError):   # a date far outside 1677..2262: one at a time
+            ts[other] = [np.nan if d is pd.NaT else d.timestamp() for d in dt]
+    values = s.to_numpy()
+    word = ~empty & np.isnan(ts)
+    _add_rows(probs, name, rows[word], 'bad_timestamp', [f'timestamp {v!r} is neither a number nor an ISO-8601 date-time'
+              for v in values[word]], "write a number (e.g. Unix seconds) or a date-time like '2024-05-01T12:00:00', or leave it empty")
+    unit = _timestamp_units(ts)
+    iso_late = other & (unit != 0)   # a date-time converts to seconds: it must fall in 1970..2100 itself
+    unit[iso_late] = -1
+    odd = ~empty & ~word & (unit < 0)
+    _add_rows(probs, name, rows[odd], 'bad_timestamp', [f'timestamp {v!r} is not a plausible time: not finite, negative, or '
+              'outside 1970..2100 in seconds, milliseconds, microseconds and nanoseconds' for v in values[odd]],
+              'write Unix time (all rows in one unit), an ISO-8601 date-time in 1970..2100, or an order index 0, 1, 2, ...')
+    used = np.bincount(unit[unit >= 0], minlength=len(TIMESTAMP_UNITS))
+    if (used > 0).sum() > 1:
+        names = list(TIMESTAMP_UNITS); main_unit = int(used.argmax())
+        minority = (unit >= 0) & (unit != main_unit)
+        mix = ', '.join(f'{used[k]} in {names[k]}' for k in np.flatnonzero(used))
+        _add_rows(probs, name, rows[minority], 'mixed_timestamp_units', [f'timestamp {v!r} reads as {names[k]}, but most '
+                  f'rows are in {names[main_unit]} ({mix}): the order of the sequence would be wrong'
+                  for v, k in zip(values[minority], unit[minority])],
+                  f'write every timestamp of {name} in one unit (e.g. convert them all to {names[main_unit]})')
+    ts[~empty & (unit < 0)] = np.nan   # never sort by a refused value (the data set is unusable anyway)
     return ts
 
 def _check_interactions(df: pd.DataFrame, name: str, item_ids: np.ndarray, probs: list) -> dict:
     "Per-row user codes, item indices (-1 = unknown) and sort keys, with problems for the interaction table."
-    n = len(df); rows = np.arange(1, n + 1)
+    n = len(df); rows = df.index.to_numpy(dtype=np.int64)   # data row = line number - 1
     if n == 0: probs.append(Problem(name, None, 'no_interactions', f'{name} has no rows', 'add interactions, one row each'))
     users = df['user_id'].to_numpy(dtype=object); items = df['item_id'].to_numpy(dtype=object)
     eu = users == ''
@@ -308,7 +510,7 @@ def _check_interactions(df: pd.DataFrame, name: str, item_ids: np.ndarray, probs
     _add_rows(probs, name, rows[unk], 'unknown_item', [f'item_id {i!r} is not in the item table' for i in items[unk]],
               'add the item to items.tsv or delete the interaction row')
     if 'timestamp' in df.columns:
-        ts = _parse_timestamps(df['timestamp'], name, probs)
+        ts = _parse_timestamps(df['timestamp'], name, rows, probs)
         miss = np.isnan(ts)
         if miss.any() and not miss.all():
             r = rows[miss]
@@ -319,10 +521,10 @@ def _check_interactions(df: pd.DataFrame, name: str, item_ids: np.ndarray, probs
     else: ts, dcols = np.full(n, np.nan), ['user_id', 'item_id']
     dup = df.duplicated(subset=dcols, keep='first').to_numpy()
     if dup.any():
-        first = df.reset_index().groupby(dcols, sort=False)['index'].transform('min').to_numpy() + 1
+        first = df.assign(_row=rows).groupby(dcols, sort=False)['_row'].transform('min').to_numpy()
         _add_rows(probs, name, rows[dup], 'duplicate_interaction', [f'same {"/".join(dcols)} as row {f}; kept as a repeated interaction'
                   for f in first[dup]], 'delete the row if it is a logging error (pandas: drop_duplicates())', fatal=False)
-    return dict(users=users, item=item, ts=ts, ok=~(unk | eu))
+    return dict(users=users, item=item, ts=ts, ok=~(unk | eu), rows=rows)
 
 # %% ../nbs/01_data.ipynb #c019
 def _build_sequences(inter: dict, min_seq_len: int | None, name: str, probs: list) -> dict:
@@ -333,7 +535,7 @@ def _build_sequences(inter: dict, min_seq_len: int | None, name: str, probs: lis
     if miss.all(): ts = np.zeros(len(ts))
     elif miss.any(): ts = pd.Series(ts).groupby(ucode).ffill().fillna(-np.inf).to_numpy()
     order = np.lexsort((rows, ts, ucode))
-    flat, rows_sorted = inter['item'][ok][order], rows[order] + 1
+    flat, rows_sorted = inter['item'][ok][order], inter['rows'][ok][order]
     lens = np.bincount(ucode, minlength=len(uids)); offsets = np.concatenate([[0], np.cumsum(lens)])
     need = 3 if min_seq_len is None else min_seq_len
     short = lens < need
@@ -412,21 +614,34 @@ class MoMDataset:
                 f"({', '.join(f'{c} {m}' for m, c in zip(MODALITIES, mc))}), {self.n_interactions} interactions)")
 
     def load_image(self, i: int):
-        "Item `i`'s image as an RGB `PIL.Image`, read now from images/ or images.lmdb; `DataError` if missing or corrupt."
+        "Item `i`'s image as an 8-bit RGB `PIL.Image` (`_to_rgb`), read now; `DataError` if it is missing, outside, too large or corrupt."
         from PIL import Image
+        import lmdb
         i = int(i); ref = str(self.image_refs[i]); iid = str(self.item_ids[i])
         fail = lambda kind, what, fix: DataError([Problem('items.tsv', i + 1, kind, f'item {i} ({iid!r}): {what}', fix)], self.path)
+        if self.modality[i] != MODALITIES.index('image'):
+            raise fail('missing_image', 'is a text item: it has no image (its image column is ignored)', 'read its text instead')
         if not ref: raise fail('missing_image', 'has no image reference (empty image column)', 'write its image path or LMDB key')
         if self.path is None: raise fail('missing_image', 'data set has no folder to read images from', 'load it with load_dataset')
         if self.image_store == 'lmdb':
-            with _lmdb_env(self.path).begin() as txn: data = txn.get(ref.encode())
+            try:
+                with _lmdb_env(self.path).begin() as txn: data = txn.get(ref.encode())
+            except lmdb.Error as e:
+                raise fail('corrupt_lmdb', f'reading key {ref!r} failed ({type(e).__name__}: {e})', _LMDB_FIX) from e
             if data is None: raise fail('missing_image', f'key {ref!r} is not in {self.path/"images.lmdb"}', 'add the image to images.lmdb')
             src = io.BytesIO(data)
         else:
-            src = self.path/ref
+            src = _image_file(self.path, ref)   # resolved again now: the folder may have changed since loading
+            if src is None: raise fail('image_outside_folder', f'image {ref!r} lies outside the data set folder {self.path}; '
+                                       'it is not read', 'copy the image into the folder and write its relative path')
             if not src.is_file(): raise fail('missing_image', f'image file {str(src)!r} does not exist', 'add the file or fix the image column')
         try:
-            with Image.open(src) as im: return im.convert('RGB')
+            with Image.open(src) as im:
+                if (why := _image_size_problem(im.size)) is not None:   # from the header: nothing decoded yet
+                    raise fail('image_too_large', f'image {ref!r} is refused: {why}', 'shrink the image')
+                return _to_rgb(im)
+        except DataError: raise
+        except Image.DecompressionBombError as e: raise fail('image_too_large', f'image {ref!r}: {e}', 'shrink the image') from e
         except Exception as e:
             raise fail('corrupt_image', f'image {ref!r} cannot be decoded ({type(e).__name__}: {e})', 'replace it with a valid PNG/JPEG') from e
 
@@ -464,6 +679,33 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     tot = int(lens.sum()); cs = np.concatenate([[0], np.cumsum(lens)[:-1]])
     return np.repeat(starts - cs, lens) + np.arange(tot, dtype=np.int64)
 
+# %% ../nbs/01_data.ipynb #t017
+META_SCHEMA = {'name': str, 'description': str, 'provenance': str, 'license': str, 'synthetic': bool,
+               'image_store': str, 'counts': dict}
+META_COUNTS = ('users', 'items', 'interactions', 'text_items', 'image_items')
+_JSON_TYPES = {str: 'a string', bool: 'true or false', dict: 'an object {...}'}
+
+def _meta_problems(meta: dict) -> list[Problem]:
+    "Fatal problems for fields of `meta` whose type is not the one `META_SCHEMA` (and `META_COUNTS`) declares."
+    probs = []
+    for key, kind in META_SCHEMA.items():
+        if key in meta and type(meta[key]) is not kind:
+            probs.append(Problem('meta.json', None, 'bad_meta', f'"{key}" is {json.dumps(meta[key])[:60]}, not '
+                                 f'{_JSON_TYPES[kind]}', f'write "{key}" as {_JSON_TYPES[kind]}'
+                                 + (' (no quotes: true or false)' if kind is bool else '')))
+    for key, value in (meta['counts'].items() if type(meta.get('counts')) is dict else ()):
+        if key in META_COUNTS and (type(value) is not int or value < 0):
+            probs.append(Problem('meta.json', None, 'bad_meta', f'counts.{key} is {json.dumps(value)[:60]}, not a '
+                                 'non-negative integer', 'write the count as a number, or rewrite meta.json with write_dataset'))
+    return probs
+
+def _meta_count_problems(meta: dict, actual: dict) -> list[Problem]:
+    "Warnings for each of `meta['counts']` that differs from the `actual` count of the tables."
+    counts = meta.get('counts') if type(meta.get('counts')) is dict else {}
+    return [Problem('meta.json', None, 'meta_counts', f'counts.{k} is {counts[k]} but the tables hold {actual[k]}',
+                    'rewrite meta.json (write_dataset computes the counts) or fix the tables', fatal=False)
+            for k in META_COUNTS if k in actual and type(counts.get(k)) is int and counts[k] != actual[k]]
+
 # %% ../nbs/01_data.ipynb #c024
 def _read_meta(path: Path, probs: list) -> dict:
     f = path/'meta.json'
@@ -471,7 +713,9 @@ def _read_meta(path: Path, probs: list) -> dict:
         probs.append(Problem('meta.json', None, 'missing_meta', 'meta.json not found (name = folder name, synthetic = false assumed)',
                              'write it (write_dataset does) with name, description, provenance, license, synthetic', fatal=False))
         return {}
-    try: meta = json.loads(f.read_text(encoding='utf-8'))
+    try: meta = json.loads(f.read_text(encoding='utf-8-sig'))   # a byte-order mark is fine, as in the TSVs
+    except RecursionError:
+        probs.append(Problem('meta.json', None, 'bad_meta', 'nested too deeply to read', 'write a flat JSON object')); return {}
     except UnicodeDecodeError as e:
         probs.append(Problem('meta.json', None, 'not_utf8', f'not valid UTF-8 at byte offset {e.start}', 're-save meta.json as UTF-8')); return {}
     except json.JSONDecodeError as e:
@@ -479,7 +723,8 @@ def _read_meta(path: Path, probs: list) -> dict:
                              'row = line of the file here)', 'fix the JSON syntax')); return {}
     if not isinstance(meta, dict):
         probs.append(Problem('meta.json', None, 'bad_meta', f'holds a {type(meta).__name__}, not an object', 'write a JSON object {...}')); return {}
-    return meta
+    probs.extend(_meta_problems(meta))
+    return {k: v for k, v in meta.items() if k not in META_SCHEMA or type(v) is META_SCHEMA[k]}   # bad fields dropped
 
 def _scan(path, min_seq_len: int | None = None, decode_images: bool = False) -> tuple[dict, list]:
     "Read and check everything; returns (parts built so far, problems)."
@@ -490,9 +735,12 @@ def _scan(path, min_seq_len: int | None = None, decode_images: bool = False) -> 
         probs.append(Problem(str(path), None, 'missing_file', f'{path} is not a folder', 'give the path of a MoM data set folder'))
         return parts, probs
     parts['meta'] = meta = _read_meta(path, probs)
-    items, iname = _read_table(path, 'items', ('item_id', 'modality'), probs)
-    inter, xname = _read_table(path, 'interactions', ('user_id', 'item_id'), probs)
+    items, iname = _read_table(path, 'items', ('item_id', 'modality'), probs, ITEM_COLUMNS)
+    inter, xname = _read_table(path, 'interactions', ('user_id', 'item_id'), probs, INTERACTION_COLUMNS)
     parts['names'] = (iname, xname)
+    actual = {} if items is None else dict(items=len(items), **{f'{m}_items': int((items['modality'] == m).sum()) for m in MODALITIES})
+    if inter is not None: actual.update(interactions=len(inter), users=int(inter['user_id'].nunique()))
+    probs.extend(_meta_count_problems(meta, actual))
     if items is not None: parts['items'] = _check_items(path, items, iname, meta, decode_images, probs)
     if inter is not None and items is not None:
         parts['inter'] = x = _check_interactions(inter, xname, parts['items']['item_ids'], probs)

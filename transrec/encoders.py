@@ -341,13 +341,14 @@ class PrefixCache:
 
 # %% ../nbs/05_encoders.ipynb #c026
 def _resize_crop(img, size: int) -> np.ndarray:
-    "PIL RGB image -> uint8 [3, size, size]: shorter side resized to `size`, centre crop."
+    "PIL RGB image -> uint8 [3, size, size]: the centred square of the shorter side, resized to `size`."
     from PIL import Image
-    w, h = img.size; s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    if (nw, nh) != (w, h): img = img.resize((nw, nh), Image.BILINEAR)
-    l, t = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((l, t, l + size, t + size)), dtype=np.uint8).transpose(2, 0, 1)
+    w, h = img.size; side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    # crop first, then resize only that box: memory is the output's, whatever the shape (a 40000 x 1 image
+    # resized shorter-side-first would become 8,960,000 x 224 pixels)
+    out = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
 
 class ItemContent:
     "The items of one data set as the encoders of `cfg` read them: tokens, pixels, frozen-prefix caches."
