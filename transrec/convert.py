@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_convert.ipynb #c002
 from __future__ import annotations
-import ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys, uuid
+import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys, uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,14 +20,15 @@ from .data import write_dataset
 # %% auto #0
 __all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES',
            'TIME_NAMES', 'TIME_FORMATS', 'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES',
-           'NPY_RESAVE', 'CONVERTERS', 'FORMATS', 'LIST_OPTIONS', 'USAGE', 'ConversionError', 'ProblemLog',
+           'NPY_RESAVE', 'CONVERTERS', 'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'ConversionError', 'ProblemLog',
            'iter_lines', 'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
            'SourceItem', 'safe_name', 'clean_stale_temporaries', 'build_atomic', 'check_destination', 'check_converted',
            'write_converted', 'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time',
            'read_pairs', 'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole',
            'PickleRefused', 'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value',
            'load_pickle_data', 'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences',
-           'from_reference', 'convert', 'parse_options', 'main']
+           'from_reference', 'convert', 'converter_options', 'add_converter_options', 'parse_options', 'cli_parser',
+           'main']
 
 # %% ../nbs/03_convert.ipynb #c005
 class ConversionError(ValueError):
@@ -1248,6 +1249,30 @@ def convert(fmt: str, src, dst, **options) -> Path:
 # %% ../nbs/03_convert.ipynb #c055
 LIST_OPTIONS = ('text_fields', 'text_columns', 'pad', 'image_shape', 'behaviors', 'news')
 
+OPTION_HELP = dict(
+    modality="'auto' (image if the item has a cover, else text), 'image' or 'text'",
+    on_problem="unknown items, items without content, bad covers: 'report' (drop, list in meta.json) or 'error'",
+    bad_rows="malformed source rows: 'error' (stop, naming file and line) or 'report' (skip, list in meta.json)",
+    encoding_errors="non-UTF-8 bytes: 'strict' (stop) or 'replace' (U+FFFD, counted in meta.json)",
+    dedup="keep only a user's first interaction with an item", keep_unused_items="keep items nobody interacted with",
+    image_store="'files' (images/) or 'lmdb' (images.lmdb)", check_images="decode every used cover once",
+    overwrite="replace an existing MoM folder at DST (never the source folder)", description="free text for meta.json",
+    behaviour='behaviour file (default: *_behaviour.tsv in SRC)', items='item text file (default: found in SRC)',
+    covers='cover folder of ITEM_ID.jpg files (default: found in SRC)', text_columns='item-file columns joined as text',
+    text_sep='separator between joined text fields', interactions='interaction CSV (default: told apart by header)',
+    columns='JSON {"user": ..., "item": ..., "timestamp": ...}: header names (or positions with --header false)',
+    header='whether the interaction CSV has a header', text_fields='fields joined as the item text',
+    behaviors='behaviors.tsv file(s) (default: every one in SRC and its split folders)',
+    news='news.tsv file(s) (default: every one in SRC and its split folders)', reviews='review JSON lines file',
+    meta='metadata JSON lines file (meta_*.json[l][.gz])', images='local folder of ITEM_ID.jpg covers',
+    item_key="'auto' (parent_asin, else asin), 'asin' or 'parent_asin'", dataset='NAME of NAME.inter / NAME.item',
+    inter='NAME.inter file', item='NAME.item file', user_field='user field of the .inter file',
+    item_field='item field', time_field='time field of the .inter file', seqs='.npy of item-id sequences',
+    texts='text items file (doc_id title lines)', lmdb='cover LMDB (folder or file)',
+    image_layout="LMDB values: 'auto', 'lmdb_image', 'ndarray', 'raw' or 'encoded'",
+    image_shape="[H,W,C] of 'raw' LMDB values", channel_order="'rgb' or 'bgr' (OpenCV-written arrays)",
+    pad='sequence cells that are padding', user_prefix='prefix of user ids made from row numbers')
+
 def _option_value(name: str, raw: str):
     try: v = json.loads(raw)
     except json.JSONDecodeError: v = raw
@@ -1256,53 +1281,81 @@ def _option_value(name: str, raw: str):
         elif not isinstance(v, list): v = [v]
     return tuple(v) if isinstance(v, list) else v
 
+def _bool_value(raw: str) -> bool:
+    v = str(raw).strip().lower()
+    if v in ('true', '1', 'yes', 'on'): return True
+    if v in ('false', '0', 'no', 'off'): return False
+    raise argparse.ArgumentTypeError(f'{raw!r} is not a boolean: use true or false')
+
+
+# %% ../nbs/03_convert.ipynb #c055a
+def converter_options(fn: Callable) -> dict:
+    "Option name -> default of converter `fn`: its own keyword parameters, then `COMMON_OPTIONS`."
+    own = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in ('src', 'dst', 'options')}
+    return {**own, **COMMON_OPTIONS}
+
+def add_converter_options(parser: argparse.ArgumentParser, fn: Callable) -> argparse.ArgumentParser:
+    "Add `--name` options for converter `fn` to `parser` (absent ones are left out of the result)."
+    for name, default in converter_options(fn).items():
+        flags = ['--' + name.replace('_', '-')] + (['--' + name] if '_' in name else [])
+        help_ = f"{OPTION_HELP.get(name, name)} (default: {default!r})".replace('%', '%%')
+        if isinstance(default, bool):
+            parser.add_argument(*flags, dest=name, nargs='?', const=True, type=_bool_value, default=argparse.SUPPRESS,
+                                metavar='BOOL', help=help_ + '; a bare flag means true')
+        else:
+            parser.add_argument(*flags, dest=name, type=partial(_option_value, name), default=argparse.SUPPRESS,
+                                metavar='VALUE', help=help_)
+    return parser
+
+
+# %% ../nbs/03_convert.ipynb #c055b
+class _OptionParser(argparse.ArgumentParser):
+    def error(self, message): raise ConversionError(f"{self.prog}: {message}; valid options: "
+                                                    f"{', '.join(a.option_strings[0] for a in self._actions)}")
+
 def parse_options(args: list[str], fn: Callable) -> dict:
-    "`--name value` command-line options for converter `fn` as keyword arguments (unknown names raise)."
-    params = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in ('src', 'dst', 'options')}
-    valid = {**COMMON_OPTIONS, **params}
-    out, i = {}, 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith('--'): raise ConversionError(f"unexpected argument {a!r}: options are --name value")
-        name, eq, raw = a[2:].partition('=')
-        name = name.replace('-', '_')
-        if name not in valid:
-            raise ConversionError(f"unknown option --{name.replace('_', '-')} for {fn.__name__}; valid: "
-                                  f"{', '.join('--' + k.replace('_', '-') for k in valid)}")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith('--'): raw = args[i + 1]; i += 1
-            elif isinstance(valid[name], bool): raw = 'true'
-            else: raise ConversionError(f"option --{name.replace('_', '-')} needs a value")
-        out[name] = _option_value(name, raw); i += 1
-    return out
+    "`--name value` command-line options for converter `fn` as keyword arguments (bad ones raise `ConversionError`)."
+    parser = add_converter_options(_OptionParser(prog=fn.__name__, add_help=False, allow_abbrev=False), fn)
+    return vars(parser.parse_args(args))
 
-USAGE = """usage: python -m transrec.convert FORMAT SRC DST [--option value ...]
-       python -m transrec.convert list
-       python -m transrec.convert FORMAT --help"""
 
+# %% ../nbs/03_convert.ipynb #c055c
+def cli_parser() -> argparse.ArgumentParser:
+    "The `argparse` parser of `python -m transrec.convert`: `list`, and one subcommand per format."
+    parser = argparse.ArgumentParser(prog='python -m transrec.convert', allow_abbrev=False,
+                                     description='Convert a public data set into a MoM folder (see FORMAT --help).')
+    sub = parser.add_subparsers(dest='format', metavar='FORMAT', title='formats (and list)')
+    sub.add_parser('list', help='list the formats')
+    for fmt, fn in CONVERTERS.items():
+        sp = sub.add_parser(fmt, help=FORMATS[fmt], description=f'{fn.__doc__}\n\n{FORMATS[fmt]}', allow_abbrev=False,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument('src', metavar='SRC', help='folder the data set was unpacked into')
+        sp.add_argument('dst', metavar='DST', help='MoM folder to write (not SRC, not a folder containing SRC)')
+        add_converter_options(sp, fn)
+    return parser
+
+
+# %% ../nbs/03_convert.ipynb #c055d
 def main(argv: list[str] | None = None) -> int:
-    "Command line: convert a data set, list the formats, or show a format's options."
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ('-h', '--help'): print(USAGE); return 0
-    if argv[0] == 'list':
+    "Command line: convert a data set, list the formats, or show a format's options; returns the exit status."
+    argv, parser = list(sys.argv[1:] if argv is None else argv), cli_parser()
+    if not argv:
+        parser.print_help(); return 0
+    try: args = vars(parser.parse_args(argv))
+    except SystemExit as e: return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    fmt, src, dst = args.pop('format'), args.pop('src', None), args.pop('dst', None)
+    if fmt == 'list':
         for k, v in FORMATS.items(): print(f'{k:10s} {v}')
         return 0
-    try:
-        if argv[0] not in CONVERTERS: raise ConversionError(f"unknown format {argv[0]!r}; available: {', '.join(CONVERTERS)}")
-        fn = CONVERTERS[argv[0]]
-        if len(argv) > 1 and argv[1] in ('-h', '--help'):
-            print(f'{fn.__name__}: {fn.__doc__}\n\n{FORMATS[argv[0]]}\n\noptions (default):')
-            params = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in ('src', 'dst', 'options')}
-            for k, v in {**params, **COMMON_OPTIONS}.items(): print(f"  --{k.replace('_', '-'):20s} {v!r}")
-            return 0
-        if len(argv) < 3: raise ConversionError(f'{argv[0]}: need SRC and DST\n{USAGE}')
-        path = fn(argv[1], argv[2], **parse_options(argv[3:], fn))
-    except ConversionError as e:
-        print(f'error: {e}', file=sys.stderr); return 2
+    try: path = CONVERTERS[fmt](src, dst, **args)
+    except (ConversionError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr); return 1
     meta = json.loads((path/'meta.json').read_text())
     print(f"wrote {path}: {json.dumps(meta['counts'])}")
-    for e in meta['conversion_problems']: print(f"  dropped/changed: {e['count']} x {e['kind']} in {e['file']}: {e['message']}")
+    for e in meta['conversion_problems']:
+        print(f"  dropped/changed: {e['count']} x {e['kind']} in {e['file']}: {e['message']}")
     return 0
+
 
 # %% ../nbs/03_convert.ipynb #c056
 #| eval: false
