@@ -4,7 +4,8 @@
 
 # %% ../nbs/03_convert.ipynb #c002
 from __future__ import annotations
-import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys, uuid
+import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -276,10 +277,11 @@ def clean_stale_temporaries(out) -> list[Path]:
 
 
 # %% ../nbs/03_convert.ipynb #c020b
-def _sibling(out: Path, kind: str) -> Path: return out.parent/f'.{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+def _sibling(out: Path, kind: str) -> Path:
+    return out.parent/f'.{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
 
 def build_atomic(out, build, replace: bool = False) -> Path:
-    "Run `build(tmp)` in a fresh `.OUT.tmp-<pid>-<uuid>` beside `out`, then rename it to `out` (atomic on one file system)."
+    "Run `build(tmp)` in a fresh `.OUT.tmp-<pid>-<uuid>` beside `out`, then rename it to `out` (atomically)."
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(out)
     tmp = _sibling(out, 'tmp'); tmp.mkdir()
@@ -299,17 +301,17 @@ def build_atomic(out, build, replace: bool = False) -> Path:
 
 # %% ../nbs/03_convert.ipynb #c020c
 def check_destination(src, dst, sources=(), overwrite: bool = False) -> None:
-    "Refuse a `dst` that is `src`, contains `src` or a source file, or (with `overwrite`) is an existing folder in `src`."
+    "Refuse a `dst` that is or contains `src` or a source file, or (`overwrite`) an existing folder in `src`."
     s, d = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
     if d == s:
         raise ConversionError(f"destination {dst} is the source folder: choose another destination "
                               f"(writing there would replace the source files)")
     if d in s.parents:
-        raise ConversionError(f"destination {dst} contains the source folder {src}: choose a destination outside it")
+        raise ConversionError(f"destination {dst} contains the source folder {src}: choose one outside it")
     for p in map(Path, sources):
         p = p.expanduser().resolve()
         if p == d or d in p.parents:
-            raise ConversionError(f"destination {dst} contains the source file {p}: choose a destination outside it")
+            raise ConversionError(f"destination {dst} contains the source file {p}: choose one outside it")
     if overwrite and s in d.parents and d.exists():
         raise ConversionError(f"destination {dst} is inside the source folder {src}: refusing to replace it "
                               f"(overwrite=True); choose a destination outside the source folder")
@@ -317,12 +319,14 @@ def check_destination(src, dst, sources=(), overwrite: bool = False) -> None:
 
 # %% ../nbs/03_convert.ipynb #c020d
 def check_converted(path, dst) -> None:
-    "Raise `ConversionError` (one line per error) if `transrec.data.validate` rejects the folder written at `path`."
+    "Raise `ConversionError` (one line per error) if `transrec.data.validate` rejects the folder at `path`."
     report = _data.validate(path, min_seq_len=3, check_images=False)
-    errors = [p for p in report.errors if p.kind != 'no_users']   # short users were already reported by `assemble`
+    errors = [p for p in report.errors if p.kind != 'no_users']   # short users: reported by `assemble`
     if errors:
-        shown = '\n'.join(f'  {p}' for p in errors[:20]) + (f'\n  ... and {len(errors) - 20} more' if len(errors) > 20 else '')
-        raise ConversionError(f"the converted folder is not valid, so {dst} was not written ({len(errors)} error(s); "
+        shown = '\n'.join(f'  {p}' for p in errors[:20])
+        if len(errors) > 20: shown += f'\n  ... and {len(errors) - 20} more'
+        raise ConversionError(f"the converted folder is not valid, so {dst} was not written "
+                              f"({len(errors)} error(s); "
                               f"a converter bug or an unreported source problem, please report it):\n{shown}")
 
 
@@ -356,8 +360,8 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
     kept = []
     for ev in events:
         if not str(ev[0]).strip() or not str(ev[1]).strip():
-            _bad_row(problems, ev[3], ev[4], f"user {ev[0]!r}, item {ev[1]!r}", 'interaction without a user id or an item id',
-                     'Fix or delete the line', o)
+            _bad_row(problems, ev[3], ev[4], f"user {ev[0]!r}, item {ev[1]!r}",
+                     'interaction without a user id or an item id', 'Fix or delete the line', o)
         elif ev[1] in catalog: kept.append(ev)
         else: _drop_event_problem(problems, 'unknown_item', ev, 'interaction names an item the item files do not define; '
                                   'interaction dropped', unknown_fix or 'Add the item to the item files, or remove the interaction.',
@@ -534,7 +538,7 @@ TIME_FORMATS = "a finite number (Unix time) or an ISO 8601 date YYYY-MM-DD[ HH:M
 _ISO_DATE = re.compile(r'\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:?\d{2})?')
 
 def parse_time(value: str):
-    "A timestamp field as a number: finite numbers as is, ISO dates as Unix seconds (naive = UTC); '' -> None."
+    "A timestamp as a number: finite numbers as is, ISO dates as Unix seconds (naive = UTC); '' -> None."
     s = value.strip()
     if not s: return None
     try: x = float(s)
@@ -543,7 +547,8 @@ def parse_time(value: str):
         if not math.isfinite(x): raise ValueError(f"timestamp {s!r} is not finite: expected {TIME_FORMATS}")
         return int(x) if x.is_integer() else x
     if not _ISO_DATE.fullmatch(s):
-        raise ValueError(f"timestamp {s!r} is not {TIME_FORMATS} (words like 'now' are refused: the clock is never used)")
+        raise ValueError(f"timestamp {s!r} is not {TIME_FORMATS} "
+                         f"(words like 'now' are refused: the clock is never used)")
     t = datetime.fromisoformat(s)
     if t.tzinfo is None: t = t.replace(tzinfo=timezone.utc)
     return int(t.timestamp())
@@ -700,10 +705,11 @@ def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_
             first = catalog.get(nid)
             if first is None: catalog[nid] = SourceItem(text, None, path, n)
             elif first.text != text:
-                problems.add('conflicting_news', path, n, f'news {nid!r}: {problems.where(first.file, first.row)} has '
-                             f'{first.text!r}, this line {text!r}', 'news id defined again with another text; '
-                             'the first definition is kept', 'Check which news.tsv is right and fix the other line.',
-                             o['on_problem'])
+                first_at = problems.where(first.file, first.row)
+                detail = f'news {nid!r}: {first_at} has {first.text!r}, this line {text!r}'
+                problems.add('conflicting_news', path, n, detail,
+                             'news id defined again with another text; the first definition is kept',
+                             'Check which news.tsv is right and fix the other line.', o['on_problem'])
     rows, unlabeled = [], 0
     for path in bfiles:
         for n, line in iter_lines(path, o['encoding_errors'], problems):
@@ -756,7 +762,7 @@ def _image_urls(d: dict) -> list[str]:
 MAX_LITERAL_CHARS = 1_000_000   # longer Python-literal lines are not handed to `ast.literal_eval`
 
 def _json_line(line: str):
-    "A JSON (or 2014-style Python literal) line; too deep / too long / invalid raises ValueError, never crashes."
+    "A JSON (or 2014-style Python literal) line; too deep, too long or invalid raises ValueError."
     try: return json.loads(line)
     except RecursionError: raise ValueError('JSON nested too deeply') from None
     except json.JSONDecodeError:
@@ -897,7 +903,8 @@ def from_recbole(src, dst, dataset: str | None = None, inter=None, item=None, te
         if ct is not None:
             try: ts = parse_time(parts[ct])
             except ValueError as e:
-                _bad_row(problems, f['inter'], n, repr(parts[ct]), str(e), 'Fix or delete the line', o); continue
+                _bad_row(problems, f['inter'], n, repr(parts[ct]), str(e), 'Fix or delete the line', o)
+                continue
         events.append((parts[cu].strip(), parts[cit].strip(), ts, f['inter'], n))
     return assemble(dst, fmt='recbole', src=src, catalog=catalog, events=events, problems=problems, sources=[f['inter'], f['item']],
                     options={**o, 'dataset': dataset, 'text_fields': tf, 'text_sep': text_sep, 'user_field': users[0],
@@ -907,7 +914,7 @@ def from_recbole(src, dst, dataset: str | None = None, inter=None, item=None, te
 
 # %% ../nbs/03_convert.ipynb #c046
 class PickleRefused(ValueError):
-    "A pickle holds something other than plain data, NumPy arrays or `LMDB_Image` records; nothing of it was run."
+    "A pickle holds something other than plain data, NumPy arrays or `LMDB_Image` records (nothing was run)."
 
 @dataclass(eq=False)
 class PickleGlobal:
@@ -925,8 +932,8 @@ class PickleCall:
 
 
 # %% ../nbs/03_convert.ipynb #c046b
-_PUSH_ARG = {'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8', 'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8', 'BYTEARRAY8',
-             'BINSTRING', 'SHORT_BINSTRING', 'BININT', 'BININT1', 'BININT2', 'LONG1', 'BINFLOAT'}
+_PUSH_ARG = {'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8', 'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8',
+             'BYTEARRAY8', 'BINSTRING', 'SHORT_BINSTRING', 'BININT', 'BININT1', 'BININT2', 'LONG1', 'BINFLOAT'}
 _CONSTANTS = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False}
 
 def _pop_mark(stack, marks):
@@ -934,7 +941,7 @@ def _pop_mark(stack, marks):
     at = marks.pop(); items = stack[at:]; del stack[at:]; return items
 
 def read_pickle_data(data: bytes):
-    "Walk the opcodes of pickle `data`, interpreting only data opcodes; calls and globals become records, never run."
+    "Walk the opcodes of pickle `data`, interpreting data opcodes only; calls and globals become records."
     stack, marks, memo = [], [], {}
     try:
         for op, arg, pos in pickletools.genops(bytes(data)):
@@ -968,10 +975,12 @@ def read_pickle_data(data: bytes):
                 args = stack.pop(); stack.append(PickleCall(stack.pop(), args))
             elif name == 'BUILD':
                 state = stack.pop()
-                if not isinstance(stack[-1], PickleCall): raise PickleRefused(f'BUILD at byte {pos} on a {type(stack[-1]).__name__}')
+                if not isinstance(stack[-1], PickleCall):
+                    raise PickleRefused(f'BUILD at byte {pos} on a {type(stack[-1]).__name__}')
                 stack[-1].state = state
-            else: raise PickleRefused(f'pickle opcode {name} (byte {pos}) is not read: only plain data, NumPy arrays '
-                                      f'and LMDB_Image records are')
+            else:
+                raise PickleRefused(f'pickle opcode {name} (byte {pos}) is not read: only plain data, '
+                                    f'NumPy arrays and LMDB_Image records are')
         else: raise PickleRefused('pickle has no STOP')
     except PickleRefused: raise
     except (ValueError, IndexError, KeyError, TypeError, AttributeError) as e:
@@ -986,14 +995,16 @@ class LMDBImageRecord:
     def get_image(self) -> np.ndarray:
         return np.frombuffer(self.image, dtype=np.uint8).reshape(*self.size, self.channels)
 
-_NUMPY_MODULES = ('numpy.core.multiarray', 'numpy._core.multiarray', 'numpy.core.numeric', 'numpy._core.numeric', 'numpy')
+_NUMPY_MODULES = ('numpy.core.multiarray', 'numpy._core.multiarray', 'numpy.core.numeric',
+                  'numpy._core.numeric', 'numpy')
 
 def _pickle_dtype(call) -> np.dtype:
     f = call.func if isinstance(call, PickleCall) else None
-    if not (isinstance(f, PickleGlobal) and (f.module, f.name) == ('numpy', 'dtype') and isinstance(call.args, tuple)
-            and call.args and isinstance(call.args[0], str) and re.fullmatch(r'[biufcSUO]\d+', call.args[0])):
-        raise PickleRefused(f'unsupported NumPy dtype {getattr(call, "args", call)!r}: only bool, number, string and '
-                            f'object dtypes are read')
+    args = getattr(call, 'args', call)
+    if not (isinstance(f, PickleGlobal) and (f.module, f.name) == ('numpy', 'dtype')
+            and isinstance(args, tuple) and args and isinstance(args[0], str)
+            and re.fullmatch(r'[biufcSUO]\d+', args[0])):
+        raise PickleRefused(f'unsupported NumPy dtype {args!r}: only bool, number, string, object are read')
     dt = np.dtype(call.args[0])
     order = call.state[1] if isinstance(call.state, tuple) and len(call.state) > 1 else '|'
     return dt.newbyteorder(order) if order in ('<', '>') else dt
@@ -1003,13 +1014,14 @@ def _pickle_array(raw, dtype: np.dtype, shape, order: str = 'C') -> np.ndarray:
         raise PickleRefused(f'array shape {shape!r} is not a tuple of sizes')
     n = int(np.prod(shape, dtype=np.int64))
     if dtype.hasobject:
-        if not isinstance(raw, list) or len(raw) != n: raise PickleRefused(f'object array of shape {shape} without its {n} elements')
+        if not isinstance(raw, list) or len(raw) != n:
+            raise PickleRefused(f'object array of shape {shape} without its {n} elements')
         a = np.empty(n, dtype=object)
         for i, v in enumerate(raw): a[i] = pickle_value(v)
     else:
         raw = pickle_value(raw)
         if not isinstance(raw, bytes) or len(raw) != n * dtype.itemsize:
-            raise PickleRefused(f'array of shape {shape} and dtype {dtype} needs {n * dtype.itemsize} bytes of data')
+            raise PickleRefused(f'array of shape {shape} and dtype {dtype} needs {n * dtype.itemsize} bytes')
         a = np.frombuffer(raw, dtype=dtype).copy()
     return a.reshape(shape, order='F' if order == 'F' else 'C')
 
@@ -1017,7 +1029,8 @@ def _lmdb_image(state) -> LMDBImageRecord:
     state = pickle_value(state)
     if not isinstance(state, dict): raise PickleRefused('LMDB_Image record without its attribute dict')
     rec = LMDBImageRecord()
-    rec.channels, rec.size, rec.image, rec.id = state.get('channels'), state.get('size'), state.get('image'), state.get('id')
+    rec.channels, rec.size = state.get('channels'), state.get('size')
+    rec.image, rec.id = state.get('image'), state.get('id')
     size = tuple(rec.size) if isinstance(rec.size, (tuple, list)) else ()
     if not (isinstance(rec.channels, int) and len(size) == 2 and all(isinstance(s, int) for s in size)
             and isinstance(rec.image, bytes) and len(rec.image) == size[0] * size[1] * rec.channels):
@@ -1027,9 +1040,10 @@ def _lmdb_image(state) -> LMDBImageRecord:
 
 def _pickle_call(call: PickleCall):
     f, args, state = call.func, call.args, call.state
-    if not isinstance(f, PickleGlobal): raise PickleRefused('a pickle calls something that is not a named global')
+    if not isinstance(f, PickleGlobal): raise PickleRefused('a pickle calls something but a named global')
     if f.name == 'LMDB_Image': return _lmdb_image(state)
-    if (f.module, f.name) in (('copyreg', '_reconstructor'), ('copy_reg', '_reconstructor')) and isinstance(args, tuple) and args \
+    if f.module in ('copyreg', 'copy_reg') and f.name == '_reconstructor' and isinstance(args, tuple) \
+            and args \
             and isinstance(args[0], PickleGlobal) and args[0].name == 'LMDB_Image': return _lmdb_image(state)
     if (f.module, f.name) == ('_codecs', 'encode') and isinstance(args, tuple) and len(args) == 2 \
             and isinstance(args[0], str) and args[1] == 'latin1': return args[0].encode('latin1')
@@ -1044,21 +1058,22 @@ def _pickle_call(call: PickleCall):
             if dtype.hasobject: return pickle_value(args[1])
             return _pickle_array(args[1], dtype, ())[()]
         if f.name == 'dtype': return _pickle_dtype(call)
-    raise PickleRefused(f'refusing to load {f}: only plain data, NumPy arrays and LMDB_Image records are read '
-                        f'(nothing in the pickle is run)')
+    raise PickleRefused(f'refusing to load {f}: only plain data, NumPy arrays and LMDB_Image records '
+                        f'are read (nothing in the pickle is run)')
 
 def pickle_value(x):
-    "The plain value of what `read_pickle_data` returned: lists, dicts, arrays and LMDB_Image records; anything else refused."
+    "The value of what `read_pickle_data` returned: data, arrays, LMDB_Image records; anything else refused."
     if isinstance(x, (str, bytes, int, float, bool)) or x is None: return x
     if isinstance(x, list): return [pickle_value(v) for v in x]
     if isinstance(x, tuple): return tuple(pickle_value(v) for v in x)
     if isinstance(x, dict): return {pickle_value(k): pickle_value(v) for k, v in x.items()}
     if isinstance(x, PickleCall): return _pickle_call(x)
-    if isinstance(x, PickleGlobal): raise PickleRefused(f'refusing to load {x}: a pickle may hold data, not classes or functions')
+    if isinstance(x, PickleGlobal):
+        raise PickleRefused(f'refusing to load {x}: a pickle may hold data, not classes or functions')
     raise PickleRefused(f'unexpected {type(x).__name__} in a pickle')
 
 def load_pickle_data(data: bytes):
-    "The value pickled in `data`, read by `read_pickle_data` + `pickle_value`: nothing is unpickled, imported or called."
+    "The value pickled in `data` (`read_pickle_data` + `pickle_value`): nothing is unpickled or called."
     try: return pickle_value(read_pickle_data(data))
     except RecursionError: raise PickleRefused('pickle nested too deeply (or cyclic)') from None
 
@@ -1136,7 +1151,8 @@ class LMDBCovers:
 
 # %% ../nbs/03_convert.ipynb #c048b
 NPY_RESAVE = ("re-save the sequences without pickled objects: a 2-D string array padded with '' "
-              "(np.save(path, np.array(rows, dtype=str))), or a TSV of `user<TAB>item item ...` lines (ninerec)")
+              "(np.save(path, np.array(rows, dtype=str))), "
+              "or a TSV of `user<TAB>item item ...` lines (ninerec)")
 
 def read_npy(path) -> np.ndarray:
     "The array in `.npy` file `path`, never unpickling: object arrays are read by `load_pickle_data`."
@@ -1145,7 +1161,8 @@ def read_npy(path) -> np.ndarray:
         try:
             version = np.lib.format.read_magic(f)
             if version not in ((1, 0), (2, 0)): raise ValueError(f'.npy format version {version} is not read')
-            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            fmt = np.lib.format
+            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, fortran, dtype = header(f)
         except ValueError as e:
             raise ConversionError(f"{path}: not a NumPy .npy file ({e}); {NPY_RESAVE}") from None
@@ -1154,9 +1171,10 @@ def read_npy(path) -> np.ndarray:
             return np.load(f, allow_pickle=False)
         payload = f.read()
     try: a = load_pickle_data(payload)
-    except PickleRefused as e: raise ConversionError(f"{path}: object array not read: {e}; {NPY_RESAVE}") from None
+    except PickleRefused as e:
+        raise ConversionError(f"{path}: object array not read: {e}; {NPY_RESAVE}") from None
     if not isinstance(a, np.ndarray) or a.shape != tuple(shape):
-        raise ConversionError(f"{path}: the pickled payload is not the {shape} array its header announces; {NPY_RESAVE}")
+        raise ConversionError(f"{path}: the payload is not the {shape} array of its header; {NPY_RESAVE}")
     return a
 
 
@@ -1251,21 +1269,27 @@ LIST_OPTIONS = ('text_fields', 'text_columns', 'pad', 'image_shape', 'behaviors'
 
 OPTION_HELP = dict(
     modality="'auto' (image if the item has a cover, else text), 'image' or 'text'",
-    on_problem="unknown items, items without content, bad covers: 'report' (drop, list in meta.json) or 'error'",
-    bad_rows="malformed source rows: 'error' (stop, naming file and line) or 'report' (skip, list in meta.json)",
+    on_problem="unknown items, items without content, bad covers: 'report' (drop, in meta.json) or 'error'",
+    bad_rows="malformed source rows: 'error' (stop, naming file and line) or 'report' (skip, in meta.json)",
     encoding_errors="non-UTF-8 bytes: 'strict' (stop) or 'replace' (U+FFFD, counted in meta.json)",
-    dedup="keep only a user's first interaction with an item", keep_unused_items="keep items nobody interacted with",
+    dedup="keep only a user's first interaction with an item",
+    keep_unused_items="keep items nobody interacted with",
     image_store="'files' (images/) or 'lmdb' (images.lmdb)", check_images="decode every used cover once",
-    overwrite="replace an existing MoM folder at DST (never the source folder)", description="free text for meta.json",
-    behaviour='behaviour file (default: *_behaviour.tsv in SRC)', items='item text file (default: found in SRC)',
-    covers='cover folder of ITEM_ID.jpg files (default: found in SRC)', text_columns='item-file columns joined as text',
-    text_sep='separator between joined text fields', interactions='interaction CSV (default: told apart by header)',
-    columns='JSON {"user": ..., "item": ..., "timestamp": ...}: header names (or positions with --header false)',
+    overwrite="replace an existing MoM folder at DST (never the source folder)",
+    description="free text for meta.json",
+    behaviour='behaviour file (default: *_behaviour.tsv in SRC)',
+    items='item text file (default: found in SRC)',
+    covers='cover folder of ITEM_ID.jpg files (default: found in SRC)',
+    text_columns='item-file columns joined as text', text_sep='separator between joined text fields',
+    interactions='interaction CSV (default: told apart by header)',
+    columns='JSON {"user": ..., "item": ..., "timestamp": ...}: header names (positions with --header false)',
     header='whether the interaction CSV has a header', text_fields='fields joined as the item text',
     behaviors='behaviors.tsv file(s) (default: every one in SRC and its split folders)',
-    news='news.tsv file(s) (default: every one in SRC and its split folders)', reviews='review JSON lines file',
+    news='news.tsv file(s) (default: every one in SRC and its split folders)',
+    reviews='review JSON lines file',
     meta='metadata JSON lines file (meta_*.json[l][.gz])', images='local folder of ITEM_ID.jpg covers',
-    item_key="'auto' (parent_asin, else asin), 'asin' or 'parent_asin'", dataset='NAME of NAME.inter / NAME.item',
+    item_key="'auto' (parent_asin, else asin), 'asin' or 'parent_asin'",
+    dataset='NAME of NAME.inter / NAME.item',
     inter='NAME.inter file', item='NAME.item file', user_field='user field of the .inter file',
     item_field='item field', time_field='time field of the .inter file', seqs='.npy of item-id sequences',
     texts='text items file (doc_id title lines)', lmdb='cover LMDB (folder or file)',
@@ -1291,7 +1315,8 @@ def _bool_value(raw: str) -> bool:
 # %% ../nbs/03_convert.ipynb #c055a
 def converter_options(fn: Callable) -> dict:
     "Option name -> default of converter `fn`: its own keyword parameters, then `COMMON_OPTIONS`."
-    own = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in ('src', 'dst', 'options')}
+    params = inspect.signature(fn).parameters.items()
+    own = {k: p.default for k, p in params if k not in ('src', 'dst', 'options')}
     return {**own, **COMMON_OPTIONS}
 
 def add_converter_options(parser: argparse.ArgumentParser, fn: Callable) -> argparse.ArgumentParser:
@@ -1300,21 +1325,22 @@ def add_converter_options(parser: argparse.ArgumentParser, fn: Callable) -> argp
         flags = ['--' + name.replace('_', '-')] + (['--' + name] if '_' in name else [])
         help_ = f"{OPTION_HELP.get(name, name)} (default: {default!r})".replace('%', '%%')
         if isinstance(default, bool):
-            parser.add_argument(*flags, dest=name, nargs='?', const=True, type=_bool_value, default=argparse.SUPPRESS,
-                                metavar='BOOL', help=help_ + '; a bare flag means true')
+            parser.add_argument(*flags, dest=name, nargs='?', const=True, type=_bool_value,
+                                default=argparse.SUPPRESS, metavar='BOOL', help=help_ + '; bare: true')
         else:
-            parser.add_argument(*flags, dest=name, type=partial(_option_value, name), default=argparse.SUPPRESS,
-                                metavar='VALUE', help=help_)
+            parser.add_argument(*flags, dest=name, type=partial(_option_value, name),
+                                default=argparse.SUPPRESS, metavar='VALUE', help=help_)
     return parser
 
 
 # %% ../nbs/03_convert.ipynb #c055b
 class _OptionParser(argparse.ArgumentParser):
-    def error(self, message): raise ConversionError(f"{self.prog}: {message}; valid options: "
-                                                    f"{', '.join(a.option_strings[0] for a in self._actions)}")
+    def error(self, message):
+        valid = ', '.join(a.option_strings[0] for a in self._actions)
+        raise ConversionError(f"{self.prog}: {message}; valid options: {valid}")
 
 def parse_options(args: list[str], fn: Callable) -> dict:
-    "`--name value` command-line options for converter `fn` as keyword arguments (bad ones raise `ConversionError`)."
+    "`--name value` command-line options for converter `fn` as keyword arguments (or `ConversionError`)."
     parser = add_converter_options(_OptionParser(prog=fn.__name__, add_help=False, allow_abbrev=False), fn)
     return vars(parser.parse_args(args))
 
@@ -1323,14 +1349,14 @@ def parse_options(args: list[str], fn: Callable) -> dict:
 def cli_parser() -> argparse.ArgumentParser:
     "The `argparse` parser of `python -m transrec.convert`: `list`, and one subcommand per format."
     parser = argparse.ArgumentParser(prog='python -m transrec.convert', allow_abbrev=False,
-                                     description='Convert a public data set into a MoM folder (see FORMAT --help).')
+                                     description='Convert a public data set into a MoM folder.')
     sub = parser.add_subparsers(dest='format', metavar='FORMAT', title='formats (and list)')
     sub.add_parser('list', help='list the formats')
     for fmt, fn in CONVERTERS.items():
-        sp = sub.add_parser(fmt, help=FORMATS[fmt], description=f'{fn.__doc__}\n\n{FORMATS[fmt]}', allow_abbrev=False,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp = sub.add_parser(fmt, help=FORMATS[fmt], description=f'{fn.__doc__}\n\n{FORMATS[fmt]}',
+                            allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.add_argument('src', metavar='SRC', help='folder the data set was unpacked into')
-        sp.add_argument('dst', metavar='DST', help='MoM folder to write (not SRC, not a folder containing SRC)')
+        sp.add_argument('dst', metavar='DST', help='MoM folder to write (not SRC or above it)')
         add_converter_options(sp, fn)
     return parser
 
