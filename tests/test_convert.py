@@ -225,7 +225,7 @@ def test_pixelrec_headerless_and_column_errors(tmp_path):
     (src/'inter2.csv').write_text('uid,iid,when\na,x,bad-date\na,y,1\na,z,2\n')
     with pytest.raises(ConversionError, match=r"no timestamp column named 'time'.*\['uid', 'iid', 'when'\]"):
         from_pixelrec(src, tmp_path/'o2', interactions='inter2.csv', columns=dict(timestamp='time'))
-    with pytest.raises(ConversionError, match=r"inter2.csv, line 2: timestamp is neither a number nor a date"):
+    with pytest.raises(ConversionError, match=r"inter2.csv, line 2: timestamp 'bad-date' is not a finite number.*ISO 8601 date"):
         from_pixelrec(src, tmp_path/'o2', interactions='inter2.csv', columns=dict(timestamp='when'))
     with pytest.raises(ConversionError, match=r'header=False needs columns= as 0-based positions'):
         from_pixelrec(src, tmp_path/'o2', interactions='inter.csv', header=False, columns=dict(user='uid'))
@@ -451,7 +451,7 @@ def test_registry_and_option_parsing():
     assert parse_options(['--text-fields', 'title,abstract', '--dedup', 'false', '--overwrite'], CONVERTERS['mind']) == \
         dict(text_fields=('title', 'abstract'), dedup=False, overwrite=True)
     assert parse_options(['--text-columns=2'], CONVERTERS['ninerec']) == dict(text_columns=(2,))
-    with pytest.raises(ConversionError, match='unknown option --nope'):
+    with pytest.raises(ConversionError, match='unrecognized arguments: --nope 1; valid options: --behaviors'):
         parse_options(['--nope', '1'], CONVERTERS['mind'])
     with pytest.raises(ConversionError, match='unknown format'):
         convert('movielens', '.', '.')
@@ -469,7 +469,9 @@ def test_cli(tmp_path):
     assert '"interactions": 7' in r.stdout
     assert Loaded(tmp_path/'out').text('v4') == 'Music'
     r = run('ninerec', tmp_path/'nowhere', tmp_path/'o2')
-    assert r.returncode == 2 and 'error:' in r.stderr and 'does not exist' in r.stderr
+    assert r.returncode == 1 and 'error:' in r.stderr and 'does not exist' in r.stderr   # a data problem
+    r = run('ninerec', src, tmp_path/'o3', '--modality')                                # a usage error
+    assert r.returncode == 2 and 'usage:' in r.stderr and 'expected one argument' in r.stderr
     r = run('mind', '--help')
     assert r.returncode == 0 and '--text-fields' in r.stdout and '--on-problem' in r.stdout
     assert main(['list']) == 0

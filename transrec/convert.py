@@ -4,7 +4,8 @@
 
 # %% ../nbs/03_convert.ipynb #c002
 from __future__ import annotations
-import ast, csv, gzip, hashlib, html, inspect, io, json, os, pickle, re, shutil, sys
+import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,13 +20,16 @@ from .data import write_dataset
 
 # %% auto #0
 __all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES',
-           'TIME_NAMES', 'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'RECBOLE_TYPES', 'CONVERTERS', 'FORMATS',
-           'LIST_OPTIONS', 'USAGE', 'ConversionError', 'ProblemLog', 'iter_lines', 'sniff_sep', 'csv_rows', 'Want',
-           'locate', 'scan_covers', 'image_problem', 'common_options', 'SourceItem', 'safe_name', 'write_converted',
-           'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time', 'read_pairs',
-           'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole', 'LMDBImageRecord',
-           'safe_unpickle', 'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_sequences', 'from_reference',
-           'convert', 'parse_options', 'main']
+           'TIME_NAMES', 'TIME_FORMATS', 'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES',
+           'NPY_RESAVE', 'CONVERTERS', 'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'ConversionError', 'ProblemLog',
+           'iter_lines', 'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
+           'SourceItem', 'safe_name', 'clean_stale_temporaries', 'build_atomic', 'check_destination', 'check_converted',
+           'write_converted', 'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time',
+           'read_pairs', 'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole',
+           'PickleRefused', 'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value',
+           'load_pickle_data', 'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences',
+           'from_reference', 'convert', 'converter_options', 'add_converter_options', 'parse_options', 'cli_parser',
+           'main']
 
 # %% ../nbs/03_convert.ipynb #c005
 class ConversionError(ValueError):
@@ -249,6 +253,84 @@ def _timestamp_column(ts: pd.Series) -> pd.Series:
     ok = x.dropna()
     return x.round().astype('Int64') if (ok == ok.round()).all() else x
 
+
+# %% ../nbs/03_convert.ipynb #c020a
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid(): return True
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: return True          # e.g. another user's process
+    return True
+
+def clean_stale_temporaries(out) -> list[Path]:
+    "Remove the `.OUT.tmp-<pid>-*` / `.OUT.old-<pid>-*` siblings of `out` whose process is no longer running."
+    out, removed = Path(out), []
+    if not out.parent.is_dir(): return removed
+    pattern = re.compile(re.escape(f'.{out.name}.') + r'(tmp|old)-(\d+)-[0-9a-f]+')
+    for p in out.parent.iterdir():
+        match = pattern.fullmatch(p.name)
+        if match is None or _pid_alive(int(match.group(2))): continue
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+# %% ../nbs/03_convert.ipynb #c020b
+def _sibling(out: Path, kind: str) -> Path:
+    return out.parent/f'.{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+
+def build_atomic(out, build, replace: bool = False) -> Path:
+    "Run `build(tmp)` in a fresh `.OUT.tmp-<pid>-<uuid>` beside `out`, then rename it to `out` (atomically)."
+    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(out)
+    tmp = _sibling(out, 'tmp'); tmp.mkdir()
+    try:
+        build(tmp)
+        if out.exists() and replace:
+            old = _sibling(out, 'old')
+            os.replace(out, old); shutil.rmtree(old, ignore_errors=True)
+        try: os.replace(tmp, out)
+        except OSError:
+            if not (out/'items.tsv').is_file(): raise
+            log.info(f'{out} already exists (built by another process?); keeping it, discarding this build')
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# %% ../nbs/03_convert.ipynb #c020c
+def check_destination(src, dst, sources=(), overwrite: bool = False) -> None:
+    "Refuse a `dst` that is or contains `src` or a source file, or (`overwrite`) an existing folder in `src`."
+    s, d = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
+    if d == s:
+        raise ConversionError(f"destination {dst} is the source folder: choose another destination "
+                              f"(writing there would replace the source files)")
+    if d in s.parents:
+        raise ConversionError(f"destination {dst} contains the source folder {src}: choose one outside it")
+    for p in map(Path, sources):
+        p = p.expanduser().resolve()
+        if p == d or d in p.parents:
+            raise ConversionError(f"destination {dst} contains the source file {p}: choose one outside it")
+    if overwrite and s in d.parents and d.exists():
+        raise ConversionError(f"destination {dst} is inside the source folder {src}: refusing to replace it "
+                              f"(overwrite=True); choose a destination outside the source folder")
+
+
+# %% ../nbs/03_convert.ipynb #c020d
+def check_converted(path, dst) -> None:
+    "Raise `ConversionError` (one line per error) if `transrec.data.validate` rejects the folder at `path`."
+    report = _data.validate(path, min_seq_len=3, check_images=False)
+    errors = [p for p in report.errors if p.kind != 'no_users']   # short users: reported by `assemble`
+    if errors:
+        shown = '\n'.join(f'  {p}' for p in errors[:20])
+        if len(errors) > 20: shown += f'\n  ... and {len(errors) - 20} more'
+        raise ConversionError(f"the converted folder is not valid, so {dst} was not written "
+                              f"({len(errors)} error(s); "
+                              f"a converter bug or an unreported source problem, please report it):\n{shown}")
+
+
+# %% ../nbs/03_convert.ipynb #c020e
 def write_converted(dst, items: pd.DataFrame, inter: pd.DataFrame, meta: dict, images: Mapping,
                     image_store: str = 'files', overwrite: bool = False) -> Path:
     "Write through `write_dataset` into a hidden sibling of `dst`, then move it into place (no half-written folders)."
@@ -261,28 +343,26 @@ def write_converted(dst, items: pd.DataFrame, inter: pd.DataFrame, meta: dict, i
             if not (dst/'meta.json').is_file():
                 raise ConversionError(f"{dst} exists but is not a MoM data set (no meta.json): refusing to delete it "
                                       f"even with overwrite=True; choose another destination")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent/f'.{dst.name}.converting-{os.getpid()}'
-    if tmp.exists(): shutil.rmtree(tmp)
-    try:
+    def build(tmp):
         write_dataset(tmp, items, inter, meta, images=images, image_store=image_store)
+        check_converted(tmp, dst)
         release = getattr(_data, 'release_images', None)   # a cached read-only LMDB handle of the old folder would go stale
         if release is not None: release(dst)
-        if dst.exists(): shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    return dst
+    return build_atomic(dst, build, replace=dst.exists())
 
 # %% ../nbs/03_convert.ipynb #c021
 def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list[tuple], problems: ProblemLog,
              sources: list, options: dict, notes: dict | None = None, license: str = '', unknown_fix: str = '') -> Path:
     "Turn a catalog and interaction events read from a source into a MoM folder at `dst` (see the steps above)."
     o = options; notes = dict(notes or {}); src = Path(src)
-    # 1. unknown items
+    check_destination(src, dst, sources, o['overwrite'])
+    # 1. interactions without ids, unknown items
     kept = []
     for ev in events:
-        if ev[1] in catalog: kept.append(ev)
+        if not str(ev[0]).strip() or not str(ev[1]).strip():
+            _bad_row(problems, ev[3], ev[4], f"user {ev[0]!r}, item {ev[1]!r}",
+                     'interaction without a user id or an item id', 'Fix or delete the line', o)
+        elif ev[1] in catalog: kept.append(ev)
         else: _drop_event_problem(problems, 'unknown_item', ev, 'interaction names an item the item files do not define; '
                                   'interaction dropped', unknown_fix or 'Add the item to the item files, or remove the interaction.',
                                   o['on_problem'])
@@ -454,15 +534,23 @@ def from_ninerec(src, dst, behaviour=None, items=None, covers=None, text_columns
                     unknown_fix='Check that the item file and cover folder belong to this behaviour file')
 
 # %% ../nbs/03_convert.ipynb #c030
+TIME_FORMATS = "a finite number (Unix time) or an ISO 8601 date YYYY-MM-DD[ HH:MM[:SS[.ffffff]]][Z|+HH:MM]"
+_ISO_DATE = re.compile(r'\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:?\d{2})?')
+
 def parse_time(value: str):
-    "A timestamp field as a number: numeric strings as is, dates as Unix seconds (naive = UTC); '' -> None."
+    "A timestamp as a number: finite numbers as is, ISO dates as Unix seconds (naive = UTC); '' -> None."
     s = value.strip()
     if not s: return None
-    try:
-        x = float(s); return int(x) if x.is_integer() else x
-    except ValueError: pass
-    t = pd.Timestamp(s)
-    if t.tzinfo is None: t = t.tz_localize('UTC')
+    try: x = float(s)
+    except ValueError: x = None
+    if x is not None:
+        if not math.isfinite(x): raise ValueError(f"timestamp {s!r} is not finite: expected {TIME_FORMATS}")
+        return int(x) if x.is_integer() else x
+    if not _ISO_DATE.fullmatch(s):
+        raise ValueError(f"timestamp {s!r} is not {TIME_FORMATS} "
+                         f"(words like 'now' are refused: the clock is never used)")
+    t = datetime.fromisoformat(s)
+    if t.tzinfo is None: t = t.replace(tzinfo=timezone.utc)
     return int(t.timestamp())
 
 def _header(path, o, problems) -> list[str]:
@@ -506,8 +594,8 @@ def read_pairs(path, columns, header, o, problems) -> list[tuple]:
         ts = None
         if cols['timestamp'] is not None and cols['timestamp'] < len(row):
             try: ts = parse_time(row[cols['timestamp']])
-            except ValueError:
-                _bad_row(problems, path, n, repr(row[cols['timestamp']]), 'timestamp is neither a number nor a date',
+            except ValueError as e:
+                _bad_row(problems, path, n, repr(row[cols['timestamp']]), str(e),
                          'Fix the value or pass columns={"timestamp": None} to use file order', o); continue
         events.append((user, item, ts, path, n))
     return events
@@ -613,8 +701,15 @@ def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_
                 _bad_row(problems, path, n, repr(line[:60]), f'news line has {len(parts)} tab-separated fields (expected 8)',
                          'Each line must be news_id<TAB>category<TAB>subcategory<TAB>title<TAB>abstract<TAB>...; fix or delete it', o); continue
             nid = parts[0].strip()
-            if nid not in catalog:
-                catalog[nid] = SourceItem(text_sep.join(parts[c].strip() for c in cols if c < len(parts) and parts[c].strip()), None, path, n)
+            text = text_sep.join(parts[c].strip() for c in cols if c < len(parts) and parts[c].strip())
+            first = catalog.get(nid)
+            if first is None: catalog[nid] = SourceItem(text, None, path, n)
+            elif first.text != text:
+                first_at = problems.where(first.file, first.row)
+                detail = f'news {nid!r}: {first_at} has {first.text!r}, this line {text!r}'
+                problems.add('conflicting_news', path, n, detail,
+                             'news id defined again with another text; the first definition is kept',
+                             'Check which news.tsv is right and fix the other line.', o['on_problem'])
     rows, unlabeled = [], 0
     for path in bfiles:
         for n, line in iter_lines(path, o['encoding_errors'], problems):
@@ -664,10 +759,14 @@ def _image_urls(d: dict) -> list[str]:
             elif isinstance(x, dict): out += [x[s] for s in ('hi_res', 'large', 'thumb') if isinstance(x.get(s), str)]
     return out
 
+MAX_LITERAL_CHARS = 1_000_000   # longer Python-literal lines are not handed to `ast.literal_eval`
+
 def _json_line(line: str):
+    "A JSON (or 2014-style Python literal) line; too deep, too long or invalid raises ValueError."
     try: return json.loads(line)
+    except RecursionError: raise ValueError('JSON nested too deeply') from None
     except json.JSONDecodeError:
-        if line.lstrip().startswith('{'):
+        if line.lstrip().startswith('{') and len(line) <= MAX_LITERAL_CHARS:
             try: return ast.literal_eval(line.strip())
             except (ValueError, SyntaxError, MemoryError, RecursionError): pass
         raise
@@ -727,10 +826,10 @@ def from_amazon(src, dst, reviews=None, meta=None, images=None, text_fields=('ti
                      'Fix or delete the line', o); continue
         ts = d.get('timestamp', d.get('unixReviewTime'))
         units.add('ms' if 'timestamp' in d else 's' if 'unixReviewTime' in d else 'none')
-        if isinstance(ts, str):
-            try: ts = parse_time(ts)
-            except ValueError: ts = None
-        events.append((str(user), str(item), ts if isinstance(ts, (int, float)) else None, f['reviews'], n))
+        try: ts = parse_time(ts if isinstance(ts, str) else json.dumps(ts) if ts is not None else '')
+        except ValueError as e:
+            _bad_row(problems, f['reviews'], n, repr(ts), str(e), 'Fix or delete the line', o); continue
+        events.append((str(user), str(item), ts, f['reviews'], n))
     return assemble(dst, fmt='amazon', src=src, catalog=catalog, events=events, problems=problems,
                     sources=[f['reviews'], f['meta']] + ([f['images']] if f['images'] else []),
                     options={**o, 'text_fields': text_fields, 'text_sep': text_sep, 'item_key': item_key},
@@ -803,8 +902,9 @@ def from_recbole(src, dst, dataset: str | None = None, inter=None, item=None, te
         ts = None
         if ct is not None:
             try: ts = parse_time(parts[ct])
-            except ValueError:
-                _bad_row(problems, f['inter'], n, repr(parts[ct]), 'timestamp is not a number', 'Fix or delete the line', o); continue
+            except ValueError as e:
+                _bad_row(problems, f['inter'], n, repr(parts[ct]), str(e), 'Fix or delete the line', o)
+                continue
         events.append((parts[cu].strip(), parts[cit].strip(), ts, f['inter'], n))
     return assemble(dst, fmt='recbole', src=src, catalog=catalog, events=events, problems=problems, sources=[f['inter'], f['item']],
                     options={**o, 'dataset': dataset, 'text_fields': tf, 'text_sep': text_sep, 'user_field': users[0],
@@ -813,27 +913,172 @@ def from_recbole(src, dst, dataset: str | None = None, inter=None, item=None, te
                     unknown_fix='Use the .item file that belongs to this .inter file')
 
 # %% ../nbs/03_convert.ipynb #c046
+class PickleRefused(ValueError):
+    "A pickle holds something other than plain data, NumPy arrays or `LMDB_Image` records (nothing was run)."
+
+@dataclass(eq=False)
+class PickleGlobal:
+    "A class or function a pickle names (`GLOBAL`/`STACK_GLOBAL`): recorded by name, never imported."
+    module: str
+    name: str
+    def __str__(self): return f'{self.module}.{self.name}'
+
+@dataclass(eq=False)
+class PickleCall:
+    "What a pickle's REDUCE/NEWOBJ (+ BUILD) asks for: `func(*args)`, then `state`; recorded, never called."
+    func: Any
+    args: Any
+    state: Any = None
+
+
+# %% ../nbs/03_convert.ipynb #c046b
+_PUSH_ARG = {'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8', 'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8',
+             'BYTEARRAY8', 'BINSTRING', 'SHORT_BINSTRING', 'BININT', 'BININT1', 'BININT2', 'LONG1', 'BINFLOAT'}
+_CONSTANTS = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False}
+
+def _pop_mark(stack, marks):
+    if not marks: raise PickleRefused('malformed pickle: no MARK')
+    at = marks.pop(); items = stack[at:]; del stack[at:]; return items
+
+def read_pickle_data(data: bytes):
+    "Walk the opcodes of pickle `data`, interpreting data opcodes only; calls and globals become records."
+    stack, marks, memo = [], [], {}
+    try:
+        for op, arg, pos in pickletools.genops(bytes(data)):
+            name = op.name
+            if name in ('PROTO', 'FRAME'): continue
+            if name == 'STOP': break
+            if name in _PUSH_ARG: stack.append(bytes(arg) if name == 'BYTEARRAY8' else arg)
+            elif name in _CONSTANTS: stack.append(_CONSTANTS[name])
+            elif name == 'MARK': marks.append(len(stack))
+            elif name == 'EMPTY_DICT': stack.append({})
+            elif name == 'EMPTY_LIST': stack.append([])
+            elif name == 'EMPTY_TUPLE': stack.append(())
+            elif name in ('TUPLE1', 'TUPLE2', 'TUPLE3'):
+                n = int(name[-1]); items = tuple(stack[-n:]); del stack[-n:]; stack.append(items)
+            elif name == 'TUPLE': stack.append(tuple(_pop_mark(stack, marks)))
+            elif name == 'SETITEM':
+                value = stack.pop(); key = stack.pop(); stack[-1][key] = value
+            elif name == 'SETITEMS':
+                items = _pop_mark(stack, marks)
+                for k, v in zip(items[::2], items[1::2]): stack[-1][k] = v
+            elif name == 'APPEND': value = stack.pop(); stack[-1].append(value)
+            elif name == 'APPENDS': items = _pop_mark(stack, marks); stack[-1].extend(items)
+            elif name == 'MEMOIZE': memo[len(memo)] = stack[-1]
+            elif name in ('BINPUT', 'LONG_BINPUT'): memo[arg] = stack[-1]
+            elif name in ('BINGET', 'LONG_BINGET'): stack.append(memo[arg])
+            elif name == 'GLOBAL': stack.append(PickleGlobal(*arg.split(' ', 1)))
+            elif name == 'STACK_GLOBAL':
+                gname = stack.pop(); module = stack.pop()
+                stack.append(PickleGlobal(str(module), str(gname)))
+            elif name in ('REDUCE', 'NEWOBJ'):
+                args = stack.pop(); stack.append(PickleCall(stack.pop(), args))
+            elif name == 'BUILD':
+                state = stack.pop()
+                if not isinstance(stack[-1], PickleCall):
+                    raise PickleRefused(f'BUILD at byte {pos} on a {type(stack[-1]).__name__}')
+                stack[-1].state = state
+            else:
+                raise PickleRefused(f'pickle opcode {name} (byte {pos}) is not read: only plain data, '
+                                    f'NumPy arrays and LMDB_Image records are')
+        else: raise PickleRefused('pickle has no STOP')
+    except PickleRefused: raise
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError) as e:
+        raise PickleRefused(f'malformed pickle ({type(e).__name__}: {e})') from None
+    if not stack: raise PickleRefused('empty pickle')
+    return stack[-1]
+
+
+# %% ../nbs/03_convert.ipynb #c046c
 class LMDBImageRecord:
     "Stand-in for the reference code's `LMDB_Image` (attributes `channels`, `size`, `image`, `id`)."
     def get_image(self) -> np.ndarray:
         return np.frombuffer(self.image, dtype=np.uint8).reshape(*self.size, self.channels)
 
-_PICKLE_ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-                   ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-                   ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
-                   ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode'),
-                   ('copyreg', '_reconstructor'), ('builtins', 'object')}
+_NUMPY_MODULES = ('numpy.core.multiarray', 'numpy._core.multiarray', 'numpy.core.numeric',
+                  'numpy._core.numeric', 'numpy')
 
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if name == 'LMDB_Image': return LMDBImageRecord
-        if (module, name) in _PICKLE_ALLOWED: return super().find_class(module, name)
-        raise pickle.UnpicklingError(f'refusing to load {module}.{name}: only NumPy arrays and LMDB_Image records are read')
+def _pickle_dtype(call) -> np.dtype:
+    f = call.func if isinstance(call, PickleCall) else None
+    args = getattr(call, 'args', call)
+    if not (isinstance(f, PickleGlobal) and (f.module, f.name) == ('numpy', 'dtype')
+            and isinstance(args, tuple) and args and isinstance(args[0], str)
+            and re.fullmatch(r'[biufcSUO]\d+', args[0])):
+        raise PickleRefused(f'unsupported NumPy dtype {args!r}: only bool, number, string, object are read')
+    dt = np.dtype(call.args[0])
+    order = call.state[1] if isinstance(call.state, tuple) and len(call.state) > 1 else '|'
+    return dt.newbyteorder(order) if order in ('<', '>') else dt
 
-def safe_unpickle(data: bytes):
-    "Unpickle `data` allowing only NumPy arrays and `LMDB_Image`-like records."
-    return _SafeUnpickler(io.BytesIO(data)).load()
+def _pickle_array(raw, dtype: np.dtype, shape, order: str = 'C') -> np.ndarray:
+    if not (isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
+        raise PickleRefused(f'array shape {shape!r} is not a tuple of sizes')
+    n = int(np.prod(shape, dtype=np.int64))
+    if dtype.hasobject:
+        if not isinstance(raw, list) or len(raw) != n:
+            raise PickleRefused(f'object array of shape {shape} without its {n} elements')
+        a = np.empty(n, dtype=object)
+        for i, v in enumerate(raw): a[i] = pickle_value(v)
+    else:
+        raw = pickle_value(raw)
+        if not isinstance(raw, bytes) or len(raw) != n * dtype.itemsize:
+            raise PickleRefused(f'array of shape {shape} and dtype {dtype} needs {n * dtype.itemsize} bytes')
+        a = np.frombuffer(raw, dtype=dtype).copy()
+    return a.reshape(shape, order='F' if order == 'F' else 'C')
 
+def _lmdb_image(state) -> LMDBImageRecord:
+    state = pickle_value(state)
+    if not isinstance(state, dict): raise PickleRefused('LMDB_Image record without its attribute dict')
+    rec = LMDBImageRecord()
+    rec.channels, rec.size = state.get('channels'), state.get('size')
+    rec.image, rec.id = state.get('image'), state.get('id')
+    size = tuple(rec.size) if isinstance(rec.size, (tuple, list)) else ()
+    if not (isinstance(rec.channels, int) and len(size) == 2 and all(isinstance(s, int) for s in size)
+            and isinstance(rec.image, bytes) and len(rec.image) == size[0] * size[1] * rec.channels):
+        raise PickleRefused('LMDB_Image record whose channels/size/image do not describe a uint8 image')
+    rec.size = size
+    return rec
+
+def _pickle_call(call: PickleCall):
+    f, args, state = call.func, call.args, call.state
+    if not isinstance(f, PickleGlobal): raise PickleRefused('a pickle calls something but a named global')
+    if f.name == 'LMDB_Image': return _lmdb_image(state)
+    if f.module in ('copyreg', 'copy_reg') and f.name == '_reconstructor' and isinstance(args, tuple) \
+            and args \
+            and isinstance(args[0], PickleGlobal) and args[0].name == 'LMDB_Image': return _lmdb_image(state)
+    if (f.module, f.name) == ('_codecs', 'encode') and isinstance(args, tuple) and len(args) == 2 \
+            and isinstance(args[0], str) and args[1] == 'latin1': return args[0].encode('latin1')
+    if f.module in _NUMPY_MODULES and isinstance(args, tuple):
+        if f.name == '_reconstruct' and isinstance(state, tuple) and len(state) == 5:
+            _, shape, dtype, fortran, raw = state
+            return _pickle_array(raw, _pickle_dtype(dtype), shape, 'F' if fortran else 'C')
+        if f.name == '_frombuffer' and len(args) == 4:
+            return _pickle_array(args[0], _pickle_dtype(args[1]), args[2], args[3])
+        if f.name == 'scalar' and len(args) == 2:
+            dtype = _pickle_dtype(args[0])
+            if dtype.hasobject: return pickle_value(args[1])
+            return _pickle_array(args[1], dtype, ())[()]
+        if f.name == 'dtype': return _pickle_dtype(call)
+    raise PickleRefused(f'refusing to load {f}: only plain data, NumPy arrays and LMDB_Image records '
+                        f'are read (nothing in the pickle is run)')
+
+def pickle_value(x):
+    "The value of what `read_pickle_data` returned: data, arrays, LMDB_Image records; anything else refused."
+    if isinstance(x, (str, bytes, int, float, bool)) or x is None: return x
+    if isinstance(x, list): return [pickle_value(v) for v in x]
+    if isinstance(x, tuple): return tuple(pickle_value(v) for v in x)
+    if isinstance(x, dict): return {pickle_value(k): pickle_value(v) for k, v in x.items()}
+    if isinstance(x, PickleCall): return _pickle_call(x)
+    if isinstance(x, PickleGlobal):
+        raise PickleRefused(f'refusing to load {x}: a pickle may hold data, not classes or functions')
+    raise PickleRefused(f'unexpected {type(x).__name__} in a pickle')
+
+def load_pickle_data(data: bytes):
+    "The value pickled in `data` (`read_pickle_data` + `pickle_value`): nothing is unpickled or called."
+    try: return pickle_value(read_pickle_data(data))
+    except RecursionError: raise PickleRefused('pickle nested too deeply (or cyclic)') from None
+
+
+# %% ../nbs/03_convert.ipynb #c046d
 def _as_hwc(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4): a = a.transpose(1, 2, 0)
@@ -865,7 +1110,7 @@ def decode_lmdb_image(value: bytes, layout: str = 'auto', image_shape=None, chan
             raise ValueError(f'value has {len(value)} bytes, image_shape={shape} needs {int(np.prod(shape))}')
         a = np.frombuffer(value, dtype=np.uint8).reshape(shape)
     else:
-        obj = safe_unpickle(value)
+        obj = load_pickle_data(value)
         if isinstance(obj, LMDBImageRecord): a = obj.get_image()
         elif isinstance(obj, np.ndarray): a = obj
         else: raise ValueError(f'pickled value is a {type(obj).__name__}, not an LMDB_Image or a NumPy array')
@@ -879,6 +1124,7 @@ def png_bytes(a: np.ndarray) -> bytes:
     "PNG file bytes of an `HxW[xC]` uint8 array."
     from PIL import Image
     buf = io.BytesIO(); Image.fromarray(a).convert('RGB').save(buf, format='PNG'); return buf.getvalue()
+
 
 # %% ../nbs/03_convert.ipynb #c048
 class LMDBCovers:
@@ -903,10 +1149,39 @@ class LMDBCovers:
 
     def png(self, key: str) -> bytes: return png_bytes(self.array(key))
 
+# %% ../nbs/03_convert.ipynb #c048b
+NPY_RESAVE = ("re-save the sequences without pickled objects: a 2-D string array padded with '' "
+              "(np.save(path, np.array(rows, dtype=str))), "
+              "or a TSV of `user<TAB>item item ...` lines (ninerec)")
+
+def read_npy(path) -> np.ndarray:
+    "The array in `.npy` file `path`, never unpickling: object arrays are read by `load_pickle_data`."
+    path = Path(path)
+    with open(path, 'rb') as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)): raise ValueError(f'.npy format version {version} is not read')
+            fmt = np.lib.format
+            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = header(f)
+        except ValueError as e:
+            raise ConversionError(f"{path}: not a NumPy .npy file ({e}); {NPY_RESAVE}") from None
+        if not dtype.hasobject:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        payload = f.read()
+    try: a = load_pickle_data(payload)
+    except PickleRefused as e:
+        raise ConversionError(f"{path}: object array not read: {e}; {NPY_RESAVE}") from None
+    if not isinstance(a, np.ndarray) or a.shape != tuple(shape):
+        raise ConversionError(f"{path}: the payload is not the {shape} array of its header; {NPY_RESAVE}")
+    return a
+
+
 # %% ../nbs/03_convert.ipynb #c049
 def read_sequences(path, pad=('',), user_prefix: str = 'u') -> list[tuple[str, list[str], int]]:
     "`(user id, item ids, entry number)` for each user of a reference-style `.npy` of item-id sequences."
-    a = np.load(path, allow_pickle=True)
+    a = read_npy(path)
     pad = set(str(p) for p in pad)
     def clean(seq):
         if isinstance(seq, str): seq = seq.split()
@@ -992,6 +1267,36 @@ def convert(fmt: str, src, dst, **options) -> Path:
 # %% ../nbs/03_convert.ipynb #c055
 LIST_OPTIONS = ('text_fields', 'text_columns', 'pad', 'image_shape', 'behaviors', 'news')
 
+OPTION_HELP = dict(
+    modality="'auto' (image if the item has a cover, else text), 'image' or 'text'",
+    on_problem="unknown items, items without content, bad covers: 'report' (drop, in meta.json) or 'error'",
+    bad_rows="malformed source rows: 'error' (stop, naming file and line) or 'report' (skip, in meta.json)",
+    encoding_errors="non-UTF-8 bytes: 'strict' (stop) or 'replace' (U+FFFD, counted in meta.json)",
+    dedup="keep only a user's first interaction with an item",
+    keep_unused_items="keep items nobody interacted with",
+    image_store="'files' (images/) or 'lmdb' (images.lmdb)", check_images="decode every used cover once",
+    overwrite="replace an existing MoM folder at DST (never the source folder)",
+    description="free text for meta.json",
+    behaviour='behaviour file (default: *_behaviour.tsv in SRC)',
+    items='item text file (default: found in SRC)',
+    covers='cover folder of ITEM_ID.jpg files (default: found in SRC)',
+    text_columns='item-file columns joined as text', text_sep='separator between joined text fields',
+    interactions='interaction CSV (default: told apart by header)',
+    columns='JSON {"user": ..., "item": ..., "timestamp": ...}: header names (positions with --header false)',
+    header='whether the interaction CSV has a header', text_fields='fields joined as the item text',
+    behaviors='behaviors.tsv file(s) (default: every one in SRC and its split folders)',
+    news='news.tsv file(s) (default: every one in SRC and its split folders)',
+    reviews='review JSON lines file',
+    meta='metadata JSON lines file (meta_*.json[l][.gz])', images='local folder of ITEM_ID.jpg covers',
+    item_key="'auto' (parent_asin, else asin), 'asin' or 'parent_asin'",
+    dataset='NAME of NAME.inter / NAME.item',
+    inter='NAME.inter file', item='NAME.item file', user_field='user field of the .inter file',
+    item_field='item field', time_field='time field of the .inter file', seqs='.npy of item-id sequences',
+    texts='text items file (doc_id title lines)', lmdb='cover LMDB (folder or file)',
+    image_layout="LMDB values: 'auto', 'lmdb_image', 'ndarray', 'raw' or 'encoded'",
+    image_shape="[H,W,C] of 'raw' LMDB values", channel_order="'rgb' or 'bgr' (OpenCV-written arrays)",
+    pad='sequence cells that are padding', user_prefix='prefix of user ids made from row numbers')
+
 def _option_value(name: str, raw: str):
     try: v = json.loads(raw)
     except json.JSONDecodeError: v = raw
@@ -1000,53 +1305,83 @@ def _option_value(name: str, raw: str):
         elif not isinstance(v, list): v = [v]
     return tuple(v) if isinstance(v, list) else v
 
+def _bool_value(raw: str) -> bool:
+    v = str(raw).strip().lower()
+    if v in ('true', '1', 'yes', 'on'): return True
+    if v in ('false', '0', 'no', 'off'): return False
+    raise argparse.ArgumentTypeError(f'{raw!r} is not a boolean: use true or false')
+
+
+# %% ../nbs/03_convert.ipynb #c055a
+def converter_options(fn: Callable) -> dict:
+    "Option name -> default of converter `fn`: its own keyword parameters, then `COMMON_OPTIONS`."
+    params = inspect.signature(fn).parameters.items()
+    own = {k: p.default for k, p in params if k not in ('src', 'dst', 'options')}
+    return {**own, **COMMON_OPTIONS}
+
+def add_converter_options(parser: argparse.ArgumentParser, fn: Callable) -> argparse.ArgumentParser:
+    "Add `--name` options for converter `fn` to `parser` (absent ones are left out of the result)."
+    for name, default in converter_options(fn).items():
+        flags = ['--' + name.replace('_', '-')] + (['--' + name] if '_' in name else [])
+        help_ = f"{OPTION_HELP.get(name, name)} (default: {default!r})".replace('%', '%%')
+        if isinstance(default, bool):
+            parser.add_argument(*flags, dest=name, nargs='?', const=True, type=_bool_value,
+                                default=argparse.SUPPRESS, metavar='BOOL', help=help_ + '; bare: true')
+        else:
+            parser.add_argument(*flags, dest=name, type=partial(_option_value, name),
+                                default=argparse.SUPPRESS, metavar='VALUE', help=help_)
+    return parser
+
+
+# %% ../nbs/03_convert.ipynb #c055b
+class _OptionParser(argparse.ArgumentParser):
+    def error(self, message):
+        valid = ', '.join(a.option_strings[0] for a in self._actions)
+        raise ConversionError(f"{self.prog}: {message}; valid options: {valid}")
+
 def parse_options(args: list[str], fn: Callable) -> dict:
-    "`--name value` command-line options for converter `fn` as keyword arguments (unknown names raise)."
-    params = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in ('src', 'dst', 'options')}
-    valid = {**COMMON_OPTIONS, **params}
-    out, i = {}, 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith('--'): raise ConversionError(f"unexpected argument {a!r}: options are --name value")
-        name, eq, raw = a[2:].partition('=')
-        name = name.replace('-', '_')
-        if name not in valid:
-            raise ConversionError(f"unknown option --{name.replace('_', '-')} for {fn.__name__}; valid: "
-                                  f"{', '.join('--' + k.replace('_', '-') for k in valid)}")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith('--'): raw = args[i + 1]; i += 1
-            elif isinstance(valid[name], bool): raw = 'true'
-            else: raise ConversionError(f"option --{name.replace('_', '-')} needs a value")
-        out[name] = _option_value(name, raw); i += 1
-    return out
+    "`--name value` command-line options for converter `fn` as keyword arguments (or `ConversionError`)."
+    parser = add_converter_options(_OptionParser(prog=fn.__name__, add_help=False, allow_abbrev=False), fn)
+    return vars(parser.parse_args(args))
 
-USAGE = """usage: python -m transrec.convert FORMAT SRC DST [--option value ...]
-       python -m transrec.convert list
-       python -m transrec.convert FORMAT --help"""
 
+# %% ../nbs/03_convert.ipynb #c055c
+def cli_parser() -> argparse.ArgumentParser:
+    "The `argparse` parser of `python -m transrec.convert`: `list`, and one subcommand per format."
+    parser = argparse.ArgumentParser(prog='python -m transrec.convert', allow_abbrev=False,
+                                     description='Convert a public data set into a MoM folder.')
+    sub = parser.add_subparsers(dest='format', metavar='FORMAT', title='formats (and list)')
+    sub.add_parser('list', help='list the formats')
+    for fmt, fn in CONVERTERS.items():
+        sp = sub.add_parser(fmt, help=FORMATS[fmt], description=f'{fn.__doc__}\n\n{FORMATS[fmt]}',
+                            allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument('src', metavar='SRC', help='folder the data set was unpacked into')
+        sp.add_argument('dst', metavar='DST', help='MoM folder to write (not SRC or above it)')
+        add_converter_options(sp, fn)
+    return parser
+
+
+# %% ../nbs/03_convert.ipynb #c055d
 def main(argv: list[str] | None = None) -> int:
-    "Command line: convert a data set, list the formats, or show a format's options."
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ('-h', '--help'): print(USAGE); return 0
-    if argv[0] == 'list':
+    "Command line: convert a data set, list the formats, or show a format's options; returns the exit status."
+    argv, parser = list(sys.argv[1:] if argv is None else argv), cli_parser()
+    if not argv:
+        parser.print_help(); return 0
+    try: args = vars(parser.parse_args(argv))
+    except SystemExit as e: return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    fmt, src, dst = args.pop('format'), args.pop('src', None), args.pop('dst', None)
+    if fmt == 'list':
         for k, v in FORMATS.items(): print(f'{k:10s} {v}')
         return 0
-    try:
-        if argv[0] not in CONVERTERS: raise ConversionError(f"unknown format {argv[0]!r}; available: {', '.join(CONVERTERS)}")
-        fn = CONVERTERS[argv[0]]
-        if len(argv) > 1 and argv[1] in ('-h', '--help'):
-            print(f'{fn.__name__}: {fn.__doc__}\n\n{FORMATS[argv[0]]}\n\noptions (default):')
-            params = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in ('src', 'dst', 'options')}
-            for k, v in {**params, **COMMON_OPTIONS}.items(): print(f"  --{k.replace('_', '-'):20s} {v!r}")
-            return 0
-        if len(argv) < 3: raise ConversionError(f'{argv[0]}: need SRC and DST\n{USAGE}')
-        path = fn(argv[1], argv[2], **parse_options(argv[3:], fn))
-    except ConversionError as e:
-        print(f'error: {e}', file=sys.stderr); return 2
+    try: path = CONVERTERS[fmt](src, dst, **args)
+    except (ConversionError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr); return 1
     meta = json.loads((path/'meta.json').read_text())
     print(f"wrote {path}: {json.dumps(meta['counts'])}")
-    for e in meta['conversion_problems']: print(f"  dropped/changed: {e['count']} x {e['kind']} in {e['file']}: {e['message']}")
+    for e in meta['conversion_problems']:
+        print(f"  dropped/changed: {e['count']} x {e['kind']} in {e['file']}: {e['message']}")
     return 0
+
 
 # %% ../nbs/03_convert.ipynb #c056
 #| eval: false

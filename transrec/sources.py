@@ -11,8 +11,8 @@ from .core import data_root, banner, log
 from . import sim
 
 # %% auto #0
-__all__ = ['SOURCES', 'Source', 'list_sources', 'has_real_files', 'build_atomic', 'synthetic_dir', 'build_source', 'materialise',
-           'load_source', 'describe_sources', 'main']
+__all__ = ['SOURCES', 'Source', 'list_sources', 'has_real_files', 'synthetic_dir', 'build_source', 'materialise', 'load_source',
+           'describe_sources', 'main']
 
 # %% ../nbs/04_sources.ipynb #c005
 @dataclass(frozen=True)
@@ -44,22 +44,8 @@ def has_real_files(name: str, root=None) -> bool:
     return (data_root(root)/name/'items.tsv').is_file()
 
 # %% ../nbs/04_sources.ipynb #c008
-def build_atomic(out, build, replace: bool = False) -> Path:
-    "Run `build(tmp_dir)` in a temporary folder beside `out`, then rename it to `out` (atomic on one file system)."
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.building-', dir=out.parent))
-    try:
-        build(tmp)
-        if out.exists() and replace:
-            old = out.parent/f'.{out.name}.old-{uuid.uuid4().hex[:8]}'
-            os.replace(out, old); shutil.rmtree(old, ignore_errors=True)
-        try: os.replace(tmp, out)
-        except OSError:
-            if not (out/'items.tsv').is_file(): raise
-            log.info(f'{out} already exists (built by another process?); keeping it, discarding this build')
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    return out
+from .convert import build_atomic   # the one atomic-folder helper, shared with the converters
+
 
 # %% ../nbs/04_sources.ipynb #c011
 def synthetic_dir(name: str, root=None, scale: float = 1.0, seed: int = 0) -> Path:
