@@ -222,9 +222,15 @@ def load_image_weights(net: nn.Module, path, arch: str) -> None:
     p = Path(path).expanduser()
     if not p.is_file(): raise ValueError(f"ModelConfig.image_weights={str(path)!r}: no such file; give a local "
                                          f"torchvision {arch} state_dict (.pth or .safetensors) or None for random init")
-    if p.suffix == '.safetensors':
-        from safetensors.torch import load_file; sd = load_file(str(p))
-    else: sd = torch.load(p, map_location='cpu', weights_only=True)
+    try:
+        if p.suffix == '.safetensors':
+            from safetensors.torch import load_file; sd = load_file(str(p))
+        else: sd = torch.load(p, map_location='cpu', weights_only=True)   # refuses pickled code
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [''])[0][:200]
+        raise ValueError(f"image_weights={str(path)!r} cannot be read ({type(e).__name__}: {why}); expected a torchvision "
+                         f"{arch} state_dict saved with torch.save(model.state_dict(), path) (plain tensors only) "
+                         "or a .safetensors file") from e
     if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict): sd = sd['state_dict']
     if not isinstance(sd, dict): raise ValueError(f"image_weights={str(path)!r} holds a {type(sd).__name__}, not a state_dict")
     try: res = net.load_state_dict(sd, strict=False)

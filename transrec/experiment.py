@@ -4,20 +4,23 @@
 
 # %% ../nbs/11_experiment.ipynb #c002
 from __future__ import annotations
-import json, time, os, sys, shutil, math
-from dataclasses import fields
+import json, time, os, sys, shutil, math, difflib, hashlib, inspect
+from dataclasses import dataclass, fields
 from pathlib import Path
 import numpy as np
 import torch
 from .core import ModelConfig, TrainConfig, resolve_device, log, banner, environment_info, seed_everything
 
 # %% auto #0
-__all__ = ['RESUME_IGNORES', 'METHOD_LABELS', 'TRANSFER_METHODS', 'check_data_name', 'check_init', 'check_fraction',
-           'split_params', 'dataset_summary', 'sample_users', 'image_weights_note', 'run_experiment', 'write_json',
-           'write_metrics', 'resume_run', 'write_run_params', 'curves_figure', 'save_figure', 'update_report_index',
-           'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook',
-           'transfer_table', 'table_markdown', 'results_frame', 'load_name', 'notebooks_dir', 'run_or_reuse',
-           'transfer_study', 'markdown_table_html', 'transfer_figure', 'scaling_study', 'scaling_figures']
+__all__ = ['EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'METHOD_LABELS',
+           'TRANSFER_METHODS', 'check_data_name', 'check_init', 'check_fraction', 'split_params', 'Spec',
+           'experiment_params', 'study_run_params', 'dataset_summary', 'sample_users', 'image_weights_note',
+           'run_experiment', 'write_json', 'write_metrics', 'resume_run', 'read_run_json', 'write_run_params',
+           'data_fingerprint', 'data_changes', 'check_resume_data', 'curves_figure', 'save_figure',
+           'update_report_index', 'index_run', 'papermill_output_path', 'render_notebook_html',
+           'render_executed_notebook', 'run_notebook', 'transfer_table', 'table_markdown', 'results_frame', 'load_name',
+           'notebooks_dir', 'run_or_reuse', 'transfer_study', 'markdown_table_html', 'transfer_figure', 'scaling_study',
+           'scaling_figures']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -39,6 +42,9 @@ def check_init(init: str):
     if not ((p/'config.json').exists() and (p/'model.safetensors').exists()):
         raise ValueError(f"init={str(init)!r}: no saved model there (expected config.json and model.safetensors, "
                          f"e.g. reports/pretrain-qb_mixed/best). Run nbs/pretrain.ipynb first, or use init='scratch'.")
+    from transrec.model import check_model_dir
+    try: check_model_dir(p)                                        # a damaged model fails now, not after data loading
+    except ValueError as e: raise ValueError(f"init={str(init)!r}: {e}") from None
     return p
 
 def check_fraction(x: float, param: str) -> float:
@@ -57,6 +63,141 @@ def split_params(params: dict, model_cfg: ModelConfig | None = None, train_cfg: 
     mc = (model_cfg or ModelConfig()).replace(**m); tc = (train_cfg or TrainConfig()).replace(**t)
     if 'device' in params: resolve_device(params['device'])   # fail early on a bad device
     return mc, tc, rest
+
+# %% ../nbs/11_experiment.ipynb #p002
+_TYPE_WORDS = {int: 'an integer', float: 'a number', str: 'a string', bool: 'True or False', list: 'a list'}
+
+@dataclass(frozen=True)
+class Spec:
+    "What one notebook parameter accepts; calling it checks a value and returns it (ints widened to float)."
+    type: type = str
+    lo: float | None = None            # smallest allowed number (or list length)
+    hi: float | None = None            # largest allowed number
+    lo_open: bool = False              # lo itself is not allowed: (lo, hi]
+    choices: tuple = ()
+    none_ok: bool = False
+    item: Spec | None = None           # lists: the spec of each element
+    check: object = None               # extra check `check(value, name)` raising ValueError (data names, paths)
+
+    def allowed(self) -> str:
+        "The accepted values in words, e.g. 'an integer >= 1'."
+        if self.choices: words = 'one of ' + ', '.join(repr(c) for c in self.choices)
+        elif self.type is list: words = f'a list, each {self.item.allowed()}'
+        else:
+            words = _TYPE_WORDS[self.type]
+            if self.lo is not None and self.hi is not None:
+                words += f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+            elif self.lo is not None: words += f" {'>' if self.lo_open else '>='} {self.lo:g}"
+        return f'None or {words}' if self.none_ok else words
+
+    def _type_ok(self, value) -> bool:
+        if isinstance(value, bool): return self.type is bool
+        if self.type is float: return isinstance(value, (int, float)) and math.isfinite(value)
+        return isinstance(value, self.type)
+
+    def __call__(self, name: str, value):
+        if value is None and self.none_ok: return None
+        if self.type is list and isinstance(value, (str, int, float, tuple)) and not isinstance(value, bool):
+            value = list(value) if isinstance(value, tuple) else [value]      # `-p targets qb_text`: one element
+        bad = lambda: ValueError(f"parameter {name}={value!r}: expected {self.allowed()}")
+        if not self._type_ok(value): raise bad()
+        if self.choices and value not in self.choices: raise bad()
+        if self.type is list:
+            if not value: raise ValueError(f"parameter {name}=[]: expected {self.allowed()}, at least one")
+            value = [self.item(name, v) for v in value]
+        elif self.type in (int, float):
+            if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)): raise bad()
+            if self.hi is not None and value > self.hi: raise bad()
+            if self.type is float: value = float(value)
+        if self.check is not None: self.check(value, name)
+        return value
+
+# %% ../nbs/11_experiment.ipynb #p005
+def _data_name(value, name): check_data_name(value, name)
+def _init(value, name): check_init(value) if value else None
+def _device(value, name): resolve_device(value)
+def _file(value, name):
+    if not Path(value).expanduser().is_file():
+        raise ValueError(f"parameter {name}={value!r}: no such file (from {Path.cwd()}); give a local file or None")
+def _methods(value, name):
+    if value not in TRANSFER_METHODS: raise ValueError(f"parameter {name}: unknown method {value!r}; "
+                                                       f"choose from {list(TRANSFER_METHODS)}")
+
+_FRACTION = Spec(float, 0, 1, lo_open=True)
+_RUN = dict(out_dir=('', Spec(str)), seed=(0, Spec(int, 0)), device=('auto', Spec(str, check=_device)),
+            scale=(1.0, Spec(float, 0, lo_open=True)), data_seed=(0, Spec(int, 0)))
+_SIZE = dict(dim=(64, Spec(int, 1, 4096)), n_layers=(2, Spec(int, 1, 64)), n_heads=(2, Spec(int, 1, 64)),
+             max_len=(20, Spec(int, 1, 10_000)), text_trainable_blocks=(2, Spec(int, 0, 64)),
+             image_trainable_blocks=(2, Spec(int, 0, 5)), image_size=(64, Spec(int, 16, 2048)),
+             text_max_tokens=(32, Spec(int, 4, 4096)))
+_MODEL = dict(kind=('transrec', Spec(choices=('transrec', 'frozen', 'id_sasrec', 'popularity'))), dim=_SIZE['dim'],
+              n_layers=_SIZE['n_layers'], n_heads=_SIZE['n_heads'], max_len=_SIZE['max_len'],
+              dropout=(0.1, Spec(float, 0, 0.99)), readout=('causal', Spec(choices=('causal', 'last'))),
+              loss=('softmax', Spec(choices=('softmax', 'bce'))), n_neg=(1, Spec(int, 1, 10_000)),
+              text_model=('minilm', Spec(str)), text_max_tokens=_SIZE['text_max_tokens'],
+              text_pooling=('attention', Spec(choices=('cls', 'mean', 'attention'))),
+              text_trainable_blocks=_SIZE['text_trainable_blocks'],
+              image_model=('resnet18', Spec(choices=('resnet18', 'resnet34', 'resnet50'))),
+              image_weights=(None, Spec(str, none_ok=True, check=_file)), image_size=_SIZE['image_size'],
+              image_trainable_blocks=_SIZE['image_trainable_blocks'])
+_TRAIN = dict(max_steps=(None, Spec(int, 1, none_ok=True)), batch_size=(64, Spec(int, 1, 1_000_000)),
+              lr=(1e-3, Spec(float, 0, 10, lo_open=True)), encoder_lr=(1e-4, Spec(float, 0, 10)),
+              amp=('auto', Spec(choices=('auto', 'bf16', 'fp16', 'none'))), patience=(3, Spec(int, 0)),
+              progress=(True, Spec(bool)),
+              resume=('auto', Spec(choices=('auto', 'fresh'))))
+_EPOCHS = Spec(int, 1, 100_000)
+_STUDY = dict(pretrained=('', Spec(str, check=_init)), **_RUN, **_SIZE, pretrain_epochs=(20, _EPOCHS),
+              finetune_epochs=(30, _EPOCHS), batch_size=_TRAIN['batch_size'], max_steps=_TRAIN['max_steps'])
+
+EXPERIMENT_PARAMS = {
+    'pretrain': dict(source=('qb_mixed', Spec(str, check=_data_name)), **_RUN, source_fraction=(1.0, _FRACTION),
+                     **_MODEL, epochs=(20, _EPOCHS), **_TRAIN),
+    'finetune': dict(target=('qb_text', Spec(str, check=_data_name)),
+                     init=('reports/pretrain-qb_mixed/best', Spec(str, check=_init)),
+                     target_fraction=(0.1, _FRACTION), **_RUN, **_MODEL, epochs=(30, _EPOCHS),
+                     **{**_TRAIN, 'patience': (5, Spec(int, 0))}),
+    'transfer': dict(source=('qb_mixed', Spec(str, check=_data_name)),
+                     targets=(['qb_text', 'qb_image', 'tn_mixed', 'tn_text'], Spec(list, item=Spec(str, check=_data_name))),
+                     methods=(list(('transrec', 'transrec-pretrained', 'id_sasrec', 'frozen', 'popularity')),
+                              Spec(list, item=Spec(str, check=_methods))),
+                     target_fraction=(0.1, _FRACTION), **_STUDY),
+    'scaling': dict(source=('qb_mixed', Spec(str, check=_data_name)), target=('qb_text', Spec(str, check=_data_name)),
+                    source_fractions=([0.25, 0.5, 1.0], Spec(list, item=_FRACTION)),
+                    target_fractions=([0.05, 0.1, 0.25, 0.5], Spec(list, item=_FRACTION)),
+                    base_target_fraction=(0.1, _FRACTION), **_STUDY),
+}
+
+# %% ../nbs/11_experiment.ipynb #p008
+IPYTHON_NAMES = ('In', 'Out', 'get_ipython', 'exit', 'quit')
+NOTEBOOK_NAMES = ('PAPERMILL_OUTPUT_PATH', 'params', 'model_cfg', 'train_cfg', 'init_dir', 'tag', 'out', 'm', 'fig',
+                  'common', 'summary', 'res', 'figs')     # set by papermill or by the notebooks' own cells
+
+def _user_names(namespace: dict) -> list:
+    skip = lambda k, v: (k.startswith('_') or k in IPYTHON_NAMES or k in NOTEBOOK_NAMES or inspect.ismodule(v)
+                         or callable(v))
+    return [k for k, v in namespace.items() if not skip(k, v)]
+
+def experiment_params(experiment: str, namespace: dict) -> dict:
+    "Check the parameters of experiment notebook `experiment` in `namespace` (its globals); return them as a dict."
+    if experiment not in EXPERIMENT_PARAMS:
+        raise ValueError(f"experiment={experiment!r}: choose one of {list(EXPERIMENT_PARAMS)}")
+    specs = EXPERIMENT_PARAMS[experiment]
+    for name in _user_names(namespace):
+        if name in specs: continue
+        close = difflib.get_close_matches(name, list(specs), n=1, cutoff=0.6)
+        hint = f'did you mean {close[0]!r}? ' if close else ''
+        raise ValueError(f"unknown parameter {name!r} for the {experiment} notebook (-p {name} ...): {hint}"
+                         f"its parameters are {', '.join(specs)}")
+    params = {k: spec(k, namespace.get(k, default)) for k, (default, spec) in specs.items()}
+    split_params(params)                     # the configs' own checks, e.g. dim divisible by n_heads
+    return params
+
+# %% ../nbs/11_experiment.ipynb #p014
+STUDY_RUN_PARAMS = ('seed', 'device', 'scale', 'data_seed', *_SIZE, 'batch_size', 'max_steps')
+
+def study_run_params(params: dict) -> dict:
+    "The checked study `params` every run of the study gets (plus `progress=False`)."
+    return {**{k: params[k] for k in STUDY_RUN_PARAMS}, 'progress': False}
 
 # %% ../nbs/11_experiment.ipynb #c011
 def dataset_summary(ds) -> dict:
@@ -94,6 +235,8 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     resuming = resume_run(out_dir, params, resume)        # before any work: a clash with an older run fails now
     seed_everything(train_cfg.seed)
     ds = load_source(data, root=root, scale=scale, seed=data_seed)
+    fingerprint = data_fingerprint(ds)
+    if resuming: check_resume_data(out_dir, fingerprint)   # the same parameters on other data: refuse to mix them
     train_ds = sample_users(ds, fraction, train_cfg.seed)
     device = resolve_device(train_cfg.device)
     if init is not None:
@@ -107,7 +250,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
         model.fit_data(train_ds)
         zero_shot = evaluate(model.to(device), ds, content, split='test', device=device)
         log.info(f"zero-shot test NDCG@10 = {zero_shot['NDCG@10']:.4f}")
-    write_run_params(out_dir, params)
+    write_run_params(out_dir, params, fingerprint)
     res = fit(model, train_ds, train_cfg, out_dir, content=content, progress=progress, resume=resuming)
     model = res.model if hasattr(res, 'model') else load_model(res.best_dir)
     model.to(device).fit_data(train_ds)
@@ -154,7 +297,7 @@ def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
     ck = Path(out_dir)/'checkpoints'
     if resume == 'fresh' or not (ck.is_dir() and any(ck.iterdir())): return resume == 'auto'
     f = Path(out_dir)/'run.json'
-    old = _comparable(json.loads(f.read_text()).get('params', {})) if f.exists() else None
+    old = _comparable(read_run_json(out_dir).get('params', {})) if f.exists() else None
     new = _comparable(params)
     if old == new: return True
     diff = ('parameters not recorded' if old is None else
@@ -162,9 +305,71 @@ def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
     raise ValueError(f"{out_dir} holds checkpoints of a run with other parameters ({diff}): pass resume='fresh' "
                      "(papermill: -p resume fresh) to replace that run, or choose another out_dir")
 
-def write_run_params(out_dir, params: dict) -> Path:
-    "Record the parameters of the run training in `out_dir` (`run.json`), for `resume_run`."
-    return write_json(Path(out_dir)/'run.json', dict(params=params))
+def read_run_json(out_dir) -> dict:
+    "The `run.json` of `out_dir` ({} if absent); a clear error naming it if it is not a JSON object."
+    f = Path(out_dir)/'run.json'
+    if not f.exists(): return {}
+    try: rec = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f} is not valid JSON ({e}); it records the run in {out_dir}: pass resume='fresh' "
+                         "(papermill: -p resume fresh) to start that run over") from None
+    if not isinstance(rec, dict): raise ValueError(f"{f} holds a {type(rec).__name__}, not a JSON object; "
+                                                   "pass resume='fresh' (papermill: -p resume fresh) to start over")
+    return rec
+
+def write_run_params(out_dir, params: dict, data: dict | None = None) -> Path:
+    "Record the parameters (and the `data_fingerprint`) of the run training in `out_dir` (`run.json`)."
+    return write_json(Path(out_dir)/'run.json', dict(params=params, data=data))
+
+# %% ../nbs/11_experiment.ipynb #p011
+def _file_hash(path: Path) -> str | None:
+    if not path.is_file(): return None
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()[:16]
+
+def _images_fingerprint(folder: Path) -> dict:
+    "Count, total size and a hash of the (name, size) list of the files in `folder` (contents are not read)."
+    files = sorted(p for p in folder.rglob('*') if p.is_file()) if folder.is_dir() else []
+    sizes = [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files]
+    listing = ''.join(f'{n}\t{s}\n' for n, s in sizes).encode()
+    return dict(count=len(sizes), bytes=sum(s for _, s in sizes), listing=hashlib.sha256(listing).hexdigest()[:16])
+
+def data_fingerprint(ds) -> dict:
+    "What identifies the data set `ds` is loaded from: folder, counts, table hashes, image file sizes."
+    p = Path(ds.path).resolve() if ds.path is not None else None
+    fp = dict(path=str(p) if p else None, users=int(ds.n_users), items=int(ds.n_items),
+              interactions=int(sum(len(s) for s in ds.seqs)))
+    if p is not None:
+        fp['files'] = {n: _file_hash(p/n) for n in ('items.tsv', 'interactions.tsv', 'meta.json')}
+        fp['images'] = {n: _images_fingerprint(p/n) for n in ('images', 'images.lmdb') if (p/n).exists()}
+    return fp
+
+def data_changes(old: dict, new: dict) -> list[str]:
+    "What differs between two `data_fingerprint`s, in words (the folder path alone is no difference)."
+    out = [f'{k} {old.get(k)} -> {new.get(k)}' for k in ('users', 'items', 'interactions') if old.get(k) != new.get(k)]
+    of, nf = old.get('files') or {}, new.get('files') or {}
+    out += [f'{n} content' for n in sorted(set(of) | set(nf)) if of.get(n) != nf.get(n)]
+    oi, ni = old.get('images') or {}, new.get('images') or {}
+    for n in sorted(set(oi) | set(ni)):
+        a, b = oi.get(n) or {}, ni.get(n) or {}
+        if a != b: out.append(f"{n}/ ({a.get('count', 0)} files, {a.get('bytes', 0)} bytes -> "
+                              f"{b.get('count', 0)} files, {b.get('bytes', 0)} bytes)")
+    return out
+
+def check_resume_data(out_dir, fingerprint: dict):
+    "Refuse to continue the interrupted run in `out_dir` on data other than the data it started on."
+    ck = Path(out_dir)/'checkpoints'
+    if not (ck.is_dir() and any(ck.iterdir())): return
+    old = read_run_json(out_dir).get('data')
+    if not old: return                             # a run recorded before fingerprints existed
+    changes = data_changes(old, fingerprint)
+    if changes:
+        raise ValueError(f"{out_dir} holds an interrupted run that started on other data: {fingerprint['path']} now "
+                         f"differs from what {old.get('path')} held then ({'; '.join(changes)}). Continuing would mix "
+                         "two data sets in one run: pass resume='fresh' (papermill: -p resume fresh) to start over "
+                         "on this data, restore the old data, or choose another out_dir")
 
 # %% ../nbs/11_experiment.ipynb #c019
 def curves_figure(history: list[dict], title: str = 'Training curves'):
@@ -208,6 +413,14 @@ def update_report_index(reports_dir='reports') -> Path:
         lines.append(f"| [{r['run']}]({r['run']}/) | {r['experiment']} | {r['data']} | {r['method']} | {r['synthetic']} | "
                      f"{f(r['ndcg'])} | {f(r['hr'])} | {f(round(r['wall'], 1) if r['wall'] else None)} |")
     p = reports_dir/'index.md'; p.write_text('\n'.join(lines) + '\n'); return p
+
+def index_run(out_dir) -> Path | None:
+    "Update `reports_root()/index.md` for a run in `out_dir` inside it; a run elsewhere writes nothing outside `out_dir`."
+    from transrec.core import reports_root
+    root, out = reports_root().resolve(), Path(out_dir).resolve()
+    if out != root and root not in out.parents:
+        print(f'{out} is outside the reports folder {root}: its index.md is left alone'); return None
+    return update_report_index(root)
 
 # %% ../nbs/11_experiment.ipynb #c025
 def papermill_output_path() -> Path | None:

@@ -15,8 +15,8 @@ from .encoders import ItemTower, ItemContent, make_content, dataset_item_key, co
 
 # %% auto #0
 __all__ = ['UserTower', 'last_valid', 'train_seq_len', 'training_pairs', 'sequence_loss', 'SequenceRecommender', 'TransRec',
-           'IDSASRec', 'Popularity', 'build_model', 'param_groups', 'provenance', 'save_model', 'load_model',
-           'recommend']
+           'IDSASRec', 'Popularity', 'build_model', 'param_groups', 'provenance', 'save_model', 'check_model_dir',
+           'load_model', 'recommend']
 
 # %% ../nbs/06_model.ipynb #c007
 class UserTower(nn.Module):
@@ -261,17 +261,35 @@ def save_model(model, dir) -> Path:
     _atomic(d/'config.json', lambda p: m.cfg.save(p))
     return d
 
+def _unreadable(f: Path, e: Exception) -> ValueError:
+    why = (str(e).strip().splitlines() or [''])[0][:200]
+    return ValueError(f"{f} is unreadable ({type(e).__name__}: {why}); it is damaged (truncated or overwritten?): "
+                      "write it again (rerun the notebook that trained it, e.g. nbs/pretrain.ipynb) or use another model")
+
+def check_model_dir(dir) -> ModelConfig:
+    "The config of the model saved in `dir`, after checking that both files are there and readable (header only)."
+    from safetensors import safe_open
+    d = Path(dir)
+    for f in ('config.json', 'model.safetensors'):
+        if not (d/f).is_file(): raise ValueError(f"load_model({str(dir)!r}): {f} is missing; give a folder written by save_model")
+    try: cfg = ModelConfig.load(d/'config.json')
+    except Exception as e: raise _unreadable(d/'config.json', e) from e
+    try:
+        with safe_open(str(d/'model.safetensors'), framework='pt') as f: f.keys()   # checks the header and the file size
+    except Exception as e: raise _unreadable(d/'model.safetensors', e) from e
+    return cfg
+
 def load_model(dir, map_location='cpu') -> SequenceRecommender:
     "The model saved by `save_model` in `dir`, on `map_location`."
     from safetensors import safe_open
     from safetensors.torch import load_file
     d = Path(dir)
-    for f in ('config.json', 'model.safetensors'):
-        if not (d/f).is_file(): raise ValueError(f"load_model({str(dir)!r}): {f} is missing; give a folder written by save_model")
-    cfg = ModelConfig.load(d/'config.json')
+    cfg = check_model_dir(d)
     model = build_model(cfg, pretrained=False)
-    with safe_open(str(d/'model.safetensors'), framework='pt') as f: meta = f.metadata() or {}
-    sd = load_file(str(d/'model.safetensors'))
+    try:
+        with safe_open(str(d/'model.safetensors'), framework='pt') as f: meta = f.metadata() or {}
+        sd = load_file(str(d/'model.safetensors'))
+    except Exception as e: raise _unreadable(d/'model.safetensors', e) from e
     try: model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise ValueError(f"load_model({str(dir)!r}): the weights do not fit the architecture in config.json "

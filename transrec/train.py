@@ -17,10 +17,10 @@ from .metrics import evaluate, flatten_metrics
 
 # %% auto #0
 __all__ = ['CKPT_STATE', 'make_optimizer', 'lr_factor', 'make_scheduler', 'atomic_write_text', 'atomic_dir', 'clean_temporaries',
-           'LoopState', 'rng_state', 'set_rng_state', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
-           'jsonable', 'MetricsLog', 'read_metrics', 'DistInfo', 'init_distributed', 'all_reduce_sum',
-           'broadcast_object', 'gather_objects', 'LossModule', 'NonFiniteLossError', 'prefetch', 'FitResult',
-           'TrainingRun', 'fit', 'main']
+           'LoopState', 'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint',
+           'load_checkpoint', 'resume_checkpoint', 'jsonable', 'MetricsLog', 'read_metrics', 'DistInfo',
+           'init_distributed', 'all_reduce_sum', 'broadcast_object', 'gather_objects', 'LossModule',
+           'NonFiniteLossError', 'prefetch', 'FitResult', 'TrainingRun', 'fit', 'main']
 
 # %% ../nbs/08_train.ipynb #c005
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -138,9 +138,21 @@ def _save_weights(model: nn.Module, d: Path):
     from transrec.model import save_model
     save_model(model, d)
 
+class CheckpointError(ValueError):
+    "A checkpoint file cannot be read: truncated, overwritten, or not what it should be."
+
+def _read(path: Path, expected: str, read):
+    "`read()`, or a `CheckpointError` naming `path` and what it should hold."
+    try: return read()
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [''])[0][:200]
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {why}); expected {expected}") from e
+
 def _load_weights(model: nn.Module, d: Path, device):
-    from safetensors.torch import load_model as st_load
-    missing, unexpected = st_load(model, str(Path(d)/'model.safetensors'), strict=False, device=str(device))
+    from safetensors.torch import load_file
+    f = Path(d)/'model.safetensors'
+    sd = _read(f, 'the safetensors weights written by save_model', lambda: load_file(str(f), device=str(device)))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"weights in {d} do not fit {type(model).__name__}: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}; was this checkpoint written by a different model config?")
@@ -177,13 +189,37 @@ def load_checkpoint(path, model: nn.Module, device='cpu') -> dict:
     "Load the weights of checkpoint `path` into `model`; return its `state.pt` content."
     path = Path(path)
     from transrec.core import ModelConfig
-    saved = ModelConfig.load(path/'config.json')
+    saved = _read(path/'config.json', 'a ModelConfig JSON file', lambda: ModelConfig.load(path/'config.json'))
     if hasattr(model, 'cfg') and saved != model.cfg:
         diff = {k: (v, getattr(model.cfg, k)) for k, v in saved.to_dict().items() if getattr(model.cfg, k) != v}
         raise ValueError(f"checkpoint {path} was written for another model config (checkpoint vs model: {diff}); "
                          "use a fresh out_dir or resume=False")
     _load_weights(model, path, device)
-    return torch.load(path/CKPT_STATE, map_location='cpu', weights_only=True)
+    return _read(path/CKPT_STATE, 'the training state of save_checkpoint (plain tensors, loaded with weights_only=True)',
+                 lambda: torch.load(path/CKPT_STATE, map_location='cpu', weights_only=True))
+
+# %% ../nbs/08_train.ipynb #r002
+def resume_checkpoint(root, model: nn.Module, device='cpu', set_aside: bool = True) -> tuple[Path | None, dict | None]:
+    "Load the newest readable checkpoint of `root` into `model`: (its path, its state), or (None, None) if none."
+    root = Path(root)
+    first = latest_checkpoint(root)
+    if first is None: return None, None
+    ok = lambda p: p.is_dir() and (p/CKPT_STATE).exists() and (p/'model.safetensors').exists()
+    older = sorted((p for p in root.glob('step-*') if ok(p) and _step_of(p) < _step_of(first)), key=_step_of, reverse=True)
+    problems, broken = [], []
+    for p in (first, *older):
+        try: state = load_checkpoint(p, model, device)
+        except CheckpointError as e:
+            problems.append(str(e)); broken.append(p)
+            log.warning(f'checkpoint {p} cannot be loaded: {e}; falling back to the previous checkpoint')
+            continue
+        for b in broken if set_aside else []:        # kept for inspection, no longer picked
+            if b.exists(): os.replace(b, b.with_name(f'broken-{b.name}-{int(time.time())}'))
+        if broken: log.warning(f'resuming from the older checkpoint {p}: the newer one(s) were unreadable')
+        return p, state
+    raise CheckpointError(f"cannot resume the run in {root.parent}: no checkpoint in {root} is readable "
+                          f"({'; '.join(problems)}). Start that run over with fit(..., resume=False) "
+                          "(papermill: -p resume fresh), which removes these checkpoints")
 
 # %% ../nbs/08_train.ipynb #c019
 def jsonable(o):
@@ -382,10 +418,9 @@ def start(self: TrainingRun, resume: bool = True):
     "Resume from `checkpoints/latest` (if `resume` and one exists) or start afresh; wrap for DDP."
     model, cfg, di, st = self.model, self.cfg, self.di, self.st
     seed_everything(cfg.seed + di.rank)
-    latest = latest_checkpoint(self.ckpt_root) if resume else None
+    latest, saved = resume_checkpoint(self.ckpt_root, model, self.device, di.is_main) if resume else (None, None)
     rng = None
     if latest is not None:
-        saved = load_checkpoint(latest, model, self.device)
         self.opt.load_state_dict(saved['optimizer']); self.sched.load_state_dict(saved['scheduler'])
         self.scaler.load_state_dict(saved['scaler'])
         self.st = st = LoopState(**saved['loop'])
