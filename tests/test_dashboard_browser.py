@@ -1,6 +1,6 @@
 """Browser test of the static dashboard page: headless Chromium renders the exported HTML (offline, file://),
 we check the rendered DOM and keep a screenshot in reports/screenshots/dashboard-test.png."""
-import re, shutil, subprocess
+import os, re, shutil, subprocess
 from pathlib import Path
 import numpy as np
 import pytest
@@ -16,6 +16,9 @@ from test_dashboard import make_tiny, TINY_CFG
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT/'reports'/'screenshots'/'dashboard-test.png'   # git-ignored; dashboard.png is a trained model's page
 CHROMIUM = next((p for p in (shutil.which(n) for n in ('chromium', 'chromium-browser', 'google-chrome')) if p), None)
+if CHROMIUM is None and os.environ.get('CI', '').lower() == 'true':   # CI runs the browser tests, never skips them
+    pytest.fail('headless Chromium is missing in CI: .ci/setup --browser installs it (apt-get install -y chromium)',
+                pytrace=False)
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason='headless Chromium not installed (Debian: apt-get install -y chromium)')]
 K = 5

@@ -723,35 +723,43 @@ def load_model_dir(d):
                          'reports/pretrain-qb_mixed/best)')
     return load_model(p)
 
-def main(argv=None):
-    "CLI: `python -m transrec.dashboard export --model DIR [--model-b DIR] --data NAME_OR_PATH --users N --out FILE.html`"
-    p = argparse.ArgumentParser(prog='python -m transrec.dashboard',
-                                description='TransRec explorer: static HTML export of recommendations for sample users.')
-    sub = p.add_subparsers(dest='cmd', required=True)
-    e = sub.add_parser('export', help='write a self-contained HTML page for N sample users')
-    e.add_argument('--model', required=True, help='saved model folder (config.json + model.safetensors)')
-    e.add_argument('--model-b', default=None, help='optional second model, shown side by side')
-    e.add_argument('--name', default=None); e.add_argument('--name-b', default=None)
-    e.add_argument('--data', required=True, help='registered data set name or MoM folder')
-    e.add_argument('--users', type=int, default=5, help='number of (seeded random) sample users')
-    e.add_argument('--user', action='append', default=None, help='a user id to include (repeatable; overrides --users)')
-    e.add_argument('--out', required=True, help='output .html file')
-    e.add_argument('--k', type=int, default=10)
-    e.add_argument('--seed', type=int, default=0)
-    e.add_argument('--scale', type=float, default=1.0, help='synthetic data scale (named synthetic data sets)')
-    e.add_argument('--data-seed', type=int, default=0)
-    e.add_argument('--eval-users', type=int, default=None, help='evaluate hit rates on a sample of users (default all)')
-    a = p.parse_args(argv)
-    with torch.no_grad():    # scoped: main() is also called in-process (tests, notebooks)
-        ds = load_data(a.data, a.scale, a.data_seed)
-        models = {(a.name or model_name(a.model)): load_model_dir(a.model)}
-        if a.model_b:
-            nb = a.name_b or model_name(a.model_b)
-            if nb in models: nb += ' (b)'
-            models[nb] = load_model_dir(a.model_b)
-        out = export_html(models, ds, a.out, users=a.user or a.users, k=a.k, seed=a.seed, eval_users=a.eval_users)
+def main(argv: list[str] | None = None) -> int:
+    "Console command `transrec-explore` (and `python -m transrec.dashboard`): write the static page; the exit status."
+    p = argparse.ArgumentParser(prog='transrec-explore',
+                                description='TransRec explorer: a static, self-contained HTML page of what one or two '
+                                'saved models recommend to sample users (the live explorer is nbs/explore.ipynb).',
+                                epilog='example: transrec-explore --model reports/pretrain-qb_mixed/best --data qb_mixed '
+                                '--users 5 --out reports/explore.html')
+    p.add_argument('command', nargs='?', choices=['export'], default='export', help='what to do (the only one: export)')
+    p.add_argument('--model', required=True, help='saved model folder (config.json + model.safetensors)')
+    p.add_argument('--model-b', default=None, help='optional second model, shown side by side')
+    p.add_argument('--name', default=None, help='display name of --model (default: its folder)')
+    p.add_argument('--name-b', default=None, help='display name of --model-b (default: its folder)')
+    p.add_argument('--data', required=True, help='registered data set name or MoM folder')
+    p.add_argument('--users', type=int, default=5, help='number of (seeded random) sample users')
+    p.add_argument('--user', action='append', default=None, help='a user id to include (repeatable; overrides --users)')
+    p.add_argument('--out', required=True, help='output .html file')
+    p.add_argument('--k', type=int, default=10, help='recommendations per user')
+    p.add_argument('--seed', type=int, default=0, help='seed of the sample of users')
+    p.add_argument('--scale', type=float, default=1.0, help='synthetic data scale (named synthetic data sets)')
+    p.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic data set')
+    p.add_argument('--eval-users', type=int, default=None, help='evaluate hit rates on a sample of users (default all)')
+    args = p.parse_args(argv)
+    try:
+        with torch.no_grad():    # scoped: main() is also called in-process (tests, notebooks)
+            ds = load_data(args.data, args.scale, args.data_seed)
+            models = {(args.name or model_name(args.model)): load_model_dir(args.model)}
+            if args.model_b:
+                name_b = args.name_b or model_name(args.model_b)
+                if name_b in models: name_b += ' (b)'
+                models[name_b] = load_model_dir(args.model_b)
+            out = export_html(models, ds, args.out, users=args.user or args.users, k=args.k, seed=args.seed,
+                              eval_users=args.eval_users)
+    except (ValueError, FileNotFoundError) as err:
+        print(f'{p.prog}: error: {err}', file=sys.stderr)
+        return 2
     print(out)
-    return out
+    return 0
 
 # %% ../nbs/10_dashboard.ipynb #c051
-if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False): main()
+if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False): sys.exit(main())
