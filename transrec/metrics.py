@@ -16,143 +16,187 @@ __all__ = ['CPU_TILE_ITEMS', 'default_tile_items', 'target_ranks', 'per_user_met
            'mean_interval', 'paired_test']
 
 # %% ../nbs/07_metrics.ipynb #c005
-def _check_vectors(user_vecs: torch.Tensor, item_vecs: torch.Tensor):
+def _check_vectors(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.dtype:
     "Validate shapes and finiteness; return the dtype to score in (float32 at least)."
     if user_vecs.ndim != 2 or item_vecs.ndim != 2 or user_vecs.shape[1] != item_vecs.shape[1]:
-        raise ValueError(f"user_vecs {tuple(user_vecs.shape)} and item_vecs {tuple(item_vecs.shape)} must be [U, d] and [N, d] "
-                         "with the same d")
-    for name, v in (('user_vecs', user_vecs), ('item_vecs', item_vecs)):
-        if not torch.isfinite(v.sum()) and not torch.isfinite(v).all():    # NaN/inf propagate into the sum: one cheap pass
-            bad = (~torch.isfinite(v)).any(1).nonzero()[:5, 0].tolist()
-            raise ValueError(f"{name} holds NaN/inf values (first bad rows: {bad}); the model diverged or was not "
-                             "trained: check the training log before evaluating")
+        raise ValueError(f"user_vecs {tuple(user_vecs.shape)} and item_vecs {tuple(item_vecs.shape)} must be "
+                         "[U, d] and [N, d] with the same d")
+    for name, vecs in (('user_vecs', user_vecs), ('item_vecs', item_vecs)):
+        # NaN/inf propagate into the sum: one cheap pass, and the row-by-row check only when it fails
+        if not torch.isfinite(vecs.sum()) and not torch.isfinite(vecs).all():
+            bad = (~torch.isfinite(vecs)).any(1).nonzero()[:5, 0].tolist()
+            raise ValueError(f"{name} holds NaN/inf values (first bad rows: {bad}); the model diverged or "
+                             "was not trained: check the training log before evaluating")
     return torch.promote_types(torch.promote_types(user_vecs.dtype, item_vecs.dtype), torch.float32)
 
+# %% ../nbs/07_metrics.ipynb #xm01c
 def _flat_exclusions(exclude, n_users: int, n_items: int, targets: np.ndarray | None = None):
-    "Flatten per-user exclusion arrays into (row, col, row offsets); the target of each user is dropped from its list."
-    if exclude is None: return None
+    "Per-user exclusions flattened into (rows, items, row offsets); each user's own target is dropped."
+    if exclude is None:
+        return None
     if len(exclude) != n_users:
-        raise ValueError(f"exclude has {len(exclude)} entries but there are {n_users} users: pass one array per user "
-                         "(data.history_items(ds, split, users) gives them in eval order)")
-    if isinstance(exclude, np.ndarray) and exclude.ndim == 2:        # equal-length histories: no per-user work
-        lens, cols = np.full(n_users, exclude.shape[1], dtype=np.int64), exclude.astype(np.int64).reshape(-1)
+        raise ValueError(f"exclude has {len(exclude)} entries but there are {n_users} users: pass one array "
+                         "per user (data.history_items(ds, split, users) gives them in eval order)")
+    if isinstance(exclude, np.ndarray) and exclude.ndim == 2:     # equal-length histories: no per-user work
+        lengths = np.full(n_users, exclude.shape[1], dtype=np.int64)
+        items = exclude.astype(np.int64).reshape(-1)
     else:
-        lens = np.fromiter((np.size(ex) for ex in exclude), dtype=np.int64, count=n_users)
-        try: cols = np.concatenate(exclude).astype(np.int64, copy=False) if lens.sum() else np.zeros(0, np.int64)
-        except ValueError: cols = np.concatenate([np.ravel(ex) for ex in exclude]).astype(np.int64)   # scalars, 2-d entries
-    rows = np.repeat(np.arange(n_users, dtype=np.int64), lens)
-    bad = (cols < 0) | (cols >= n_items)
+        lengths = np.fromiter((np.size(history) for history in exclude), dtype=np.int64, count=n_users)
+        try:
+            items = np.concatenate(exclude).astype(np.int64, copy=False)
+        except ValueError:                                           # scalars, 2-d entries
+            items = np.concatenate([np.ravel(history) for history in exclude]).astype(np.int64)
+    rows = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
+    bad = (items < 0) | (items >= n_items)
     if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"exclude[{rows[i]}] holds item index {cols[i]} outside [0, {n_items}): exclusions must be "
-                         "global item indices of this domain")
+        first_bad = int(np.argmax(bad))
+        raise ValueError(f"exclude[{rows[first_bad]}] holds item index {items[first_bad]} outside "
+                         f"[0, {n_items}): exclusions must be global item indices of this domain")
     if targets is not None:
-        keep = cols != np.asarray(targets, dtype=np.int64)[rows]
-        rows, cols = rows[keep], cols[keep]
-        lens = np.bincount(rows, minlength=n_users).astype(np.int64)
-    return rows, cols, np.concatenate([[0], np.cumsum(lens)])
+        keep = items != np.asarray(targets, dtype=np.int64)[rows]
+        rows, items = rows[keep], items[keep]
+        lengths = np.bincount(rows, minlength=n_users).astype(np.int64)
+    return rows, items, np.concatenate([[0], np.cumsum(lengths)])
 
 # %% ../nbs/07_metrics.ipynb #c007
-CPU_TILE_ITEMS = 1024          # items per scoring tile on CPU: 1024 users x 1024 items of fp32 = 4 MB, tuned in 09_bench
+# items per scoring tile on CPU: 1024 users x 1024 items of fp32 = 4 MB, tuned in 09_bench
+CPU_TILE_ITEMS = 1024
 
 def default_tile_items(n_items: int, device) -> int:
     "Items scored per matmul: a cache-sized tile on CPU, the whole catalogue on a GPU."
     return n_items if torch.device(device).type == 'cuda' else min(n_items, CPU_TILE_ITEMS)
 
-def _scores_tile(u: torch.Tensor, item_vecs: torch.Tensor, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.matmul(u, item_vecs[start:stop].T, out=out)
+# %% ../nbs/07_metrics.ipynb #xm02c
+def _scores_tile(user_vecs: torch.Tensor, item_vecs: torch.Tensor, start: int, stop: int,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    "Scores [users, stop - start] of `user_vecs` against items `start:stop` (written into `out` if given)."
+    return torch.matmul(user_vecs, item_vecs[start:stop].T, out=out)
 
+# %% ../nbs/07_metrics.ipynb #xm02f
 def _chunk_exclusions(flat, start: int, stop: int, device):
-    "Exclusion pairs of users `start:stop` sorted by item: (local rows, items) tensors, items as numpy too."
-    if flat is None: return None
-    rows, cols, offsets = flat
-    a, b = offsets[start], offsets[stop]
-    if b == a: return None
-    order = np.argsort(cols[a:b])
-    c = cols[a:b][order]
-    return (torch.from_numpy(rows[a:b][order] - start).to(device), torch.from_numpy(c).to(device), c)
+    "Exclusion pairs of users `start:stop` sorted by item: (local rows, items) tensors, and the items."
+    if flat is None:
+        return None
+    rows, items, offsets = flat
+    first, last = offsets[start], offsets[stop]
+    if last == first:
+        return None
+    order = np.argsort(items[first:last])
+    chunk_items = items[first:last][order]
+    local_rows = rows[first:last][order] - start
+    return torch.from_numpy(local_rows).to(device), torch.from_numpy(chunk_items).to(device), chunk_items
 
+# %% ../nbs/07_metrics.ipynb #xm02i
 def _tile_starts(n_items: int, tile: int) -> list[int]:
-    "First item of each tile; every tile is `tile` wide (the last one overlaps its neighbour), so all share one matmul shape."
+    "First item of each tile; every tile is `tile` wide (the last one overlaps its neighbour)."
     starts = list(range(0, n_items - tile + 1, tile))
-    if n_items % tile: starts.append(n_items - tile)
+    if n_items % tile:
+        starts.append(n_items - tile)
     return starts
 
-def _score_tiles(u: torch.Tensor, item_vecs: torch.Tensor, excl, tile: int):
-    "Yield `(i, start, new, scores [chunk, tile])` per tile: excluded entries -inf; columns `new:` are not in earlier tiles."
+# %% ../nbs/07_metrics.ipynb #xm02l
+def _score_tiles(user_vecs: torch.Tensor, item_vecs: torch.Tensor, excluded, tile: int):
+    "Yield `(i, start, new, scores [chunk, tile])` per tile, excluded entries -inf; columns `new:` are new."
     starts = _tile_starts(item_vecs.shape[0], tile)
-    buf = torch.empty(u.shape[0], tile, dtype=u.dtype, device=u.device)     # one buffer: no allocation per tile
-    if excl is not None: lo, hi = np.searchsorted(excl[2], starts), np.searchsorted(excl[2], [b + tile for b in starts])
-    done = 0
-    for i, b in enumerate(starts):
-        s = _scores_tile(u, item_vecs, b, b + tile, out=buf)
-        if excl is not None and hi[i] > lo[i]: s[excl[0][lo[i]:hi[i]], excl[1][lo[i]:hi[i]] - b] = float('-inf')
-        yield i, b, done - b, s                                  # `s` is overwritten by the next tile
-        done = b + tile
+    # one buffer for all tiles: no allocation per tile
+    buffer = torch.empty(user_vecs.shape[0], tile, dtype=user_vecs.dtype, device=user_vecs.device)
+    if excluded is not None:
+        excluded_rows, excluded_items, sorted_items = excluded
+        first = np.searchsorted(sorted_items, starts)                          # this tile's pairs: first:last
+        last = np.searchsorted(sorted_items, [start + tile for start in starts])
+    covered = 0                                                                # items scored by earlier tiles
+    for i, start in enumerate(starts):
+        scores = _scores_tile(user_vecs, item_vecs, start, start + tile, out=buffer)
+        if excluded is not None and last[i] > first[i]:
+            pairs = slice(first[i], last[i])
+            scores[excluded_rows[pairs], excluded_items[pairs] - start] = float('-inf')
+        yield i, start, covered - start, scores                 # `scores` is overwritten by the next tile
+        covered = start + tile
 
-def _check_targets(targets, U: int, N: int) -> torch.Tensor:
+# %% ../nbs/07_metrics.ipynb #xm02o
+def _check_targets(targets, n_users: int, n_items: int) -> torch.Tensor:
+    "`targets` as a LongTensor [n_users] of item indices in [0, n_items)."
     targets = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1)
-    if len(targets) != U: raise ValueError(f"targets has {len(targets)} entries for {U} users")
-    if U and (targets.min() < 0 or targets.max() >= N):
-        raise ValueError(f"targets must be item indices in [0, {N}); got min {int(targets.min())}, max {int(targets.max())}")
+    if len(targets) != n_users:
+        raise ValueError(f"targets has {len(targets)} entries for {n_users} users")
+    if n_users and (targets.min() < 0 or targets.max() >= n_items):
+        raise ValueError(f"targets must be item indices in [0, {n_items}); "
+                         f"got min {int(targets.min())}, max {int(targets.max())}")
     return targets
 
+# %% ../nbs/07_metrics.ipynb #xm02q
 def _check_sizes(chunk_size: int, tile_items: int | None, n_items: int, device) -> int:
-    if chunk_size < 1: raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-    if tile_items is not None and tile_items < 1: raise ValueError(f"tile_items={tile_items} must be >= 1 (or None)")
+    "Check `chunk_size` and `tile_items`; return the tile width (`tile_items` or the device's default)."
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+    if tile_items is not None and tile_items < 1:
+        raise ValueError(f"tile_items={tile_items} must be >= 1 (or None)")
     return max(1, min(n_items, default_tile_items(n_items, device) if tile_items is None else tile_items))
 
 # %% ../nbs/07_metrics.ipynb #c009
-def _target_scores(u: torch.Tensor, item_vecs: torch.Tensor, targets: torch.Tensor, tile: int) -> torch.Tensor:
-    "Score of each user's target by a matmul shaped like a tile's: users x a tile made of their targets (zero-padded)."
-    out = torch.empty(u.shape[0], dtype=u.dtype, device=u.device)
-    for a in range(0, u.shape[0], tile):
-        n = min(tile, u.shape[0] - a)
-        T = item_vecs.new_zeros(tile, item_vecs.shape[1])
-        T[:n] = item_vecs[targets[a:a + n]]
-        out[a:a + n] = _scores_tile(u, T, 0, tile)[torch.arange(a, a + n, device=u.device), torch.arange(n, device=u.device)]
+def _target_scores(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: torch.Tensor,
+                   tile: int) -> torch.Tensor:
+    "Each user's target score, by tile-shaped matmuls: users x a tile of their targets (zero-padded)."
+    out = torch.empty(user_vecs.shape[0], dtype=user_vecs.dtype, device=user_vecs.device)
+    for start in range(0, user_vecs.shape[0], tile):
+        n_rows = min(tile, user_vecs.shape[0] - start)
+        target_tile = item_vecs.new_zeros(tile, item_vecs.shape[1])
+        target_tile[:n_rows] = item_vecs[targets[start:start + n_rows]]
+        scores = _scores_tile(user_vecs, target_tile, 0, tile)
+        out[start:start + n_rows] = scores[torch.arange(start, start + n_rows, device=user_vecs.device),
+                                           torch.arange(n_rows, device=user_vecs.device)]
     return out
 
-def _count_at_least(u, item_vecs, excl, tile: int, targets: torch.Tensor, threshold: torch.Tensor | None = None):
-    "Per user: non-excluded items scoring >= `threshold` (default: the target's score, one tile only) and the target's tile score."
-    N = item_vecs.shape[0]
-    counts = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
-    seen = torch.full((u.shape[0],), float('nan'), dtype=u.dtype, device=u.device)
-    starts = torch.tensor(_tile_starts(N, tile), device=u.device)
-    order = torch.argsort(targets)                               # users by target item; tile i counts items [i*tile, (i+1)*tile)
-    tile_of = torch.div(targets[order], tile, rounding_mode='floor').clamp_max(len(starts) - 1)
-    col = targets[order] - starts[tile_of]                       # the target's column inside the tile that counts it
-    tb = torch.searchsorted(tile_of, torch.arange(len(starts) + 1, device=u.device)).tolist()
-    for i, b, new, s in _score_tiles(u, item_vecs, excl, tile):
-        if tb[i + 1] > tb[i]: seen[order[tb[i]:tb[i + 1]]] = s[order[tb[i]:tb[i + 1]], col[tb[i]:tb[i + 1]]]
-        if threshold is None: threshold = seen                   # a single tile: every target was just read
-        hits = s[:, new:].ge_(threshold[:, None])                # in place: 1.0 / 0.0, no bool temporary
+# %% ../nbs/07_metrics.ipynb #xm03d
+def _count_at_least(user_vecs, item_vecs, excluded, tile: int, targets: torch.Tensor,
+                    threshold: torch.Tensor | None = None):
+    """Per user: non-excluded items scoring >= `threshold` (default, one tile only: the target's score),
+    and the target's score as its own tile computed it."""
+    device = user_vecs.device
+    counts = torch.zeros(user_vecs.shape[0], dtype=torch.float64, device=device)
+    seen = torch.full((user_vecs.shape[0],), float('nan'), dtype=user_vecs.dtype, device=device)
+    starts = torch.tensor(_tile_starts(item_vecs.shape[0], tile), device=device)
+    n_tiles = len(starts)
+    # users by target item; tile i counts the targets in items [i*tile, (i+1)*tile)
+    order = torch.argsort(targets)
+    tile_of = torch.div(targets[order], tile, rounding_mode='floor').clamp_max(n_tiles - 1)
+    target_col = targets[order] - starts[tile_of]            # the target's column in the tile that counts it
+    # the users whose target tile i counts: order[bounds[i]:bounds[i + 1]]
+    bounds = torch.searchsorted(tile_of, torch.arange(n_tiles + 1, device=device)).tolist()
+    for i, _, new, scores in _score_tiles(user_vecs, item_vecs, excluded, tile):
+        if bounds[i + 1] > bounds[i]:
+            users = order[bounds[i]:bounds[i + 1]]
+            seen[users] = scores[users, target_col[bounds[i]:bounds[i + 1]]]
+        if threshold is None:
+            threshold = seen                                     # a single tile: every target was just read
+        hits = scores[:, new:].ge_(threshold[:, None])           # in place: 1.0 / 0.0, no bool temporary
         counts += hits.sum(1, dtype=torch.float64 if hits.shape[1] >= 2**24 else None)
     return counts.long(), seen
 
+# %% ../nbs/07_metrics.ipynb #xm03g
 @torch.no_grad()
 def target_ranks(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, exclude: list | None = None,
                  chunk_size: int = 1024, tile_items: int | None = None) -> torch.Tensor:
     "Pessimistic 1-based rank of each user's target among all non-excluded items (LongTensor [U], on CPU)."
     dtype = _check_vectors(user_vecs, item_vecs)
-    U, N = user_vecs.shape[0], item_vecs.shape[0]
-    targets = _check_targets(targets, U, N)
-    tile = _check_sizes(chunk_size, tile_items, N, item_vecs.device)
-    flat = _flat_exclusions(exclude, U, N, targets.numpy())
+    n_users, n_items = user_vecs.shape[0], item_vecs.shape[0]
+    targets = _check_targets(targets, n_users, n_items)
+    tile = _check_sizes(chunk_size, tile_items, n_items, item_vecs.device)
+    flat = _flat_exclusions(exclude, n_users, n_items, targets.numpy())
     item_vecs = item_vecs.to(dtype)
     ranks = []
-    for s in range(0, U, chunk_size):
-        e = min(s + chunk_size, U)
-        u = user_vecs[s:e].to(device=item_vecs.device, dtype=dtype)
-        t = targets[s:e].to(item_vecs.device)
-        excl = _chunk_exclusions(flat, s, e, item_vecs.device)
-        threshold = _target_scores(u, item_vecs, t, tile) if tile < N else None
-        counts, seen = _count_at_least(u, item_vecs, excl, tile, t, threshold)
-        if threshold is not None and not torch.equal(seen, threshold):   # the BLAS gave other bits: count again
-            counts, seen2 = _count_at_least(u, item_vecs, excl, tile, t, seen)
-            if not torch.equal(seen2, seen):
-                raise RuntimeError("matmul gave different results for the same inputs twice: ranks would be unreliable; "
-                                   "evaluate with tile_items=None on a deterministic device")
+    for start in range(0, n_users, chunk_size):
+        stop = min(start + chunk_size, n_users)
+        chunk_vecs = user_vecs[start:stop].to(device=item_vecs.device, dtype=dtype)
+        chunk_targets = targets[start:stop].to(item_vecs.device)
+        excluded = _chunk_exclusions(flat, start, stop, item_vecs.device)
+        threshold = _target_scores(chunk_vecs, item_vecs, chunk_targets, tile) if tile < n_items else None
+        counts, seen = _count_at_least(chunk_vecs, item_vecs, excluded, tile, chunk_targets, threshold)
+        if threshold is not None and not torch.equal(seen, threshold):    # BLAS gave other bits: count again
+            counts, seen_again = _count_at_least(chunk_vecs, item_vecs, excluded, tile, chunk_targets, seen)
+            if not torch.equal(seen_again, seen):
+                raise RuntimeError("matmul gave different results for the same inputs twice: ranks would be "
+                                   "unreliable; evaluate with tile_items=None on a deterministic device")
         ranks.append(counts.cpu())
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
@@ -160,8 +204,10 @@ def target_ranks(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, excl
 def per_user_metrics(ranks, ks=(5, 10, 20)) -> dict[str, np.ndarray]:
     "Per user, from 1-based ranks: HR@k and NDCG@k for each k, and the reciprocal rank (key `MRR`)."
     rank = torch.as_tensor(ranks).double().reshape(-1).numpy()
-    if len(rank) == 0: raise ValueError("no users to evaluate (empty ranks)")
-    if (rank < 1).any(): raise ValueError("ranks are 1-based: got a rank < 1")
+    if len(rank) == 0:
+        raise ValueError("no users to evaluate (empty ranks)")
+    if (rank < 1).any():
+        raise ValueError("ranks are 1-based: got a rank < 1")
     out = {}
     for k in ks:
         hit = rank <= k
@@ -178,16 +224,18 @@ def metrics_from_ranks(ranks, ks=(5, 10, 20)) -> dict:
     out['n_users'] = len(per_user['MRR'])
     return out
 
-# %% ../nbs/07_metrics.ipynb #c018
+# %% ../nbs/07_metrics.ipynb #xm05a
 def metrics_by_modality(ranks, target_modality, ks=(5, 10, 20)) -> dict:
     "`metrics_from_ranks` for the users of each modality in `MODALITIES` that has at least one target."
     ranks, target_modality = torch.as_tensor(ranks).reshape(-1), np.asarray(target_modality).reshape(-1)
     out = {}
     for code, name in enumerate(MODALITIES):
-        sel = torch.from_numpy(np.flatnonzero(target_modality == code))
-        if len(sel): out[name] = metrics_from_ranks(ranks[sel], ks)
+        users = torch.from_numpy(np.flatnonzero(target_modality == code))
+        if len(users):
+            out[name] = metrics_from_ranks(ranks[users], ks)
     return out
 
+# %% ../nbs/07_metrics.ipynb #c018
 def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, exclude: list | None = None,
                       ks=(5, 10, 20), chunk_size: int = 1024, item_modality: np.ndarray | None = None,
                       tile_items: int | None = None, return_ranks: bool = False) -> dict:
@@ -198,134 +246,166 @@ def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets,
         item_modality = np.asarray(item_modality)
         if len(item_modality) != item_vecs.shape[0]:
             raise ValueError(f"item_modality has {len(item_modality)} entries for {item_vecs.shape[0]} items")
-        out['by_modality'] = metrics_by_modality(ranks, item_modality[np.asarray(targets, dtype=np.int64)], ks)
-    if return_ranks: out['ranks'] = torch.as_tensor(ranks).cpu().numpy()
+        target_modality = item_modality[np.asarray(targets, dtype=np.int64)]
+        out['by_modality'] = metrics_by_modality(ranks, target_modality, ks)
+    if return_ranks:
+        out['ranks'] = torch.as_tensor(ranks).cpu().numpy()
     return out
 
 # %% ../nbs/07_metrics.ipynb #c024
-def _merge_topk(best_v, best_i, v, i, rows):
-    "Merge candidates (v, i) of users `rows` into their running top-k (best_v, best_i), in place."
-    cv, ci = torch.cat([best_v[rows], v], 1), torch.cat([best_i[rows], i], 1)
-    v2, j = torch.topk(cv, best_v.shape[1], dim=1)
-    best_v[rows], best_i[rows] = v2, ci.gather(1, j)
+def _merge_topk(best_scores, best_items, scores, items, rows):
+    "Merge candidates (scores, items) of users `rows` into their running top k (best_*), in place."
+    candidate_scores = torch.cat([best_scores[rows], scores], 1)
+    candidate_items = torch.cat([best_items[rows], items], 1)
+    kept_scores, kept = torch.topk(candidate_scores, best_scores.shape[1], dim=1)
+    best_scores[rows], best_items[rows] = kept_scores, candidate_items.gather(1, kept)
 
+# %% ../nbs/07_metrics.ipynb #xm06c
 @torch.no_grad()
 def topk_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, exclude: list | None, k: int,
                chunk_size: int = 1024, tile_items: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "The `k` highest-scoring non-excluded items per user: (idx LongTensor [U, k], scores [U, k]), on CPU."
     dtype = _check_vectors(user_vecs, item_vecs)
-    U, N = user_vecs.shape[0], item_vecs.shape[0]
-    if not 1 <= k <= N: raise ValueError(f"k={k} must be between 1 and the number of items ({N})")
-    tile = max(k, _check_sizes(chunk_size, tile_items, N, item_vecs.device))     # the first tile fills the top k
-    flat = _flat_exclusions(exclude, U, N)
+    n_users, n_items = user_vecs.shape[0], item_vecs.shape[0]
+    if not 1 <= k <= n_items:
+        raise ValueError(f"k={k} must be between 1 and the number of items ({n_items})")
+    # at least k wide: the first tile fills the top k
+    tile = max(k, _check_sizes(chunk_size, tile_items, n_items, item_vecs.device))
+    flat = _flat_exclusions(exclude, n_users, n_items)
     item_vecs = item_vecs.to(dtype)
-    idx, val = [], []
-    for s in range(0, U, chunk_size):
-        e = min(s + chunk_size, U)
-        u = user_vecs[s:e].to(device=item_vecs.device, dtype=dtype)
-        best_v = best_i = None
-        for _, b, new, sc in _score_tiles(u, item_vecs, _chunk_exclusions(flat, s, e, item_vecs.device), tile):
-            sc = sc[:, new:]
-            if best_v is None:
-                best_v, best_i = torch.topk(sc, k, dim=1); best_i += b
+    top_items, top_scores = [], []
+    for start in range(0, n_users, chunk_size):
+        stop = min(start + chunk_size, n_users)
+        chunk_vecs = user_vecs[start:stop].to(device=item_vecs.device, dtype=dtype)
+        excluded = _chunk_exclusions(flat, start, stop, item_vecs.device)
+        best_scores = best_items = None
+        for _, tile_start, new, scores in _score_tiles(chunk_vecs, item_vecs, excluded, tile):
+            scores = scores[:, new:]
+            if best_scores is None:
+                best_scores, best_items = torch.topk(scores, k, dim=1)
+                best_items += tile_start
                 continue
-            rows = (sc > best_v[:, -1:]).any(1).nonzero().squeeze(1)     # users for whom this tile beats their k-th best
+            # the users this tile gives a better item
+            rows = (scores > best_scores[:, -1:]).any(1).nonzero().squeeze(1)
             if len(rows):
-                v, i = torch.topk(sc[rows], min(k, sc.shape[1]), dim=1)
-                _merge_topk(best_v, best_i, v, i + b + new, rows)
-        idx.append(best_i.cpu()); val.append(best_v.cpu())
-    if not idx: return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=dtype)
-    return torch.cat(idx), torch.cat(val)
+                tile_scores, tile_items = torch.topk(scores[rows], min(k, scores.shape[1]), dim=1)
+                _merge_topk(best_scores, best_items, tile_scores, tile_items + tile_start + new, rows)
+        top_items.append(best_items.cpu())
+        top_scores.append(best_scores.cpu())
+    if not top_items:
+        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=dtype)
+    return torch.cat(top_items), torch.cat(top_scores)
 
 # %% ../nbs/07_metrics.ipynb #c029
 def _model_device(model) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    if p is None: p = next(iter(model.buffers()), None)
-    return p.device if p is not None else torch.device('cpu')
+    "The device of the model's first parameter, or first buffer, or the CPU."
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    return first.device if first is not None else torch.device('cpu')
 
+# %% ../nbs/07_metrics.ipynb #xm07f
 @torch.no_grad()
-def user_vectors_for(model, ds, item_vecs: torch.Tensor, split: str = 'test', batch_size: int = 256, users=None,
-                     device=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def user_vectors_for(model, ds, item_vecs: torch.Tensor, split: str = 'test', batch_size: int = 256,
+                     users=None, device=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     "User vectors for `split` from the model's user tower: (user_vecs [U, d], users [U], targets [U])."
     from transrec.data import eval_batches
     device = _model_device(model) if device is None else torch.device(device)
     item_vecs = item_vecs.to(device)
-    uv, us, tg = [], [], []
-    for b in eval_batches(ds, split, batch_size=batch_size, max_len=model.cfg.max_len, users=users):
-        hist, mask = b.hist.to(device), b.mask.to(device)
-        hv = item_vecs[hist]                                            # padding gathers item 0, masked out
-        uv.append(model.user_vectors(hv, mask).float())
-        us.append(np.asarray(b.users)); tg.append(np.asarray(b.target))
-    if not uv: raise ValueError(f"no users to evaluate in split {split!r} (users={users!r})")
-    return torch.cat(uv), np.concatenate(us), np.concatenate(tg)
+    user_vecs, user_rows, targets = [], [], []
+    for batch in eval_batches(ds, split, batch_size=batch_size, max_len=model.cfg.max_len, users=users):
+        hist, mask = batch.hist.to(device), batch.mask.to(device)
+        hist_vecs = item_vecs[hist]                                     # padding gathers item 0, masked out
+        user_vecs.append(model.user_vectors(hist_vecs, mask).float())
+        user_rows.append(np.asarray(batch.users))
+        targets.append(np.asarray(batch.target))
+    if not user_vecs:
+        raise ValueError(f"no users to evaluate in split {split!r} (users={users!r})")
+    return torch.cat(user_vecs), np.concatenate(user_rows), np.concatenate(targets)
 
+# %% ../nbs/07_metrics.ipynb #xm07i
 @torch.no_grad()
 def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, device=None, users=None,
              item_vecs: torch.Tensor | None = None, ks=(5, 10, 20), chunk_size: int = 1024,
              return_ranks: bool = False) -> dict:
     "Full-ranking metrics of `model` on `split` of `ds` (history masked), with the per-modality breakdown."
     from transrec.data import history_items
-    if split not in ('valid', 'test'): raise ValueError(f"split={split!r}: use 'valid' or 'test'")
+    if split not in ('valid', 'test'):
+        raise ValueError(f"split={split!r}: use 'valid' or 'test'")
     was_training = model.training
     model.eval()
     try:
         device = _model_device(model) if device is None else torch.device(device)
-        if item_vecs is None: item_vecs = model.all_item_vectors(content)
+        if item_vecs is None:
+            item_vecs = model.all_item_vectors(content)
         item_vecs = item_vecs.float().to(device)
         if item_vecs.shape[0] != ds.n_items:
-            raise ValueError(f"the model scores {item_vecs.shape[0]} items but data set {ds.name!r} has {ds.n_items}: "
-                             "evaluate a model built/fitted for this data set (build_model(cfg, ds), model.fit_data(ds))")
-        user_vecs, users_, targets = user_vectors_for(model, ds, item_vecs, split, batch_size, users, device)
-        exclude = history_items(ds, split, users=users_)
+            raise ValueError(f"the model scores {item_vecs.shape[0]} items but data set {ds.name!r} has "
+                             f"{ds.n_items}: evaluate a model built/fitted for this data set "
+                             "(build_model(cfg, ds), model.fit_data(ds))")
+        user_vecs, user_rows, targets = user_vectors_for(model, ds, item_vecs, split, batch_size, users,
+                                                         device)
+        exclude = history_items(ds, split, users=user_rows)
         out = full_rank_metrics(user_vecs, item_vecs, targets, exclude, ks=ks, chunk_size=chunk_size,
                                 item_modality=ds.modality, return_ranks=return_ranks)
-        if return_ranks: out['users'] = np.asarray(users_, dtype=np.int64)   # row of each rank in `ds`
+        if return_ranks:
+            out['users'] = np.asarray(user_rows, dtype=np.int64)   # row of each rank in `ds`
         return out
     finally:
         model.train(was_training)
 
 # %% ../nbs/07_metrics.ipynb #c034
-def flatten_metrics(m: dict, prefix: str = '') -> dict:
+def flatten_metrics(metrics: dict, prefix: str = '') -> dict:
     "Nested metrics -> flat dict; `by_modality` entries become `'{prefix}{modality}/{metric}'`."
     out = {}
-    for k, v in m.items():
-        if k == 'by_modality':
-            for mod, mm in v.items():
-                for kk, vv in mm.items(): out[f'{prefix}{mod}/{kk}'] = vv
-        else: out[f'{prefix}{k}'] = v
+    for key, value in metrics.items():
+        if key != 'by_modality':
+            out[f'{prefix}{key}'] = value
+            continue
+        for modality, modality_metrics in value.items():
+            for name, metric in modality_metrics.items():
+                out[f'{prefix}{modality}/{name}'] = metric
     return out
 
 # %% ../nbs/07_metrics.ipynb #cm04
 def mean_interval(values, confidence: float = 0.95) -> dict:
     "Mean of `values` (one per seed) and its Student-t interval; one value gets a `nan` half-width."
     values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(values) == 0: raise ValueError("mean_interval: no values")
-    if not 0 < confidence < 1: raise ValueError(f"mean_interval: confidence={confidence} must lie in (0, 1)")
+    if len(values) == 0:
+        raise ValueError("mean_interval: no values")
+    if not 0 < confidence < 1:
+        raise ValueError(f"mean_interval: confidence={confidence} must lie in (0, 1)")
     mean = float(values.mean())
-    if len(values) == 1: half_width = float('nan')
+    if len(values) == 1:
+        half_width = float('nan')
     else:
         quantile = stats.t.ppf((1 + confidence) / 2, len(values) - 1)
         half_width = float(quantile * values.std(ddof=1) / np.sqrt(len(values)))
-    return dict(mean=mean, half_width=half_width, low=mean - half_width, high=mean + half_width, n=len(values))
+    return dict(mean=mean, half_width=half_width, low=mean - half_width, high=mean + half_width,
+                n=len(values))
 
 # %% ../nbs/07_metrics.ipynb #cm06
 def _per_user(values, name: str) -> np.ndarray:
     "[users] or [seeds, users] -> [users] (the mean over seeds)."
     values = np.asarray(values, dtype=np.float64)
-    if values.ndim == 2: values = values.mean(0)
+    if values.ndim == 2:
+        values = values.mean(0)
     if values.ndim != 1 or len(values) == 0:
-        raise ValueError(f"paired_test: {name} must be [users] or [seeds, users] with users > 0, got {values.shape}")
+        raise ValueError(f"paired_test: {name} must be [users] or [seeds, users] with users > 0, "
+                         f"got {values.shape}")
     return values
 
 # %% ../nbs/07_metrics.ipynb #cm07
 def paired_test(a, b, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> dict:
     "Compare per-user metrics `a` and `b` of the same users: mean difference, bootstrap interval, Wilcoxon p."
     a, b = _per_user(a, 'a'), _per_user(b, 'b')
-    if a.shape != b.shape: raise ValueError(f"paired_test: a and b hold {len(a)} and {len(b)} users: need the same users")
+    if a.shape != b.shape:
+        raise ValueError(f"paired_test: a and b hold {len(a)} and {len(b)} users: need the same users")
     diff = a - b
     rng = np.random.default_rng(seed)
-    boot = np.concatenate([diff[rng.integers(0, len(diff), (min(1000, n_resamples - start), len(diff)))].mean(1)
-                           for start in range(0, n_resamples, 1000)])
+    # resampled mean differences, 1000 resamples at a time
+    boot = np.concatenate([diff[rng.integers(0, len(diff), (min(1000, n_resamples - start), len(diff)))]
+                           .mean(1) for start in range(0, n_resamples, 1000)])
     low, high = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
     p_value = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
     return dict(mean_a=float(a.mean()), mean_b=float(b.mean()), diff=float(diff.mean()), low=float(low),

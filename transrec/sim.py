@@ -22,53 +22,121 @@ __all__ = ['TOPIC_WORDS', 'TOPICS', 'FAMILIES', 'NOISE_WORDS', 'STYLE_WORDS', 'R
 
 # %% ../nbs/02_sim.ipynb #c005
 TOPIC_WORDS = {
-    'sports': {'qb': 'football goal striker league | tennis racket serve wimbledon | swimming pool lap medal | marathon runner sprint race',
-               'tn': 'soccer penalty midfielder championship | badminton shuttlecock volley tournament | diving freestyle backstroke olympics | jogging athlete hurdles stadium'},
-    'cooking': {'qb': 'recipe oven bake bread | pasta sauce garlic tomato | grill steak barbecue roast | dessert chocolate cake sugar',
-                'tn': 'kitchen chef dough pastry | noodles spaghetti basil parmesan | skillet beef sear charcoal | pudding cookies vanilla caramel'},
-    'music': {'qb': 'guitar chord riff band | piano concert symphony orchestra | singer album song lyrics | drums beat rhythm bass',
-              'tn': 'violin cello strings melody | jazz saxophone trumpet pianist | vocalist playlist chorus ballad | percussion tempo groove drummer'},
-    'travel': {'qb': 'flight airport passport luggage | beach island resort sunset | hotel booking suite reservation | mountain hiking trail backpack',
-               'tn': 'airline boarding visa suitcase | coast lagoon seaside tropical | hostel lodging inn checkin | alpine trekking summit campsite'},
-    'finance': {'qb': 'stocks shares dividend investor | bank loan mortgage interest | budget savings pension retirement | inflation economy recession market',
-                'tn': 'equities portfolio bonds brokerage | credit debt lender refinancing | frugal expenses annuity wealth | deflation gdp downturn treasury'},
-    'science': {'qb': 'physics quantum particle atom | biology cell gene protein | chemistry molecule reaction acid | astronomy telescope galaxy planet',
-                'tn': 'electron photon neutron relativity | genome dna enzyme bacteria | compound catalyst isotope polymer | cosmos nebula orbit asteroid'},
-    'technology': {'qb': 'software code programming developer | smartphone app device battery | computer processor chip laptop | internet network cloud server',
-                   'tn': 'algorithm python compiler debugging | tablet gadget touchscreen charger | hardware gpu motherboard desktop | wifi broadband datacenter router'},
-    'health': {'qb': 'doctor hospital patient nurse | diet nutrition vitamin calories | exercise workout fitness gym | sleep stress anxiety therapy',
-               'tn': 'physician clinic surgeon medicine | fiber minerals wholesome nutrients | yoga pilates cardio stretching | insomnia meditation wellbeing counseling'},
-    'film': {'qb': 'movie cinema director actor | comedy laughter sitcom funny | horror thriller suspense scary | trailer premiere boxoffice sequel',
-             'tn': 'screenplay filmmaker actress cast | humor parody comedian satire | ghost zombie haunted monster | blockbuster franchise hollywood remake'},
-    'fashion': {'qb': 'dress skirt gown designer | shoes sneakers boots heels | jewelry necklace earrings bracelet | makeup lipstick mascara cosmetics',
-                'tn': 'outfit blouse runway couture | footwear sandals loafers stilettos | ring pendant diamond brooch | skincare foundation eyeliner perfume'},
-    'gaming': {'qb': 'videogame console controller gamer | quest dungeon dragon wizard | multiplayer esports clan ranked | puzzle level arcade score',
-               'tn': 'playstation xbox joystick nintendo | rpg elves sorcerer loot | shooter battle royale squad | tetris platformer pixel highscore'},
-    'politics': {'qb': 'election vote ballot candidate | parliament senate law minister | president government policy cabinet | protest rally activist campaign',
-                 'tn': 'referendum polling voters constituency | congress legislation bill lawmakers | chancellor administration governor diplomacy | demonstration petition strike movement'},
-    'animals': {'qb': 'dog puppy cat kitten | lion tiger elephant safari | bird eagle parrot feathers | fish shark whale ocean',
-                'tn': 'hound terrier feline tabby | leopard giraffe rhino savanna | owl sparrow hawk nest | dolphin octopus seal reef'},
-    'cars': {'qb': 'car engine motor horsepower | electric tesla charging hybrid | racing formula circuit pitstop | truck suv pickup diesel',
-             'tn': 'automobile vehicle sedan coupe | ev plugin kilowatt emissions | speedway motorsport grandprix driver | van lorry jeep offroad'},
-    'art': {'qb': 'painting canvas painter brush | sculpture statue marble bronze | museum gallery exhibition curator | photography camera portrait lens',
-            'tn': 'watercolor easel oil fresco | carving clay ceramic pottery | artwork collection masterpiece auction | photographer snapshot tripod lighting'},
-    'gardening': {'qb': 'garden flowers roses tulips | soil compost fertilizer mulch | tree orchard apple pruning | seeds planting sprouting greenhouse',
-                  'tn': 'backyard blossoms orchids daisies | dirt manure topsoil weeds | shrubs hedge cherry grafting | seedlings sowing germination nursery'},
+    'sports': {
+        'qb': 'football goal striker league | tennis racket serve wimbledon | '
+              'swimming pool lap medal | marathon runner sprint race',
+        'tn': 'soccer penalty midfielder championship | badminton shuttlecock volley tournament | '
+              'diving freestyle backstroke olympics | jogging athlete hurdles stadium',
+    },
+    'cooking': {
+        'qb': 'recipe oven bake bread | pasta sauce garlic tomato | '
+              'grill steak barbecue roast | dessert chocolate cake sugar',
+        'tn': 'kitchen chef dough pastry | noodles spaghetti basil parmesan | '
+              'skillet beef sear charcoal | pudding cookies vanilla caramel',
+    },
+    'music': {
+        'qb': 'guitar chord riff band | piano concert symphony orchestra | '
+              'singer album song lyrics | drums beat rhythm bass',
+        'tn': 'violin cello strings melody | jazz saxophone trumpet pianist | '
+              'vocalist playlist chorus ballad | percussion tempo groove drummer',
+    },
+    'travel': {
+        'qb': 'flight airport passport luggage | beach island resort sunset | '
+              'hotel booking suite reservation | mountain hiking trail backpack',
+        'tn': 'airline boarding visa suitcase | coast lagoon seaside tropical | '
+              'hostel lodging inn checkin | alpine trekking summit campsite',
+    },
+    'finance': {
+        'qb': 'stocks shares dividend investor | bank loan mortgage interest | '
+              'budget savings pension retirement | inflation economy recession market',
+        'tn': 'equities portfolio bonds brokerage | credit debt lender refinancing | '
+              'frugal expenses annuity wealth | deflation gdp downturn treasury',
+    },
+    'science': {
+        'qb': 'physics quantum particle atom | biology cell gene protein | '
+              'chemistry molecule reaction acid | astronomy telescope galaxy planet',
+        'tn': 'electron photon neutron relativity | genome dna enzyme bacteria | '
+              'compound catalyst isotope polymer | cosmos nebula orbit asteroid',
+    },
+    'technology': {
+        'qb': 'software code programming developer | smartphone app device battery | '
+              'computer processor chip laptop | internet network cloud server',
+        'tn': 'algorithm python compiler debugging | tablet gadget touchscreen charger | '
+              'hardware gpu motherboard desktop | wifi broadband datacenter router',
+    },
+    'health': {
+        'qb': 'doctor hospital patient nurse | diet nutrition vitamin calories | '
+              'exercise workout fitness gym | sleep stress anxiety therapy',
+        'tn': 'physician clinic surgeon medicine | fiber minerals wholesome nutrients | '
+              'yoga pilates cardio stretching | insomnia meditation wellbeing counseling',
+    },
+    'film': {
+        'qb': 'movie cinema director actor | comedy laughter sitcom funny | '
+              'horror thriller suspense scary | trailer premiere boxoffice sequel',
+        'tn': 'screenplay filmmaker actress cast | humor parody comedian satire | '
+              'ghost zombie haunted monster | blockbuster franchise hollywood remake',
+    },
+    'fashion': {
+        'qb': 'dress skirt gown designer | shoes sneakers boots heels | '
+              'jewelry necklace earrings bracelet | makeup lipstick mascara cosmetics',
+        'tn': 'outfit blouse runway couture | footwear sandals loafers stilettos | '
+              'ring pendant diamond brooch | skincare foundation eyeliner perfume',
+    },
+    'gaming': {
+        'qb': 'videogame console controller gamer | quest dungeon dragon wizard | '
+              'multiplayer esports clan ranked | puzzle level arcade score',
+        'tn': 'playstation xbox joystick nintendo | rpg elves sorcerer loot | '
+              'shooter battle royale squad | tetris platformer pixel highscore',
+    },
+    'politics': {
+        'qb': 'election vote ballot candidate | parliament senate law minister | '
+              'president government policy cabinet | protest rally activist campaign',
+        'tn': 'referendum polling voters constituency | congress legislation bill lawmakers | '
+              'chancellor administration governor diplomacy | demonstration petition strike movement',
+    },
+    'animals': {
+        'qb': 'dog puppy cat kitten | lion tiger elephant safari | '
+              'bird eagle parrot feathers | fish shark whale ocean',
+        'tn': 'hound terrier feline tabby | leopard giraffe rhino savanna | '
+              'owl sparrow hawk nest | dolphin octopus seal reef',
+    },
+    'cars': {
+        'qb': 'car engine motor horsepower | electric tesla charging hybrid | '
+              'racing formula circuit pitstop | truck suv pickup diesel',
+        'tn': 'automobile vehicle sedan coupe | ev plugin kilowatt emissions | '
+              'speedway motorsport grandprix driver | van lorry jeep offroad',
+    },
+    'art': {
+        'qb': 'painting canvas painter brush | sculpture statue marble bronze | '
+              'museum gallery exhibition curator | photography camera portrait lens',
+        'tn': 'watercolor easel oil fresco | carving clay ceramic pottery | '
+              'artwork collection masterpiece auction | photographer snapshot tripod lighting',
+    },
+    'gardening': {
+        'qb': 'garden flowers roses tulips | soil compost fertilizer mulch | '
+              'tree orchard apple pruning | seeds planting sprouting greenhouse',
+        'tn': 'backyard blossoms orchids daisies | dirt manure topsoil weeds | '
+              'shrubs hedge cherry grafting | seedlings sowing germination nursery',
+    },
 }
 TOPICS = tuple(TOPIC_WORDS)
 FAMILIES = ('qb', 'tn')
 # words that carry no topic: shared function/headline words plus a few per-family "house style" words
 NOISE_WORDS = ('the a an of to in on for with and or about after before new best top why how what this that '
-               'today week year day first big great more most just really must see look inside story people life '
-               'world time you your our their from into over under every ever still finally here now').split()
+               'today week year day first big great more most just really must see look inside story '
+               'people life world time you your our their from into over under every ever still finally '
+               'here now').split()
 STYLE_WORDS = {'qb': 'breaking report news update analysis says explained opinion latest headline'.split(),
                'tn': 'watch video clip vlog episode live highlights reacts shorts trending'.split()}
 
+# %% ../nbs/02_sim.ipynb #xs00b
 def topic_vocabulary(topic: str, family: str) -> list[list[str]]:
     "The word groups (one per sub-topic) of `topic` in vocabulary `family`."
-    if topic not in TOPIC_WORDS: raise ValueError(f"unknown topic {topic!r}; topics are {list(TOPICS)}")
-    if family not in FAMILIES: raise ValueError(f"unknown family {family!r}; families are {list(FAMILIES)}")
-    return [g.split() for g in TOPIC_WORDS[topic][family].split('|')]
+    if topic not in TOPIC_WORDS:
+        raise ValueError(f"unknown topic {topic!r}; topics are {list(TOPICS)}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; families are {list(FAMILIES)}")
+    return [group.split() for group in TOPIC_WORDS[topic][family].split('|')]
 
 # %% ../nbs/02_sim.ipynb #c008
 @dataclass(frozen=True)
@@ -76,23 +144,30 @@ class WorldConfig:
     "Parameters of the latent world shared by every synthetic domain."
     n_topics: int = 16                 # at most len(TOPICS)
     n_subtopics: int = 4               # at most 4 (word groups per topic)
-    preference_concentration: float = 0.15  # Dirichlet concentration per topic of a user's preference (small = focused users)
-    drift: float = 0.05                # per step, the preference moves this fraction towards a fresh Dirichlet draw
+    # Dirichlet concentration per topic of a user's preference (small = focused users)
+    preference_concentration: float = 0.15
+    drift: float = 0.05                # per step, the preference moves this far to a fresh Dirichlet draw
     transition_weight: float = 0.8     # next topic ~ w * T[previous topic] + (1 - w) * current preference
     transition_self: float = 0.4       # mass of T on staying in the same topic
     transition_successors: int = 2     # favoured successor topics per topic
     transition_successor_mass: float = 0.5   # mass of T on those successors (the rest is uniform)
     subtopic_stickiness: float = 0.8   # if the topic stays, the sub-topic stays with this probability
-    recency: float = 0.8               # (oracle only) decay of the history weights when estimating preferences
+    recency: float = 0.8               # (oracle only) decay of the history weights in the preference estimate
 
     def __post_init__(self):
-        if not 2 <= self.n_topics <= len(TOPICS): raise ValueError(f"WorldConfig.n_topics={self.n_topics}: use 2..{len(TOPICS)}")
-        if not 1 <= self.n_subtopics <= 4: raise ValueError(f"WorldConfig.n_subtopics={self.n_subtopics}: use 1..4")
-        for k in ('drift', 'transition_weight', 'transition_self', 'transition_successor_mass', 'subtopic_stickiness', 'recency'):
-            if not 0 <= getattr(self, k) <= 1: raise ValueError(f"WorldConfig.{k}={getattr(self, k)}: must lie in [0, 1]")
+        if not 2 <= self.n_topics <= len(TOPICS):
+            raise ValueError(f"WorldConfig.n_topics={self.n_topics}: use 2..{len(TOPICS)}")
+        if not 1 <= self.n_subtopics <= 4:
+            raise ValueError(f"WorldConfig.n_subtopics={self.n_subtopics}: use 1..4")
+        shares = ('drift', 'transition_weight', 'transition_self', 'transition_successor_mass',
+                  'subtopic_stickiness', 'recency')
+        for field in shares:
+            if not 0 <= getattr(self, field) <= 1:
+                raise ValueError(f"WorldConfig.{field}={getattr(self, field)}: must lie in [0, 1]")
         if self.transition_self + self.transition_successor_mass > 1:
             raise ValueError("WorldConfig: transition_self + transition_successor_mass must be <= 1")
 
+# %% ../nbs/02_sim.ipynb #xs01c
 @dataclass
 class World:
     "The ground truth: topic names, the topic -> topic transitions and each topic's content identity."
@@ -102,20 +177,26 @@ class World:
     content_topic: np.ndarray | None = None   # [n_topics]: whose words and look topic k wears (None: k)
 
     def __post_init__(self):
-        if self.content_topic is None: self.content_topic = np.arange(len(self.topics))
+        if self.content_topic is None:
+            self.content_topic = np.arange(len(self.topics))
 
+# %% ../nbs/02_sim.ipynb #xs01f
 def make_world(config: WorldConfig | None = None, seed: int = 0) -> World:
     "Draw the shared transition matrix for `seed`."
-    c = config or WorldConfig(); K = c.n_topics
+    config = config or WorldConfig()
+    n_topics = config.n_topics
     rng = np.random.default_rng([seed, 7919])
-    T = np.full((K, K), (1 - c.transition_self - c.transition_successor_mass) / K)
-    for k in range(K):
-        T[k, k] += c.transition_self
-        succ = rng.choice([j for j in range(K) if j != k], size=min(c.transition_successors, K - 1), replace=False)
-        T[k, succ] += c.transition_successor_mass * rng.dirichlet(np.full(len(succ), 2.0))
-    return World(c, list(TOPICS[:K]), T / T.sum(1, keepdims=True))
+    uniform_mass = 1 - config.transition_self - config.transition_successor_mass
+    transition = np.full((n_topics, n_topics), uniform_mass / n_topics)
+    for k in range(n_topics):
+        transition[k, k] += config.transition_self
+        others = [j for j in range(n_topics) if j != k]
+        successors = rng.choice(others, size=min(config.transition_successors, n_topics - 1), replace=False)
+        successor_shares = rng.dirichlet(np.full(len(successors), 2.0))
+        transition[k, successors] += config.transition_successor_mass * successor_shares
+    return World(config, list(TOPICS[:n_topics]), transition / transition.sum(1, keepdims=True))
 
-# %% ../nbs/02_sim.ipynb #c011
+# %% ../nbs/02_sim.ipynb #xs02b
 @dataclass(frozen=True)
 class RenderStyle:
     "How a family of domains draws its image items."
@@ -128,9 +209,10 @@ class RenderStyle:
     blur: float = 0.0                    # Gaussian blur radius (pixels at 64x64)
 
 RENDER_STYLES = {'qb': RenderStyle(),
-                 'tn': RenderStyle(background=(28, 30, 40), stroke=3, texture_saturation=0.6, texture_value=0.45,
-                                   noise=14.0, blur=0.6)}
+                 'tn': RenderStyle(background=(28, 30, 40), stroke=3, texture_saturation=0.6,
+                                   texture_value=0.45, noise=14.0, blur=0.6)}
 
+# %% ../nbs/02_sim.ipynb #c011
 @dataclass(frozen=True)
 class DomainSpec:
     "One synthetic platform; sizes are for scale=1."
@@ -157,51 +239,68 @@ class DomainSpec:
     topic_overlap: float = 1.0          # shift dial: share of topics that keep their own words and look
 
     def __post_init__(self):
-        if self.family not in FAMILIES: raise ValueError(f"DomainSpec {self.name!r}: family={self.family!r}, use one of {FAMILIES}")
-        if self.role not in ('source', 'target'): raise ValueError(f"DomainSpec {self.name!r}: role={self.role!r}, use 'source' or 'target'")
-        if not 0 <= self.text_fraction <= 1: raise ValueError(f"DomainSpec {self.name!r}: text_fraction={self.text_fraction} not in [0, 1]")
+        where = f"DomainSpec {self.name!r}"
+        if self.family not in FAMILIES:
+            raise ValueError(f"{where}: family={self.family!r}, use one of {FAMILIES}")
+        if self.role not in ('source', 'target'):
+            raise ValueError(f"{where}: role={self.role!r}, use 'source' or 'target'")
+        if not 0 <= self.text_fraction <= 1:
+            raise ValueError(f"{where}: text_fraction={self.text_fraction} not in [0, 1]")
         if not 3 <= self.seq_min <= self.seq_mean <= self.seq_max:
-            raise ValueError(f"DomainSpec {self.name!r}: need 3 <= seq_min <= seq_mean <= seq_max, got {self.seq_min}, {self.seq_mean}, {self.seq_max}")
-        if not 1 <= self.words_min <= self.words_max: raise ValueError(f"DomainSpec {self.name!r}: need 1 <= words_min <= words_max")
-        if self.topic_word_rate + self.distractor_rate > 1: raise ValueError(f"DomainSpec {self.name!r}: topic_word_rate + distractor_rate > 1")
-        if self.image_size < 16: raise ValueError(f"DomainSpec {self.name!r}: image_size={self.image_size} is too small (>= 16)")
-        dials = dict(transition_divergence=self.transition_divergence, other_vocab_share=self.other_vocab_share,
+            raise ValueError(f"{where}: need 3 <= seq_min <= seq_mean <= seq_max, "
+                             f"got {self.seq_min}, {self.seq_mean}, {self.seq_max}")
+        if not 1 <= self.words_min <= self.words_max:
+            raise ValueError(f"{where}: need 1 <= words_min <= words_max")
+        if self.topic_word_rate + self.distractor_rate > 1:
+            raise ValueError(f"{where}: topic_word_rate + distractor_rate > 1")
+        if self.image_size < 16:
+            raise ValueError(f"{where}: image_size={self.image_size} is too small (>= 16)")
+        dials = dict(transition_divergence=self.transition_divergence,
+                     other_vocab_share=self.other_vocab_share,
                      style_shift=0.0 if self.style_shift is None else self.style_shift,
                      topic_overlap=self.topic_overlap)
         for dial, value in dials.items():
             if not 0 <= value <= 1:
-                raise ValueError(f"DomainSpec {self.name!r}: {dial}={value} must lie in [0, 1]")
+                raise ValueError(f"{where}: {dial}={value} must lie in [0, 1]")
 
     def scaled(self, scale: float) -> tuple[int, int]:
         "(n_users, n_items) at `scale`."
-        if not scale > 0: raise ValueError(f"scale={scale}: must be > 0")
+        if not scale > 0:
+            raise ValueError(f"scale={scale}: must be > 0")
         return max(4, round(self.n_users * scale)), max(2 * self.seq_max, round(self.n_items * scale))
 
 # %% ../nbs/02_sim.ipynb #c012
 _SYN = 'Synthetic stand-in for the paper\'s {what} (generated by transrec.sim; not real data).'
 SYNTHETIC_DOMAINS: dict[str, DomainSpec] = {d.name: d for d in [
-    DomainSpec('qb_mixed', 'qb', 'source', _SYN.format(what='QQ Browser source domain: news texts and video covers mixed ~50/50'),
+    DomainSpec('qb_mixed', 'qb', 'source',
+               _SYN.format(what='QQ Browser source domain: news texts and video covers mixed ~50/50'),
                n_users=2000, n_items=1200, text_fraction=0.5, zipf=0.4, topic_skew=20.0),
-    DomainSpec('qb_text', 'qb', 'target', _SYN.format(what='text-only target in the source vocabulary family'),
+    DomainSpec('qb_text', 'qb', 'target',
+               _SYN.format(what='text-only target in the source vocabulary family'),
                text_fraction=1.0, zipf=0.35, topic_skew=8.0),
-    DomainSpec('qb_image', 'qb', 'target', _SYN.format(what='image-only target in the source rendering style'),
+    DomainSpec('qb_image', 'qb', 'target',
+               _SYN.format(what='image-only target in the source rendering style'),
                text_fraction=0.0, zipf=0.45, topic_skew=8.0),
-    DomainSpec('tn_mixed', 'tn', 'target', _SYN.format(what='Tencent News-like mixed target (30% text / 70% image), other vocabulary and image style'),
+    DomainSpec('tn_mixed', 'tn', 'target',
+               _SYN.format(what='Tencent News-like mixed target (30% text / 70% image), '
+                                'other vocabulary and image style'),
                text_fraction=0.3, zipf=0.5, topic_skew=5.0),
-    DomainSpec('tn_text', 'tn', 'target', _SYN.format(what='text-only target with the other vocabulary family'),
+    DomainSpec('tn_text', 'tn', 'target',
+               _SYN.format(what='text-only target with the other vocabulary family'),
                text_fraction=1.0, zipf=0.35, topic_skew=5.0),
-    DomainSpec('tn_image', 'tn', 'target', _SYN.format(what='image-only target with the other rendering style'),
+    DomainSpec('tn_image', 'tn', 'target',
+               _SYN.format(what='image-only target with the other rendering style'),
                text_fraction=0.0, zipf=0.45, topic_skew=5.0),
     DomainSpec('nc_mixed', 'tn', 'target',
                'Synthetic negative control (generated by transrec.sim; not real data): a mixed target whose '
-               'topics wear other topics\' words and looks and whose transitions are unrelated to the source, '
-               'so pre-training should help little or not at all.',
+               'topics wear other topics\' words and looks and whose transitions are unrelated to the '
+               'source, so pre-training should help little or not at all.',
                text_fraction=0.5, zipf=0.45, topic_skew=5.0, transition_divergence=1.0, topic_overlap=0.0),
     *[DomainSpec(f'shift_{round(100 * dial):03d}', 'qb', 'target',
-                 f'Synthetic shift-ladder target (generated by transrec.sim; not real data): mixed items, every '
-                 f'shift dial at {dial} (0: the source\'s world, 1: unrelated to it).',
-                 text_fraction=0.5, zipf=0.45, topic_skew=8.0, transition_divergence=dial, other_vocab_share=dial,
-                 style_shift=dial, topic_overlap=1 - dial)
+                 f'Synthetic shift-ladder target (generated by transrec.sim; not real data): mixed items, '
+                 f'every shift dial at {dial} (0: the source\'s world, 1: unrelated to it).',
+                 text_fraction=0.5, zipf=0.45, topic_skew=8.0, transition_divergence=dial,
+                 other_vocab_share=dial, style_shift=dial, topic_overlap=1 - dial)
       for dial in (0.0, 0.25, 0.5, 0.75, 1.0)],
 ]}
 
@@ -210,20 +309,24 @@ def _rng(seed: int, name: str, purpose: str) -> np.random.Generator:
     "An independent random stream per (seed, domain, purpose), stable across Python runs."
     return np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(purpose.encode())])
 
-def _sample(p: np.ndarray, rng: np.random.Generator) -> int:
-    "Index drawn with probability proportional to the non-negative weights `p` (faster than rng.choice)."
-    c = np.cumsum(p); return min(int(np.searchsorted(c, rng.random() * c[-1], side='right')), len(p) - 1)
+# %% ../nbs/02_sim.ipynb #xs04d
+def _sample(weights: np.ndarray, rng: np.random.Generator) -> int:
+    "Index drawn with probability proportional to the non-negative `weights` (faster than rng.choice)."
+    cumulative = np.cumsum(weights)
+    position = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side='right'))
+    return min(position, len(weights) - 1)
 
+# %% ../nbs/02_sim.ipynb #xs05a
 def make_items(spec: DomainSpec, world: World, n_items: int, rng: np.random.Generator) -> dict:
     "Latent attributes of `n_items` items: topic, subtopic, within-topic weight, modality (0 text / 1 image)."
-    K, S = world.config.n_topics, world.config.n_subtopics
-    topic = rng.permutation(np.arange(n_items) % K)
+    n_topics, n_subtopics = world.config.n_topics, world.config.n_subtopics
+    topic = rng.permutation(np.arange(n_items) % n_topics)
     subtopic, weight = np.zeros(n_items, np.int64), np.zeros(n_items)
-    for k in range(K):
-        idx = np.flatnonzero(topic == k)
-        subtopic[idx] = rng.permutation(np.arange(len(idx)) % S)
-        w = (rng.permutation(len(idx)) + 1.0) ** -spec.zipf
-        weight[idx] = w / w.sum()
+    for k in range(n_topics):
+        members = np.flatnonzero(topic == k)
+        subtopic[members] = rng.permutation(np.arange(len(members)) % n_subtopics)
+        zipf_weight = (rng.permutation(len(members)) + 1.0) ** -spec.zipf
+        weight[members] = zipf_weight / zipf_weight.sum()
     modality = np.ones(n_items, np.int64)
     modality[rng.permutation(n_items)[:round(n_items * spec.text_fraction)]] = 0
     return dict(topic=topic, subtopic=subtopic, weight=weight, modality=modality)
@@ -289,19 +392,24 @@ def swap_family_words(words: list[str], spec: DomainSpec, rng: np.random.Generat
 # %% ../nbs/02_sim.ipynb #c018
 def make_caption(topic: int, subtopic: int, spec: DomainSpec, world: World, rng: np.random.Generator) -> str:
     "A caption for an item of `topic`/`subtopic` in the vocabulary family of `spec`."
+    n_topics = world.config.n_topics
     groups = topic_vocabulary(world.topics[world.content_topic[topic]], spec.family)
-    n = int(rng.integers(spec.words_min, spec.words_max + 1))
-    n_topic = min(n, max(2, int(rng.binomial(n, spec.topic_word_rate))))
-    rest = spec.distractor_rate / max(1e-9, 1 - spec.topic_word_rate)
-    n_dis = int(rng.binomial(n - n_topic, min(1.0, rest)))
-    own, other = list(rng.permutation(groups[subtopic % len(groups)])), sum(groups, [])
-    words = [own.pop() if own and rng.random() < 0.75 else other[rng.integers(len(other))] for _ in range(n_topic)]
-    for _ in range(n_dis):
-        t = (topic + 1 + int(rng.integers(world.config.n_topics - 1))) % world.config.n_topics
-        dg = sum(topic_vocabulary(world.topics[world.content_topic[t]], spec.family), []); words.append(dg[rng.integers(len(dg))])
-    if spec.other_vocab_share > 0: words = swap_family_words(words, spec, rng)
+    n_words = int(rng.integers(spec.words_min, spec.words_max + 1))
+    n_topic_words = min(n_words, max(2, int(rng.binomial(n_words, spec.topic_word_rate))))
+    distractor_share = spec.distractor_rate / max(1e-9, 1 - spec.topic_word_rate)   # of the non-topic words
+    n_distractors = int(rng.binomial(n_words - n_topic_words, min(1.0, distractor_share)))
+    subtopic_words, topic_words = list(rng.permutation(groups[subtopic % len(groups)])), sum(groups, [])
+    words = [subtopic_words.pop() if subtopic_words and rng.random() < 0.75
+             else topic_words[rng.integers(len(topic_words))] for _ in range(n_topic_words)]
+    for _ in range(n_distractors):
+        other_topic = (topic + 1 + int(rng.integers(n_topics - 1))) % n_topics
+        worn_topic = world.topics[world.content_topic[other_topic]]
+        distractor_words = sum(topic_vocabulary(worn_topic, spec.family), [])
+        words.append(distractor_words[rng.integers(len(distractor_words))])
+    if spec.other_vocab_share > 0:
+        words = swap_family_words(words, spec, rng)
     noise = NOISE_WORDS + STYLE_WORDS[spec.family]
-    words += [noise[rng.integers(len(noise))] for _ in range(n - len(words))]
+    words += [noise[rng.integers(len(noise))] for _ in range(n_words - len(words))]
     return ' '.join(words[i] for i in rng.permutation(len(words)))
 
 # %% ../nbs/02_sim.ipynb #c021
@@ -313,96 +421,147 @@ def topic_look(topic: int, n_topics: int) -> dict:
     return dict(hue=topic / n_topics, shape=SHAPES[topic % len(SHAPES)],
                 texture=TEXTURES[(topic + topic // len(SHAPES)) % len(TEXTURES)])
 
-def _rgb(h, s, v): return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)))
+# %% ../nbs/02_sim.ipynb #xs08c
+def _rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
+    "RGB (0..255) of a colour given in HSV; saturation and value are clipped to [0, 1], the hue wraps round."
+    channels = colorsys.hsv_to_rgb(hue % 1.0, min(max(saturation, 0), 1), min(max(value, 0), 1))
+    return tuple(int(round(255 * channel)) for channel in channels)
 
-def _polygon(shape, cx, cy, r, rot):
-    "Vertices of a polygonal shape (None for circle/ring, drawn as ellipses)."
-    def ring(n, radii, phase=0.0):
-        a = rot + phase + np.arange(n) * 2 * np.pi / n
-        rr = np.resize(np.asarray(radii, float), n)
-        return [(float(cx + q * np.cos(t)), float(cy + q * np.sin(t))) for q, t in zip(rr, a)]
-    if shape == 'square': return ring(4, [r], np.pi / 4)
-    if shape == 'triangle': return ring(3, [r], -np.pi / 2)
-    if shape == 'diamond': return ring(4, [r, 0.6 * r])
-    if shape == 'star': return ring(10, [r, 0.45 * r])
-    if shape == 'hexagon': return ring(6, [r])
+# %% ../nbs/02_sim.ipynb #xs08f
+def _polygon(shape: str, cx: float, cy: float, radius: float, rotation: float) -> list | None:
+    "Vertices of a polygonal shape centred on (cx, cy) (None for circle/ring, drawn as ellipses)."
+    def ring(n_vertices, radii, phase=0.0):
+        angles = rotation + phase + np.arange(n_vertices) * 2 * np.pi / n_vertices
+        vertex_radii = np.resize(np.asarray(radii, float), n_vertices)
+        return [(float(cx + r * np.cos(angle)), float(cy + r * np.sin(angle)))
+                for r, angle in zip(vertex_radii, angles)]
+    if shape == 'square': return ring(4, [radius], np.pi / 4)
+    if shape == 'triangle': return ring(3, [radius], -np.pi / 2)
+    if shape == 'diamond': return ring(4, [radius, 0.6 * radius])
+    if shape == 'star': return ring(10, [radius, 0.45 * radius])
+    if shape == 'hexagon': return ring(6, [radius])
     if shape == 'cross':
-        a, b = r, 0.35 * r
-        pts = [(b, a), (b, b), (a, b), (a, -b), (b, -b), (b, -a), (-b, -a), (-b, -b), (-a, -b), (-a, b), (-b, b), (-b, a)]
-        c, s = np.cos(rot), np.sin(rot)
-        return [(float(cx + x * c - y * s), float(cy + x * s + y * c)) for x, y in pts]
+        arm, half_width = radius, 0.35 * radius
+        outline = [(half_width, arm), (half_width, half_width), (arm, half_width), (arm, -half_width),
+                   (half_width, -half_width), (half_width, -arm), (-half_width, -arm),
+                   (-half_width, -half_width), (-arm, -half_width), (-arm, half_width),
+                   (-half_width, half_width), (-half_width, arm)]
+        cos_rot, sin_rot = np.cos(rotation), np.sin(rotation)
+        return [(float(cx + x * cos_rot - y * sin_rot), float(cy + x * sin_rot + y * cos_rot))
+                for x, y in outline]
     return None
 
-def _texture(draw, kind, size, period, phase, width, colour):
+# %% ../nbs/02_sim.ipynb #xs08i
+def _texture(draw: ImageDraw.ImageDraw, kind: str, size: int, period: int, phase: int, width: int, colour):
+    "Paint texture `kind` over a `size` x `size` canvas."
     if kind in ('hstripes', 'grid'):
-        for y in range(phase, size, period): draw.rectangle([0, y, size, y + width - 1], fill=colour)
+        for y in range(phase, size, period):
+            draw.rectangle([0, y, size, y + width - 1], fill=colour)
     if kind in ('vstripes', 'grid'):
-        for x in range(phase, size, period): draw.rectangle([x, 0, x + width - 1, size], fill=colour)
+        for x in range(phase, size, period):
+            draw.rectangle([x, 0, x + width - 1, size], fill=colour)
     if kind == 'diagonal':
-        for x in range(phase - size, size, period): draw.line([(x, 0), (x + size, size)], fill=colour, width=width)
+        for x in range(phase - size, size, period):
+            draw.line([(x, 0), (x + size, size)], fill=colour, width=width)
     if kind == 'dots':
         for y in range(phase, size, period):
-            for x in range(phase, size, period): draw.ellipse([x, y, x + width + 1, y + width + 1], fill=colour)
+            for x in range(phase, size, period):
+                draw.ellipse([x, y, x + width + 1, y + width + 1], fill=colour)
     if kind == 'checker':
         for y in range(0, size, period):
-            for x in range((y // period % 2) * period - phase, size, 2 * period): draw.rectangle([x, y, x + period - 1, y + period - 1], fill=colour)
+            for x in range((y // period % 2) * period - phase, size, 2 * period):
+                draw.rectangle([x, y, x + period - 1, y + period - 1], fill=colour)
 
-def render_image(topic: int, subtopic: int, n_topics: int, style: RenderStyle, size: int, rng: np.random.Generator) -> Image.Image:
+# %% ../nbs/02_sim.ipynb #xs08l
+def render_image(topic: int, subtopic: int, n_topics: int, style: RenderStyle, size: int,
+                 rng: np.random.Generator) -> Image.Image:
     "A `size` x `size` RGB picture of an item of `topic` (look) and `subtopic` (number of shapes) in `style`."
-    look, S2, f = topic_look(topic, n_topics), 2 * size, 2 * size / 64
-    bg = tuple(int(c) for c in np.clip(np.array(style.background) + rng.integers(-style.background_jitter, style.background_jitter + 1, 3), 0, 255))
-    img = Image.new('RGB', (S2, S2), bg); d = ImageDraw.Draw(img)
+    look, canvas_size = topic_look(topic, n_topics), 2 * size
+    scale = canvas_size / 64                         # pixel sizes below are given for a 64x64 image
+    jitter = rng.integers(-style.background_jitter, style.background_jitter + 1, 3)
+    background = tuple(int(channel) for channel in np.clip(np.array(style.background) + jitter, 0, 255))
+    canvas = Image.new('RGB', (canvas_size, canvas_size), background)
+    draw = ImageDraw.Draw(canvas)
     hue = look['hue'] + rng.normal(0, 0.01)
-    period = max(4, int(round(rng.uniform(12, 18) * f)))
-    _texture(d, look['texture'], S2, period, int(rng.integers(period)), max(1, int(round(3 * f))),
-             _rgb(hue, style.texture_saturation + rng.normal(0, 0.05), style.texture_value + rng.normal(0, 0.03)))
-    n = subtopic + 1
+    period = max(4, int(round(rng.uniform(12, 18) * scale)))
+    phase = int(rng.integers(period))
+    texture_colour = _rgb(hue, style.texture_saturation + rng.normal(0, 0.05),
+                          style.texture_value + rng.normal(0, 0.03))
+    _texture(draw, look['texture'], canvas_size, period, phase, max(1, int(round(3 * scale))), texture_colour)
+    n_shapes = subtopic + 1
     centres = {1: [(0.5, 0.5)], 2: [(0.3, 0.5), (0.7, 0.5)], 3: [(0.5, 0.28), (0.28, 0.7), (0.72, 0.7)],
-               4: [(0.28, 0.28), (0.72, 0.28), (0.28, 0.72), (0.72, 0.72)]}[n]
-    radius = S2 * {1: 0.3, 2: 0.19, 3: 0.17, 4: 0.16}[n]
-    fill = _rgb(hue, rng.uniform(0.7, 0.95), rng.uniform(0.75, 0.95)); outline = _rgb(hue, 0.9, 0.35)
-    stroke = max(1, int(round(style.stroke * f)))
-    for (u, v) in centres:
-        cx, cy = S2 * (u + rng.normal(0, 0.025)), S2 * (v + rng.normal(0, 0.025))
-        r = radius * rng.uniform(0.85, 1.1); rot = rng.uniform(0, 2 * np.pi)
-        pts = _polygon(look['shape'], cx, cy, r, rot)
-        if pts is not None: d.polygon(pts, fill=fill, outline=outline, width=stroke)
-        elif look['shape'] == 'circle': d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=stroke)
-        else: d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=None, outline=fill, width=max(stroke, int(0.35 * r)))
-    img = img.resize((size, size), Image.Resampling.BOX)
-    if style.blur: img = img.filter(ImageFilter.GaussianBlur(style.blur * size / 64))
-    a = np.asarray(img, dtype=np.float32) + rng.normal(0, style.noise, (size, size, 3)).astype(np.float32)
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'RGB')
+               4: [(0.28, 0.28), (0.72, 0.28), (0.28, 0.72), (0.72, 0.72)]}[n_shapes]
+    shape_radius = canvas_size * {1: 0.3, 2: 0.19, 3: 0.17, 4: 0.16}[n_shapes]
+    fill = _rgb(hue, rng.uniform(0.7, 0.95), rng.uniform(0.75, 0.95))
+    outline = _rgb(hue, 0.9, 0.35)
+    stroke = max(1, int(round(style.stroke * scale)))
+    for (rel_x, rel_y) in centres:
+        cx, cy = canvas_size * (rel_x + rng.normal(0, 0.025)), canvas_size * (rel_y + rng.normal(0, 0.025))
+        radius = shape_radius * rng.uniform(0.85, 1.1)
+        rotation = rng.uniform(0, 2 * np.pi)
+        vertices = _polygon(look['shape'], cx, cy, radius, rotation)
+        box = [cx - radius, cy - radius, cx + radius, cy + radius]
+        if vertices is not None:
+            draw.polygon(vertices, fill=fill, outline=outline, width=stroke)
+        elif look['shape'] == 'circle':
+            draw.ellipse(box, fill=fill, outline=outline, width=stroke)
+        else:
+            draw.ellipse(box, fill=None, outline=fill, width=max(stroke, int(0.35 * radius)))
+    image = canvas.resize((size, size), Image.Resampling.BOX)
+    if style.blur:
+        image = image.filter(ImageFilter.GaussianBlur(style.blur * size / 64))
+    noise = rng.normal(0, style.noise, (size, size, 3)).astype(np.float32)
+    pixels = np.asarray(image, dtype=np.float32) + noise
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), 'RGB')
 
-def png_bytes(img: Image.Image) -> bytes:
+# %% ../nbs/02_sim.ipynb #xs08n
+def png_bytes(image: Image.Image) -> bytes:
     "PNG encoding with fixed parameters (no metadata), so equal images give equal bytes."
-    buf = io.BytesIO(); img.save(buf, format='PNG', compress_level=6, optimize=False); return buf.getvalue()
+    buffer = io.BytesIO()
+    image.save(buffer, format='PNG', compress_level=6, optimize=False)
+    return buffer.getvalue()
 
 # %% ../nbs/02_sim.ipynb #c026
 def make_sequences(spec: DomainSpec, world: World, items: dict, topic_prior: np.ndarray, n_users: int,
                    rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
     "Per user: item indices (chronological) and integer timestamps."
-    c = world.config; K, S = c.n_topics, c.n_subtopics
-    topic, sub, weight = items['topic'], items['subtopic'], items['weight']
-    groups = [[np.flatnonzero((topic == k) & (sub == s)) for s in range(S)] for k in range(K)]
-    W0 = np.array([[weight[g].sum() for g in row] for row in groups])
-    conc = np.maximum(c.preference_concentration * K * topic_prior, 1e-3)
-    p_len = 1.0 / (spec.seq_mean - spec.seq_min + 1)
+    config = world.config
+    n_topics, n_subtopics = config.n_topics, config.n_subtopics
+    topic, subtopic, weight = items['topic'], items['subtopic'], items['weight']
+    groups = [[np.flatnonzero((topic == k) & (subtopic == s)) for s in range(n_subtopics)]
+              for k in range(n_topics)]                      # groups[k][s]: items of sub-topic s of topic k
+    # [n_topics, n_subtopics]: each group's total within-topic weight (a user's copy drops the items seen)
+    group_weight_start = np.array([[weight[members].sum() for members in row] for row in groups])
+    concentration = np.maximum(config.preference_concentration * n_topics * topic_prior, 1e-3)
+    p_length = 1.0 / (spec.seq_mean - spec.seq_min + 1)
     seqs, times = [], []
     for _ in range(n_users):
-        L = int(min(spec.seq_max, spec.seq_min + rng.geometric(p_len) - 1))
-        theta, W, seen = rng.dirichlet(conc), W0.copy(), np.zeros(len(topic), bool)
-        zp = sp = -1; seq = []
-        for t in range(L):
-            if t: theta = (1 - c.drift) * theta + c.drift * rng.dirichlet(conc)
-            pz = theta if zp < 0 else c.transition_weight * world.transition[zp] + (1 - c.transition_weight) * theta
-            z = _sample(pz * (W.sum(1) > 0), rng)
-            s = sp if (z == zp and W[z, sp] > 0 and rng.random() < c.subtopic_stickiness) else _sample(W[z], rng)
-            g = groups[z][s]; wg = weight[g] * ~seen[g]
-            i = int(g[_sample(wg, rng)]); seen[i] = True; W[z, s] = float((weight[g] * ~seen[g]).sum())
-            seq.append(i); zp, sp = z, s
+        length = int(min(spec.seq_max, spec.seq_min + rng.geometric(p_length) - 1))
+        preference, group_weight = rng.dirichlet(concentration), group_weight_start.copy()
+        seen = np.zeros(len(topic), bool)
+        previous_topic = previous_subtopic = -1
+        seq = []
+        for step in range(length):
+            if step:
+                preference = (1 - config.drift) * preference + config.drift * rng.dirichlet(concentration)
+            if previous_topic < 0:
+                topic_probs = preference
+            else:
+                topic_probs = (config.transition_weight * world.transition[previous_topic]
+                               + (1 - config.transition_weight) * preference)
+            next_topic = _sample(topic_probs * (group_weight.sum(1) > 0), rng)
+            keeps_subtopic = (next_topic == previous_topic and group_weight[next_topic, previous_subtopic] > 0
+                              and rng.random() < config.subtopic_stickiness)
+            next_subtopic = previous_subtopic if keeps_subtopic else _sample(group_weight[next_topic], rng)
+            members = groups[next_topic][next_subtopic]
+            item = int(members[_sample(weight[members] * ~seen[members], rng)])
+            seen[item] = True
+            group_weight[next_topic, next_subtopic] = float((weight[members] * ~seen[members]).sum())
+            seq.append(item)
+            previous_topic, previous_subtopic = next_topic, next_subtopic
         seqs.append(np.array(seq, np.int64))
-        times.append(1_600_000_000 + int(rng.integers(0, 30 * 86400)) + np.cumsum(rng.integers(30, 6 * 3600, L)))
+        start = 1_600_000_000 + int(rng.integers(0, 30 * 86400))
+        times.append(start + np.cumsum(rng.integers(30, 6 * 3600, length)))
     return seqs, times
 
 # %% ../nbs/02_sim.ipynb #c029
@@ -435,114 +594,150 @@ class SimDomain:
         "Ground truth as plain JSON-able data (written to `sim_truth.json`)."
         return dict(topics=self.world.topics, transition=np.round(self.world.transition, 8).tolist(),
                     content_topic=self.world.content_topic.tolist(), shift=domain_shift(self.spec),
-                    topic_prior=np.round(self.topic_prior, 8).tolist(), item_ids=self.items['item_id'].tolist(),
+                    topic_prior=np.round(self.topic_prior, 8).tolist(),
+                    item_ids=self.items['item_id'].tolist(),
                     item_topic=self.item_topic.tolist(), item_subtopic=self.item_subtopic.tolist(),
                     item_weight=np.round(self.item_weight, 10).tolist())
 
+# %% ../nbs/02_sim.ipynb #xs09c
 GENERATOR_VERSION = 2   # bump when the simulation changes, so that cached builds are regenerated
 
 def generator_params(spec: DomainSpec, scale: float, seed: int, world: WorldConfig | None = None) -> dict:
     "JSON-able parameters that determine a synthetic domain completely (with this GENERATOR_VERSION)."
-    p = dict(generator='transrec.sim', version=GENERATOR_VERSION, domain=spec.name, scale=float(scale), seed=int(seed),
-             domain_spec=asdict(spec), world_config=asdict(world or WorldConfig()), render_style=asdict(domain_style(spec)))
-    return json.loads(json.dumps(p))
+    params = dict(generator='transrec.sim', version=GENERATOR_VERSION, domain=spec.name, scale=float(scale),
+                  seed=int(seed), domain_spec=asdict(spec), world_config=asdict(world or WorldConfig()),
+                  render_style=asdict(domain_style(spec)))
+    return json.loads(json.dumps(params))
 
+# %% ../nbs/02_sim.ipynb #xs09f
 def domain_spec(name: str | DomainSpec, **overrides) -> DomainSpec:
     "The DomainSpec of synthetic domain `name` with fields replaced by `overrides`."
-    if isinstance(name, DomainSpec): spec = name
-    elif name in SYNTHETIC_DOMAINS: spec = SYNTHETIC_DOMAINS[name]
-    else: raise ValueError(f"unknown synthetic domain {name!r}; available: {', '.join(SYNTHETIC_DOMAINS)}")
-    try: return dataclasses.replace(spec, **overrides)
+    if isinstance(name, DomainSpec):
+        spec = name
+    elif name in SYNTHETIC_DOMAINS:
+        spec = SYNTHETIC_DOMAINS[name]
+    else:
+        raise ValueError(f"unknown synthetic domain {name!r}; available: {', '.join(SYNTHETIC_DOMAINS)}")
+    try:
+        return dataclasses.replace(spec, **overrides)
     except TypeError as e:
-        raise ValueError(f"bad DomainSpec override(s) {sorted(overrides)}: valid fields are {[f.name for f in dataclasses.fields(DomainSpec)]}") from e
+        valid = [field.name for field in dataclasses.fields(DomainSpec)]
+        raise ValueError(f"bad DomainSpec override(s) {sorted(overrides)}: valid fields are {valid}") from e
 
+# %% ../nbs/02_sim.ipynb #xs09i
 def simulate(name: str | DomainSpec, scale: float = 1.0, seed: int = 0, world: WorldConfig | None = None,
              render_images: bool = True, **overrides) -> SimDomain:
-    "Simulate domain `name` (a key of `SYNTHETIC_DOMAINS` or a `DomainSpec`); `overrides` replace DomainSpec fields."
+    "Simulate domain `name` (a key of `SYNTHETIC_DOMAINS` or a `DomainSpec`); `overrides` replace its fields."
     spec = domain_spec(name, **overrides)
-    wld = shifted_world(spec, make_world(world, seed), seed)
+    domain_world = shifted_world(spec, make_world(world, seed), seed)
+    n_topics = domain_world.config.n_topics
     n_users, n_items = spec.scaled(scale)
-    rng_items, rng_text, rng_img, rng_users = (_rng(seed, spec.name, p) for p in ('items', 'text', 'images', 'users'))
-    topic_prior = rng_items.dirichlet(np.full(wld.config.n_topics, spec.topic_skew))
-    it = make_items(spec, wld, n_items, rng_items)
+    rng_items, rng_text, rng_images, rng_users = (_rng(seed, spec.name, purpose)
+                                                  for purpose in ('items', 'text', 'images', 'users'))
+    topic_prior = rng_items.dirichlet(np.full(n_topics, spec.topic_skew))
+    latent = make_items(spec, domain_world, n_items, rng_items)
     item_ids = [f'{spec.name}-i{i:05d}' for i in range(n_items)]
     texts, paths, images = [''] * n_items, [''] * n_items, {}
     style = domain_style(spec)
     for i in range(n_items):
-        if it['modality'][i] == 0: texts[i] = make_caption(it['topic'][i], it['subtopic'][i], spec, wld, rng_text)
-        else:
-            paths[i] = f'images/{item_ids[i]}.png'
-            if render_images:
-                images[paths[i]] = png_bytes(render_image(int(wld.content_topic[it['topic'][i]]), int(it['subtopic'][i]), wld.config.n_topics,
-                                                          style, spec.image_size, rng_img))
-    items = pd.DataFrame({'item_id': item_ids, 'modality': [('text', 'image')[m] for m in it['modality']],
+        topic, subtopic = latent['topic'][i], latent['subtopic'][i]
+        if latent['modality'][i] == 0:
+            texts[i] = make_caption(topic, subtopic, spec, domain_world, rng_text)
+            continue
+        paths[i] = f'images/{item_ids[i]}.png'
+        if render_images:
+            look = int(domain_world.content_topic[topic])
+            image = render_image(look, int(subtopic), n_topics, style, spec.image_size, rng_images)
+            images[paths[i]] = png_bytes(image)
+    items = pd.DataFrame({'item_id': item_ids, 'modality': [('text', 'image')[m] for m in latent['modality']],
                           'text': texts, 'image': paths})
-    seqs, times = make_sequences(spec, wld, it, topic_prior, n_users, rng_users)
+    seqs, times = make_sequences(spec, domain_world, latent, topic_prior, n_users, rng_users)
     users = [f'{spec.name}-u{u:05d}' for u in range(n_users)]
-    inter = pd.DataFrame({'user_id': np.repeat(users, [len(s) for s in seqs]),
-                          'item_id': np.asarray(item_ids)[np.concatenate(seqs)],
-                          'timestamp': np.concatenate(times).astype(np.int64)})
-    return SimDomain(spec, wld, float(scale), int(seed), items, inter, images, it['topic'], it['subtopic'],
-                     it['weight'], topic_prior, seqs)
+    interactions = pd.DataFrame({'user_id': np.repeat(users, [len(seq) for seq in seqs]),
+                                 'item_id': np.asarray(item_ids)[np.concatenate(seqs)],
+                                 'timestamp': np.concatenate(times).astype(np.int64)})
+    return SimDomain(spec, domain_world, float(scale), int(seed), items, interactions, images,
+                     latent['topic'], latent['subtopic'], latent['weight'], topic_prior, seqs)
 
 # %% ../nbs/02_sim.ipynb #c032
-def build_synthetic(name: str | DomainSpec, out_dir, scale: float = 1.0, seed: int = 0, world: WorldConfig | None = None,
-                    image_store: str = 'files', **overrides) -> Path:
+def build_synthetic(name: str | DomainSpec, out_dir, scale: float = 1.0, seed: int = 0,
+                    world: WorldConfig | None = None, image_store: str = 'files', **overrides) -> Path:
     "Simulate synthetic domain `name` and write it as a MoM folder at `out_dir`; returns the path."
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"build_synthetic: {out_dir} exists and is not empty; give an empty or new folder "
-                              "(or use transrec.sources.materialise(..., force=True) to rebuild a cached one)")
+        raise FileExistsError(f"build_synthetic: {out_dir} exists and is not empty; give an empty or new "
+                              "folder (or use transrec.sources.materialise(..., force=True) to rebuild a "
+                              "cached one)")
     sim = simulate(name, scale, seed, world, **overrides)
     spec = sim.spec
-    meta = dict(name=spec.name, description=spec.description, synthetic=True, role=spec.role, family=spec.family,
-                provenance=f'transrec.sim.build_synthetic({spec.name!r}, scale={sim.scale}, seed={sim.seed}); '
+    meta = dict(name=spec.name, description=spec.description, synthetic=True, role=spec.role,
+                family=spec.family,
+                provenance=f'transrec.sim.build_synthetic({spec.name!r}, scale={sim.scale}, '
+                           f'seed={sim.seed}); '
                            'a seeded simulation, regenerable from the parameters in `generator`',
-                license='CC0-1.0 (synthetic data)', generator=sim.generator_params(), truth_file='sim_truth.json')
+                license='CC0-1.0 (synthetic data)', generator=sim.generator_params(),
+                truth_file='sim_truth.json')
     write_dataset(out_dir, sim.items, sim.interactions, meta, images=sim.images, image_store=image_store)
     (out_dir/'sim_truth.json').write_text(json.dumps(sim.truth(), sort_keys=True) + '\n')
     return out_dir
 
+# %% ../nbs/02_sim.ipynb #xs10b
 def load_truth(path) -> dict:
     "The ground truth of a synthetic MoM folder (`sim_truth.json`) with arrays as numpy arrays."
-    f = Path(path)/'sim_truth.json'
-    if not f.exists(): raise FileNotFoundError(f"{f} not found: {path} is not a synthetic data set built by transrec.sim")
-    t = json.loads(f.read_text())
-    for k in ('transition', 'topic_prior', 'item_topic', 'item_subtopic', 'item_weight'): t[k] = np.asarray(t[k])
-    if 'content_topic' in t: t['content_topic'] = np.asarray(t['content_topic'])
-    return t
+    truth_file = Path(path)/'sim_truth.json'
+    if not truth_file.exists():
+        raise FileNotFoundError(f"{truth_file} not found: {path} is not a synthetic data set built by "
+                                "transrec.sim")
+    truth = json.loads(truth_file.read_text())
+    for key in ('transition', 'topic_prior', 'item_topic', 'item_subtopic', 'item_weight'):
+        truth[key] = np.asarray(truth[key])
+    if 'content_topic' in truth:
+        truth['content_topic'] = np.asarray(truth['content_topic'])
+    return truth
 
 # %% ../nbs/02_sim.ipynb #c035
 def oracle_scores(sim: SimDomain, history) -> np.ndarray:
     "Probability of each item being next after `history` (item indices) under the simulation's ground truth."
-    c = sim.world.config; K = c.n_topics; h = np.asarray(history, np.int64)
-    pref = np.maximum(c.preference_concentration * K * sim.topic_prior, 1e-3).copy()
-    np.add.at(pref, sim.item_topic[h], c.recency ** np.arange(len(h))[::-1])
-    pref /= pref.sum()
-    if not len(h): return pref[sim.item_topic] * sim.item_weight
-    zp, sp = sim.item_topic[h[-1]], sim.item_subtopic[h[-1]]
-    pz = c.transition_weight * sim.world.transition[zp] + (1 - c.transition_weight) * pref
-    same = sim.item_topic == zp
-    W_sp = sim.item_weight[same & (sim.item_subtopic == sp)].sum()
-    stick = np.where(sim.item_subtopic == sp, c.subtopic_stickiness / max(W_sp, 1e-12), 0.0) + (1 - c.subtopic_stickiness)
-    return pz[sim.item_topic] * sim.item_weight * np.where(same, stick, 1.0)
+    config, history = sim.world.config, np.asarray(history, np.int64)
+    preference = np.maximum(config.preference_concentration * config.n_topics * sim.topic_prior, 1e-3).copy()
+    np.add.at(preference, sim.item_topic[history], config.recency ** np.arange(len(history))[::-1])
+    preference /= preference.sum()
+    if not len(history):
+        return preference[sim.item_topic] * sim.item_weight
+    last_topic, last_subtopic = sim.item_topic[history[-1]], sim.item_subtopic[history[-1]]
+    topic_probs = (config.transition_weight * sim.world.transition[last_topic]
+                   + (1 - config.transition_weight) * preference)
+    same_topic = sim.item_topic == last_topic
+    last_subtopic_weight = sim.item_weight[same_topic & (sim.item_subtopic == last_subtopic)].sum()
+    # within the last topic: the sub-topic stays (its items by weight) or is redrawn (every item by weight)
+    stay_share = config.subtopic_stickiness / max(last_subtopic_weight, 1e-12)
+    stay = np.where(sim.item_subtopic == last_subtopic, stay_share, 0.0)
+    within_topic = stay + (1 - config.subtopic_stickiness)
+    return topic_probs[sim.item_topic] * sim.item_weight * np.where(same_topic, within_topic, 1.0)
 
+# %% ../nbs/02_sim.ipynb #xs11d
 def content_oracle_scores(sim: SimDomain, history) -> np.ndarray:
     "`oracle_scores` for a recommender that sees only content: items of one topic equally popular."
-    flat = np.ones(sim.n_items) / np.bincount(sim.item_topic, minlength=sim.world.config.n_topics)[sim.item_topic]
+    topic_sizes = np.bincount(sim.item_topic, minlength=sim.world.config.n_topics)
+    flat = np.ones(sim.n_items) / topic_sizes[sim.item_topic]
     return oracle_scores(dataclasses.replace(sim, item_weight=flat), history)
 
+# %% ../nbs/02_sim.ipynb #xs11g
 def popularity_scores(sim: SimDomain) -> np.ndarray:
     "Interaction counts per item over the training part of every sequence (all but the last two items)."
-    return np.bincount(np.concatenate([s[:-2] for s in sim.seqs]), minlength=sim.n_items).astype(np.float64)
+    training_items = np.concatenate([seq[:-2] for seq in sim.seqs])
+    return np.bincount(training_items, minlength=sim.n_items).astype(np.float64)
 
+# %% ../nbs/02_sim.ipynb #xs11j
 def leave_one_out_ndcg(score_fn, seqs, k: int = 10) -> float:
-    "Mean NDCG@k of predicting each sequence's last item from the rest; `score_fn(history) -> scores [n_items]`."
-    out = []
-    for s in seqs:
-        hist, target = s[:-1], s[-1]
-        sc = np.asarray(score_fn(hist), np.float64).copy()
-        t = sc[target]; sc[hist[hist != target]] = -np.inf
-        rank = int((sc > t).sum() + (sc == t).sum())     # 1-based, ties counted against the target
-        out.append(1 / np.log2(rank + 1) if rank <= k else 0.0)
-    return float(np.mean(out))
+    "Mean NDCG@k of predicting each sequence's last item from the rest; `score_fn(history)` -> [n_items]."
+    gains = []
+    for seq in seqs:
+        history, target = seq[:-1], seq[-1]
+        scores = np.asarray(score_fn(history), np.float64).copy()
+        target_score = scores[target]
+        scores[history[history != target]] = -np.inf
+        # 1-based rank, every tie counted above the target
+        rank = int((scores > target_score).sum() + (scores == target_score).sum())
+        gains.append(1 / np.log2(rank + 1) if rank <= k else 0.0)
+    return float(np.mean(gains))
