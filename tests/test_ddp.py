@@ -1,5 +1,5 @@
-"""Exact DDP: 2 gloo processes on CPU give the loss and the gradients of one process on the whole global batch,
-for both losses (in-batch softmax with all-gathered candidates, BCE) and both readouts."""
+"""Exact DDP: 2 gloo processes on CPU give the loss and the gradients of one process on the whole global
+batch, for both losses (in-batch softmax with all-gathered candidates, BCE) and both readouts."""
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np, pandas as pd, pytest, torch
@@ -17,7 +17,7 @@ CASES = [(loss, readout) for loss in ('softmax', 'bce') for readout in ('causal'
 
 
 def make_data(path, n_users=12, n_items=40, seed=0):
-    "Users of 5-12 distinct items out of 40: the two halves of a batch share some items (copies on both ranks), not all."
+    "Users of 5-12 distinct items of 40: the halves of a batch share some items (on both ranks), not all."
     rng = np.random.default_rng(seed)
     items = pd.DataFrame(dict(item_id=[f'i{i}' for i in range(n_items)], modality='text',
                               text=[f'item {i}' for i in range(n_items)], image=''))
@@ -28,8 +28,8 @@ def make_data(path, n_users=12, n_items=40, seed=0):
 
 
 def model_cfg(ds, loss, readout):
-    return ModelConfig(kind='id_sasrec', loss=loss, readout=readout, dim=16, n_layers=1, n_heads=2, max_len=4, n_pos=2,
-                       n_neg=2, dropout=0.0, n_items=ds.n_items)
+    return ModelConfig(kind='id_sasrec', loss=loss, readout=readout, dim=16, n_layers=1, n_heads=2, max_len=4,
+                       n_pos=2, n_neg=2, dropout=0.0, n_items=ds.n_items)
 
 
 def first_batch(ds, cfg, rank=0, world_size=1):
@@ -39,16 +39,18 @@ def first_batch(ds, cfg, rank=0, world_size=1):
 
 
 def one_step(ds, cfg, di, out_dir, batch) -> dict:
-    "The trainer's own optimiser step (DDP wrapping, loss weighting, all-gather) on `batch`: loss and every gradient."
+    "The trainer's own optimiser step (DDP, loss weighting, all-gather) on `batch`: loss and every gradient."
     torch.manual_seed(0)
     model = build_model(cfg, ds)
-    tcfg = TrainConfig(batch_size=GLOBAL_BATCH, device='cpu', amp='none', clip_grad=None, seed=0, warmup_steps=0)
-    run = T.TrainingRun(model, ds, tcfg, out_dir, make_content(cfg, ds), di, T.MetricsLog(out_dir/'m.jsonl', enabled=False),
-                        progress=False)
+    tcfg = TrainConfig(batch_size=GLOBAL_BATCH, device='cpu', amp='none', clip_grad=None, seed=0,
+                       warmup_steps=0)
+    mlog = T.MetricsLog(out_dir/'m.jsonl', enabled=False)
+    run = T.TrainingRun(model, ds, tcfg, out_dir, make_content(cfg, ds), di, mlog, progress=False)
     run.start(resume=False)
     loss, rows, _ = run.optimiser_step([batch])
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return dict(loss=torch.tensor(loss), rows=torch.tensor(rows), **{f'grad.{n}': g for n, g in grads.items()})
+    grads = {f'grad.{n}': g for n, g in grads.items()}
+    return dict(loss=torch.tensor(loss), rows=torch.tensor(rows), **grads)
 
 
 def _worker(rank, world, init_file, data_path, out, result_file):
@@ -60,7 +62,8 @@ def _worker(rank, world, init_file, data_path, out, result_file):
         results = {}
         for loss, readout in CASES:
             cfg = model_cfg(ds, loss, readout)
-            res = one_step(ds, cfg, di, out/f'{loss}-{readout}-{rank}', first_batch(ds, cfg, rank, world))
+            batch = first_batch(ds, cfg, rank, world)
+            res = one_step(ds, cfg, di, out/f'{loss}-{readout}-{rank}', batch)
             results.update({f'{loss}/{readout}/{k}': v for k, v in res.items()})
         if rank == 0: torch.save(results, result_file)
         dist.barrier()
@@ -72,7 +75,7 @@ def ds(tmp_path_factory): return make_data(tmp_path_factory.mktemp('ddp')/'tiny'
 
 
 def test_batch_halves_share_items_and_miss_some(ds):
-    "The test below is not trivial: each rank's slice lacks some of the global batch's items and the halves overlap."
+    "The test below is not trivial: each rank's slice lacks some of the batch's items and the halves overlap."
     for loss, readout in CASES:
         cfg = model_cfg(ds, loss, readout)
         glob, halves = first_batch(ds, cfg), [first_batch(ds, cfg, r, 2) for r in (0, 1)]
@@ -82,17 +85,20 @@ def test_batch_halves_share_items_and_miss_some(ds):
 
 def test_ddp_loss_and_gradients_equal_single_process(ds, tmp_path):
     import torch.multiprocessing as mp
-    single = {case: one_step(ds, model_cfg(ds, *case), T.DistInfo(), tmp_path/'single-{}-{}'.format(*case),
-                             first_batch(ds, model_cfg(ds, *case))) for case in CASES}
-    # fork: the workers inherit the modules this process has imported already (a spawned one re-imports for ~30 s)
-    mp.start_processes(_worker, args=(2, str(tmp_path/'pg'), str(ds.path), tmp_path, str(tmp_path/'r.pt')), nprocs=2,
-                       join=True, start_method='fork')
+    single = {}
+    for loss, readout in CASES:
+        cfg = model_cfg(ds, loss, readout)
+        out = tmp_path/f'single-{loss}-{readout}'
+        single[(loss, readout)] = one_step(ds, cfg, T.DistInfo(), out, first_batch(ds, cfg))
+    # fork: the workers inherit the modules imported here already (a spawned one re-imports for ~30 s)
+    args = (2, str(tmp_path/'pg'), str(ds.path), tmp_path, str(tmp_path/'r.pt'))
+    mp.start_processes(_worker, args=args, nprocs=2, join=True, start_method='fork')
     ddp = torch.load(tmp_path/'r.pt', weights_only=True)
     worst = {}
     for loss, readout in CASES:
         one = single[(loss, readout)]
         other = {k.split('/', 2)[2]: v for k, v in ddp.items() if k.startswith(f'{loss}/{readout}/')}
-        assert set(other) == set(one) and len(one) > 4                       # loss, rows and every parameter's gradient
+        assert set(other) == set(one) and len(one) > 4          # loss, rows and every parameter's gradient
         assert int(other['rows']) == int(one['rows']) == GLOBAL_BATCH
         assert float(one['loss']) > 0
         diffs = {k: float((other[k] - one[k]).abs().max()) for k in one if k != 'rows'}

@@ -106,7 +106,7 @@ class ModelConfig(JSONConfig):
     n_pos: int = 5                    # reference readout: last k items are positives
     n_neg: int = 1                    # sampled negatives per positive (BCE only; softmax scores against the batch's items)
     temperature: float = 1.0          # softmax temperature
-    train_windows: str | None = None  # 'all' (every train item a target once) | 'last' (reference) | None: by readout
+    train_windows: str | None = None  # 'all' (each item a target once) | 'last' (reference) | None: readout's
     # ID baseline
     n_items: int = 0                  # only for kind='id_sasrec': size of the item-ID table
 

@@ -57,7 +57,7 @@ def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
     return torch.full((len(ids),), len(ids), device=ids.device).scatter_reduce(0, inv, pos, 'amin')[inv]
 
 class _GatherRows(torch.autograd.Function):
-    "All-gather of equal-shaped row blocks; backward sums every rank's gradient and hands each rank its own block."
+    "All-gather of equal-shaped row blocks; backward: the sum over ranks of the gradients of a rank's block."
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
@@ -71,8 +71,9 @@ class _GatherRows(torch.autograd.Function):
         n, rank = len(total) // dist.get_world_size(ctx.group), dist.get_rank(ctx.group)
         return total[rank * n:(rank + 1) * n], None
 
-def gather_candidates(item_vecs: torch.Tensor, items: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    "(vectors [N, d], global ids [N] (-1 = padding), offset of this rank's rows) of the items of every rank of `group`."
+def gather_candidates(item_vecs: torch.Tensor, items: torch.Tensor,
+                      group=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    "(vectors [N, d], global ids [N] (-1: padding), offset of this rank's rows) of all the items of `group`."
     if group is None: return item_vecs, items, 0
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     size = torch.tensor([len(items)], device=items.device)
@@ -81,7 +82,7 @@ def gather_candidates(item_vecs: torch.Tensor, items: torch.Tensor, group=None) 
     pad = int(max(sizes)) - len(items)
     ids = [torch.empty(len(items) + pad, dtype=items.dtype, device=items.device) for _ in range(world)]
     dist.all_gather(ids, F.pad(items, (0, pad), value=-1), group=group)
-    vecs = _GatherRows.apply(F.pad(item_vecs, (0, 0, 0, pad)), group)     # gradients go back to the owning rank
+    vecs = _GatherRows.apply(F.pad(item_vecs, (0, 0, 0, pad)), group)   # gradients go back to the owning rank
     return vecs, torch.cat(ids), rank * (len(items) + pad)
 
 # %% ../nbs/06_model.ipynb #c010
@@ -90,7 +91,7 @@ def train_seq_len(cfg: ModelConfig) -> int:
     return cfg.max_len + 1 if cfg.readout == 'causal' else cfg.max_len + cfg.n_pos
 
 def train_stride(cfg: ModelConfig) -> int | None:
-    "Window stride for `transrec.data.train_batches`: None = each user's newest window ('last'), else the targets per window."
+    "Window stride for `data.train_batches`: None = each user's newest window ('last'), else targets/window."
     windows = cfg.train_windows or ('all' if cfg.readout == 'causal' else 'last')
     if windows == 'last': return None
     return cfg.max_len if cfg.readout == 'causal' else cfg.n_pos
@@ -114,8 +115,9 @@ def training_pairs(model, item_vecs: torch.Tensor, seq: torch.Tensor, mask: torc
     b, j = torch.nonzero(torch.arange(k, device=seq.device)[None] >= (k - kr)[:, None], as_tuple=True)
     return u[b], seq[b, T - k + j], neg[b, T - k + j], b
 
-def sequence_loss(model, item_vecs: torch.Tensor, batch, content: ItemContent, group=None) -> tuple[torch.Tensor, dict]:
-    "The loss of `model.cfg.loss` for `batch`, given the vectors [U, d] of `batch.items`; softmax candidates from all of `group`."
+def sequence_loss(model, item_vecs: torch.Tensor, batch, content: ItemContent,
+                  group=None) -> tuple[torch.Tensor, dict]:
+    "The loss of `model.cfg.loss` for `batch`, given the vectors [U, d] of `batch.items` (`group`: below)."
     cfg = model.cfg
     u, pos, negs, rows = training_pairs(model, item_vecs, batch.seq, batch.mask, batch.neg)
     P = len(pos)
@@ -125,18 +127,20 @@ def sequence_loss(model, item_vecs: torch.Tensor, batch, content: ItemContent, g
         return (cand.sum() + u.sum()) * 0, dict(loss=0.0, n_pairs=0)
     if P == 0:   # nothing to learn from (all users with a single training item): a zero that keeps the graph
         return (item_vecs.sum() + u.sum()) * 0, dict(loss=0.0, n_pairs=0)
-    if negs.shape[-1] == 0: raise ValueError("loss='bce' needs sampled negatives: train_batches(..., n_neg=cfg.n_neg >= 1)")
+    if negs.shape[-1] == 0:
+        raise ValueError("loss='bce' needs sampled negatives: train_batches(..., n_neg=cfg.n_neg >= 1)")
     pos_logit = (u * item_vecs[pos]).sum(-1)
     neg_logit = torch.einsum('pd,pkd->pk', u, item_vecs[negs])
     loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
             + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
-    return loss, dict(loss=loss.item(), n_pairs=P, pos_logit=pos_logit.mean().item(), neg_logit=neg_logit.mean().item())
+    return loss, dict(loss=loss.item(), n_pairs=P, pos_logit=pos_logit.mean().item(),
+                      neg_logit=neg_logit.mean().item())
 
 def _softmax_loss(cfg, u, pos, rows, batch, content, cand, cand_ids, offset) -> tuple[torch.Tensor, dict]:
-    "In-batch softmax of the pairs (`u`, local `pos`) against the candidates `cand` (this rank's items from `offset`)."
+    "In-batch softmax of the pairs (`u`, local `pos`) against `cand` (this rank's items start at `offset`)."
     dev, P = cand.device, len(pos)
     canon = first_occurrence(cand_ids)
-    dead = (canon != torch.arange(len(cand_ids), device=dev)) | (cand_ids < 0)   # copies held by another rank, padding
+    dead = (canon != torch.arange(len(cand_ids), device=dev)) | (cand_ids < 0)  # another rank's copy, padding
     logits = (u @ cand.T) / cfg.temperature - content.log_q().to(dev)[cand_ids.clamp_min(0)]
     pos_col = canon[offset + pos]
     own = torch.zeros(batch.seq.shape[0], len(cand_ids), dtype=torch.bool, device=dev)
@@ -180,7 +184,7 @@ class SequenceRecommender(nn.Module):
         return torch.cat(vs) if vs else torch.zeros(0, self.cfg.dim, device=self.device)
 
     def loss(self, batch, content: ItemContent, group=None) -> tuple[torch.Tensor, dict]:
-        "Training loss of a `transrec.data.Batch` (moved to the model's device), a dict of floats; `group`: see `gather_candidates`."
+        "Loss of a `data.Batch` (moved to the model's device), dict of floats (`group`: `gather_candidates`)."
         batch = batch.to(self.device)
         return sequence_loss(self, self.item_vectors(batch.items, content), batch, content, group)
 

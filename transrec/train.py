@@ -260,17 +260,19 @@ def gather_objects(obj, di: DistInfo) -> list:
     out = [None] * di.world_size; dist.all_gather_object(out, obj); return out
 
 def gather_group(model: nn.Module, di: DistInfo):
-    "The process group of the softmax candidates' all-gather: None in one process or when `model.loss` takes no `group`."
+    "The process group of the softmax candidates' all-gather (None: one process, or `model.loss` takes none)."
     if not di.distributed or getattr(getattr(model, 'cfg', None), 'loss', None) != 'softmax': return None
     if 'group' not in inspect.signature(model.loss).parameters: return None
     return dist.new_group(list(range(di.world_size)))
 
 class LossModule(nn.Module):
     "`forward(batch, content) = model.loss(batch, content[, group])`, so that DDP sees the loss computation."
-    def __init__(self, model: nn.Module, group=None): super().__init__(); self.model, self.group = model, group
+    def __init__(self, model: nn.Module, group=None):
+        super().__init__()
+        self.model, self.group = model, group
     def forward(self, batch, content):
         if batch is None:                                  # empty slice: a zero loss through every parameter
-            if self.group is not None: raise RuntimeError('LossModule: an empty slice cannot join the candidates all-gather')
+            if self.group is not None: raise RuntimeError('LossModule: an empty slice cannot all-gather')
             ps = [p for p in self.model.parameters() if p.requires_grad]
             return sum(p.sum() for p in ps) * 0.0, {}
         if self.group is None: return self.model.loss(batch, content)
@@ -367,7 +369,7 @@ class TrainingRun:
         self.ckpt_root = out_dir/'checkpoints'
         self.micro_bs = cfg.batch_size // cfg.grad_accum                       # global micro-batch
         from transrec.data import n_batches_per_epoch
-        self.stride = train_stride(model.cfg)                                 # None: each user's newest window
+        self.stride = train_stride(model.cfg)                              # None: each user's newest window
         self.n_micro = n_batches_per_epoch(ds, self.micro_bs, self.stride)
         self.steps_per_epoch = math.ceil(self.n_micro / cfg.grad_accum)
         self.total_steps = cfg.epochs * self.steps_per_epoch                  # schedule horizon (not max_steps)
@@ -487,7 +489,8 @@ def train_epoch(self: TrainingRun) -> bool:
     from tqdm.auto import tqdm
     st, cfg = self.st, self.cfg
     batches = prefetch(train_batches(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=st.epoch,
-                                     rank=self.di.rank, world_size=self.di.world_size, skip=st.pos, stride=self.stride),
+                                     rank=self.di.rank, world_size=self.di.world_size, skip=st.pos,
+                                     stride=self.stride),
                        cfg.num_workers)
     bar = tqdm(total=self.n_micro, initial=st.pos, desc=f'epoch {st.epoch + 1}/{cfg.epochs}', disable=not self.show,
                leave=False, dynamic_ncols=True)
