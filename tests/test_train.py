@@ -80,7 +80,9 @@ class TinyRec(nn.Module):
 
 
 def tiny_cfg(ds, **kw):
-    d = dict(kind='id_sasrec', loss='bce', dim=16, n_heads=2, max_len=6, dropout=0.1, n_neg=2, n_items=ds.n_items)
+    # one window per user: the step counts below assume 3 batches of 8 users an epoch (windows: tests/test_windows.py)
+    d = dict(kind='id_sasrec', loss='bce', dim=16, n_heads=2, max_len=6, dropout=0.1, n_neg=2, n_items=ds.n_items,
+             train_windows='last')
     d.update(kw); return ModelConfig(**d)
 
 def train_cfg(**kw):
@@ -392,7 +394,8 @@ def why(proc) -> str:
 
 def test_cli_single_process_and_torchrun_agree(ds, tmp_path):
     common = ['--data', str(ds.path), '--quiet',
-              '--model-config', json.dumps(dict(kind='id_sasrec', loss='bce', dim=16, n_layers=1, max_len=6, dropout=0.0)),
+              '--model-config', json.dumps(dict(kind='id_sasrec', loss='bce', dim=16, n_layers=1, max_len=6, dropout=0.0,
+                                               train_windows='last')),
               '--train-config', json.dumps(dict(epochs=2, batch_size=8, lr=1e-2, device='cpu', amp='none'))]
     one = run_cli(['--out', str(tmp_path/'one'), *common])
     assert one.returncode == 0, why(one)
@@ -422,7 +425,7 @@ def _ddp_transrec_worker(rank, world, init_file, data_path, out):
     ds = load_dataset(data_path)
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind='transrec', loss='bce', dim=16, n_layers=1, max_len=6, image_size=32, text_max_tokens=12,
-                                    text_trainable_blocks=1, image_trainable_blocks=1), ds)
+                                    text_trainable_blocks=1, image_trainable_blocks=1, train_windows='last'), ds)
     fit(model, ds, train_cfg(epochs=1, batch_size=8, lr=1e-3), out, content=make_content(model.cfg, ds), progress=False)
     dist.barrier(); dist.destroy_process_group()
 

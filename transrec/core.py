@@ -106,6 +106,7 @@ class ModelConfig(JSONConfig):
     n_pos: int = 5                    # reference readout: last k items are positives
     n_neg: int = 1                    # sampled negatives per positive (BCE only; softmax scores against the batch's items)
     temperature: float = 1.0          # softmax temperature
+    train_windows: str | None = None  # 'all' (each item a target once) | 'last' (reference) | None: readout's
     # ID baseline
     n_items: int = 0                  # only for kind='id_sasrec': size of the item-ID table
 
@@ -113,13 +114,14 @@ class ModelConfig(JSONConfig):
     def reference(cls, **kw):
         "The paper's reference settings."
         d = dict(dim=256, n_layers=4, n_heads=4, dropout=0.1, max_len=25, readout='last', loss='bce',
-                 n_pos=5, n_neg=1, image_size=224, text_max_tokens=32)
+                 n_pos=5, n_neg=1, image_size=224, text_max_tokens=32, train_windows='last')
         d.update(kw); return cls(**d)
 
     def __post_init__(self):
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
         checks = [('kind', ('transrec', 'frozen', 'id_sasrec', 'popularity')), ('text_pooling', ('cls', 'mean', 'attention')),
-                  ('image_model', ('resnet18', 'resnet34', 'resnet50')), ('readout', ('causal', 'last')), ('loss', ('bce', 'softmax'))]
+                  ('image_model', ('resnet18', 'resnet34', 'resnet50')), ('readout', ('causal', 'last')), ('loss', ('bce', 'softmax')),
+                  ('train_windows', (None, 'all', 'last'))]
         for k, ok in checks:
             if getattr(self, k) not in ok: raise ValueError(f"ModelConfig.{k}={getattr(self, k)!r}: choose one of {ok}")
         if self.dim % self.n_heads: raise ValueError(f"ModelConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}")

@@ -17,8 +17,8 @@ from .core import log
 __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
            'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SPLITS', 'NEG_STREAM', 'write_dataset', 'Problem',
            'DataError', 'release_images', 'MoMDataset', 'load_dataset', 'ValidationReport', 'validate', 'train_part',
-           'history_and_target', 'split_targets', 'history_items', 'Batch', 'sample_negatives', 'n_batches_per_epoch',
-           'train_batches', 'EvalBatch', 'eval_batches', 'main']
+           'history_and_target', 'split_targets', 'history_items', 'window_ends', 'Batch', 'sample_negatives',
+           'n_batches_per_epoch', 'train_batches', 'EvalBatch', 'eval_batches', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')   # modality code = position: text = 0, image = 1
@@ -851,6 +851,19 @@ def history_items(ds: MoMDataset, split: str, users=None) -> list[np.ndarray]:
     key = np.unique(row[keep] * ds.n_items + items[keep])
     return np.split(key % ds.n_items, np.cumsum(np.bincount(key // ds.n_items, minlength=len(u)))[:-1])
 
+# %% ../nbs/01_data.ipynb #c039x
+def window_ends(ds: MoMDataset, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "(user, end) of every training window, `end` one past its newest flat item; `stride=None`: the newest."
+    if stride is not None and (not isinstance(stride, (int, np.integer)) or stride < 1):
+        raise ValueError(f'window_ends: stride={stride!r} must be an int >= 1 (or None: the newest window)')
+    users = np.arange(ds.n_users, dtype=np.int64)
+    end = ds._offsets[:-1] + ds._lens - 2                           # one past the last train item
+    if stride is None: return users, end
+    per_user = -(-np.maximum(ds._lens - 3, 0) // stride)            # ceil((train items - 1) / stride)
+    win_users = np.repeat(users, per_user)
+    back = _ranges(np.zeros(ds.n_users, np.int64), per_user)   # 0 = a user's newest window, 1 the one before
+    return win_users, end[win_users] - back * stride
+
 # %% ../nbs/01_data.ipynb #c040
 NEG_STREAM = 0x4E4547   # a fixed word that separates the negative-sampling RNG stream from the user shuffle
 
@@ -859,7 +872,8 @@ def _to(x, device, non_blocking):
 
 @dataclass
 class Batch:
-    "A training batch: unique global `items` [U]; local `seq` [B, T] (left-padded), `mask` [B, T], `neg` [B, T, n_neg]; `users` [B]."
+    """A training batch of B windows: unique global `items` [U]; local `seq` [B, T] (left-padded),
+    `mask` [B, T], `neg` [B, T, n_neg]; `users` [B] (a user may own several windows of a batch)."""
     items: torch.Tensor
     seq: torch.Tensor
     mask: torch.Tensor
@@ -895,15 +909,14 @@ def sample_negatives(ds: MoMDataset, users: np.ndarray, rng: np.random.Generator
         neg[j] = rng.choice(free)
     return neg
 
-def n_batches_per_epoch(ds: MoMDataset, batch_size: int) -> int:
-    "Global batches per epoch: one window per user, `batch_size` users a batch (the last may be smaller)."
-    return -(-ds.n_users // batch_size)
+def n_batches_per_epoch(ds: MoMDataset, batch_size: int, stride: int | None = None) -> int:
+    "Global batches per epoch: `batch_size` windows of `window_ends(ds, stride)` each (the last: fewer)."
+    return -(-len(window_ends(ds, stride)[0]) // batch_size)
 
-def _train_windows(ds: MoMDataset, users: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    "GLOBAL items [B, T] of each user's last `seq_len` train items, left-padded with 0, and the mask."
-    start = ds._offsets[users]; end = start + ds._lens[users] - 2
-    pos = end[:, None] - seq_len + np.arange(seq_len)
-    mask = pos >= start[:, None]
+def _train_windows(ds: MoMDataset, users: np.ndarray, ends: np.ndarray, seq_len: int) -> tuple:
+    "GLOBAL items [B, T] of the `seq_len` items of `users` before flat index `ends` (left-padded: 0); mask."
+    pos = ends[:, None] - seq_len + np.arange(seq_len)
+    mask = pos >= ds._offsets[users][:, None]
     return np.where(mask, ds._flat[np.where(mask, pos, 0)], 0), mask
 
 def _make_batch(seq_g, mask, neg_g, users) -> Batch:
@@ -923,24 +936,34 @@ class _Batches:
     def __len__(self): return max(self._n, 0)
 
 def train_batches(ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
-                  rank: int = 0, world_size: int = 1, skip: int = 0) -> Iterator[Batch]:
-    "One epoch of training `Batch`es (this rank's share of each global batch), deterministic in (`seed`, `epoch`)."
+                  rank: int = 0, world_size: int = 1, skip: int = 0,
+                  stride: int | None = None) -> Iterator[Batch]:
+    "One epoch of `Batch`es (this rank's share of each global batch of windows), determined by (seed, epoch)."
     for nm, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 1), ('n_neg', n_neg, 0), ('seed', seed, 0),
                       ('epoch', epoch, 0), ('world_size', world_size, 1), ('skip', skip, 0)):
         if not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f'train_batches: {nm}={v!r} must be an int >= {lo}')
     if batch_size % world_size: raise ValueError(f'train_batches: batch_size={batch_size} must be divisible by world_size={world_size}')
     if not 0 <= rank < world_size: raise ValueError(f'train_batches: rank={rank} must be in 0..{world_size - 1}')
+    if stride is not None and stride >= seq_len:
+        raise ValueError(f'train_batches: stride={stride} must be < seq_len={seq_len}, '
+                         'or the items between windows are never targets')
     if ds.n_users == 0: raise ValueError('train_batches: the data set has no users')
     if (ds._lens < 3).any():
         raise ValueError(f'train_batches: {(ds._lens < 3).sum()} users have < 3 items; load with min_seq_len=3 to exclude them')
-    n = n_batches_per_epoch(ds, batch_size); per = batch_size // world_size
-    order = np.random.default_rng([seed, epoch]).permutation(ds.n_users)
+    win_users, win_ends = window_ends(ds, stride)
+    if not len(win_users):
+        raise ValueError("train_batches: no training window: every user has a single training item "
+                         "(nothing to predict); "
+                         "use users with >= 4 items or train_windows='last'")
+    n = -(-len(win_users) // batch_size); per = batch_size // world_size
+    order = np.random.default_rng([seed, epoch]).permutation(len(win_users))
     if world_size > 1 and len(order) < n * batch_size:   # top up the last global batch (see above)
         order = np.concatenate([order, np.resize(order, n * batch_size - len(order))])
     def gen():
         for b in range(skip, n):
-            users = order[b * batch_size:(b + 1) * batch_size]
-            seq_g, mask = _train_windows(ds, users, seq_len)
+            rows = order[b * batch_size:(b + 1) * batch_size]
+            users = win_users[rows]
+            seq_g, mask = _train_windows(ds, users, win_ends[rows], seq_len)
             neg_g = np.zeros(seq_g.shape + (n_neg,), np.int64)
             if n_neg:
                 rng = np.random.default_rng([seed, epoch, b, NEG_STREAM])

@@ -10,13 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+import torch.distributed as dist
 from .core import ModelConfig, log
 from .encoders import ItemTower, ItemContent, make_content, dataset_item_key, count_parameters
 
 # %% auto #0
-__all__ = ['UserTower', 'last_valid', 'train_seq_len', 'training_pairs', 'sequence_loss', 'SequenceRecommender', 'TransRec',
-           'IDSASRec', 'Popularity', 'build_model', 'param_groups', 'provenance', 'save_model', 'check_model_dir',
-           'load_model', 'recommend']
+__all__ = ['UserTower', 'last_valid', 'first_occurrence', 'gather_candidates', 'train_seq_len', 'train_stride', 'training_pairs',
+           'sequence_loss', 'SequenceRecommender', 'TransRec', 'IDSASRec', 'Popularity', 'build_model', 'param_groups',
+           'provenance', 'save_model', 'check_model_dir', 'load_model', 'recommend']
 
 # %% ../nbs/06_model.ipynb #c007
 class UserTower(nn.Module):
@@ -48,10 +49,52 @@ def last_valid(mask: torch.Tensor) -> torch.Tensor:
     L = mask.shape[1]
     return L - 1 - torch.flip(mask.bool(), [1]).int().argmax(1)
 
+# %% ../nbs/06_model.ipynb #c009h
+def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    "For each entry of `ids` [N], the index of the first entry with the same id."
+    _, inv = torch.unique(ids, return_inverse=True)
+    pos = torch.arange(len(ids), device=ids.device)
+    return torch.full((len(ids),), len(ids), device=ids.device).scatter_reduce(0, inv, pos, 'amin')[inv]
+
+class _GatherRows(torch.autograd.Function):
+    "All-gather of equal-shaped row blocks; backward: the sum over ranks of the gradients of a rank's block."
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(out, x.contiguous(), group=group)
+        return torch.cat(out)
+    @staticmethod
+    def backward(ctx, grad):
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, group=ctx.group)
+        n, rank = len(total) // dist.get_world_size(ctx.group), dist.get_rank(ctx.group)
+        return total[rank * n:(rank + 1) * n], None
+
+def gather_candidates(item_vecs: torch.Tensor, items: torch.Tensor,
+                      group=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    "(vectors [N, d], global ids [N] (-1: padding), offset of this rank's rows) of all the items of `group`."
+    if group is None: return item_vecs, items, 0
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    size = torch.tensor([len(items)], device=items.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    pad = int(max(sizes)) - len(items)
+    ids = [torch.empty(len(items) + pad, dtype=items.dtype, device=items.device) for _ in range(world)]
+    dist.all_gather(ids, F.pad(items, (0, pad), value=-1), group=group)
+    vecs = _GatherRows.apply(F.pad(item_vecs, (0, 0, 0, pad)), group)   # gradients go back to the owning rank
+    return vecs, torch.cat(ids), rank * (len(items) + pad)
+
 # %% ../nbs/06_model.ipynb #c010
 def train_seq_len(cfg: ModelConfig) -> int:
     "Window length for `transrec.data.train_batches`: max_len + 1 (causal) or max_len + n_pos (last)."
     return cfg.max_len + 1 if cfg.readout == 'causal' else cfg.max_len + cfg.n_pos
+
+def train_stride(cfg: ModelConfig) -> int | None:
+    "Window stride for `data.train_batches`: None = each user's newest window ('last'), else targets/window."
+    windows = cfg.train_windows or ('all' if cfg.readout == 'causal' else 'last')
+    if windows == 'last': return None
+    return cfg.max_len if cfg.readout == 'causal' else cfg.n_pos
 
 def training_pairs(model, item_vecs: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor, neg: torch.Tensor):
     "(user states [P, d], positive local items [P], negative local items [P, n_neg], row of each pair [P]) of a batch."
@@ -72,30 +115,44 @@ def training_pairs(model, item_vecs: torch.Tensor, seq: torch.Tensor, mask: torc
     b, j = torch.nonzero(torch.arange(k, device=seq.device)[None] >= (k - kr)[:, None], as_tuple=True)
     return u[b], seq[b, T - k + j], neg[b, T - k + j], b
 
-def sequence_loss(model, item_vecs: torch.Tensor, batch, content: ItemContent) -> tuple[torch.Tensor, dict]:
-    "The loss of `model.cfg.loss` for `batch`, given the vectors [U, d] of `batch.items`."
+def sequence_loss(model, item_vecs: torch.Tensor, batch, content: ItemContent,
+                  group=None) -> tuple[torch.Tensor, dict]:
+    "The loss of `model.cfg.loss` for `batch`, given the vectors [U, d] of `batch.items` (`group`: below)."
     cfg = model.cfg
     u, pos, negs, rows = training_pairs(model, item_vecs, batch.seq, batch.mask, batch.neg)
     P = len(pos)
+    if cfg.loss == 'softmax':   # every rank of `group` gathers, even one without pairs
+        cand, cand_ids, offset = gather_candidates(item_vecs, batch.items, group)
+        if P > 0: return _softmax_loss(cfg, u, pos, rows, batch, content, cand, cand_ids, offset)
+        return (cand.sum() + u.sum()) * 0, dict(loss=0.0, n_pairs=0)
     if P == 0:   # nothing to learn from (all users with a single training item): a zero that keeps the graph
         return (item_vecs.sum() + u.sum()) * 0, dict(loss=0.0, n_pairs=0)
+    if negs.shape[-1] == 0:
+        raise ValueError("loss='bce' needs sampled negatives: train_batches(..., n_neg=cfg.n_neg >= 1)")
     pos_logit = (u * item_vecs[pos]).sum(-1)
-    if cfg.loss == 'bce':
-        if negs.shape[-1] == 0: raise ValueError("loss='bce' needs sampled negatives: train_batches(..., n_neg=cfg.n_neg >= 1)")
-        neg_logit = torch.einsum('pd,pkd->pk', u, item_vecs[negs])
-        loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
-                + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
-        return loss, dict(loss=loss.item(), n_pairs=P, pos_logit=pos_logit.mean().item(), neg_logit=neg_logit.mean().item())
-    log_q = content.log_q().to(item_vecs.device)[batch.items]
-    logits = (u @ item_vecs.T) / cfg.temperature - log_q
-    own = torch.zeros(batch.seq.shape[0], len(batch.items), dtype=torch.bool, device=logits.device)
-    own[torch.nonzero(batch.mask, as_tuple=True)[0], batch.seq[batch.mask]] = True
-    blocked = own[rows]; blocked[torch.arange(P, device=logits.device), pos] = False
+    neg_logit = torch.einsum('pd,pkd->pk', u, item_vecs[negs])
+    loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
+            + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
+    return loss, dict(loss=loss.item(), n_pairs=P, pos_logit=pos_logit.mean().item(),
+                      neg_logit=neg_logit.mean().item())
+
+def _softmax_loss(cfg, u, pos, rows, batch, content, cand, cand_ids, offset) -> tuple[torch.Tensor, dict]:
+    "In-batch softmax of the pairs (`u`, local `pos`) against `cand` (this rank's items start at `offset`)."
+    dev, P = cand.device, len(pos)
+    canon = first_occurrence(cand_ids)
+    dead = (canon != torch.arange(len(cand_ids), device=dev)) | (cand_ids < 0)  # another rank's copy, padding
+    logits = (u @ cand.T) / cfg.temperature - content.log_q().to(dev)[cand_ids.clamp_min(0)]
+    pos_col = canon[offset + pos]
+    own = torch.zeros(batch.seq.shape[0], len(cand_ids), dtype=torch.bool, device=dev)
+    own[torch.nonzero(batch.mask, as_tuple=True)[0], canon[offset + batch.seq[batch.mask]]] = True
+    blocked = own[rows] | dead[None]
+    blocked[torch.arange(P, device=dev), pos_col] = False
     logits = logits.masked_fill(blocked, float('-inf'))
-    loss = F.cross_entropy(logits, pos)
-    acc = (logits.argmax(1) == pos).float().mean()
+    loss = F.cross_entropy(logits, pos_col)
+    acc = (logits.argmax(1) == pos_col).float().mean()
+    pos_logit = (u * cand[pos_col]).sum(-1)
     return loss, dict(loss=loss.item(), n_pairs=P, pos_logit=pos_logit.mean().item(), in_batch_acc=acc.item(),
-                      n_candidates=len(batch.items))
+                      n_candidates=int((~dead).sum()))
 
 # %% ../nbs/06_model.ipynb #c012
 class SequenceRecommender(nn.Module):
@@ -126,10 +183,10 @@ class SequenceRecommender(nn.Module):
         finally: self.train(was)
         return torch.cat(vs) if vs else torch.zeros(0, self.cfg.dim, device=self.device)
 
-    def loss(self, batch, content: ItemContent) -> tuple[torch.Tensor, dict]:
-        "Training loss of a `transrec.data.Batch` (moved to the model's device) and a dict of floats for logging."
+    def loss(self, batch, content: ItemContent, group=None) -> tuple[torch.Tensor, dict]:
+        "Loss of a `data.Batch` (moved to the model's device), dict of floats (`group`: `gather_candidates`)."
         batch = batch.to(self.device)
-        return sequence_loss(self, self.item_vectors(batch.items, content), batch, content)
+        return sequence_loss(self, self.item_vectors(batch.items, content), batch, content, group)
 
 # %% ../nbs/06_model.ipynb #c014
 class TransRec(SequenceRecommender):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #c002
 from __future__ import annotations
-import os, sys, json, math, time, random, shutil, threading, queue, argparse, contextlib
+import os, sys, json, math, time, random, shutil, threading, queue, argparse, contextlib, inspect
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -19,7 +19,7 @@ from .metrics import evaluate, flatten_metrics
 __all__ = ['CKPT_STATE', 'make_optimizer', 'lr_factor', 'make_scheduler', 'atomic_write_text', 'atomic_dir', 'clean_temporaries',
            'LoopState', 'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint',
            'load_checkpoint', 'resume_checkpoint', 'jsonable', 'MetricsLog', 'read_metrics', 'DistInfo',
-           'init_distributed', 'all_reduce_sum', 'broadcast_object', 'gather_objects', 'LossModule',
+           'init_distributed', 'all_reduce_sum', 'broadcast_object', 'gather_objects', 'gather_group', 'LossModule',
            'NonFiniteLossError', 'prefetch', 'FitResult', 'TrainingRun', 'fit', 'main']
 
 # %% ../nbs/08_train.ipynb #c005
@@ -295,14 +295,24 @@ def gather_objects(obj, di: DistInfo) -> list:
     if not di.distributed: return [obj]
     out = [None] * di.world_size; dist.all_gather_object(out, obj); return out
 
+def gather_group(model: nn.Module, di: DistInfo):
+    "The process group of the softmax candidates' all-gather (None: one process, or `model.loss` takes none)."
+    if not di.distributed or getattr(getattr(model, 'cfg', None), 'loss', None) != 'softmax': return None
+    if 'group' not in inspect.signature(model.loss).parameters: return None
+    return dist.new_group(list(range(di.world_size)))
+
 class LossModule(nn.Module):
-    "`forward(batch, content) = model.loss(batch, content)`, so that DDP sees the loss computation."
-    def __init__(self, model: nn.Module): super().__init__(); self.model = model
+    "`forward(batch, content) = model.loss(batch, content[, group])`, so that DDP sees the loss computation."
+    def __init__(self, model: nn.Module, group=None):
+        super().__init__()
+        self.model, self.group = model, group
     def forward(self, batch, content):
         if batch is None:                                  # empty slice: a zero loss through every parameter
+            if self.group is not None: raise RuntimeError('LossModule: an empty slice cannot all-gather')
             ps = [p for p in self.model.parameters() if p.requires_grad]
             return sum(p.sum() for p in ps) * 0.0, {}
-        return self.model.loss(batch, content)
+        if self.group is None: return self.model.loss(batch, content)
+        return self.model.loss(batch, content, group=self.group)
 
 # %% ../nbs/08_train.ipynb #c024
 class NonFiniteLossError(RuntimeError):
@@ -382,7 +392,7 @@ class TrainingRun:
     "State and pieces of one `fit` call on a trainable model (see the methods below)."
     def __init__(self, model, ds, cfg: TrainConfig, out_dir: Path, content, di: DistInfo, mlog: MetricsLog,
                  progress: bool = True, checkpoint_every: int | None = None, keep_checkpoints: int = 2):
-        from transrec.model import train_seq_len
+        from transrec.model import train_seq_len, train_stride
         world = di.world_size
         if cfg.batch_size % (cfg.grad_accum * world):
             raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by grad_accum x world_size = "
@@ -395,7 +405,8 @@ class TrainingRun:
         self.ckpt_root = out_dir/'checkpoints'
         self.micro_bs = cfg.batch_size // cfg.grad_accum                       # global micro-batch
         from transrec.data import n_batches_per_epoch
-        self.n_micro = n_batches_per_epoch(ds, self.micro_bs)
+        self.stride = train_stride(model.cfg)                              # None: each user's newest window
+        self.n_micro = n_batches_per_epoch(ds, self.micro_bs, self.stride)
         self.steps_per_epoch = math.ceil(self.n_micro / cfg.grad_accum)
         self.total_steps = cfg.epochs * self.steps_per_epoch                  # schedule horizon (not max_steps)
         self.seq_len = train_seq_len(model.cfg)
@@ -410,7 +421,7 @@ class TrainingRun:
         self.eval_users = _eval_user_sample(ds, cfg)
         self.st, self.resumed_from, self.last_ckpt = LoopState(), None, None
         self.train_time, self.seqs_this_call = 0.0, 0
-        self.net = LossModule(model)
+        self.net = LossModule(model, gather_group(model, di))
 
 # %% ../nbs/08_train.ipynb #c033
 @patch
@@ -513,7 +524,9 @@ def train_epoch(self: TrainingRun) -> bool:
     from tqdm.auto import tqdm
     st, cfg = self.st, self.cfg
     batches = prefetch(train_batches(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=st.epoch,
-                                     rank=self.di.rank, world_size=self.di.world_size, skip=st.pos), cfg.num_workers)
+                                     rank=self.di.rank, world_size=self.di.world_size, skip=st.pos,
+                                     stride=self.stride),
+                       cfg.num_workers)
     bar = tqdm(total=self.n_micro, initial=st.pos, desc=f'epoch {st.epoch + 1}/{cfg.epochs}', disable=not self.show,
                leave=False, dynamic_ncols=True)
     group, win = [], dict(loss=0.0, steps=0, seqs=0, time=0.0)
