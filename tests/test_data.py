@@ -481,20 +481,20 @@ def test_eval_batches(random_ds):
 
 # ---------------------------------------------------------------- speed and CLI
 
-def test_load_10k_users_is_fast(tmp_path):
+def test_load_10k_users(tmp_path):
+    "A 10k-user data set loads whole and batches into one full epoch (its speed is measured by the bench)."
     rng = np.random.default_rng(0)
     n_items, n_users = 5000, 10000
     items = pd.DataFrame({'item_id': [f'i{k}' for k in range(n_items)], 'modality': 'text',
                           'text': [f'title {k}' for k in range(n_items)], 'image': ''})
-    lens = rng.integers(3, 40, n_users); u = np.repeat(np.arange(n_users), lens)
-    inter = pd.DataFrame({'user_id': [f'u{x}' for x in u], 'item_id': [f'i{k}' for k in rng.integers(0, n_items, len(u))],
-                          'timestamp': rng.integers(0, 10**9, len(u))})
-    p = write_dataset(tmp_path/'big', items, inter, {})
-    t = time.perf_counter(); ds = load_dataset(p); dt = time.perf_counter() - t
+    lens = rng.integers(3, 40, n_users)
+    user_rows = np.repeat(np.arange(n_users), lens)
+    inter = pd.DataFrame({'user_id': [f'u{x}' for x in user_rows],
+                          'item_id': [f'i{k}' for k in rng.integers(0, n_items, len(user_rows))],
+                          'timestamp': rng.integers(0, 10**9, len(user_rows))})
+    ds = load_dataset(write_dataset(tmp_path/'big', items, inter, {}))
     assert ds.n_users == n_users and ds.n_interactions == len(inter)
-    assert dt < 3.0, f'loading 10k users took {dt:.2f}s'              # ~0.3 s on one shared core
-    t = time.perf_counter(); n = sum(1 for _ in train_batches(ds, 64, 21, 5, 0, 0)); dt = time.perf_counter() - t
-    assert n == 157 and dt < 3.0, f'one epoch of batches took {dt:.2f}s'
+    assert sum(1 for _ in train_batches(ds, 64, 21, 5, 0, 0)) == 157
 
 
 def run_cli(*args):

@@ -1348,7 +1348,7 @@ def parse_options(args: list[str], fn: Callable) -> dict:
 # %% ../nbs/03_convert.ipynb #c055c
 def cli_parser() -> argparse.ArgumentParser:
     "The `argparse` parser of `python -m transrec.convert`: `list`, and one subcommand per format."
-    parser = argparse.ArgumentParser(prog='python -m transrec.convert', allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog='transrec-convert', allow_abbrev=False,
                                      description='Convert a public data set into a MoM folder.')
     sub = parser.add_subparsers(dest='format', metavar='FORMAT', title='formats (and list)')
     sub.add_parser('list', help='list the formats')

@@ -1003,7 +1003,7 @@ def eval_batches(ds: MoMDataset, split: str = 'valid', batch_size: int = 256, ma
 # %% ../nbs/01_data.ipynb #c048
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `python -m transrec.data`; returns the exit status."
-    p = argparse.ArgumentParser(prog='python -m transrec.data', description='Tools for MoM data set folders.')
+    p = argparse.ArgumentParser(prog='transrec-data', description='Tools for MoM data set folders.')
     sub = p.add_subparsers(dest='command', required=True)
     v = sub.add_parser('validate', help='check a data set folder and list every problem (exit 0 = usable)')
     v.add_argument('path', help='the data set folder (items.tsv, interactions.tsv, meta.json, images/ or images.lmdb)')
