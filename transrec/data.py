@@ -16,9 +16,9 @@ from .core import log
 # %% auto #0
 __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
            'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SPLITS', 'NEG_STREAM', 'write_dataset', 'Problem',
-           'DataError', 'release_images', 'MoMDataset', 'load_dataset', 'ValidationReport', 'validate', 'train_part',
-           'history_and_target', 'split_targets', 'history_items', 'window_ends', 'Batch', 'sample_negatives',
-           'n_batches_per_epoch', 'train_batches', 'EvalBatch', 'eval_batches', 'main']
+           'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'load_dataset', 'ValidationReport', 'validate',
+           'train_part', 'history_and_target', 'split_targets', 'history_items', 'window_ends', 'Batch',
+           'sample_negatives', 'n_batches_per_epoch', 'train_batches', 'EvalBatch', 'eval_batches', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')   # modality code = position: text = 0, image = 1
@@ -680,19 +680,25 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.repeat(starts - cs, lens) + np.arange(tot, dtype=np.int64)
 
 # %% ../nbs/01_data.ipynb #t017
-META_SCHEMA = {'name': str, 'description': str, 'provenance': str, 'license': str, 'synthetic': bool,
+META_SCHEMA = {'name': str, 'description': str, 'provenance': (str, dict), 'license': str, 'synthetic': bool,
                'image_store': str, 'counts': dict}
 META_COUNTS = ('users', 'items', 'interactions', 'text_items', 'image_items')
 _JSON_TYPES = {str: 'a string', bool: 'true or false', dict: 'an object {...}'}
 
+def meta_type_ok(key: str, value) -> bool:
+    "Whether `value` has a type `META_SCHEMA` allows for `key` (free-form keys always do; `True` is no count)."
+    kinds = META_SCHEMA.get(key, object)
+    return type(value) in (kinds if isinstance(kinds, tuple) else (kinds,)) or kinds is object
+
 def _meta_problems(meta: dict) -> list[Problem]:
     "Fatal problems for fields of `meta` whose type is not the one `META_SCHEMA` (and `META_COUNTS`) declares."
     probs = []
-    for key, kind in META_SCHEMA.items():
-        if key in meta and type(meta[key]) is not kind:
+    for key, kinds in META_SCHEMA.items():
+        if key in meta and not meta_type_ok(key, meta[key]):
+            wanted = ' or '.join(_JSON_TYPES[kind] for kind in (kinds if isinstance(kinds, tuple) else (kinds,)))
             probs.append(Problem('meta.json', None, 'bad_meta', f'"{key}" is {json.dumps(meta[key])[:60]}, not '
-                                 f'{_JSON_TYPES[kind]}', f'write "{key}" as {_JSON_TYPES[kind]}'
-                                 + (' (no quotes: true or false)' if kind is bool else '')))
+                                 f'{wanted}', f'write "{key}" as {wanted}'
+                                 + (' (no quotes: true or false)' if kinds is bool else '')))
     for key, value in (meta['counts'].items() if type(meta.get('counts')) is dict else ()):
         if key in META_COUNTS and (type(value) is not int or value < 0):
             probs.append(Problem('meta.json', None, 'bad_meta', f'counts.{key} is {json.dumps(value)[:60]}, not a '
@@ -724,7 +730,7 @@ def _read_meta(path: Path, probs: list) -> dict:
     if not isinstance(meta, dict):
         probs.append(Problem('meta.json', None, 'bad_meta', f'holds a {type(meta).__name__}, not an object', 'write a JSON object {...}')); return {}
     probs.extend(_meta_problems(meta))
-    return {k: v for k, v in meta.items() if k not in META_SCHEMA or type(v) is META_SCHEMA[k]}   # bad fields dropped
+    return {key: value for key, value in meta.items() if meta_type_ok(key, value)}   # bad fields dropped
 
 def _scan(path, min_seq_len: int | None = None, decode_images: bool = False) -> tuple[dict, list]:
     "Read and check everything; returns (parts built so far, problems)."
