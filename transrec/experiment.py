@@ -529,8 +529,8 @@ def write_per_user(run_dir, users, ranks, groups) -> Path:
     path = Path(run_dir)/'per_user.npz'
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name('per_user.tmp.npz')
-    np.savez(tmp, allow_pickle=False, user=np.asarray(users, dtype=str), rank=np.asarray(ranks, dtype=np.int64),
-             group=np.asarray(groups, dtype=str))
+    np.savez(tmp, allow_pickle=False, user=np.asarray(users, dtype=str),
+             rank=np.asarray(ranks, dtype=np.int64), group=np.asarray(groups, dtype=str))
     os.replace(tmp, path)
     return path
 
@@ -625,8 +625,13 @@ def results_frame(results: dict):
 def target_shift(target: str, root=None) -> float | None:
     "`sim.domain_shift` of a registered target built synthetically; None for real files or a MoM folder."
     from transrec import sim
+    from transrec.core import data_root
     from transrec.sources import SOURCES, has_real_files
-    if target not in SOURCES or has_real_files(target, root): return None
+    if target not in SOURCES: return None
+    if has_real_files(target, root):                 # files under the data root: real unless marked synthetic
+        try: marked = json.loads((data_root(root)/target/'meta.json').read_text()).get('synthetic') is True
+        except (OSError, ValueError, AttributeError): marked = False
+        if not marked: return None
     return sim.domain_shift(sim.domain_spec(SOURCES[target].synthetic))
 
 # %% ../nbs/11_experiment.ipynb #st26
