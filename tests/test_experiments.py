@@ -96,27 +96,38 @@ def test_finetune_rejects_missing_checkpoint(env):
 
 
 def test_transfer_grid(env, pretrained):
+    "Two seeds of every method on one target: intervals over seeds, the paired test, its note, gain vs shift."
     out = env/'transfer'
-    run('transfer', env/'transfer.ipynb', targets=['qb_text', 'tn_mixed'], pretrained=str(pretrained/'best'),
+    run('transfer', env/'transfer.ipynb', targets=['qb_text'], pretrained=str(pretrained/'best'), seeds=2,
         target_fraction=0.5, out_dir=str(out), finetune_epochs=1, **STUDY)
     s = json.loads((out/'summary.json').read_text())
-    assert set(s['results']) == {'qb_text', 'tn_mixed'}
-    for t in s['results'].values():
-        assert set(t) == {'transrec', 'transrec-pretrained', 'zero-shot', 'id_sasrec', 'frozen', 'popularity'}
-        assert all(0 <= r['NDCG@10'] <= 1 for r in t.values())
-    assert 'gain NDCG@10' in (out/'table.md').read_text() and (out/'chart.html').exists() and (out/'notebook.html').exists()
-    assert (out/'qb_text-frozen'/'finetune.ipynb').exists()          # each run leaves its executed notebook
-    index = (env/'index.md').read_text()                               # TRANSREC_REPORTS points the index here
-    assert '[transfer/qb_text-transrec-pretrained]' in index or 'qb_text-transrec-pretrained' in index
+    assert set(s['results']) == {'qb_text'} and s['seeds'] == [0, 1]
+    row, runs = s['table']['qb_text'], s['results']['qb_text']
+    assert set(runs) == {'transrec', 'transrec-pretrained', 'zero-shot', 'id_sasrec', 'frozen', 'popularity'}
+    assert all(len(seeds) == 2 and all(0 <= r['NDCG@10'] <= 1 for r in seeds) for seeds in runs.values())
+    assert all(row[m]['NDCG@10']['n'] == 2 and row[m]['NDCG@10']['half_width'] >= 0 for m in runs)
+    paired = row['paired_NDCG@10']
+    if (out/'qb_text'/'transrec'/'seed-0'/'per_user.npz').exists(): assert 0 <= paired['p_value'] <= 1
+    else: assert 'no per-user file' in paired['note']
+    assert [(p['target'], p['domain_shift']) for p in s['gain_vs_shift']] == [('qb_text', 0.0)]
+    assert 'gain NDCG@10' in (out/'table.md').read_text() and (out/'chart.html').exists()
+    assert (out/'gain_vs_shift.html').exists() and (out/'notebook.html').exists()
+    assert (out/'qb_text'/'frozen'/'seed-1'/'finetune.ipynb').exists()  # every run leaves its notebook
+    index = (env/'index.md').read_text()    # TRANSREC_REPORTS points the index here
+    assert 'transfer/qb_text/transrec-pretrained/seed-0' in index
 
 
 def test_scaling(env, pretrained):
     out = env/'scaling'
-    run('scaling', env/'scaling.ipynb', target='qb_text', source_fractions=[0.5], target_fractions=[0.5], base_target_fraction=0.5,
-        out_dir=str(out), pretrain_epochs=1, finetune_epochs=1, pretrained=str(pretrained/'best'), **STUDY)
+    run('scaling', env/'scaling.ipynb', target='qb_text', source_fractions=[0.5], target_fractions=[0.5],
+        base_target_fraction=0.5, seeds=1, out_dir=str(out), pretrain_epochs=1, finetune_epochs=1,
+        pretrained=str(pretrained/'best'), **STUDY)
     r = json.loads((out/'scaling.json').read_text())
     assert len(r['source_scaling']) == 2 and len(r['target_scaling']) == 1     # 0.5 and the full source
-    assert not (out/'pretrain-s1.0').exists()                                  # the full-source model was reused
+    assert not (out/'pretrain-s1.0').exists()                          # the full-source model was reused
+    assert (out/'pretrain-s0.5'/'seed-0'/'metrics.json').exists()
     assert r['source_scaling']['1.0']['source_users'] > r['source_scaling']['0.5']['source_users']
+    assert r['source_scaling']['1.0']['finetuned']['n'] == 1
     assert all((out/f'{n}.html').exists() for n in ('source_scaling', 'target_scaling', 'convergence'))
-    assert all(v is not None for c in r['convergence'].values() for v in c['scratch'] + c['pretrained'])
+    assert set(r['convergence']) == {'0.5', '1.0', 'scratch'}
+    assert all(band['mean'] and None not in band['mean'] for band in r['convergence'].values())

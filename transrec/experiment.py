@@ -13,14 +13,16 @@ from .core import ModelConfig, TrainConfig, resolve_device, log, banner, environ
 
 # %% auto #0
 __all__ = ['EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'METHOD_LABELS',
-           'TRANSFER_METHODS', 'check_data_name', 'check_init', 'check_fraction', 'split_params', 'Spec',
-           'experiment_params', 'study_run_params', 'dataset_summary', 'sample_users', 'image_weights_note',
+           'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'check_data_name', 'check_init', 'check_fraction', 'split_params',
+           'Spec', 'experiment_params', 'study_run_params', 'dataset_summary', 'sample_users', 'image_weights_note',
            'run_experiment', 'write_json', 'write_metrics', 'resume_run', 'read_run_json', 'write_run_params',
            'data_fingerprint', 'data_changes', 'check_resume_data', 'curves_figure', 'save_figure',
            'update_report_index', 'index_run', 'papermill_output_path', 'render_notebook_html',
-           'render_executed_notebook', 'run_notebook', 'transfer_table', 'table_markdown', 'results_frame', 'load_name',
-           'notebooks_dir', 'run_or_reuse', 'transfer_study', 'markdown_table_html', 'transfer_figure', 'scaling_study',
-           'scaling_figures']
+           'render_executed_notebook', 'run_notebook', 'seed_interval', 'interval_excludes_zero', 'gain_interval',
+           'aggregate_seeds', 'load_per_user', 'write_per_user', 'paired_users', 'paired_cell', 'format_interval',
+           'table_markdown', 'results_frame', 'target_shift', 'gain_vs_shift', 'gain_shift_figure', 'load_name',
+           'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study', 'write_transfer_reports',
+           'markdown_table_html', 'transfer_figure', 'curve_band', 'scaling_study', 'scaling_figures']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -146,6 +148,7 @@ _TRAIN = dict(max_steps=(None, Spec(int, 1, none_ok=True)), batch_size=(64, Spec
               progress=(True, Spec(bool)),
               resume=('auto', Spec(choices=('auto', 'fresh'))))
 _EPOCHS = Spec(int, 1, 100_000)
+_SEEDS = Spec(int, 1, 1000)          # a study's number of seeds: runs use seed, seed + 1, ...
 _STUDY = dict(pretrained=('', Spec(str, check=_init)), **_RUN, **_SIZE, pretrain_epochs=(20, _EPOCHS),
               finetune_epochs=(30, _EPOCHS), batch_size=_TRAIN['batch_size'], max_steps=_TRAIN['max_steps'])
 
@@ -157,14 +160,17 @@ EXPERIMENT_PARAMS = {
                      target_fraction=(0.1, _FRACTION), **_RUN, **_MODEL, epochs=(30, _EPOCHS),
                      **{**_TRAIN, 'patience': (5, Spec(int, 0))}),
     'transfer': dict(source=('qb_mixed', Spec(str, check=_data_name)),
-                     targets=(['qb_text', 'qb_image', 'tn_mixed', 'tn_text'], Spec(list, item=Spec(str, check=_data_name))),
+                     targets=(['qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image', 'nc_mixed', 'shift_000',
+                               'shift_025', 'shift_050', 'shift_075', 'shift_100'],
+                              Spec(list, item=Spec(str, check=_data_name))),
                      methods=(list(('transrec', 'transrec-pretrained', 'id_sasrec', 'frozen', 'popularity')),
                               Spec(list, item=Spec(str, check=_methods))),
-                     target_fraction=(0.1, _FRACTION), **_STUDY),
-    'scaling': dict(source=('qb_mixed', Spec(str, check=_data_name)), target=('qb_text', Spec(str, check=_data_name)),
+                     target_fraction=(0.1, _FRACTION), seeds=(3, _SEEDS), **_STUDY),
+    'scaling': dict(source=('qb_mixed', Spec(str, check=_data_name)),
+                    target=('tn_mixed', Spec(str, check=_data_name)),
                     source_fractions=([0.25, 0.5, 1.0], Spec(list, item=_FRACTION)),
                     target_fractions=([0.05, 0.1, 0.25, 0.5], Spec(list, item=_FRACTION)),
-                    base_target_fraction=(0.1, _FRACTION), **_STUDY),
+                    base_target_fraction=(0.1, _FRACTION), seeds=(3, _SEEDS), **_STUDY),
 }
 
 # %% ../nbs/11_experiment.ipynb #p008
@@ -462,33 +468,147 @@ def run_notebook(nb, run_dir, params: dict) -> Path:
     render_notebook_html(out_nb, run_dir/'notebook.html'); return out_nb
 
 # %% ../nbs/11_experiment.ipynb #c027
-METHOD_LABELS = {'transrec': 'TransRec (scratch)', 'transrec-pretrained': 'TransRec (pre-trained + fine-tuned)',
-                 'zero-shot': 'TransRec (zero-shot)', 'id_sasrec': 'ID-SASRec', 'frozen': 'Frozen-feature TransRec',
-                 'popularity': 'Popularity'}
+METHOD_LABELS = {'transrec': 'TransRec (scratch)',
+                 'transrec-pretrained': 'TransRec (pre-trained + fine-tuned)',
+                 'zero-shot': 'TransRec (zero-shot)', 'id_sasrec': 'ID-SASRec',
+                 'frozen': 'Frozen-feature TransRec', 'popularity': 'Popularity'}
 
-def transfer_table(results: dict, metrics=('NDCG@10', 'HR@10')) -> dict:
-    "`results[target][method]` -> metrics dicts; returns rows with each method's metrics and the pre-training gain."
+def seed_interval(values, confidence: float = 0.95) -> dict | None:
+    "`mean_interval` of the values that are not None (one per seed); None when every value is missing."
+    from transrec.metrics import mean_interval
+    present = [value for value in values if value is not None]
+    return mean_interval(present, confidence) if present else None
+
+# %% ../nbs/11_experiment.ipynb #st03
+def interval_excludes_zero(interval: dict | None) -> bool | None:
+    "True when the interval lies on one side of 0, False when it includes 0, None without an interval."
+    if interval is None: return None
+    half_width = interval.get('half_width')
+    if half_width is None or not math.isfinite(half_width): return None
+    return not interval['low'] <= 0 <= interval['high']
+
+# %% ../nbs/11_experiment.ipynb #st06
+def gain_interval(pretrained, scratch) -> dict | None:
+    "Relative gain (p - s) / s of `pretrained` over `scratch` per seed, with interval and significance."
+    from transrec.metrics import mean_interval
+    gains = [(pre - base) / base for pre, base in zip(pretrained, scratch) if pre is not None and base]
+    if not gains: return None
+    interval = mean_interval(gains)
+    return {**interval, 'significant': interval_excludes_zero(interval)}
+
+# %% ../nbs/11_experiment.ipynb #c028
+def aggregate_seeds(results: dict, metrics=('NDCG@10', 'HR@10')) -> dict:
+    "`results[target][method]`: one metrics dict per seed -> rows of intervals over seeds and the gain."
     rows = {}
-    for tgt, by in results.items():
-        row = {m: {k: (r or {}).get(k) for k in metrics} for m, r in by.items()}
-        s, p = (by.get('transrec') or {}).get('NDCG@10'), (by.get('transrec-pretrained') or {}).get('NDCG@10')
-        row['gain_NDCG@10'] = (p - s) / s if s and p is not None else None
-        rows[tgt] = row
+    for target, by_method in results.items():
+        row = {method: {name: seed_interval([(run or {}).get(name) for run in runs]) for name in metrics}
+               for method, runs in by_method.items()}
+        ndcg = {method: [(run or {}).get('NDCG@10') for run in runs] for method, runs in by_method.items()}
+        row['gain_NDCG@10'] = gain_interval(ndcg.get('transrec-pretrained', []), ndcg.get('transrec', []))
+        rows[target] = row
     return rows
 
-def table_markdown(rows: dict, metrics=('NDCG@10', 'HR@10')) -> str:
-    "A markdown table of `transfer_table` rows."
-    methods = [m for m in METHOD_LABELS if any(m in r for r in rows.values())]
-    head = '| target | ' + ' | '.join(f'{METHOD_LABELS[m]} {k}' for m in methods for k in metrics) + ' | gain NDCG@10 (pre-trained vs scratch) |'
-    lines = [head, '|' + '---|' * (2 + len(methods) * len(metrics))]
-    fmt = lambda x: '' if x is None else f'{x:.4f}'
-    for t, r in rows.items():
-        g = r.get('gain_NDCG@10')
-        lines.append(f'| {t} | ' + ' | '.join(fmt((r.get(m) or {}).get(k)) for m in methods for k in metrics) +
-                     f" | {'' if g is None else f'{100*g:+.1f}%'} |")
+# %% ../nbs/11_experiment.ipynb #st10
+def load_per_user(run_dir, group: str = 'cold') -> dict | None:
+    "`{user: rank}` of the `group` users in `run_dir/per_user.npz` (all if none is in it); None if absent."
+    path = Path(run_dir)/'per_user.npz'
+    if not path.exists(): return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            users, ranks, groups = arrays['user'].astype(str), arrays['rank'], arrays['group'].astype(str)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path} is not a per-user file with arrays user, rank, group ({e}); "
+                         f"delete the folder {Path(run_dir)} to run it again") from None
+    keep = groups == group
+    if not keep.any(): keep = np.ones(len(users), dtype=bool)
+    return dict(zip(users[keep].tolist(), ranks[keep].tolist()))
+
+# %% ../nbs/11_experiment.ipynb #st11
+def write_per_user(run_dir, users, ranks, groups) -> Path:
+    "Write `per_user.npz` (plain arrays, no pickle) into `run_dir` atomically; tests and tools use it."
+    path = Path(run_dir)/'per_user.npz'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name('per_user.tmp.npz')
+    np.savez(tmp, allow_pickle=False, user=np.asarray(users, dtype=str),
+             rank=np.asarray(ranks, dtype=np.int64), group=np.asarray(groups, dtype=str))
+    os.replace(tmp, path)
+    return path
+
+# %% ../nbs/11_experiment.ipynb #st14
+def paired_users(pretrained_dirs, scratch_dirs, k: int = 10) -> tuple | None:
+    "(users, NDCG@k pre-trained, NDCG@k scratch), each user averaged over the seeds where both held it out."
+    from transrec.metrics import per_user_metrics
+    totals = {}
+    for pretrained_dir, scratch_dir in zip(pretrained_dirs, scratch_dirs):
+        pretrained, scratch = load_per_user(pretrained_dir), load_per_user(scratch_dir)
+        if pretrained is None or scratch is None: return None
+        users = sorted(pretrained.keys() & scratch.keys())
+        if not users: continue
+        ndcg_pre = per_user_metrics([pretrained[user] for user in users], (k,))[f'NDCG@{k}']
+        ndcg_scratch = per_user_metrics([scratch[user] for user in users], (k,))[f'NDCG@{k}']
+        for user, pre, base in zip(users, ndcg_pre, ndcg_scratch):
+            total = totals.setdefault(user, np.zeros(3))
+            total += (pre, base, 1)
+    if not totals: return None
+    users = sorted(totals)
+    sums = np.array([totals[user] for user in users])
+    return users, sums[:, 0] / sums[:, 2], sums[:, 1] / sums[:, 2]
+
+# %% ../nbs/11_experiment.ipynb #st17
+def paired_cell(pretrained_dirs, scratch_dirs) -> dict:
+    "The paired test (held-out users, NDCG@10) of pre-trained vs scratch runs, or a `note` why there is none."
+    from transrec.metrics import paired_test
+    paired = paired_users(pretrained_dirs, scratch_dirs)
+    if paired is None:
+        return dict(note='no per-user file (per_user.npz) in these runs: no paired test')
+    users, ndcg_pre, ndcg_scratch = paired
+    test = paired_test(ndcg_pre, ndcg_scratch)
+    return {**test, 'significant': not test['low'] <= 0 <= test['high']}
+
+# %% ../nbs/11_experiment.ipynb #st20
+def _finite(x) -> bool: return x is not None and math.isfinite(x)
+
+def format_interval(interval: dict | None, percent: bool = False, seeds: int | None = None) -> str:
+    "'0.1234 ± 0.0050' (or '+12.3% ± 4.0%'), with '(n=2)' when fewer than `seeds` seeds went into it."
+    if interval is None: return ''
+    number = (lambda x: f'{100 * x:+.1f}%') if percent else (lambda x: f'{x:.4f}')
+    text = number(interval['mean'])
+    if _finite(interval.get('half_width')):
+        text += f" ± {number(interval['half_width']).lstrip('+')}"
+    if seeds is not None and interval.get('n', seeds) < seeds: text += f" (n={interval['n']})"
+    return text
+
+# %% ../nbs/11_experiment.ipynb #c030
+def _row_seeds(row: dict) -> int:
+    "The largest number of seeds behind any cell of a table row."
+    return max([cell.get('n', 0) for method, metrics in row.items() if method in METHOD_LABELS
+                for cell in metrics.values() if cell] or [0])
+
+def _gain_text(gain: dict | None) -> str:
+    if gain is None: return ''
+    mark = {False: ' (n.s.)', None: ' (one seed: no interval)'}.get(gain.get('significant'), '')
+    return format_interval(gain, percent=True) + mark
+
+def _p_text(paired: dict | None) -> str:
+    if not paired: return ''
+    if 'note' in paired: return 'n/a: no per_user.npz'
+    return f"{paired['p_value']:.3g}" + ('' if paired.get('significant') else ' (n.s.)')
+
+def table_markdown(rows: dict, metric: str = 'NDCG@10', shifts: dict | None = None) -> str:
+    "A markdown table of `aggregate_seeds` rows: intervals over seeds, the gain and the paired p-value."
+    methods = [m for m in METHOD_LABELS if any(m in row for row in rows.values())]
+    head = ('| target | shift | seeds | ' + ' | '.join(f'{METHOD_LABELS[m]} {metric}' for m in methods)
+            + f' | gain {metric} (pre-trained vs scratch) | p (paired, users) |')
+    lines = [head, '|' + '---|' * (5 + len(methods))]
+    for target, row in rows.items():
+        seeds, shift = _row_seeds(row), (shifts or {}).get(target)
+        cells = [format_interval((row.get(m) or {}).get(metric), seeds=seeds) for m in methods]
+        shift_text = '' if shift is None else f'{shift:.2f}'
+        lines.append(f"| {target} | {shift_text} | {seeds} | " + ' | '.join(cells)
+                     + f" | {_gain_text(row.get('gain_NDCG@10'))} | {_p_text(row.get('paired_NDCG@10'))} |")
     return '\n'.join(lines)
 
-# %% ../nbs/11_experiment.ipynb #c029
+# %% ../nbs/11_experiment.ipynb #c031
 def results_frame(results: dict):
     "A pandas table: one row per named metrics dict (overall metrics, then per modality)."
     import pandas as pd
@@ -501,7 +621,46 @@ def results_frame(results: dict):
                 if k in mm: rows[name][f'{mod} {k}'] = mm[k]
     return pd.DataFrame(rows).T
 
-# %% ../nbs/11_experiment.ipynb #c032
+# %% ../nbs/11_experiment.ipynb #st24
+def target_shift(target: str, root=None) -> float | None:
+    "`sim.domain_shift` of a registered target built synthetically; None for real files or a MoM folder."
+    from transrec import sim
+    from transrec.core import data_root
+    from transrec.sources import SOURCES, has_real_files
+    if target not in SOURCES: return None
+    if has_real_files(target, root):                 # files under the data root: real unless marked synthetic
+        try: marked = json.loads((data_root(root)/target/'meta.json').read_text()).get('synthetic') is True
+        except (OSError, ValueError, AttributeError): marked = False
+        if not marked: return None
+    return sim.domain_shift(sim.domain_spec(SOURCES[target].synthetic))
+
+# %% ../nbs/11_experiment.ipynb #st26
+def gain_vs_shift(rows: dict, shifts: dict) -> list[dict]:
+    "One point per target with a known shift and a gain: `domain_shift`, the gain's mean, interval and n."
+    points = []
+    for target, row in rows.items():
+        gain, shift = row.get('gain_NDCG@10'), shifts.get(target)
+        if gain is None or shift is None: continue
+        points.append(dict(target=target, domain_shift=shift,
+                           **{k: gain[k] for k in ('mean', 'half_width', 'low', 'high', 'n', 'significant')}))
+    return sorted(points, key=lambda point: (point['domain_shift'], point['target']))
+
+# %% ../nbs/11_experiment.ipynb #st28
+def gain_shift_figure(points: list[dict], metric: str = 'NDCG@10'):
+    "Plotly: relative gain of pre-training (error bars: 95% interval over seeds) against domain shift."
+    import plotly.graph_objects as go
+    errors = [p['half_width'] if _finite(p['half_width']) else 0 for p in points]
+    fig = go.Figure(go.Scatter(x=[p['domain_shift'] for p in points], y=[100 * p['mean'] for p in points],
+                               error_y=dict(type='data', array=[100 * e for e in errors], visible=True),
+                               text=[p['target'] for p in points], mode='markers+text',
+                               textposition='top right', name='gain'))
+    fig.add_hline(y=0, line_dash='dot', line_color='grey')
+    fig.update_layout(title=f'Gain of pre-training in {metric} vs domain shift (mean ± 95% interval, seeds)',
+                      xaxis_title='domain shift (0 = source world, 1 = unrelated)',
+                      yaxis_title=f'relative gain in {metric} (%)', template='plotly_white', height=420)
+    return fig
+
+# %% ../nbs/11_experiment.ipynb #c034
 def load_name(source: str) -> str:
     "The data set name a source resolves to (a registered name, or the folder name of a MoM path)."
     return Path(source).name if (Path(source)/'items.tsv').exists() else source
@@ -512,125 +671,247 @@ def notebooks_dir() -> Path:
     return project_root()/'nbs'
 
 def run_or_reuse(nb: str, out_dir, **params) -> dict:
-    "Run experiment notebook `nb` (e.g. 'finetune') into `out_dir` unless a run with the same parameters is there."
-    out_dir = Path(out_dir); mf = out_dir/'metrics.json'
+    "Run experiment notebook `nb` (e.g. 'finetune') in `out_dir` unless a run with these parameters is there."
+    out_dir = Path(out_dir)
+    metrics_file = out_dir/'metrics.json'
     params = {**params, 'out_dir': str(out_dir.resolve())}
-    if mf.exists():
-        m = json.loads(mf.read_text())
-        old, new = m.get('params') or {}, {k: v for k, v in _jsonable(params).items() if k not in RESUME_IGNORES}
-        if all(k in old and old[k] == v for k, v in new.items()):   # every parameter we set is what that run used
-            log.info(f'reusing {out_dir}'); return m
-        params['resume'] = 'fresh'                                   # a finished run with other settings: replace it
-    t0 = time.time()
+    if metrics_file.exists():
+        metrics = json.loads(metrics_file.read_text())
+        old = metrics.get('params') or {}
+        new = {k: v for k, v in _jsonable(params).items() if k not in RESUME_IGNORES}
+        if all(k in old and old[k] == v for k, v in new.items()):   # every parameter set here is what it used
+            log.info(f'reusing {out_dir}')
+            return metrics
+        params['resume'] = 'fresh'                      # a finished run with other settings: replace it
+    start = time.time()
     run_notebook(notebooks_dir()/f'{nb}.ipynb', out_dir, params)
-    log.info(f'{nb} -> {out_dir} in {time.time() - t0:.0f}s')
-    return json.loads(mf.read_text())
+    log.info(f'{nb} -> {out_dir} in {time.time() - start:.0f}s')
+    return json.loads(metrics_file.read_text())
 
-# %% ../nbs/11_experiment.ipynb #c034
+# %% ../nbs/11_experiment.ipynb #st31
+def study_seeds(seeds: int, first: int = 0) -> list[int]:
+    "The seeds of a study with `seeds` seeds starting at `first`."
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f'seeds={seeds!r}: give the number of seeds, an integer >= 1 (e.g. 3)')
+    return list(range(first, first + seeds))
+
+# %% ../nbs/11_experiment.ipynb #c036
 TRANSFER_METHODS = ('transrec', 'transrec-pretrained', 'id_sasrec', 'frozen', 'popularity')
+TRANSFER_TARGETS = ('qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image', 'nc_mixed',
+                    'shift_000', 'shift_025', 'shift_050', 'shift_075', 'shift_100')
 
-def transfer_study(out_dir, source: str, targets: list, pretrained: str = '', methods=TRANSFER_METHODS,
-                   target_fraction: float = 0.1, pretrain_params: dict | None = None, finetune_params: dict | None = None) -> dict:
-    "Run the transfer grid; writes summary.json, table.md/.html and chart.html into `out_dir`; returns the summary."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); t0 = time.time()
-    for t in targets: check_data_name(t, 'targets')
+def _pretrain_per_seed(out_dir, source: str, pretrained: str, seeds: list, params: dict) -> dict:
+    "{seed: pre-trained model folder}: the given model for every seed, else one pre-training per seed."
+    if pretrained: return {seed: check_init(pretrained) for seed in seeds}
+    runs = {seed: run_or_reuse('pretrain', Path(out_dir)/f'pretrain-{source}'/f'seed-{seed}', source=source,
+                               **{**params, 'seed': seed}) for seed in seeds}
+    return {seed: Path(run['best_dir']) for seed, run in runs.items()}
+
+def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: str = '',
+                   methods=TRANSFER_METHODS, target_fraction: float = 0.1, seeds: int = 1,
+                   pretrain_params: dict | None = None, finetune_params: dict | None = None) -> dict:
+    "Run the transfer grid over seeds; write summary.json, table.md/.html, chart.html, gain_vs_shift.html."
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    for target in targets: check_data_name(target, 'targets')
     bad = [m for m in methods if m not in TRANSFER_METHODS]
     if bad: raise ValueError(f'methods: unknown {bad}; choose from {list(TRANSFER_METHODS)}')
-    pre = None
-    if 'transrec-pretrained' in methods:
-        if pretrained: pre = check_init(pretrained)
-        else:
-            pm = run_or_reuse('pretrain', out_dir/f'pretrain-{source}', source=source, **(pretrain_params or {}))
-            pre = Path(pm['best_dir'])
-    results, runs = {}, {}
-    for t in targets:
-        results[t] = {}
-        for m in methods:
-            kind, init = ('transrec', str(pre)) if m == 'transrec-pretrained' else (m, 'scratch')
-            r = run_or_reuse('finetune', out_dir/f'{t}-{m}', target=t, init=init, kind=kind,
-                             target_fraction=target_fraction, **(finetune_params or {}))
-            results[t][m] = r['test']; runs[f'{t}/{m}'] = dict(wall_time_s=r['wall_time_s'], dir=str(out_dir/f'{t}-{m}'))
-            if m == 'transrec-pretrained': results[t]['zero-shot'] = r['zero_shot']
-    rows = transfer_table(results)
-    summary = dict(source=source, targets=list(targets), methods=list(methods), target_fraction=target_fraction,
-                   pretrained=str(pre) if pre else None, results=results, table=rows, runs=runs,
-                   synthetic=any(json.loads((Path(v['dir'])/'metrics.json').read_text()).get('synthetic') for v in runs.values()),
-                   wall_time_s=time.time() - t0)
+    finetune_params = finetune_params or {}
+    seed_list = study_seeds(seeds, finetune_params.get('seed', 0))
+    models = (_pretrain_per_seed(out_dir, source, pretrained, seed_list, pretrain_params or {})
+              if 'transrec-pretrained' in methods else {})
+    results, runs, dirs = {}, {}, {}
+    for target in targets:
+        results[target] = {}
+        for method in methods:
+            for seed in seed_list:
+                pretrained_run = method == 'transrec-pretrained'
+                kind, init = ('transrec', str(models[seed])) if pretrained_run else (method, 'scratch')
+                run_dir = out_dir/target/method/f'seed-{seed}'
+                run = run_or_reuse('finetune', run_dir, target=target, init=init, kind=kind,
+                                   target_fraction=target_fraction, **{**finetune_params, 'seed': seed})
+                results[target].setdefault(method, []).append(run['test'])
+                if pretrained_run: results[target].setdefault('zero-shot', []).append(run['zero_shot'])
+                runs[f'{target}/{method}/seed-{seed}'] = dict(
+                    wall_time_s=run['wall_time_s'], dir=str(run_dir), synthetic=run.get('synthetic'),
+                    held_out='test_all' in run)
+                dirs.setdefault((target, method), []).append(run_dir)
+    rows = aggregate_seeds(results)
+    for target in targets:
+        if (target, 'transrec') in dirs and (target, 'transrec-pretrained') in dirs:
+            rows[target]['paired_NDCG@10'] = paired_cell(dirs[target, 'transrec-pretrained'],
+                                                         dirs[target, 'transrec'])
+    shifts = {target: target_shift(target) for target in targets}
+    points = gain_vs_shift(rows, shifts)
+    held_out = all(run['held_out'] for run in runs.values())
+    evaluated_on = 'held-out (cold) users' if held_out else 'all users (runs without a held-out split)'
+    summary = dict(source=source, targets=list(targets), methods=list(methods), seeds=seed_list,
+                   target_fraction=target_fraction, pretrained={str(s): str(p) for s, p in models.items()},
+                   evaluated_on=evaluated_on,
+                   results=results, table=rows, domain_shift=shifts, gain_vs_shift=points, runs=runs,
+                   synthetic=any(run['synthetic'] for run in runs.values()), wall_time_s=time.time() - start)
     write_json(out_dir/'summary.json', summary)
-    md = table_markdown(rows); (out_dir/'table.md').write_text(md + '\n')
-    (out_dir/'table.html').write_text(markdown_table_html(md, title=f'Transfer from {source} (target fraction {target_fraction})'))
-    save_figure(transfer_figure(rows), out_dir/'chart.html')
+    write_transfer_reports(out_dir, summary)
     return summary
 
-def markdown_table_html(md: str, title: str = '') -> str:
-    "A minimal standalone HTML page for a markdown pipe table."
-    lines = [l for l in md.splitlines() if l.startswith('|') and not set(l) <= set('|-: ')]
-    cells = [[c.strip() for c in l.strip('|').split('|')] for l in lines]
-    head = ''.join(f'<th>{c}</th>' for c in cells[0])
-    body = ''.join('<tr>' + ''.join(f'<td>{c}</td>' for c in r) + '</tr>' for r in cells[1:])
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>body{{font-family:sans-serif}}'
-            f'table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head>'
-            f'<body><h2>{title}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>')
-
-def transfer_figure(rows: dict, metric: str = 'NDCG@10'):
-    "Grouped bars: test `metric` per target and method."
-    import plotly.graph_objects as go
-    fig = go.Figure()
-    for m, label in METHOD_LABELS.items():
-        ys = [(r.get(m) or {}).get(metric) for r in rows.values()]
-        if any(y is not None for y in ys): fig.add_trace(go.Bar(name=label, x=list(rows), y=ys))
-    fig.update_layout(barmode='group', title=f'Test {metric} by target and method', yaxis_title=metric, template='plotly_white', height=420)
-    return fig
+# %% ../nbs/11_experiment.ipynb #st34
+def write_transfer_reports(out_dir, summary: dict) -> list[Path]:
+    "table.md, table.html, chart.html and gain_vs_shift.html of a transfer `summary` into `out_dir`."
+    out_dir = Path(out_dir)
+    table = table_markdown(summary['table'], shifts=summary.get('domain_shift'))
+    note = (f"Test NDCG@10 on {summary['evaluated_on']}, mean ± 95% interval over seeds "
+            f"{summary['seeds']}; n.s. = the interval of the difference includes 0.")
+    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n')
+    title = f"Transfer from {summary['source']} (target fraction {summary['target_fraction']})"
+    (out_dir/'table.html').write_text(markdown_table_html(table, title=f'{title}. {note}'))
+    written = [out_dir/'table.md', out_dir/'table.html',
+               save_figure(transfer_figure(summary['table']), out_dir/'chart.html')]
+    if summary['gain_vs_shift']:
+        written.append(save_figure(gain_shift_figure(summary['gain_vs_shift']), out_dir/'gain_vs_shift.html'))
+    return written
 
 # %% ../nbs/11_experiment.ipynb #c037
-def scaling_study(out_dir, source: str, target: str, source_fractions=(0.25, 0.5, 1.0), target_fractions=(0.05, 0.1, 0.25),
-                  base_target_fraction: float = 0.1, pretrain_params: dict | None = None, finetune_params: dict | None = None,
-                  pretrained: str = '') -> dict:
-    "Source-size and target-size scaling curves; writes scaling.json and figures into `out_dir`."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); t0 = time.time()
-    check_data_name(source, 'source'); check_data_name(target, 'target')
-    for f in (*source_fractions, *target_fractions, base_target_fraction): check_fraction(f, 'fractions')
-    full_run = None
-    if pretrained:   # reuse a model pre-trained on the full source (e.g. the pretrain notebook's) for fraction 1.0
-        full_run = json.loads((check_init(pretrained).parent/'metrics.json').read_text())
-        if full_run.get('fraction', 1.0) != 1.0 or not str(full_run['data']['name']).startswith(load_name(source)):
-            raise ValueError(f"pretrained={pretrained!r} was not trained on all of {source!r}; leave it empty to pre-train here")
-    fp = finetune_params or {}
-    src = {}
-    for fs in sorted(set(source_fractions) | {1.0}):
-        pm = full_run if (fs == 1.0 and full_run) else \
-             run_or_reuse('pretrain', out_dir/f'pretrain-s{fs}', source=source, source_fraction=fs, **(pretrain_params or {}))
-        fm = run_or_reuse('finetune', out_dir/f'finetune-s{fs}-t{base_target_fraction}', target=target, init=pm['best_dir'],
-                          target_fraction=base_target_fraction, **fp)
-        src[fs] = dict(source_users=pm['train_data']['users'], source_test=pm['test'], zero_shot=fm['zero_shot'], finetuned=fm['test'])
-    full = Path(full_run['best_dir']) if full_run else Path(json.loads((out_dir/'pretrain-s1.0'/'metrics.json').read_text())['best_dir'])
-    tgt, curves = {}, {}
-    for ft in target_fractions:
-        sc = run_or_reuse('finetune', out_dir/f'scratch-t{ft}', target=target, init='scratch', kind='transrec', target_fraction=ft, **fp)
-        pt = run_or_reuse('finetune', out_dir/f'finetune-s1.0-t{ft}', target=target, init=str(full), target_fraction=ft, **fp)
-        tgt[ft] = dict(target_users=sc['train_data']['users'], scratch=sc['test'], pretrained=pt['test'])
-        curves[ft] = dict(scratch=[h.get('valid_NDCG@10') for h in sc['history']],
-                          pretrained=[h.get('valid_NDCG@10') for h in pt['history']])
-    res = dict(source=source, target=target, source_scaling=src, target_scaling=tgt, convergence=curves, wall_time_s=time.time() - t0)
-    write_json(out_dir/'scaling.json', res)
-    for name, fig in scaling_figures(res).items(): save_figure(fig, out_dir/f'{name}.html')
-    return res
+def markdown_table_html(md: str, title: str = '') -> str:
+    "A minimal standalone HTML page for a markdown pipe table."
+    lines = [line for line in md.splitlines() if line.startswith('|') and not set(line) <= set('|-: ')]
+    cells = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines]
+    head = ''.join(f'<th>{cell}</th>' for cell in cells[0])
+    body = ''.join('<tr>' + ''.join(f'<td>{cell}</td>' for cell in row) + '</tr>' for row in cells[1:])
+    style = ('body{font-family:sans-serif}table{border-collapse:collapse}'
+             'td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}')
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style>'
+            f'</head><body><h2>{title}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            '</body></html>')
 
-def scaling_figures(res: dict) -> dict:
-    "Plotly figures of a scaling study: source size, target size, convergence."
+# %% ../nbs/11_experiment.ipynb #st35
+def transfer_figure(rows: dict, metric: str = 'NDCG@10'):
+    "Grouped bars: test `metric` per target and method, error bars the 95% interval over seeds."
     import plotly.graph_objects as go
-    s, t = res['source_scaling'], res['target_scaling']
-    xs = [v['source_users'] for v in s.values()]
-    f1 = go.Figure([go.Scatter(x=xs, y=[v['finetuned']['NDCG@10'] for v in s.values()], name='pre-trained + fine-tuned', mode='lines+markers'),
-                    go.Scatter(x=xs, y=[(v['zero_shot'] or {}).get('NDCG@10') for v in s.values()], name='zero-shot', mode='lines+markers')])
-    f1.update_layout(title=f"{res['target']} test NDCG@10 vs source ({res['source']}) users", xaxis_title='source users', yaxis_title='NDCG@10', template='plotly_white')
-    xt = [v['target_users'] for v in t.values()]
-    f2 = go.Figure([go.Scatter(x=xt, y=[v['scratch']['NDCG@10'] for v in t.values()], name='scratch', mode='lines+markers'),
-                    go.Scatter(x=xt, y=[v['pretrained']['NDCG@10'] for v in t.values()], name='pre-trained', mode='lines+markers')])
-    f2.update_layout(title=f"{res['target']} test NDCG@10 vs target training users", xaxis_title='target training users', yaxis_title='NDCG@10', template='plotly_white')
-    f3 = go.Figure()
-    for ft, c in res['convergence'].items():
-        for k, dash in (('scratch', 'dot'), ('pretrained', 'solid')):
-            f3.add_trace(go.Scatter(y=c[k], x=list(range(1, len(c[k]) + 1)), name=f'{k}, target fraction {ft}', line=dict(dash=dash)))
-    f3.update_layout(title='Convergence: validation NDCG@10 per epoch', xaxis_title='epoch', yaxis_title='NDCG@10', template='plotly_white')
-    return {'source_scaling': f1, 'target_scaling': f2, 'convergence': f3}
+    fig = go.Figure()
+    for method, label in METHOD_LABELS.items():
+        cells = [(row.get(method) or {}).get(metric) for row in rows.values()]
+        if all(cell is None for cell in cells): continue
+        errors = [cell['half_width'] if cell and _finite(cell['half_width']) else 0 for cell in cells]
+        fig.add_trace(go.Bar(name=label, x=list(rows), y=[cell['mean'] if cell else None for cell in cells],
+                             error_y=dict(type='data', array=errors, visible=True)))
+    title = f'Test {metric} by target and method (mean ± 95% interval over seeds)'
+    fig.update_layout(barmode='group', title=title,
+                      yaxis_title=metric, template='plotly_white', height=420)
+    return fig
+
+# %% ../nbs/11_experiment.ipynb #st37
+def curve_band(histories: list, key: str = 'valid_NDCG@10') -> dict:
+    "Per epoch, the mean and 95% interval over seeds of `key` in each seed's `fit` history."
+    by_epoch = {}
+    for history in histories:
+        for record in history or []:
+            if record.get(key) is not None: by_epoch.setdefault(record['epoch'], []).append(record[key])
+    epochs = sorted(by_epoch)
+    cells = [seed_interval(by_epoch[epoch]) for epoch in epochs]
+    return dict(epoch=epochs, mean=[c['mean'] for c in cells], low=[c['low'] for c in cells],
+                high=[c['high'] for c in cells], n=[c['n'] for c in cells])
+
+# %% ../nbs/11_experiment.ipynb #c039
+def _interval_of(runs: list, split: str = 'test', metric: str = 'NDCG@10') -> dict | None:
+    return seed_interval([(run.get(split) or {}).get(metric) for run in runs])
+
+def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractions=(0.25, 0.5, 1.0),
+                  target_fractions=(0.05, 0.1, 0.25), base_target_fraction: float = 0.1, seeds: int = 1,
+                  pretrain_params: dict | None = None, finetune_params: dict | None = None,
+                  pretrained: str = '') -> dict:
+    "Source-size (with convergence curves) and target-size scaling over seeds; writes scaling.json, figures."
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    check_data_name(source, 'source')
+    check_data_name(target, 'target')
+    for fraction in (*source_fractions, *target_fractions, base_target_fraction):
+        check_fraction(fraction, 'fractions')
+    full_run = None
+    if pretrained:   # reuse a model pre-trained on the full source (the pretrain notebook's) for share 1.0
+        full_run = json.loads((check_init(pretrained).parent/'metrics.json').read_text())
+        same_source = str(full_run['data']['name']).startswith(load_name(source))
+        if full_run.get('fraction', 1.0) != 1.0 or not same_source:
+            raise ValueError(f"pretrained={pretrained!r} was not trained on all of {source!r}; "
+                             "leave it empty to pre-train here")
+    finetune_params, pretrain_params = finetune_params or {}, pretrain_params or {}
+    seed_list = study_seeds(seeds, finetune_params.get('seed', 0))
+    def pretrain(share, seed):
+        if share == 1.0 and full_run: return full_run
+        return run_or_reuse('pretrain', out_dir/f'pretrain-s{share}'/f'seed-{seed}', source=source,
+                            source_fraction=share, **{**pretrain_params, 'seed': seed})
+    def finetune(init, share, fraction, seed):
+        name = f'finetune-s{share}-t{fraction}' if init != 'scratch' else f'scratch-t{fraction}'
+        kind = dict(kind='transrec') if init == 'scratch' else {}
+        return run_or_reuse('finetune', out_dir/name/f'seed-{seed}', target=target, init=str(init),
+                            target_fraction=fraction, **kind, **{**finetune_params, 'seed': seed})
+    source_scaling, convergence = {}, {}
+    for share in sorted(set(source_fractions) | {1.0}):
+        pre = [pretrain(share, seed) for seed in seed_list]
+        tuned = [finetune(run['best_dir'], share, base_target_fraction, seed)
+                 for run, seed in zip(pre, seed_list)]
+        source_scaling[share] = dict(source_users=float(np.mean([run['train_data']['users'] for run in pre])),
+                                     source_test=_interval_of(pre),
+                                     zero_shot=_interval_of(tuned, 'zero_shot'),
+                                     finetuned=_interval_of(tuned), seeds=len(seed_list))
+        convergence[share] = curve_band([run['history'] for run in tuned])
+    scratch = [finetune('scratch', 0, base_target_fraction, seed) for seed in seed_list]
+    convergence['scratch'] = curve_band([run['history'] for run in scratch])
+    target_scaling = {}
+    for fraction in target_fractions:
+        scratch = [finetune('scratch', 0, fraction, seed) for seed in seed_list]
+        tuned = [finetune(pretrain(1.0, seed)['best_dir'], 1.0, fraction, seed) for seed in seed_list]
+        ndcg = lambda runs: [(run['test'] or {}).get('NDCG@10') for run in runs]
+        target_users = float(np.mean([run['train_data']['users'] for run in scratch]))
+        target_scaling[fraction] = dict(target_users=target_users, scratch=_interval_of(scratch),
+                                        pretrained=_interval_of(tuned),
+                                        gain=gain_interval(ndcg(tuned), ndcg(scratch)))
+    result = dict(source=source, target=target, seeds=seed_list, base_target_fraction=base_target_fraction,
+                  source_scaling=source_scaling, target_scaling=target_scaling, convergence=convergence,
+                  wall_time_s=time.time() - start)
+    write_json(out_dir/'scaling.json', result)
+    for name, fig in scaling_figures(result).items(): save_figure(fig, out_dir/f'{name}.html')
+    return result
+
+# %% ../nbs/11_experiment.ipynb #c040
+def _error_bars(cells: list) -> dict:
+    return dict(type='data', visible=True,
+                array=[cell['half_width'] if cell and _finite(cell['half_width']) else 0 for cell in cells])
+
+def _interval_line(go, xs, cells, name: str, **kw):
+    return go.Scatter(x=xs, y=[cell['mean'] if cell else None for cell in cells], error_y=_error_bars(cells),
+                      name=name, mode='lines+markers', **kw)
+
+def scaling_figures(result: dict) -> dict:
+    "Plotly figures of a scaling study: source size, convergence per source size, target size."
+    import plotly.graph_objects as go
+    source, target = result['source_scaling'], result['target_scaling']
+    seeds = f"mean ± 95% interval over {len(result.get('seeds') or [0])} seed(s)"
+    xs = [v['source_users'] for v in source.values()]
+    finetuned = [v['finetuned'] for v in source.values()]
+    zero_shot = [v['zero_shot'] for v in source.values()]
+    by_source = go.Figure([_interval_line(go, xs, finetuned, 'pre-trained + fine-tuned'),
+                           _interval_line(go, xs, zero_shot, 'zero-shot')])
+    by_source.update_layout(title=f"{result['target']} test NDCG@10 vs {result['source']} users ({seeds})",
+                            xaxis_title='source users', yaxis_title='NDCG@10', template='plotly_white')
+    xt = [v['target_users'] for v in target.values()]
+    by_target = go.Figure([_interval_line(go, xt, [v['scratch'] for v in target.values()], 'scratch'),
+                           _interval_line(go, xt, [v['pretrained'] for v in target.values()], 'pre-trained')])
+    by_target.update_layout(title=f"{result['target']} test NDCG@10 vs target training users ({seeds})",
+                            xaxis_title='target training users', yaxis_title='NDCG@10',
+                            template='plotly_white')
+    curves = go.Figure()
+    for share, band in result['convergence'].items():
+        name = 'scratch (no pre-training)' if share == 'scratch' else f'source share {share}'
+        dash = 'dot' if share == 'scratch' else 'solid'
+        high = [h if _finite(h) else m for h, m in zip(band['high'], band['mean'])]
+        low = [lo if _finite(lo) else m for lo, m in zip(band['low'], band['mean'])]
+        curves.add_trace(go.Scatter(x=band['epoch'] + band['epoch'][::-1], y=high + low[::-1], fill='toself',
+                                    opacity=0.2, line=dict(width=0), showlegend=False, hoverinfo='skip'))
+        curves.add_trace(go.Scatter(x=band['epoch'], y=band['mean'], name=name, mode='lines+markers',
+                                    line=dict(dash=dash)))
+    curves.update_layout(title=f"Convergence on {result['target']}: validation NDCG@10 per fine-tuning epoch "
+                               f"by source size ({seeds})", xaxis_title='epoch', yaxis_title='NDCG@10',
+                         template='plotly_white')
+    return {'source_scaling': by_source, 'convergence': curves, 'target_scaling': by_target}
