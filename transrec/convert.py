@@ -37,17 +37,17 @@ class ConversionError(ValueError):
 
 POLICIES = ('report', 'error')
 
-# %% ../nbs/03_convert.ipynb #x1ed2f48
+# %% ../nbs/03_convert.ipynb #x15cbd7f
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ConversionError(f"{name}={value!r}: choose one of {', '.join(map(repr, choices))}")
 
-# %% ../nbs/03_convert.ipynb #xf54e719
+# %% ../nbs/03_convert.ipynb #x2387d37
 class ProblemLog:
-    "Problems met while converting: raised at once (`'error'`) or counted with a few examples (`'report'`)."
+    "Problems met while converting, as `data.Problem`s: raised at once (`'error'`) or counted (`'report'`)."
     def __init__(self, root=None, max_examples: int = 5):
         self.root = Path(root) if root is not None else None
-        self.max_examples, self.entries = max_examples, {}
+        self.max_examples, self.entries = max_examples, {}   # (kind, file) -> first Problem, count, examples
 
     def rel(self, file) -> str:
         "`file` relative to the source folder when it lies inside it (shorter messages, portable meta.json)."
@@ -62,30 +62,38 @@ class ProblemLog:
         return self.rel(file) + (f', line {row}' if row is not None else '')
 
     def add(self, kind: str, file, row, detail: str, message: str, fix: str, policy: str = 'report') -> None:
-        "Record one problem; with `policy='error'` raise `ConversionError` instead."
+        "Record one problem (`row`: the line number); with `policy='error'` raise `ConversionError` instead."
         _check_choice('policy', policy, POLICIES)
-        if policy == 'error': raise ConversionError(f"{self.where(file, row)}: {message}: {detail}. {fix}")
-        entry = self.entries.setdefault((kind, self.rel(file)), dict(kind=kind, file=self.rel(file), count=0,
-                                                                  message=message, fix=fix, examples=[]))
+        problem = _data.Problem(self.rel(file), row, kind, message, fix, fatal=policy == 'error')
+        if problem.fatal: raise ConversionError(f"{self.where(file, row)}: {message}: {detail}. {fix}")
+        entry = self.entries.setdefault((kind, problem.file), dict(problem=problem, count=0, examples=[]))
         entry['count'] += 1
         if len(entry['examples']) < self.max_examples: entry['examples'].append(dict(row=row, detail=detail))
 
-    def count(self, kind: str | None = None) -> int:
-        return sum(entry['count'] for entry in self.entries.values() if kind is None or entry['kind'] == kind)
+    def problems(self) -> list:
+        "The first `transrec.data.Problem` of each kind and file."
+        return [entry['problem'] for entry in self.entries.values()]
 
-    def to_list(self) -> list[dict]: return [dict(entry) for entry in self.entries.values()]
+    def count(self, kind: str | None = None) -> int:
+        return sum(entry['count'] for entry in self.entries.values()
+                   if kind is None or entry['problem'].kind == kind)
+
+    def to_list(self) -> list[dict]:
+        "One dict per kind and file, for `meta.json`: kind, file, count, message, fix and the first examples."
+        return [dict(kind=entry['problem'].kind, file=entry['problem'].file, count=entry['count'],
+                     message=entry['problem'].message, fix=entry['problem'].fix, examples=entry['examples'])
+                for entry in self.entries.values()]
 
     def summary(self) -> str:
         return '\n'.join(f"{entry['count']} x {entry['kind']} in {entry['file'] or '(source)'}: "
-                         f"{entry['message']} "
-                         f"(e.g. {entry['examples'][0]['detail']}). {entry['fix']}"
-                         for entry in self.entries.values())
+                         f"{entry['message']} (e.g. {entry['examples'][0]['detail']}). {entry['fix']}"
+                         for entry in self.to_list())
 
 # %% ../nbs/03_convert.ipynb #c008
 def _open_binary(path: Path):
     return gzip.open(path, 'rb') if Path(path).suffix == '.gz' else open(path, 'rb')
 
-# %% ../nbs/03_convert.ipynb #x21f5d02
+# %% ../nbs/03_convert.ipynb #x9f6b93c
 def iter_lines(path, encoding_errors: str = 'strict',
                problems: ProblemLog | None = None) -> Iterator[tuple[int, str]]:
     "Yield `(line number, line)` of a UTF-8 text file (`.gz` is decompressed); the line ending is kept."
@@ -110,13 +118,13 @@ def iter_lines(path, encoding_errors: str = 'strict',
                              'Re-encode the source file as UTF-8 to keep the original characters.')
                 yield line_no, raw.decode('utf-8', 'replace')
 
-# %% ../nbs/03_convert.ipynb #x1716c6d
+# %% ../nbs/03_convert.ipynb #xd9a770c
 def sniff_sep(path) -> str:
     "The field separator of a delimited text file: tab if its first line has one, else comma."
     with _open_binary(Path(path)) as binary: first = binary.readline()
     return '\t' if b'\t' in first else ','
 
-# %% ../nbs/03_convert.ipynb #xc4c543f
+# %% ../nbs/03_convert.ipynb #x99f2bb0
 def csv_rows(path, sep: str | None = None, encoding_errors: str = 'strict',
              problems: ProblemLog | None = None) -> Iterator[tuple[int, list[str]]]:
     "Yield `(line number, fields)` of a CSV/TSV file (`sep=None`: sniffed); blank lines are skipped."
@@ -136,14 +144,14 @@ class Want:
     kind: str = 'file'            # 'file' | 'dir'
     required: bool = True
 
-# %% ../nbs/03_convert.ipynb #x15d26a7
+# %% ../nbs/03_convert.ipynb #xaefcccb
 def _listing(src: Path, n: int = 15) -> str:
     try: names = sorted(path.name + ('/' if path.is_dir() else '') for path in src.iterdir())
     except OSError: return '(unreadable)'
     if not names: return '(empty)'
     return ', '.join(names[:n]) + (f', ... ({len(names)} entries)' if len(names) > n else '')
 
-# %% ../nbs/03_convert.ipynb #x68e69a0
+# %% ../nbs/03_convert.ipynb #x19f0316
 def locate(src, wants: list[Want], given: dict) -> dict[str, Path | None]:
     "Each `Want` as a path: the option's value if given, else the single match of its patterns in `src`."
     src = Path(src).expanduser()
@@ -194,7 +202,7 @@ def scan_covers(folder, problems: ProblemLog | None = None) -> dict[str, Path]:
             covers.setdefault(path.stem, path)
     return covers
 
-# %% ../nbs/03_convert.ipynb #x03b19f3
+# %% ../nbs/03_convert.ipynb #x7f6349b
 def image_problem(cover) -> str | None:
     "None if `cover` (a path, or a callable returning encoded bytes) decodes as an image, else the reason."
     from PIL import Image
@@ -250,7 +258,7 @@ class SourceItem:
     file: Any = ''
     row: int | None = None
 
-# %% ../nbs/03_convert.ipynb #xb5ec0d3
+# %% ../nbs/03_convert.ipynb #x9e3bd7c
 def safe_name(item_id: str) -> str:
     "A file name for `item_id`: itself when made of `[A-Za-z0-9._-]`, else a cleaned form plus a short hash."
     name = re.sub(r'[^A-Za-z0-9._-]', '_', item_id)
@@ -258,7 +266,7 @@ def safe_name(item_id: str) -> str:
         name = f"{name.lstrip('.')[:80]}-{hashlib.sha1(item_id.encode()).hexdigest()[:10]}"
     return name
 
-# %% ../nbs/03_convert.ipynb #x1d55aa1
+# %% ../nbs/03_convert.ipynb #x3a6df8e
 class _LazyImages(Mapping):
     "image key -> path or encoded bytes, produced on access (LMDB covers are decoded only when written)."
     def __init__(self, sources: dict): self.sources = sources
@@ -276,11 +284,11 @@ def _jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None: return value
     return repr(value)
 
-# %% ../nbs/03_convert.ipynb #x15c3a17
+# %% ../nbs/03_convert.ipynb #xe4cfc7f
 def _drop_event_problem(problems, kind, event, message, fix, policy):
     problems.add(kind, event[3], event[4], f"user {event[0]!r}, item {event[1]!r}", message, fix, policy)
 
-# %% ../nbs/03_convert.ipynb #xe95d732
+# %% ../nbs/03_convert.ipynb #x61a3e91
 def _timestamp_column(timestamps: pd.Series) -> pd.Series:
     "Timestamps as written: Int64 when all integral, float otherwise, empty when absent."
     numbers = pd.to_numeric(timestamps, errors='coerce')
@@ -296,7 +304,7 @@ def _pid_alive(pid: int) -> bool:
     except OSError: return True          # e.g. another user's process
     return True
 
-# %% ../nbs/03_convert.ipynb #xd26107a
+# %% ../nbs/03_convert.ipynb #x02d5d3f
 def clean_stale_temporaries(out) -> list[Path]:
     "Remove the `.OUT.tmp-<pid>-*` / `.OUT.old-<pid>-*` siblings of `out` whose process is no longer running."
     out, removed = Path(out), []
@@ -314,7 +322,7 @@ def clean_stale_temporaries(out) -> list[Path]:
 def _sibling(out: Path, kind: str) -> Path:
     return out.parent/f'.{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
 
-# %% ../nbs/03_convert.ipynb #x8eb1a31
+# %% ../nbs/03_convert.ipynb #xe5c0cb2
 def build_atomic(out, build, replace: bool = False) -> Path:
     "Run `build(tmp)` in a fresh `.OUT.tmp-<pid>-<uuid>` beside `out`, then rename it to `out` (atomically)."
     out = Path(out)
@@ -515,6 +523,7 @@ TIME_NAMES = ('timestamp', 'time', 'ts', 'unixreviewtime', 'datetime', 'date')
 
 def _norm(s: str) -> str: return s.strip().lstrip('\ufeff').strip().lower().replace(' ', '_')
 
+# %% ../nbs/03_convert.ipynb #xbe85738
 def find_column(header: list[str], names) -> int | None:
     "Index of the first of `names` (by priority) present in `header` (case-insensitive), else None."
     normalised = [_norm(field) for field in header]
@@ -522,16 +531,16 @@ def find_column(header: list[str], names) -> int | None:
         if _norm(name) in normalised: return normalised.index(_norm(name))
     return None
 
-# %% ../nbs/03_convert.ipynb #xe28fdfa
+# %% ../nbs/03_convert.ipynb #x341ffff
 def _bad_row(problems, path, row, detail, message, fix, opts):
     problems.add('malformed_row', path, row, detail, message, fix, opts['bad_rows'])
 
-# %% ../nbs/03_convert.ipynb #x0f754b6
+# %% ../nbs/03_convert.ipynb #x0041037
 def _no_images(fmt, opts):
     if opts['modality'] == 'image':
         raise ConversionError(f"{fmt} has no images: use modality='auto' or 'text'")
 
-# %% ../nbs/03_convert.ipynb #x55a547e
+# %% ../nbs/03_convert.ipynb #xd00f150
 def read_item_texts(path, text_columns, text_sep, opts, problems, header='auto') -> dict[str, SourceItem]:
     "Item id (column 0 or the id column of a header) -> SourceItem(text) from a CSV/TSV item file."
     texts, cols, id_col = {}, None, 0
@@ -570,7 +579,7 @@ def read_item_texts(path, text_columns, text_sep, opts, problems, header='auto')
         texts[iid] = SourceItem(text, None, path, line_no)
     return texts
 
-# %% ../nbs/03_convert.ipynb #x72aa82c
+# %% ../nbs/03_convert.ipynb #xcb082b1
 def add_covers(catalog: dict, covers: dict[str, Path], folder) -> dict:
     "Attach covers to catalog items; ids that have a cover but no item row become items with empty text."
     for iid, cover in covers.items():
@@ -646,12 +655,12 @@ def parse_time(value: str):
     if moment.tzinfo is None: moment = moment.replace(tzinfo=timezone.utc)
     return int(moment.timestamp())
 
-# %% ../nbs/03_convert.ipynb #xeadaf9c
+# %% ../nbs/03_convert.ipynb #xe322ff0
 def _header(path, opts, problems) -> list[str]:
     for _, row in csv_rows(path, None, opts['encoding_errors'], problems): return row
     return []
 
-# %% ../nbs/03_convert.ipynb #x7cefd28
+# %% ../nbs/03_convert.ipynb #xa0c7214
 def _resolve_columns(header, columns, path, problems) -> dict:
     "Column index of user / item / timestamp in `header` (names from `columns` or guessed)."
     want = dict(user=USER_ID_NAMES, item=ITEM_ID_NAMES, timestamp=TIME_NAMES)
@@ -669,7 +678,7 @@ def _resolve_columns(header, columns, path, problems) -> dict:
         found[role] = index
     return found
 
-# %% ../nbs/03_convert.ipynb #x0faaa67
+# %% ../nbs/03_convert.ipynb #x052887d
 def read_pairs(path, columns, header, opts, problems) -> list[tuple]:
     "Interaction events (user, item, time, file, line) from a CSV/TSV of user-item pairs."
     cols, events = None, []
@@ -707,7 +716,7 @@ def read_pairs(path, columns, header, opts, problems) -> list[tuple]:
         events.append((user, item, timestamp, path, line_no))
     return events
 
-# %% ../nbs/03_convert.ipynb #x51b48ed
+# %% ../nbs/03_convert.ipynb #x5298515
 def read_item_table(path, text_fields, text_sep, opts, problems) -> dict[str, SourceItem]:
     "Item id -> SourceItem(text) from a CSV/TSV with a header; text = the `text_fields` columns joined."
     texts, cols, id_col = {}, None, None
@@ -809,7 +818,7 @@ def _mind_time(text: str) -> int:
                                       MIND_TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp())
     except ValueError: return parse_time(text)
 
-# %% ../nbs/03_convert.ipynb #xb9212d1
+# %% ../nbs/03_convert.ipynb #xe5d2a02
 def _find_all(src: Path, name: str, given) -> list[Path]:
     if given is not None:
         paths = [Path(given_path).expanduser()
@@ -921,7 +930,7 @@ def _flatten_text(value) -> str:
     if isinstance(value, dict): return ''
     return str(value)
 
-# %% ../nbs/03_convert.ipynb #xd120a88
+# %% ../nbs/03_convert.ipynb #xeac93c1
 def _image_urls(record: dict) -> list[str]:
     urls = []
     for key in ('imUrl', 'imageURL', 'imageURLHighRes', 'images'):
@@ -933,7 +942,7 @@ def _image_urls(record: dict) -> list[str]:
                          if isinstance(entry.get(size), str)]
     return urls
 
-# %% ../nbs/03_convert.ipynb #x563609c
+# %% ../nbs/03_convert.ipynb #x1c06a8e
 MAX_LITERAL_CHARS = 1_000_000   # longer Python-literal lines are not handed to `ast.literal_eval`
 
 def _json_line(line: str):
@@ -1053,7 +1062,7 @@ def _recbole_header(path, opts, problems) -> list[tuple[str, str]]:
     raise ConversionError(f"{path}: file is empty (expected a RecBole header like "
                           f"'user_id:token<TAB>item_id:token')")
 
-# %% ../nbs/03_convert.ipynb #x3a8d289
+# %% ../nbs/03_convert.ipynb #xee4560d
 def _recbole_rows(path, width, opts, problems) -> Iterator[tuple[int, list[str]]]:
     for line_no, line in iter_lines(path, opts['encoding_errors'], problems):
         if line_no == 1: continue
@@ -1147,7 +1156,7 @@ def from_recbole(src, dst, dataset: str | None = None, inter=None, item=None, te
 class PickleRefused(ValueError):
     "A pickle holds something other than plain data, NumPy arrays or `LMDB_Image` records (nothing was run)."
 
-# %% ../nbs/03_convert.ipynb #x4f2a434
+# %% ../nbs/03_convert.ipynb #xd3a6121
 @dataclass(eq=False)
 class PickleGlobal:
     "A class or function a pickle names (`GLOBAL`/`STACK_GLOBAL`): recorded by name, never imported."
@@ -1155,7 +1164,7 @@ class PickleGlobal:
     name: str
     def __str__(self): return f'{self.module}.{self.name}'
 
-# %% ../nbs/03_convert.ipynb #x4b21473
+# %% ../nbs/03_convert.ipynb #xdb658d0
 @dataclass(eq=False)
 class PickleCall:
     "What a pickle's REDUCE/NEWOBJ (+ BUILD) asks for: `func(*args)`, then `state`; recorded, never called."
@@ -1176,7 +1185,7 @@ def _pop_mark(stack, marks):
     del stack[at:]
     return items
 
-# %% ../nbs/03_convert.ipynb #xbb9b544
+# %% ../nbs/03_convert.ipynb #x669c4f5
 def read_pickle_data(data: bytes):
     "Walk the opcodes of pickle `data`, interpreting data opcodes only; calls and globals become records."
     stack, marks, memo = [], [], {}
@@ -1245,7 +1254,7 @@ class LMDBImageRecord:
 _NUMPY_MODULES = ('numpy.core.multiarray', 'numpy._core.multiarray', 'numpy.core.numeric',
                   'numpy._core.numeric', 'numpy')
 
-# %% ../nbs/03_convert.ipynb #x0fa9495
+# %% ../nbs/03_convert.ipynb #x4d32677
 def pickle_value(record):
     "The value of what `read_pickle_data` returned: data, arrays, LMDB_Image records; anything else refused."
     if isinstance(record, (str, bytes, int, float, bool)) or record is None: return record
@@ -1258,7 +1267,7 @@ def pickle_value(record):
         raise PickleRefused(f'refusing to load {record}: a pickle may hold data, not classes or functions')
     raise PickleRefused(f'unexpected {type(record).__name__} in a pickle')
 
-# %% ../nbs/03_convert.ipynb #xc76375f
+# %% ../nbs/03_convert.ipynb #x82b7fab
 def _pickle_dtype(call) -> np.dtype:
     func = call.func if isinstance(call, PickleCall) else None
     args = getattr(call, 'args', call)
@@ -1270,7 +1279,7 @@ def _pickle_dtype(call) -> np.dtype:
     order = call.state[1] if isinstance(call.state, tuple) and len(call.state) > 1 else '|'
     return dtype.newbyteorder(order) if order in ('<', '>') else dtype
 
-# %% ../nbs/03_convert.ipynb #x2064679
+# %% ../nbs/03_convert.ipynb #xc4eb424
 def _pickle_array(raw, dtype: np.dtype, shape, order: str = 'C') -> np.ndarray:
     if not (isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
         raise PickleRefused(f'array shape {shape!r} is not a tuple of sizes')
@@ -1288,7 +1297,7 @@ def _pickle_array(raw, dtype: np.dtype, shape, order: str = 'C') -> np.ndarray:
         array = np.frombuffer(raw, dtype=dtype).copy()
     return array.reshape(shape, order='F' if order == 'F' else 'C')
 
-# %% ../nbs/03_convert.ipynb #x57a619f
+# %% ../nbs/03_convert.ipynb #x1c2dce5
 def _lmdb_image(state) -> LMDBImageRecord:
     state = pickle_value(state)
     if not isinstance(state, dict): raise PickleRefused('LMDB_Image record without its attribute dict')
@@ -1302,7 +1311,7 @@ def _lmdb_image(state) -> LMDBImageRecord:
     record.size = size
     return record
 
-# %% ../nbs/03_convert.ipynb #xa141a42
+# %% ../nbs/03_convert.ipynb #x1010390
 def _pickle_call(call: PickleCall):
     func, args, state = call.func, call.args, call.state
     if not isinstance(func, PickleGlobal): raise PickleRefused('a pickle calls something but a named global')
@@ -1326,7 +1335,7 @@ def _pickle_call(call: PickleCall):
     raise PickleRefused(f'refusing to load {func}: only plain data, NumPy arrays and LMDB_Image records '
                         f'are read (nothing in the pickle is run)')
 
-# %% ../nbs/03_convert.ipynb #x5510af9
+# %% ../nbs/03_convert.ipynb #x2529daf
 def load_pickle_data(data: bytes):
     "The value pickled in `data` (`read_pickle_data` + `pickle_value`): nothing is unpickled or called."
     try: return pickle_value(read_pickle_data(data))
@@ -1345,7 +1354,7 @@ def _as_hwc(array: np.ndarray) -> np.ndarray:
         array = np.clip(array, 0, 255).astype(np.uint8)
     return array
 
-# %% ../nbs/03_convert.ipynb #x9de0d3a
+# %% ../nbs/03_convert.ipynb #x7b3ac44
 def decode_lmdb_image(value: bytes, layout: str = 'auto', image_shape=None,
                       channel_order: str = 'rgb') -> np.ndarray:
     "A cover stored in a reference-style LMDB value as an `HxW[xC]` uint8 array (layouts described above)."
@@ -1384,7 +1393,7 @@ def decode_lmdb_image(value: bytes, layout: str = 'auto', image_shape=None,
         array = array[..., [2, 1, 0] + ([3] if array.shape[-1] == 4 else [])]
     return array
 
-# %% ../nbs/03_convert.ipynb #xd6a87b4
+# %% ../nbs/03_convert.ipynb #x3c5b927
 def png_bytes(a: np.ndarray) -> bytes:
     "PNG file bytes of an `HxW[xC]` uint8 array."
     from PIL import Image
@@ -1596,7 +1605,7 @@ def _option_value(name: str, raw: str):
         elif not isinstance(value, list): value = [value]
     return tuple(value) if isinstance(value, list) else value
 
-# %% ../nbs/03_convert.ipynb #x370239e
+# %% ../nbs/03_convert.ipynb #xd685425
 def _bool_value(raw: str) -> bool:
     text = str(raw).strip().lower()
     if text in ('true', '1', 'yes', 'on'): return True
@@ -1610,7 +1619,7 @@ def converter_options(fn: Callable) -> dict:
     own = {name: param.default for name, param in params if name not in ('src', 'dst', 'options')}
     return {**own, **COMMON_OPTIONS}
 
-# %% ../nbs/03_convert.ipynb #x77d7eac
+# %% ../nbs/03_convert.ipynb #xdf546b1
 def add_converter_options(parser: argparse.ArgumentParser, fn: Callable) -> argparse.ArgumentParser:
     "Add `--name` options for converter `fn` to `parser` (absent ones are left out of the result)."
     for name, default in converter_options(fn).items():
@@ -1630,7 +1639,7 @@ class _OptionParser(argparse.ArgumentParser):
         valid = ', '.join(action.option_strings[0] for action in self._actions)
         raise ConversionError(f"{self.prog}: {message}; valid options: {valid}")
 
-# %% ../nbs/03_convert.ipynb #xf3d5e64
+# %% ../nbs/03_convert.ipynb #x774ac80
 def parse_options(args: list[str], fn: Callable) -> dict:
     "`--name value` command-line options for converter `fn` as keyword arguments (or `ConversionError`)."
     parser = add_converter_options(_OptionParser(prog=fn.__name__, add_help=False, allow_abbrev=False), fn)
