@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from transrec import data as tdata
-from transrec.convert import (CONVERTERS, ConversionError, convert, decode_lmdb_image, from_amazon, from_mind,
-                              from_ninerec, from_pixelrec, from_recbole, from_reference, main, parse_options)
+from transrec.convert import (ConversionError, convert, from_amazon, from_mind, from_ninerec, from_pixelrec,
+                              from_recbole, from_reference, main)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,12 +45,15 @@ class Loaded:
 
 
 def jpg(path, colour, size=(8, 6)):
-    path.parent.mkdir(parents=True, exist_ok=True); Image.new('RGB', size, colour).save(path); return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new('RGB', size, colour).save(path)
+    return path
 
 
 # ---------------------------------------------------------------- NineRec
 def ninerec(root, behaviour='u1\tv1 v2 v3 v4\nu2\tv4 v3 v1\n', items=None, covers=('v2', 'v4')):
-    root = Path(root); root.mkdir(parents=True, exist_ok=True)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     (root/'QB_behaviour.tsv').write_text(behaviour, encoding='utf-8')
     items = items if items is not None else ('v1,韩国电影,Korean movie\nv2,"猫, 狗",Cats and dogs\n'
                                                'v3,新闻,"News, ""quoted"""\nv4,音乐,Music\n')
@@ -97,7 +100,8 @@ def test_ninerec_modality_image_drops_items_without_cover_and_reports(tmp_path):
 
 def test_ninerec_malformed_line(tmp_path):
     src = ninerec(tmp_path/'src', behaviour='u1\tv1 v2 v3\nu2\t\nu3\tv1 v2 v3\n')
-    with pytest.raises(ConversionError, match=r'QB_behaviour.tsv, line 2: .*without items.*user_id<TAB>item1'):
+    with pytest.raises(ConversionError,
+                       match=r'QB_behaviour.tsv, line 2: .*without items.*user_id<TAB>item1'):
         from_ninerec(src, tmp_path/'out')
     assert not (tmp_path/'out').exists()               # nothing half-written
     d = Loaded(from_ninerec(src, tmp_path/'out', bad_rows='report'))
@@ -135,7 +139,8 @@ def test_ninerec_missing_files_listed(tmp_path):
 def test_ninerec_non_utf8(tmp_path):
     bad = 'v1,一,One\nv2,二,Two\n'.encode('utf-8') + 'v3,'.encode() + 'café'.encode('latin-1') + b',Three\nv4,x,y\n'
     src = ninerec(tmp_path/'src', items=bad)
-    with pytest.raises(ConversionError, match=r"QB_item.csv, line 3: bytes .* not UTF-8.*encoding_errors='replace'"):
+    with pytest.raises(ConversionError,
+                       match=r"QB_item.csv, line 3: bytes .* not UTF-8.*encoding_errors='replace'"):
         from_ninerec(src, tmp_path/'out')
     d = Loaded(from_ninerec(src, tmp_path/'out', encoding_errors='replace'))
     assert d.text('v3') == 'caf\ufffd'
@@ -148,7 +153,8 @@ def test_ninerec_corrupt_cover_falls_back_to_text(tmp_path):
     d = Loaded(from_ninerec(src, tmp_path/'out'))
     assert d.modality('v2') == 'text' and d.modality('v4') == 'image'
     assert d.problems()['corrupt_image']['count'] == 1
-    out = from_ninerec(src, tmp_path/'out2', check_images=False)       # not checked: copied, and the validator objects
+    # not checked: copied, and the validator objects
+    out = from_ninerec(src, tmp_path/'out2', check_images=False)
     if hasattr(tdata, 'validate'):
         rep = tdata.validate(out)
         assert not rep.ok and [p.kind for p in rep.errors] == ['corrupt_image']
@@ -161,7 +167,8 @@ def test_overwrite_rules(tmp_path):
         from_ninerec(src, out)
     from_ninerec(src, out, overwrite=True, modality='text')
     assert Loaded(out).modality('v2') == 'text' and not (out/'images').exists()
-    (tmp_path/'precious').mkdir(); (tmp_path/'precious'/'thesis.tex').write_text('x')
+    (tmp_path/'precious').mkdir()
+    (tmp_path/'precious'/'thesis.tex').write_text('x')
     with pytest.raises(ConversionError, match='not a MoM data set'):
         from_ninerec(src, tmp_path/'precious', overwrite=True)
     assert (tmp_path/'precious'/'thesis.tex').exists()
@@ -179,11 +186,13 @@ def test_lmdb_image_store(tmp_path):
 
 # ---------------------------------------------------------------- PixelRec / MicroLens
 def test_pixelrec_layout(tmp_path):
-    src = tmp_path/'Pixel200K'; src.mkdir()
+    src = tmp_path/'Pixel200K'
+    src.mkdir()
     (src/'Pixel200K.csv').write_text('item_id,user_id,timestamp\ni1,u1,30\ni2,u1,10\ni3,u1,20\ni1,u2,1\ni3,u2,2\ni2,u2,3\n'
                                      'i4,u1,40\ni4,u2,4\ni1,u1,50\n')
     (src/'item_info.csv').write_text('item_id,view_number,comment_number,title,tag,description\n'
-                                     'i1,10,1,Cute cat,pets,"a cat, sleeping"\ni2,5,0,Cooking,food,pasta\ni3,7,2,,none,\n'
+                                     'i1,10,1,Cute cat,pets,"a cat, '
+                                     'sleeping"\ni2,5,0,Cooking,food,pasta\ni3,7,2,,none,\n'
                                      'i4,1,1,Skiing,sport,snow\n')
     for i, c in [('i1', 'red'), ('i3', 'blue')]: jpg(src/'covers'/f'{i}.jpg', c)
     d = Loaded(from_pixelrec(src, tmp_path/'out'))
@@ -193,16 +202,19 @@ def test_pixelrec_layout(tmp_path):
     assert d.image('i3').getpixel((0, 0))[2] > 100
     ia = pd.read_csv(d.path/'interactions.tsv', sep='\t', dtype=str)
     assert list(ia.timestamp[:3]) == ['10', '20', '30']
-    d = Loaded(from_pixelrec(src, tmp_path/'out2', text_fields=('title', 'description'), text_sep=' - ', modality='text',
+    d = Loaded(from_pixelrec(src, tmp_path/'out2', text_fields=('title', 'description'), text_sep=' - ',
+                             modality='text',
                              dedup=True))
     assert d.text('i1') == 'Cute cat - a cat, sleeping'
     assert 'i3' not in d.items and d.problems()['empty_text']['count'] == 1
     assert d.seqs == {'u1': ['i2', 'i1', 'i4'], 'u2': ['i1', 'i2', 'i4']}
-    assert d.meta['conversion_notes'] == dict(duplicates_removed=1, interactions_dropped_with_items=2, unused_catalog_items_dropped=0)
+    assert d.meta['conversion_notes'] == dict(duplicates_removed=1, interactions_dropped_with_items=2,
+                                              unused_catalog_items_dropped=0)
 
 
 def test_microlens_layout_and_dates(tmp_path):
-    src = tmp_path/'MicroLens-50k'; src.mkdir()
+    src = tmp_path/'MicroLens-50k'
+    src.mkdir()
     (src/'MicroLens-50k_pairs.csv').write_text('user,item,timestamp\n7,100,2023-01-03\n7,101,2023-01-01\n7,102,2023-01-02\n'
                                                '8,101,2023-02-01\n8,100,2023-02-02\n8,102,2023-02-03\n')
     (src/'MicroLens-50k_titles.csv').write_text('item,title\n100,Funny dog\n101,News today\n102,Dance\n')
@@ -215,9 +227,12 @@ def test_microlens_layout_and_dates(tmp_path):
 
 
 def test_pixelrec_headerless_and_column_errors(tmp_path):
-    src = tmp_path/'src'; src.mkdir()
+    src = tmp_path/'src'
+    src.mkdir()
     (src/'inter.csv').write_text('a,x,3\na,y,1\na,z,2\n')
-    jpg(src/'covers'/'x.jpg', 'red'); jpg(src/'covers'/'y.jpg', 'red'); jpg(src/'covers'/'z.jpg', 'red')
+    jpg(src/'covers'/'x.jpg', 'red')
+    jpg(src/'covers'/'y.jpg', 'red')
+    jpg(src/'covers'/'z.jpg', 'red')
     with pytest.raises(ConversionError, match=r'interaction CSV.*interactions=PATH'):
         from_pixelrec(src, tmp_path/'out')
     d = Loaded(from_pixelrec(src, tmp_path/'out', interactions='inter.csv', header=False))
@@ -225,7 +240,8 @@ def test_pixelrec_headerless_and_column_errors(tmp_path):
     (src/'inter2.csv').write_text('uid,iid,when\na,x,bad-date\na,y,1\na,z,2\n')
     with pytest.raises(ConversionError, match=r"no timestamp column named 'time'.*\['uid', 'iid', 'when'\]"):
         from_pixelrec(src, tmp_path/'o2', interactions='inter2.csv', columns=dict(timestamp='time'))
-    with pytest.raises(ConversionError, match=r"inter2.csv, line 2: timestamp 'bad-date' is not a finite number.*ISO 8601 date"):
+    with pytest.raises(ConversionError,
+                       match=r"inter2.csv, line 2: timestamp 'bad-date' is not a finite number.*ISO 8601 date"):
         from_pixelrec(src, tmp_path/'o2', interactions='inter2.csv', columns=dict(timestamp='when'))
     with pytest.raises(ConversionError, match=r'header=False needs columns= as 0-based positions'):
         from_pixelrec(src, tmp_path/'o2', interactions='inter.csv', header=False, columns=dict(user='uid'))
@@ -238,9 +254,11 @@ def mind(root):
             'N3\tfood\trecipes\tPasta tips\t\thttps://x/3\t[]\t[]\n'
             'N4\tweather\tus\tStorm ahead\tRain.\thttps://x/4\t[]\t[]\n')
     tr, dv = Path(root)/'MINDsmall_train', Path(root)/'MINDsmall_dev'
-    tr.mkdir(parents=True); dv.mkdir(parents=True)
+    tr.mkdir(parents=True)
+    dv.mkdir(parents=True)
     (tr/'news.tsv').write_text(news)
-    (dv/'news.tsv').write_text(news.splitlines(True)[1] + 'N5\tauto\tcars\tNew EV\tFast.\thttps://x/5\t[]\t[]\n')
+    (dv/'news.tsv').write_text(news.splitlines(True)[1]
+                               + 'N5\tauto\tcars\tNew EV\tFast.\thttps://x/5\t[]\t[]\n')
     (tr/'behaviors.tsv').write_text('1\tU1\t11/12/2019 8:55:22 AM\tN1 N2\tN3-1 N4-0\n'
                                     '2\tU2\t11/11/2019 9:00:00 PM\tN4\tN1-0 N2-1 N3-1\n'
                                     '3\tU1\t11/11/2019 1:00:00 PM\tN1 N2\tN4-1 N3-0\n')
@@ -252,7 +270,8 @@ def mind(root):
 def test_mind_merges_splits_history_first_dedup(tmp_path):
     d = Loaded(from_mind(mind(tmp_path/'src'), tmp_path/'out'))
     # U1: history N1 N2, then clicks by impression time: N4 (11/11), N3 (11/12), N5 (11/15; N3 again deduplicated)
-    assert d.seqs == {'U1': ['N1', 'N2', 'N4', 'N3', 'N5'], 'U2': ['N4', 'N2', 'N3'], 'U3': ['N5', 'N4', 'N1']}
+    assert d.seqs == {'U1': ['N1', 'N2', 'N4', 'N3', 'N5'], 'U2': ['N4', 'N2', 'N3'],
+                      'U3': ['N5', 'N4', 'N1']}
     assert d.text('N1') == 'Goal!' and d.text('N5') == 'New EV'
     assert set(m for m, _ in d.items.values()) == {'text'}
     notes = d.meta['conversion_notes']
@@ -265,12 +284,15 @@ def test_mind_merges_splits_history_first_dedup(tmp_path):
 
 def test_mind_text_fields_and_errors(tmp_path):
     src = mind(tmp_path/'src')
-    d = Loaded(from_mind(src/'MINDsmall_train', tmp_path/'out', text_fields=('category', 'title', 'abstract')))
+    d = Loaded(from_mind(src/'MINDsmall_train', tmp_path/'out',
+                         text_fields=('category', 'title', 'abstract')))
     assert d.text('N1') == 'sports | Goal! | A late goal.' and d.text('N3') == 'food | Pasta tips'
     with pytest.raises(ConversionError, match='not MIND news fields'):
         from_mind(src, tmp_path/'o2', text_fields=('body',))
-    with open(src/'MINDsmall_dev'/'behaviors.tsv', 'a') as f: f.write('6\tU4\t11/15/2019 11:00:00 AM\tN1\tN2-x\n')
-    with pytest.raises(ConversionError, match=r"MINDsmall_dev/behaviors.tsv, line 3: impression token.*'N2-x'"):
+    with open(src/'MINDsmall_dev'/'behaviors.tsv', 'a') as f:
+        f.write('6\tU4\t11/15/2019 11:00:00 AM\tN1\tN2-x\n')
+    with pytest.raises(ConversionError,
+                       match=r"MINDsmall_dev/behaviors.tsv, line 3: impression token.*'N2-x'"):
         from_mind(src, tmp_path/'o3')
     with pytest.raises(ConversionError, match=r'news.tsv'):
         from_mind(src/'MINDsmall_train', tmp_path/'o4', news=[])
@@ -285,43 +307,51 @@ def write_jsonl(path, rows, gz=False):
 
 
 def test_amazon_2014_python_literal_meta_gz(tmp_path):
-    src = tmp_path/'src'; src.mkdir()
+    src = tmp_path/'src'
+    src.mkdir()
     write_jsonl(src/'reviews_Toys_5.json.gz', [dict(reviewerID='A1', asin='B2', unixReviewTime=200),
                                                dict(reviewerID='A1', asin='B1', unixReviewTime=100),
                                                dict(reviewerID='A1', asin='B3', unixReviewTime=300),
                                                dict(reviewerID='A2', asin='B3', unixReviewTime=5),
                                                dict(reviewerID='A2', asin='B2', unixReviewTime=6),
                                                dict(reviewerID='A2', asin='B1', unixReviewTime=7)], gz=True)
-    write_jsonl(src/'meta_Toys.json.gz', ["{'asin': 'B1', 'title': 'Yo-yo', 'categories': [['Toys', 'Classic']]}",
-                                          "{'asin': 'B2', 'title': 'Kite &amp; string', 'imUrl': 'http://x/I/kite.jpg'}",
+    write_jsonl(src/'meta_Toys.json.gz',
+                ["{'asin': 'B1', 'title': 'Yo-yo', 'categories': [['Toys', 'Classic']]}",
+                                          "{'asin': 'B2', 'title': 'Kite &amp; string', 'imUrl': "
+                                          "'http://x/I/kite.jpg'}",
                                           "{'asin': 'B3', 'title': 'Ball'}"], gz=True)
     d = Loaded(from_amazon(src, tmp_path/'out', text_fields=('title', 'categories')))
     assert d.seqs == {'A1': ['B1', 'B2', 'B3'], 'A2': ['B3', 'B2', 'B1']}
     assert d.text('B1') == 'Yo-yo | Toys, Classic' and d.text('B2') == 'Kite & string'
     assert d.meta['conversion_notes']['timestamp_unit'] == 's'
     # a local image folder: by item id, or by the file name of an image URL
-    jpg(tmp_path/'imgs'/'B1.jpg', 'red'); jpg(tmp_path/'imgs'/'kite.jpg', 'blue')
+    jpg(tmp_path/'imgs'/'B1.jpg', 'red')
+    jpg(tmp_path/'imgs'/'kite.jpg', 'blue')
     d = Loaded(from_amazon(src, tmp_path/'out2', images=tmp_path/'imgs'))
     assert (d.modality('B1'), d.modality('B2'), d.modality('B3')) == ('image', 'image', 'text')
     assert d.image('B2').getpixel((1, 1))[2] > 100
 
 
 def test_amazon_2023_fields_unknown_item_and_bad_json(tmp_path):
-    src = tmp_path/'src'; src.mkdir()
+    src = tmp_path/'src'
+    src.mkdir()
     revs = [dict(user_id='U', asin='X1', parent_asin='P1', timestamp=1_600_000_003_000),
             dict(user_id='U', asin='X2', parent_asin='P2', timestamp=1_600_000_001_000),
             dict(user_id='U', asin='X9', parent_asin='P9', timestamp=1_600_000_004_000),
             dict(user_id='U', asin='X3', parent_asin='P3', timestamp=1_600_000_002_000)]
     write_jsonl(src/'Toys_and_Games.jsonl', revs)
-    write_jsonl(src/'meta_Toys_and_Games.jsonl', [dict(parent_asin=p, title=t, images=[dict(large=f'https://m/{p}.jpg')])
-                                                  for p, t in [('P1', 'Robot'), ('P2', 'Blocks'), ('P3', 'Doll')]])
+    write_jsonl(src/'meta_Toys_and_Games.jsonl',
+                [dict(parent_asin=p, title=t, images=[dict(large=f'https://m/{p}.jpg')])
+                                                  for p,
+                                                  t in [('P1', 'Robot'), ('P2', 'Blocks'), ('P3', 'Doll')]])
     d = Loaded(from_amazon(src, tmp_path/'out'))
     assert d.seqs == {'U': ['P2', 'P3', 'P1']} and d.text('P3') == 'Doll'
     p = d.problems()['unknown_item']
     assert p['count'] == 1 and p['file'] == 'Toys_and_Games.jsonl' and p['examples'][0]['row'] == 3
     assert d.meta['conversion_notes']['timestamp_unit'] == 'ms'
     with open(src/'Toys_and_Games.jsonl', 'a') as f: f.write('{"user_id": "U", "parent_asin": \n')
-    with pytest.raises(ConversionError, match=r'Toys_and_Games.jsonl, line 5: review line is not a JSON object'):
+    with pytest.raises(ConversionError,
+                       match=r'Toys_and_Games.jsonl, line 5: review line is not a JSON object'):
         from_amazon(src, tmp_path/'o2')
     (src/'more_reviews.jsonl').write_text('')
     with pytest.raises(ConversionError, match=r'several review files.*reviews=PATH'):
@@ -332,12 +362,14 @@ def test_amazon_2023_fields_unknown_item_and_bad_json(tmp_path):
 
 # ---------------------------------------------------------------- RecBole
 def recbole(root):
-    root = Path(root); root.mkdir(parents=True)
+    root = Path(root)
+    root.mkdir(parents=True)
     (root/'ml.inter').write_text('user_id:token\titem_id:token\trating:float\ttimestamp:float\n'
                                  '1\t10\t5\t978300760\n1\t11\t3\t978300700\n1\t12\t4\t978300800\n'
                                  '2\t12\t4\t1\n2\t10\t4\t2\n2\t11\t4\t3\n')
     (root/'ml.item').write_text('item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\tscore:float\n'
-                                '10\tToy Story\t1995\tAnimation Comedy\t8.1\n11\tJumanji\t1995\tAdventure\t6.9\n'
+                                '10\tToy Story\t1995\tAnimation '
+                                'Comedy\t8.1\n11\tJumanji\t1995\tAdventure\t6.9\n'
                                 '12\tHeat\t1995\tAction Crime\t8.2\n')
     return root
 
@@ -347,7 +379,8 @@ def test_recbole_default_text_order_and_explicit_fields(tmp_path):
     assert d.seqs == {'1': ['11', '10', '12'], '2': ['12', '10', '11']}
     assert d.text('10') == 'Toy Story | 1995 | Animation Comedy'           # token/token_seq fields in header order
     assert d.meta['provenance']['options']['text_fields'] == ['movie_title', 'release_year', 'genre']
-    d = Loaded(from_recbole(tmp_path/'src', tmp_path/'out2', text_fields=('genre', 'movie_title'), text_sep='; '))
+    d = Loaded(from_recbole(tmp_path/'src', tmp_path/'out2', text_fields=('genre', 'movie_title'),
+                            text_sep='; '))
     assert d.text('12') == 'Action Crime; Heat'
 
 
@@ -369,7 +402,10 @@ def test_recbole_errors(tmp_path):
 # ---------------------------------------------------------------- reference TransRec layout
 class LMDB_Image:   # the reference code's record class (get_lmdb.py / generate_lmdb.py)
     def __init__(self, image, id):
-        self.channels = image.shape[2]; self.size = image.shape[:2]; self.image = image.tobytes(); self.id = id
+        self.channels = image.shape[2]
+        self.size = image.shape[:2]
+        self.image = image.tobytes()
+        self.id = id
 
 
 def put_lmdb(path, entries, subdir=True):
@@ -377,19 +413,27 @@ def put_lmdb(path, entries, subdir=True):
     env = lmdb.open(str(path), map_size=1 << 24, subdir=subdir)
     with env.begin(write=True) as txn:
         for k, v in entries.items(): txn.put(k.encode(), v)
-        txn.put(b'__keys__', pickle.dumps([k.encode() for k in entries])); txn.put(b'__len__', pickle.dumps(len(entries)))
+        txn.put(b'__keys__', pickle.dumps([k.encode() for k in entries]))
+        txn.put(b'__len__', pickle.dumps(len(entries)))
     env.close()
 
 
 def img(c, shape=(6, 7, 3)):
-    a = np.zeros(shape, np.uint8); a[..., 0] = c; a[..., 1] = 255 - c; return a
+    a = np.zeros(shape, np.uint8)
+    a[..., 0] = c
+    a[..., 1] = 255 - c
+    return a
 
 
 def test_reference_2d_padded_lmdb_image_pickles(tmp_path):
-    src = tmp_path/'src'; src.mkdir()
-    np.save(src/'users.npy', np.array([['N1', 'v1', 'N2', 'v2'], ['v2', 'N1', 'v1', ''], ['N2', 'N2', 'v1', '']], dtype=object))
+    src = tmp_path/'src'
+    src.mkdir()
+    np.save(src/'users.npy',
+            np.array([['N1', 'v1', 'N2', 'v2'], ['v2', 'N1', 'v1', ''], ['N2', 'N2', 'v1', '']],
+                     dtype=object))
     (src/'news_title.txt').write_text('N1 Stocks rally on   Monday\nN2 New phone\n')
-    put_lmdb(src/'bili.lmdb', {'v1': pickle.dumps(LMDB_Image(img(10), 'v1')), 'v2': pickle.dumps(LMDB_Image(img(200), 'v2'))})
+    put_lmdb(src/'bili.lmdb',
+             {'v1': pickle.dumps(LMDB_Image(img(10), 'v1')), 'v2': pickle.dumps(LMDB_Image(img(200), 'v2'))})
     d = Loaded(from_reference(src, tmp_path/'out'))
     assert d.seqs == {'u0': ['N1', 'v1', 'N2', 'v2'], 'u1': ['v2', 'N1', 'v1'], 'u2': ['N2', 'N2', 'v1']}
     assert d.text('N1') == 'Stocks rally on   Monday' and d.modality('v1') == 'image' and d.modality('N2') == 'text'
@@ -398,8 +442,11 @@ def test_reference_2d_padded_lmdb_image_pickles(tmp_path):
 
 
 def test_reference_object_array_dict_and_other_layouts(tmp_path):
-    src = tmp_path/'src'; src.mkdir()
-    seqs = np.empty(2, dtype=object); seqs[0] = ['a', 'b', 'c']; seqs[1] = np.array(['c', 'a', 'b', 'a'])
+    src = tmp_path/'src'
+    src.mkdir()
+    seqs = np.empty(2, dtype=object)
+    seqs[0] = ['a', 'b', 'c']
+    seqs[1] = np.array(['c', 'a', 'b', 'a'])
     np.save(src/'seqs.npy', seqs)
     put_lmdb(src/'raw.lmdb', {k: img(c).tobytes() for k, c in [('a', 1), ('b', 2), ('c', 3)]}, subdir=False)
     with pytest.raises(ConversionError, match=r"image_layout='raw' and image_shape"):
@@ -408,16 +455,21 @@ def test_reference_object_array_dict_and_other_layouts(tmp_path):
     assert d.seqs == {'u0': ['a', 'b', 'c'], 'u1': ['c', 'a', 'b', 'a']}
     assert np.array_equal(np.asarray(d.image('c')), img(3))
     # dict of sequences + pickled CHW ndarrays, BGR
-    (src/'seqs.npy').unlink(); (src/'raw.lmdb').unlink(); (src/'raw.lmdb-lock').unlink(missing_ok=True)
+    (src/'seqs.npy').unlink()
+    (src/'raw.lmdb').unlink()
+    (src/'raw.lmdb-lock').unlink(missing_ok=True)
     np.save(src/'seqs.npy', np.array({'alice': ['a', 'b', 'c'], 'bob': 'b c a'}, dtype=object))
-    put_lmdb(src/'nd.lmdb', {k: pickle.dumps(img(c)[..., ::-1].transpose(2, 0, 1).copy()) for k, c in [('a', 1), ('b', 2), ('c', 3)]})
+    put_lmdb(src/'nd.lmdb',
+             {k: pickle.dumps(img(c)[..., ::-1].transpose(2, 0, 1).copy()) for k,
+              c in [('a', 1), ('b', 2), ('c', 3)]})
     d = Loaded(from_reference(src, tmp_path/'out2', image_layout='ndarray', channel_order='bgr'))
     assert d.seqs == {'alice': ['a', 'b', 'c'], 'bob': ['b', 'c', 'a']}
     assert np.array_equal(np.asarray(d.image('b')), img(2))
 
 
 def test_reference_unsafe_pickle_and_unknown_items(tmp_path):
-    src = tmp_path/'src'; src.mkdir()
+    src = tmp_path/'src'
+    src.mkdir()
     np.save(src/'seqs.npy', np.array([['t1', 't2', 'v1', 'zz'], ['t2', 't1', 'v1', 'v2']], dtype=object))
     (src/'texts.tsv').write_text('t1\tfirst text\nt2 second text\nv2 has a title too\n')
 
@@ -430,37 +482,16 @@ def test_reference_unsafe_pickle_and_unknown_items(tmp_path):
     assert d.problems()['unknown_item']['count'] == 1 and d.seqs['u0'] == ['t1', 't2', 'v1']
     assert d.text('t1') == 'first text'
     with pytest.raises(ConversionError, match=r'a 1-D <U\d+ array is not a set of sequences'):
-        np.save(src/'seqs.npy', np.array(['a', 'b'])); from_reference(src, tmp_path/'o2')
+        np.save(src/'seqs.npy', np.array(['a', 'b']))
+        from_reference(src, tmp_path/'o2')
 
 
-def test_decode_lmdb_image_layouts():
-    a = img(77, (4, 5, 3))
-    assert np.array_equal(decode_lmdb_image(pickle.dumps(LMDB_Image(a, 'k')), 'lmdb_image'), a)
-    assert np.array_equal(decode_lmdb_image(pickle.dumps(a, protocol=5)), a)
-    assert np.array_equal(decode_lmdb_image(pickle.dumps(a, protocol=2)), a)
-    assert np.array_equal(decode_lmdb_image(a.tobytes(), 'raw', (4, 5, 3)), a)
-    with pytest.raises(ValueError, match='needs 60'):
-        decode_lmdb_image(a.tobytes()[:-1], 'raw', (4, 5, 3))
-    with pytest.raises(ValueError, match='not an LMDB_Image'):
-        decode_lmdb_image(pickle.dumps(a), 'lmdb_image')
-
-
-# ---------------------------------------------------------------- registry and CLI
-def test_registry_and_option_parsing():
-    assert set(CONVERTERS) >= {'ninerec', 'pixelrec', 'microlens', 'mind', 'amazon', 'recbole', 'reference'}
-    assert parse_options(['--text-fields', 'title,abstract', '--dedup', 'false', '--overwrite'], CONVERTERS['mind']) == \
-        dict(text_fields=('title', 'abstract'), dedup=False, overwrite=True)
-    assert parse_options(['--text-columns=2'], CONVERTERS['ninerec']) == dict(text_columns=(2,))
-    with pytest.raises(ConversionError, match='unrecognized arguments: --nope 1; valid options: --behaviors'):
-        parse_options(['--nope', '1'], CONVERTERS['mind'])
-    with pytest.raises(ConversionError, match='unknown format'):
-        convert('movielens', '.', '.')
-
-
+# ---------------------------------------------------------------- command line (a subprocess)
 def test_cli(tmp_path):
     src = ninerec(tmp_path/'src')
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    run = lambda *a: subprocess.run([sys.executable, '-m', 'transrec.convert', *map(str, a)], capture_output=True, text=True,
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'transrec.convert', *map(str, a)],
+                                    capture_output=True, text=True,
                                     cwd=tmp_path, env=env)
     r = run('list')
     assert r.returncode == 0 and 'ninerec' in r.stdout and 'reference' in r.stdout

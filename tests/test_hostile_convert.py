@@ -27,7 +27,8 @@ def evil_npy(path, marker):
 
 
 def reference_src(root):
-    root = Path(root); root.mkdir(parents=True)
+    root = Path(root)
+    root.mkdir(parents=True)
     (root/'texts.txt').write_text('a first\nb second\nc third\n')
     return root
 
@@ -56,11 +57,14 @@ def test_class1_malicious_npy_and_pickles_never_run_code(tmp_path):
     d = tdata.load_dataset(from_reference(src, tmp_path/'out'), min_seq_len=3)
     assert [list(map(str, d.item_ids[s])) for s in d.seqs] == [['a', 'b', 'c'], ['c', 'b', 'a']]
     # Amazon's Python-literal lines: a deeply nested one is a bad row (file, line), not a crash
-    amz = tmp_path/'amz'; amz.mkdir()
+    amz = tmp_path/'amz'
+    amz.mkdir()
     (amz/'reviews.jsonl').write_text(''.join(json.dumps(dict(user_id='U', asin=i, timestamp=t)) + '\n'
                                              for i, t in [('B1', 1), ('B2', 2), ('B3', 3)]))
     deep = '{"asin": ' + '[' * 100_000 + ']' * 100_000 + '}'
-    (amz/'meta.jsonl').write_text(deep + '\n' + ''.join(json.dumps(dict(asin=i, title=i)) + '\n' for i in ('B1', 'B2', 'B3')))
+    (amz/'meta.jsonl').write_text(deep + '\n'
+                                  + ''.join(json.dumps(dict(asin=i, title=i)) + '\n'
+                                            for i in ('B1', 'B2', 'B3')))
     with pytest.raises(ConversionError, match=r'meta.jsonl, line 1: .*not a JSON object'):
         from_amazon(amz, tmp_path/'amz_out')
     out = from_amazon(amz, tmp_path/'amz_out', bad_rows='report')
@@ -68,8 +72,10 @@ def test_class1_malicious_npy_and_pickles_never_run_code(tmp_path):
 
 
 def pixelrec_src(root, times=('1', '2', '3')):
-    root = Path(root); root.mkdir(parents=True)
-    (root/'pairs.csv').write_text('user_id,item_id,timestamp\n' + ''.join(f'u,i{k},{t}\n' for k, t in enumerate(times)))
+    root = Path(root)
+    root.mkdir(parents=True)
+    (root/'pairs.csv').write_text('user_id,item_id,timestamp\n'
+                                  + ''.join(f'u,i{k},{t}\n' for k, t in enumerate(times)))
     (root/'items.csv').write_text('item_id,title\ni0,zero\ni1,one\ni2,two\n')
     return root
 
@@ -79,18 +85,22 @@ def test_class6_timestamps_never_use_the_clock(tmp_path):
         src = pixelrec_src(tmp_path/f'src{k}', times=('5', word, '7'))
         with pytest.raises(ConversionError, match=rf"pairs.csv, line 3: .*{word!r}"):
             from_pixelrec(src, tmp_path/f'o{k}')
-    d = tdata.load_dataset(from_pixelrec(pixelrec_src(tmp_path/'iso', times=('2020-01-02', '2020-01-01T10:00:00Z', '1e9')),
+    d = tdata.load_dataset(from_pixelrec(pixelrec_src(tmp_path/'iso',
+                                                      times=('2020-01-02', '2020-01-01T10:00:00Z', '1e9')),
                                          tmp_path/'iso_out'), min_seq_len=3)
     assert list(map(str, d.item_ids[d.seqs[0]])) == ['i2', 'i1', 'i0']
-    rb = tmp_path/'rb'; rb.mkdir()
+    rb = tmp_path/'rb'
+    rb.mkdir()
     (rb/'x.inter').write_text('user_id:token\titem_id:token\ttimestamp:float\nu\t1\t1\nu\t2\tinf\nu\t3\t3\n')
     (rb/'x.item').write_text('item_id:token\ttitle:token_seq\n1\tone\n2\ttwo\n3\tthree\n')
     with pytest.raises(ConversionError, match=r"x.inter, line 3: .*'inf'"):         # was an OverflowError
         from_recbole(rb, tmp_path/'rb_out')
-    amz = tmp_path/'amz'; amz.mkdir()
+    amz = tmp_path/'amz'
+    amz.mkdir()
     (amz/'reviews.jsonl').write_text(''.join(json.dumps(dict(user_id='U', asin=i, timestamp=t)) + '\n'
                                              for i, t in [('B1', 1), ('B2', 'today'), ('B3', 3)]))
-    (amz/'meta.jsonl').write_text(''.join(json.dumps(dict(asin=i, title=i)) + '\n' for i in ('B1', 'B2', 'B3')))
+    (amz/'meta.jsonl').write_text(''.join(json.dumps(dict(asin=i, title=i)) + '\n'
+                                          for i in ('B1', 'B2', 'B3')))
     with pytest.raises(ConversionError, match=r"reviews.jsonl, line 2: .*'today'"):   # was silently untimed
         from_amazon(amz, tmp_path/'amz_out')
 
@@ -99,7 +109,8 @@ def test_class8_mind_reports_conflicting_titles(tmp_path):
     src = tmp_path/'src'
     for split, title, lines in [('train', 'Goal!', '1\tU1\t11/11/2019 1:00:00 PM\tN1 N2\tN3-1\n'),
                                 ('dev', 'Own goal', '2\tU1\t11/12/2019 1:00:00 PM\tN2\tN1-1\n')]:
-        d = src/f'MINDsmall_{split}'; d.mkdir(parents=True)
+        d = src/f'MINDsmall_{split}'
+        d.mkdir(parents=True)
         (d/'news.tsv').write_text(f'N1\tsports\tsoccer\t{title}\t\t\t[]\t[]\nN2\tnews\tus\tVote\t\t\t[]\t[]\n'
                                   'N3\tfood\trecipes\tPasta\t\t\t[]\t[]\n')
         (d/'behaviors.tsv').write_text(lines)
@@ -115,7 +126,8 @@ def test_class8_mind_reports_conflicting_titles(tmp_path):
 
 
 def recbole_src(root, inter_rows='u1\t1\nu1\t2\nu1\t3\n'):
-    root = Path(root); root.mkdir(parents=True)
+    root = Path(root)
+    root.mkdir(parents=True)
     (root/'x.inter').write_text('user_id:token\titem_id:token\n' + inter_rows)
     (root/'x.item').write_text('item_id:token\ttitle:token_seq\n1\tone\n2\ttwo\n3\tthree\n')
     return root
@@ -133,7 +145,8 @@ def test_class12_destination_never_deletes_sources_and_output_validates(tmp_path
         from_recbole(src, src/'mom', overwrite=True)            # ... replacing one there is refused
     assert sorted(p.name for p in src.iterdir()) == sorted(before + ['mom']) and (src/'x.inter').is_file()
     assert tdata.validate(out).ok
-    r = subprocess.run([sys.executable, '-m', 'transrec.convert', 'recbole', str(src), str(src), '--overwrite'],
+    r = subprocess.run([sys.executable, '-m', 'transrec.convert', 'recbole', str(src), str(src),
+                        '--overwrite'],
                        capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
     assert r.returncode == 1 and 'source folder' in r.stderr and (src/'x.inter').is_file() and (src/'x.item').is_file()
     # an empty user id is a named bad row, not a folder that validate rejects
@@ -144,7 +157,8 @@ def test_class12_destination_never_deletes_sources_and_output_validates(tmp_path
     # whatever a converter writes is validated before it is moved into place
     real_write = tconvert.write_dataset
     def broken_write(path, items, inter, *a, **k):
-        inter = inter.copy(); inter.loc[0, 'item_id'] = 'no-such-item'
+        inter = inter.copy()
+        inter.loc[0, 'item_id'] = 'no-such-item'
         return real_write(path, items, inter, *a, **k)
     monkeypatch.setattr(tconvert, 'write_dataset', broken_write)
     with pytest.raises(ConversionError, match=r'(?s)not valid.*interactions.tsv.*no-such-item'):
@@ -153,20 +167,27 @@ def test_class12_destination_never_deletes_sources_and_output_validates(tmp_path
 
 
 def dead_pid():
-    p = subprocess.Popen([sys.executable, '-c', 'pass']); p.wait(); return p.pid
+    p = subprocess.Popen([sys.executable, '-c', 'pass'])
+    p.wait()
+    return p.pid
 
 
 def test_class14_stale_temporaries_are_removed(tmp_path):
     src = recbole_src(tmp_path/'src')
-    stale = tmp_path/f'.out.tmp-{dead_pid()}-0123abcd'; stale.mkdir(); (stale/'items.tsv').write_text('half')
-    live = tmp_path/f'.out.tmp-{os.getpid()}-feedbeef'; live.mkdir()           # a conversion still running: kept
-    other = tmp_path/f'.other.tmp-{dead_pid()}-0123abcd'; other.mkdir()          # another destination's: kept
+    stale = tmp_path/f'.out.tmp-{dead_pid()}-0123abcd'
+    stale.mkdir()
+    (stale/'items.tsv').write_text('half')
+    live = tmp_path/f'.out.tmp-{os.getpid()}-feedbeef'
+    live.mkdir()           # a conversion still running: kept
+    other = tmp_path/f'.other.tmp-{dead_pid()}-0123abcd'
+    other.mkdir()          # another destination's: kept
     out = from_recbole(src, tmp_path/'out')
     assert not stale.exists() and live.exists() and other.exists() and tdata.validate(out).ok
     # a failed conversion leaves no temporary behind; the name is recognisable while it exists
     seen = []
     def spy(path, *a, **k):
-        seen.append(Path(path).name); raise OSError('disk full')
+        seen.append(Path(path).name)
+        raise OSError('disk full')
     import transrec.convert as c
     real, c.write_dataset = c.write_dataset, spy
     try:
@@ -176,7 +197,8 @@ def test_class14_stale_temporaries_are_removed(tmp_path):
     # the same rule for the named-source builder: one helper
     from transrec import sources
     assert sources.build_atomic is tconvert.build_atomic
-    stale = tmp_path/f'.syn.tmp-{dead_pid()}-0123abcd'; stale.mkdir()
+    stale = tmp_path/f'.syn.tmp-{dead_pid()}-0123abcd'
+    stale.mkdir()
     sources.build_atomic(tmp_path/'syn', lambda d: (d/'items.tsv').write_text('item_id\n'))
     assert not stale.exists() and (tmp_path/'syn'/'items.tsv').is_file()
 
@@ -185,7 +207,8 @@ def test_cli_argparse_exit_codes_and_help(tmp_path, capsys):
     src = recbole_src(tmp_path/'src')
     assert main(['recbole', str(src), str(tmp_path/'out'), '--text-sep', ' / ']) == 0
     assert main(['recbole', str(src), str(tmp_path/'out'), '--overwrite', '--dedup', 'true']) == 0
-    assert main(['recbole', str(src), str(tmp_path/'out'), '--no-such-option', '1']) == 2        # argparse usage error
+    assert main(['recbole', str(src), str(tmp_path/'out'), '--no-such-option',
+                 '1']) == 2        # argparse usage error
     assert 'usage:' in capsys.readouterr().err
     assert main(['recbole', str(src)]) == 2                                                    # DST missing
     assert main(['nosuchformat', str(src), str(tmp_path/'o')]) == 2
