@@ -2,6 +2,7 @@
 issue lists (written out here, not read from the code), and the reference architecture's behaviour: a post-LN user
 tower, positions counted from the oldest item, a modality embedding on the history only, the reference text pooling."""
 import os
+from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np
 import pytest
@@ -253,3 +254,16 @@ def test_reference_pooling_trains(ds):
     content = make_content(cfg, ds, prefix_cache=False)
     enc(torch.as_tensor(np.flatnonzero(ds.modality == 0)[:4]), content).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.pool.parameters())
+
+
+def test_readme_table_lists_every_difference():
+    readme = (Path(__file__).resolve().parents[1]/'README.md').read_text()
+    assert '## Reference preset vs workbench preset' in readme
+    section = readme.split('## Reference preset vs workbench preset')[1].split('\n## ')[0]
+    rows = [line.split('|')[1].strip() for line in section.splitlines() if line.startswith('| ') and '---' not in line]
+    for setting in ('user tower norm', 'feed-forward size', 'positions', 'modality embedding', 'text pooling', 'item / user dim',
+                    'layers', 'heads', 'history length', 'readout', 'training windows', 'loss', 'negatives', 'optimiser',
+                    'learning rate', 'weight decay', 'schedule', 'warmup', 'batch', 'epochs', 'precision', 'early stopping',
+                    'text model', 'image size', 'image weights'):
+        assert setting in rows, setting
+    assert all(line.count('|') == 5 for line in section.splitlines() if line.startswith('| '))   # 4 filled columns
