@@ -1,7 +1,7 @@
 """The reference TransRec configuration (issue #11): every field of `ModelConfig.reference()` against the values the
 issue lists (written out here, not read from the code), and the reference architecture's behaviour: a post-LN user
 tower, positions counted from the oldest item, a modality embedding on the history only, the reference text pooling."""
-import os
+import copy, os
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np
@@ -28,6 +28,19 @@ REFERENCE_MODEL = [('kind', 'transrec'), ('dim', 256), ('n_layers', 4), ('n_head
                    ('image_mean', (0.485, 0.456, 0.406)), ('image_std', (0.229, 0.224, 0.225)), ('text_model', 'minilm')]
 REFERENCE_TRAIN = [('lr', 1e-4), ('encoder_lr', 1e-4), ('weight_decay', 0.0), ('schedule', 'constant'), ('warmup_steps', 0),
                    ('batch_size', 128), ('epochs', 50), ('amp', 'none')]
+
+
+@pytest.fixture(scope='module')
+def built():
+    "One model per configuration for the whole file (building loads MiniLM and a ResNet); tests get copies."
+    cache = {}
+    def build(cfg, make=TransRec):
+        key = (repr(cfg), make)
+        if key not in cache:
+            seed_everything(0)
+            cache[key] = make(cfg)
+        return copy.deepcopy(cache[key])
+    return build
 
 
 @pytest.fixture(scope='module')
@@ -149,10 +162,9 @@ def test_oldest_item_has_position_zero_whatever_the_padding():
 
 # ---------------------------------------------------------------- modality embedding on the history only
 
-def test_history_modality_embedding_changes_users_not_candidates(ds):
+def test_history_modality_embedding_changes_users_not_candidates(ds, built):
     cfg = SMALL.replace(modality_embedding='history')
-    seed_everything(0)
-    model = TransRec(cfg).eval()
+    model = built(cfg).eval()
     content = make_content(cfg, ds)
     assert model.item_tower.modality_embedding is None and model.user_tower.modality is not None
     items_before = model.all_item_vectors(content)
@@ -164,7 +176,7 @@ def test_history_modality_embedding_changes_users_not_candidates(ds):
     assert not torch.allclose(users_before, users_after, atol=1e-3)       # user vectors moved
     # evaluation passes each history item's own modality
     b = next(iter(eval_batches(ds, 'test', batch_size=4, max_len=cfg.max_len)))
-    mod = torch.as_tensor(ds.modality)
+    mod = torch.tensor(np.asarray(ds.modality))
     with torch.no_grad():
         want = model.user_vectors(items_after[b.hist], b.mask, hist_modality=mod[b.hist])
         wrong = model.user_vectors(items_after[b.hist], b.mask, hist_modality=1 - mod[b.hist])
@@ -177,10 +189,9 @@ def test_history_modality_embedding_changes_users_not_candidates(ds):
     assert len(idx) == 3
 
 
-def test_history_modality_embedding_is_trained(ds):
+def test_history_modality_embedding_is_trained(ds, built):
     cfg = SMALL.replace(modality_embedding='history')
-    seed_everything(0)
-    model = TransRec(cfg)
+    model = built(cfg)
     content = make_content(cfg, ds)
     batch = next(iter(train_batches(ds, batch_size=8, seq_len=train_seq_len(cfg), n_neg=1, seed=0, epoch=0)))
     model.eval()                                                          # no dropout: the two losses below are comparable
@@ -191,19 +202,17 @@ def test_history_modality_embedding_is_trained(ds):
     assert not torch.isclose(model.loss(batch, content)[0], loss)
 
 
-def test_items_placement_still_moves_candidates(ds):
+def test_items_placement_still_moves_candidates(ds, built):
     "The workbench placement ('items', former True) adds the embedding to every item vector, candidates included."
-    seed_everything(0)
-    model = TransRec(SMALL).eval()
+    model = built(SMALL).eval()
     content = make_content(SMALL, ds)
     before = model.all_item_vectors(content)
     with torch.no_grad(): model.item_tower.modality_embedding.weight.add_(1.0)
     torch.testing.assert_close(model.all_item_vectors(content), before + 1.0)
 
 
-def test_old_config_with_boolean_modality_embedding_loads(ds, tmp_path):
-    seed_everything(0)
-    model = TransRec(SMALL)
+def test_old_config_with_boolean_modality_embedding_loads(ds, tmp_path, built):
+    model = built(SMALL)
     d = save_model(model, tmp_path/'m')
     cfg_file = d/'config.json'
     cfg_file.write_text(cfg_file.read_text().replace('"modality_embedding": "items"', '"modality_embedding": true'))
@@ -214,10 +223,9 @@ def test_old_config_with_boolean_modality_embedding_loads(ds, tmp_path):
 
 # ---------------------------------------------------------------- reference text pooling
 
-def test_reference_pooling_shape_and_masking(ds):
+def test_reference_pooling_shape_and_masking(ds, built):
     cfg = ModelConfig.reference(dim=16)
-    seed_everything(0)
-    enc = TextEncoder(cfg).eval()
+    enc = built(cfg, TextEncoder).eval()
     assert isinstance(enc.pool, ReferencePooling)
     assert (enc.pool.n_heads, enc.pool.head_dim, enc.pool.out_dim) == (4, 20, 80)
     assert enc.pool.additive.proj.out_features == 200                     # additive attention, query dim 200
@@ -248,9 +256,9 @@ def test_reference_pooling_masks_padding_tokens():
     assert not torch.allclose(unmasked[0], out[0], atol=1e-3)             # the mask is what hides them
 
 
-def test_reference_pooling_trains(ds):
-    cfg = ModelConfig.reference(dim=16, text_trainable_blocks=0)
-    enc = TextEncoder(cfg).train()
+def test_reference_pooling_trains(ds, built):
+    cfg = ModelConfig.reference(dim=16)
+    enc = built(cfg, TextEncoder).train()
     content = make_content(cfg, ds, prefix_cache=False)
     enc(torch.as_tensor(np.flatnonzero(ds.modality == 0)[:4]), content).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.pool.parameters())
