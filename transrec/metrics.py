@@ -310,13 +310,15 @@ def user_vectors_for(model, ds, item_vecs: torch.Tensor, split: str = 'test', ba
                      users=None, device=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     "User vectors for `split` from the model's user tower: (user_vecs [U, d], users [U], targets [U])."
     from transrec.data import eval_batches
+    from transrec.model import history_modality_kw
     device = _model_device(model) if device is None else torch.device(device)
     item_vecs = item_vecs.to(device)
     user_vecs, user_rows, targets = [], [], []
     for batch in eval_batches(ds, split, batch_size=batch_size, max_len=model.cfg.max_len, users=users):
         hist, mask = batch.hist.to(device), batch.mask.to(device)
         hist_vecs = item_vecs[hist]                                     # padding gathers item 0, masked out
-        user_vecs.append(model.user_vectors(hist_vecs, mask).float())
+        kw = history_modality_kw(model, ds.modality, hist)
+        user_vecs.append(model.user_vectors(hist_vecs, mask, **kw).float())
         user_rows.append(np.asarray(batch.users))
         targets.append(np.asarray(batch.target))
     if not user_vecs:

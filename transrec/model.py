@@ -13,22 +13,47 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from .core import ModelConfig, log
 from .encoders import ItemTower, ItemContent, make_content, dataset_item_key, count_parameters
+from .data import MODALITIES
 
 # %% auto #0
-__all__ = ['UserTower', 'last_valid', 'first_occurrence', 'gather_candidates', 'train_seq_len', 'train_stride', 'training_pairs',
-           'sequence_loss', 'SequenceRecommender', 'TransRec', 'IDSASRec', 'Popularity', 'build_model', 'param_groups',
-           'provenance', 'save_model', 'check_model_dir', 'load_model', 'recommend']
+__all__ = ['bert_init_', 'UserTower', 'last_valid', 'first_occurrence', 'gather_candidates', 'train_seq_len', 'train_stride',
+           'training_pairs', 'sequence_loss', 'SequenceRecommender', 'history_modality_kw', 'TransRec', 'IDSASRec',
+           'Popularity', 'build_model', 'param_groups', 'provenance', 'save_model', 'check_model_dir', 'load_model',
+           'recommend']
 
 # %% ../nbs/06_model.ipynb #c007
+def bert_init_(module: nn.Module) -> None:
+    "BERT initialisation of `module`: Linear/Embedding weights and attention in-projections N(0, 0.02), biases 0, LayerNorm 1/0."
+    if isinstance(module, (nn.Linear, nn.Embedding)): nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None: nn.init.zeros_(module.bias)
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        nn.init.normal_(module.in_proj_weight, std=0.02)
+        nn.init.zeros_(module.in_proj_bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
 class UserTower(nn.Module):
     "Item vectors of a left-padded history [B, L, d] + position embeddings -> Transformer encoder -> states [B, L, d]."
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg, self.causal, d = cfg, cfg.readout == 'causal', cfg.dim
+        post = cfg.tower_norm == 'post'
         self.position = nn.Embedding(cfg.max_len, d)
-        self.norm, self.drop = nn.LayerNorm(d), nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, activation='gelu', batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+        self.norm, self.drop = nn.Identity() if post else nn.LayerNorm(d), nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.ffn_dim or 4 * d, cfg.dropout, activation='gelu',
+                                           layer_norm_eps=1e-12 if post else 1e-5, batch_first=True, norm_first=not post)
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, norm=None if post else nn.LayerNorm(d),
+                                             enable_nested_tensor=False)
+        self.modality = nn.Embedding(len(MODALITIES), d) if cfg.modality_embedding == 'history' else None
+        if self.modality is not None: nn.init.normal_(self.modality.weight, std=0.02)   # a small offset at first
+        if post: self.apply(bert_init_)
+
+    def positions(self, mask: torch.Tensor) -> torch.Tensor:
+        "Position of each slot of `mask` [B, L]: [L] ('newest': the last slot is max_len - 1) or [B, L] ('oldest' = 0)."
+        if self.cfg.positions == 'oldest': return (mask.long().cumsum(1) - 1).clamp_min(0)
+        L = mask.shape[1]
+        return torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=mask.device)
 
     def attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
         "Bool [B * n_heads, L, L], True = may not attend: padding keys (and future keys when causal); self always allowed."
@@ -37,12 +62,18 @@ class UserTower(nn.Module):
         if self.causal: allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
         return (~allowed).repeat_interleave(self.cfg.n_heads, 0)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, hist_modality: torch.Tensor | None = None) -> torch.Tensor:
+        "States [B, L, d] of history vectors `x` [B, L, d] (`hist_modality` [B, L]: with modality_embedding='history')."
         L = x.shape[1]
         if L > self.cfg.max_len:
             raise ValueError(f"history of {L} items is longer than ModelConfig.max_len={self.cfg.max_len}: keep the last {self.cfg.max_len}")
-        h = x + self.position(torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=x.device))
-        return self.encoder(self.drop(self.norm(h)), mask=self.attention_mask(mask.bool()))
+        h = self.drop(self.norm(x + self.position(self.positions(mask.bool().to(x.device)))))
+        if self.modality is not None:
+            if hist_modality is None:
+                raise ValueError("modality_embedding='history': the user tower needs each history item's modality; "
+                                 "pass hist_modality [B, L] (0 = text, 1 = image) to user_states / user_vectors")
+            h = h + self.modality(hist_modality.to(x.device))
+        return self.encoder(h, mask=self.attention_mask(mask.bool()))
 
 def last_valid(mask: torch.Tensor) -> torch.Tensor:
     "Index of the last True of each row of `mask` [B, L] (L - 1 for rows with none)."
@@ -96,13 +127,20 @@ def train_stride(cfg: ModelConfig) -> int | None:
     if windows == 'last': return None
     return cfg.max_len if cfg.readout == 'causal' else cfg.n_pos
 
-def training_pairs(model, item_vecs: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor, neg: torch.Tensor):
+def _user_states(model, hist_vecs, mask, hist_modality=None):
+    "`model.user_states`, with `hist_modality` only when given (models without a history modality take two arguments)."
+    if hist_modality is None: return model.user_states(hist_vecs, mask)
+    return model.user_states(hist_vecs, mask, hist_modality=hist_modality)
+
+def training_pairs(model, item_vecs: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor, neg: torch.Tensor,
+                   item_modality: torch.Tensor | None = None):
     "(user states [P, d], positive local items [P], negative local items [P, n_neg], row of each pair [P]) of a batch."
     cfg, (B, T), d = model.cfg, seq.shape, item_vecs.shape[1]
     X = item_vecs[seq]
+    M = None if item_modality is None else item_modality.to(seq.device)[seq]   # modality of each window slot
     if cfg.readout == 'causal':
         if T < 2: raise ValueError(f"readout='causal' needs windows of >= 2 items (seq_len = max_len + 1 = {cfg.max_len + 1}), got {T}")
-        states = model.user_states(X[:, :-1], mask[:, :-1])
+        states = _user_states(model, X[:, :-1], mask[:, :-1], None if M is None else M[:, :-1])
         b, t = torch.nonzero(mask[:, :-1] & mask[:, 1:], as_tuple=True)
         return states[b, t], seq[b, t + 1], neg[b, t + 1], b
     k, Lh = cfg.n_pos, T - cfg.n_pos
@@ -111,7 +149,8 @@ def training_pairs(model, item_vecs: torch.Tensor, seq: torch.Tensor, mask: torc
     idx = (T - kr)[:, None] - Lh + torch.arange(Lh, device=seq.device)    # history positions, right-aligned
     hmask = (idx >= 0) & mask.gather(1, idx.clamp_min(0))
     hist = X.gather(1, idx.clamp_min(0)[..., None].expand(-1, -1, d))
-    u = model.user_states(hist, hmask)[:, -1]
+    hist_modality = None if M is None else M.gather(1, idx.clamp_min(0))
+    u = _user_states(model, hist, hmask, hist_modality)[:, -1]
     b, j = torch.nonzero(torch.arange(k, device=seq.device)[None] >= (k - kr)[:, None], as_tuple=True)
     return u[b], seq[b, T - k + j], neg[b, T - k + j], b
 
@@ -119,7 +158,8 @@ def sequence_loss(model, item_vecs: torch.Tensor, batch, content: ItemContent,
                   group=None) -> tuple[torch.Tensor, dict]:
     "The loss of `model.cfg.loss` for `batch`, given the vectors [U, d] of `batch.items` (`group`: below)."
     cfg = model.cfg
-    u, pos, negs, rows = training_pairs(model, item_vecs, batch.seq, batch.mask, batch.neg)
+    item_modality = content.modality[batch.items.cpu()] if cfg.modality_embedding == 'history' else None
+    u, pos, negs, rows = training_pairs(model, item_vecs, batch.seq, batch.mask, batch.neg, item_modality)
     P = len(pos)
     if cfg.loss == 'softmax':   # every rank of `group` gathers, even one without pairs
         cand, cand_ids, offset = gather_candidates(item_vecs, batch.items, group)
@@ -159,7 +199,8 @@ class SequenceRecommender(nn.Module):
     "Base of all models: two-tower scoring over `item_vectors` and `user_states`, shared losses and helpers."
     trainable = True
     def item_vectors(self, items: torch.Tensor, content: ItemContent) -> torch.Tensor: raise NotImplementedError
-    def user_states(self, hist_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: raise NotImplementedError
+    def user_states(self, hist_vecs: torch.Tensor, mask: torch.Tensor, hist_modality=None) -> torch.Tensor:
+        raise NotImplementedError
     def fit_data(self, ds) -> None: "Bind to data set `ds` before training or evaluation (no-op here)."
 
     @property
@@ -168,9 +209,9 @@ class SequenceRecommender(nn.Module):
         if t is None: t = next(iter(self.buffers()), None)
         return t.device if t is not None else torch.device('cpu')
 
-    def user_vectors(self, hist_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def user_vectors(self, hist_vecs: torch.Tensor, mask: torch.Tensor, hist_modality=None) -> torch.Tensor:
         "User vectors [B, d]: the state at the last valid position of each left-padded history."
-        states = self.user_states(hist_vecs, mask)
+        states = _user_states(self, hist_vecs, mask, hist_modality)
         return states[torch.arange(len(states), device=states.device), last_valid(mask).to(states.device)]
 
     @torch.no_grad()
@@ -188,6 +229,12 @@ class SequenceRecommender(nn.Module):
         batch = batch.to(self.device)
         return sequence_loss(self, self.item_vectors(batch.items, content), batch, content, group)
 
+def history_modality_kw(model, modality, hist: torch.Tensor) -> dict:
+    "`dict(hist_modality=modality[hist])` for a model with `modality_embedding='history'`, else `{}`."
+    if getattr(getattr(model, 'cfg', None), 'modality_embedding', None) != 'history': return {}
+    if not isinstance(modality, torch.Tensor): modality = torch.tensor(np.asarray(modality))   # a copy: ds arrays are read-only
+    return dict(hist_modality=modality.to(hist.device)[hist])
+
 # %% ../nbs/06_model.ipynb #c014
 class TransRec(SequenceRecommender):
     "The TransRec two-tower model: content encoders for items, a Transformer over the history for users."
@@ -198,7 +245,7 @@ class TransRec(SequenceRecommender):
         self.item_tower, self.user_tower = ItemTower(cfg, pretrained), UserTower(cfg)
 
     def item_vectors(self, items, content): return self.item_tower(items, content)
-    def user_states(self, hist_vecs, mask): return self.user_tower(hist_vecs, mask)
+    def user_states(self, hist_vecs, mask, hist_modality=None): return self.user_tower(hist_vecs, mask, hist_modality)
 
     def compile_parts(self, **kw) -> None:
         "`torch.compile` in place (state-dict keys unchanged) the user tower and the trainable encoder blocks (used by the trainer on CUDA)."
@@ -245,7 +292,7 @@ class IDSASRec(_BoundToItems, SequenceRecommender):
     def item_vectors(self, items, content):
         self.check_items(content.item_key, content.ds.name)
         return self.item_embedding(torch.as_tensor(items, device=self.device))
-    def user_states(self, hist_vecs, mask): return self.user_tower(hist_vecs, mask)
+    def user_states(self, hist_vecs, mask, hist_modality=None): return self.user_tower(hist_vecs, mask, hist_modality)
 
 class Popularity(_BoundToItems, SequenceRecommender):
     "Scores = training popularity of the data set it was fitted on; nothing to train."
@@ -265,7 +312,8 @@ class Popularity(_BoundToItems, SequenceRecommender):
         if not self.bound_key(): raise ValueError("Popularity is not fitted: call model.fit_data(ds) (or build_model(cfg, ds)) first")
         self.check_items(content.item_key, content.ds.name)
         return self.counts[torch.as_tensor(items, device=self.counts.device)][:, None]
-    def user_states(self, hist_vecs, mask): return torch.ones(*hist_vecs.shape[:2], 1, device=hist_vecs.device)
+    def user_states(self, hist_vecs, mask, hist_modality=None):
+        return torch.ones(*hist_vecs.shape[:2], 1, device=hist_vecs.device)
 
 # %% ../nbs/06_model.ipynb #c025
 def build_model(cfg: ModelConfig, ds=None, pretrained: bool = True) -> SequenceRecommender:
@@ -376,7 +424,8 @@ def recommend(model, content: ItemContent, history, k: int = 10, exclude_history
         h = torch.as_tensor(hist[-model.cfg.max_len:], device=model.device)
         if len(h): hv, mask = item_vecs[h][None], torch.ones(1, len(h), dtype=torch.bool, device=model.device)
         else: hv, mask = item_vecs[:1][None], torch.ones(1, 1, dtype=torch.bool, device=model.device)
-        scores = (item_vecs @ model.user_vectors(hv, mask)[0]).float()
+        kw = history_modality_kw(model, content.modality, h[None]) if len(h) else {}
+        scores = (item_vecs @ model.user_vectors(hv, mask, **kw)[0]).float()
         if exclude_history and len(hist): scores[torch.as_tensor(hist, device=scores.device)] = float('-inf')
         k = min(k, n - (len(np.unique(hist)) if exclude_history else 0))
         val, idx = torch.topk(scores, k)
