@@ -210,11 +210,12 @@ def test_cli_scale_tiny(tmp_path, capsys):
     assert 'decode on the fly' in res['settings']['pixel_source'] or 'pixel store' in res['settings']['pixel_source']
     printed = capsys.readouterr().out
     assert 'exponents vs interactions' in printed and 'pipeline ratio' in printed
-    # a rerun reuses the built data sets and reports their recorded build times
-    assert main(['scale', '--scales', '0.02', '--steps', '1', '--sizes', '32', '--batch-size', '4', '--workers', '0',
-                 '--threads', '1', '--work-dir', str(tmp_path/'work'), '--json', str(out)]) == 0
-    again = json.loads(out.read_text())['points'][0]
-    assert again['reused'] and again['build_s'] == pts[0]['build_s']
+
+
+def test_scale_data_reused(tmp_path):
+    first, again = bench.scale_data(tmp_path, 0.02), bench.scale_data(tmp_path, 0.02)
+    assert (first['reused'], again['reused']) == (False, True) and again['build_s'] == first['build_s']
+    assert first['disk_mb'] > first['image_mb'] > 0
 
 
 def test_cli_scale_errors():
