@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_bench.ipynb #c003
 from __future__ import annotations
-import argparse, copy, contextlib, hashlib, json, math, os, platform, resource, subprocess, sys, tempfile, time
+import argparse, copy, contextlib, hashlib, itertools, json, math, os, platform, resource, subprocess, sys, tempfile, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
@@ -13,12 +13,16 @@ from .core import ModelConfig, TrainConfig, seed_everything, resolve_device, res
 from .data import Batch, train_batches
 
 # %% auto #0
-__all__ = ['BENCH_DATA', 'CPU_ONLY_SKIPS', 'QUICK', 'DATASHEET_BF16', 'machine_info', 'rss_bytes', 'max_rss_bytes',
-           'reset_peak_rss', 'release_free_memory', 'sync', 'PeakMemory', 'matmul_flops', 'bench_dataset',
-           'bench_batch', 'occurrence_slots', 'encode_every_occurrence', 'reference_item_vectors', 'reference_loss',
-           'StepVariant', 'step_variants', 'variant_loss', 'weights_sha1', 'measure_train_step', 'run_isolated',
-           'TrainSpec', 'loss_check', 'bench_training', 'eval_chunk_size', 'EvalSpec', 'measure_eval', 'bench_eval',
-           'datasheet_bf16', 'run_bench', 'check_targets', 'render', 'main']
+__all__ = ['BENCH_DATA', 'CPU_ONLY_SKIPS', 'QUICK', 'DATASHEET_BF16', 'SCALE_SOURCE', 'SCALE_MODEL', 'SCALE_EXPONENTS',
+           'GPU_CHECKS', 'NO_CUDA', 'machine_info', 'rss_bytes', 'max_rss_bytes', 'reset_peak_rss',
+           'release_free_memory', 'sync', 'PeakMemory', 'matmul_flops', 'bench_dataset', 'bench_batch',
+           'occurrence_slots', 'encode_every_occurrence', 'reference_item_vectors', 'reference_loss', 'StepVariant',
+           'step_variants', 'variant_loss', 'weights_sha1', 'measure_train_step', 'run_isolated', 'TrainSpec',
+           'loss_check', 'bench_training', 'eval_chunk_size', 'EvalSpec', 'measure_eval', 'bench_eval',
+           'datasheet_bf16', 'run_bench', 'check_targets', 'render', 'fit_exponent', 'scale_data', 'PremadeContent',
+           'pixel_source', 'pipeline_images_per_s', 'measure_scale_training', 'ScaleSpec', 'measure_scale_point',
+           'scale_exponents', 'scale_targets', 'bench_scale', 'render_scale', 'gpu_readiness', 'render_gpu',
+           'main_scale', 'main_gpu', 'main']
 
 # %% ../nbs/09_bench.ipynb #c006
 def machine_info(device='cpu') -> dict:
@@ -282,9 +286,11 @@ def measure_train_step(model, ds, batch: Batch, variant: StepVariant, steps: int
     return out
 
 # %% ../nbs/09_bench.ipynb #c027
+_CHILDREN = ('train', 'eval', 'scale', 'gpu')
+
 def run_isolated(kind: str, spec: dict, timeout: float | None = None) -> dict:
-    "Run `_child_train(spec)` (`kind='train'`) or `_child_eval(spec)` (`'eval'`) in a fresh Python process; its result."
-    if kind not in ('train', 'eval'): raise ValueError(f"kind={kind!r}: use 'train' or 'eval'")
+    "Run `_child_KIND(spec)` (`kind` in 'train', 'eval', 'scale', 'gpu') in a fresh Python process; its result."
+    if kind not in _CHILDREN: raise ValueError(f"kind={kind!r}: use one of {_CHILDREN}")
     with tempfile.TemporaryDirectory(prefix='transrec-bench-') as d:
         sp, op = Path(d)/'spec.json', Path(d)/'out.json'
         sp.write_text(json.dumps(spec))
@@ -594,6 +600,413 @@ def render(res: dict) -> str:
                      f" -> {'met' if v['met'] else 'NOT met'}" + ('' if v.get('applies', True) else ' (target is for CPU)'))
     return '\n'.join(L)
 
+# %% ../nbs/09_bench.ipynb #sc01
+def fit_exponent(sizes, costs) -> float | None:
+    "Least-squares slope of log(cost) vs log(size), i.e. `b` in cost ~ a * size**b (None with < 2 distinct sizes)."
+    x, y = np.asarray(sizes, dtype=float), np.asarray(costs, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"fit_exponent: {len(x)} sizes and {len(y)} costs: give one cost per size")
+    if (x <= 0).any() or (y <= 0).any() or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError(f"fit_exponent: sizes {x.tolist()} and costs {y.tolist()} must be finite and > 0")
+    if len(np.unique(x)) < 2: return None
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+# %% ../nbs/09_bench.ipynb #sc04
+SCALE_SOURCE = 'qb_mixed'
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob('*') if p.is_file()) if Path(path).exists() else 0
+
+def scale_data(work_dir, scale: float, seed: int = 0) -> dict:
+    "Build (or reuse) the synthetic source at `scale` under `work_dir`: path, build time, reused or not, sizes on disk."
+    from transrec.sources import build_source, SOURCES, _read_meta
+    from transrec.sim import generator_params, domain_spec
+    from transrec.train import atomic_write_text
+    if not scale > 0: raise ValueError(f"scale={scale}: must be > 0 (1 = {SCALE_SOURCE} at its default size)")
+    out = Path(work_dir)/f'{SCALE_SOURCE}-scale{float(scale)}-seed{int(seed)}'
+    record = out.with_name(out.name + '.build.json')
+    expected = generator_params(domain_spec(SOURCES[SCALE_SOURCE].synthetic), scale, seed)
+    try: rec = json.loads(record.read_text())
+    except (OSError, ValueError): rec = {}
+    reused = (out/'items.tsv').is_file() and _read_meta(out).get('generator') == expected and rec.get('generator') == expected
+    if not reused:
+        t0 = time.perf_counter()
+        build_source(SCALE_SOURCE, out, scale, seed, force=out.exists())
+        rec = dict(generator=expected, build_s=time.perf_counter() - t0)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(rec))
+    image_bytes = _tree_bytes(out/'images') + _tree_bytes(out/'images.lmdb')
+    return dict(path=str(out), scale=float(scale), build_s=rec['build_s'], reused=bool(reused),
+                disk_mb=_tree_bytes(out) / 2**20, image_mb=image_bytes / 2**20)
+
+# %% ../nbs/09_bench.ipynb #sc07
+from .encoders import ItemContent, make_content
+
+class PremadeContent(ItemContent):
+    "`ItemContent` whose pixels were decoded beforehand (`premake(items)`): the model step without any image decoding."
+    def premake(self, items) -> None:
+        "Decode the pixels of the image items among `items` now (and tokenise the catalogue's texts)."
+        self._ready = getattr(self, '_ready', {})
+        items = torch.as_tensor(items).cpu()
+        img = items[self.modality[items] == 1]
+        new = torch.tensor([int(i) for i in img if int(i) not in self._ready], dtype=torch.int64)
+        if len(new): self._ready.update(zip(new.tolist(), super().pixels(new)))
+        if (self.modality[items] == 0).any(): self.tokens(items[self.modality[items] == 0])
+    def pixels(self, items) -> torch.Tensor:
+        items = torch.as_tensor(items).cpu()
+        missing = [int(i) for i in items if int(i) not in getattr(self, '_ready', {})]
+        if missing: raise KeyError(f"PremadeContent: items {missing[:5]} were not premade: call premake(items) first")
+        S = self.cfg.image_size
+        return torch.stack([self._ready[int(i)] for i in items]) if len(items) else torch.zeros(0, 3, S, S)
+
+# %% ../nbs/09_bench.ipynb #sc09
+class _BatchImages(torch.utils.data.Dataset):
+    "Item `i` = the decoded pixels of the image items of batch `i` (what a loader worker does for one batch)."
+    def __init__(self, content, item_lists): self.content, self.item_lists = content, item_lists
+    def __len__(self): return len(self.item_lists)
+    def __getitem__(self, i): return self.content.pixels(self.item_lists[i])
+
+def pixel_source() -> str:
+    "Where the bench's image pipeline reads pixels: the pixel store if `transrec.data.prepare_images` exists."
+    import transrec.data
+    return ('pixel store (transrec.data.prepare_images, uint8 memmap)' if getattr(transrec.data, 'prepare_images', None)
+            else 'decode on the fly (PNG decode + resize per image, no pixel store)')
+
+def pipeline_images_per_s(ds, cfg: ModelConfig, batches: list, workers: int = 2) -> dict:
+    "Images/s the loader delivers for the image items of `batches` with `workers` processes (no model, no pixel cache)."
+    content = make_content(cfg, ds, prefix_cache=False, pixel_cache_max_bytes=0)       # every image decoded each time
+    lists = [b.items[content.modality[b.items] == 1] for b in batches]
+    loader = torch.utils.data.DataLoader(_BatchImages(content, lists), batch_size=None, num_workers=workers)
+    n_images, t0, t_first, n_first = 0, time.perf_counter(), None, 0
+    for x in loader:
+        n_images += len(x)
+        if t_first is None: t_first, n_first = time.perf_counter(), n_images     # steady state: after the first batch
+    t_end = time.perf_counter()
+    timed_n, timed_s = (n_images - n_first, t_end - t_first) if len(lists) > 1 else (n_images, t_end - t0)
+    return dict(images=n_images, seconds=t_end - t0, images_per_s=timed_n / max(timed_s, 1e-9), workers=workers,
+                startup_s=t_first - t0, source=pixel_source())
+
+# %% ../nbs/09_bench.ipynb #sc12
+def measure_scale_training(ds, cfg: ModelConfig, steps: int = 20, batch_size: int = 16, workers: int = 2,
+                           seed: int = 0, device='cpu') -> dict:
+    "Training throughput on `steps` distinct batches (pixels premade), the loader alone, and their ratio."
+    from transrec.model import build_model, train_seq_len
+    from transrec.train import make_optimizer
+    if steps < 1 or batch_size < 1: raise ValueError(f"steps={steps} and batch_size={batch_size} must be >= 1")
+    device = resolve_device(device)
+    batches = list(itertools.islice(train_batches(ds, batch_size, train_seq_len(cfg), cfg.n_neg, seed, 0), steps + 1))
+    if len(batches) < 2: raise ValueError(f"data set {ds.name!r} has too few users for 2 batches of {batch_size}")
+    seed_everything(seed)
+    model = build_model(cfg).to(device)
+    content = PremadeContent(cfg, ds, prefix_cache=False, pixel_cache_max_bytes=0)
+    t0 = time.perf_counter()
+    for b in batches: content.premake(b.items)
+    premake_s = time.perf_counter() - t0
+    tc = TrainConfig()
+    opt = make_optimizer(model, tc)
+    params = [p for g in opt.param_groups for p in g['params']]
+    model.train()
+    def step(b):
+        opt.zero_grad(set_to_none=True)
+        loss, _ = model.loss(b.to(device), content)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
+        opt.step()
+        return float(loss.detach())
+    step(batches[0])                                                             # warm-up, not timed
+    timed = batches[1:]
+    sync(device); t0 = time.perf_counter()
+    losses = [step(b) for b in timed]
+    sync(device); train_s = time.perf_counter() - t0
+    n_seq = sum(len(b) for b in timed)
+    n_inter = sum(int(b.mask.sum()) for b in timed)
+    n_img = sum(int((content.modality[b.items] == 1).sum()) for b in timed)
+    pipe = pipeline_images_per_s(ds, cfg, timed, workers)
+    model_ips = n_img / train_s
+    return dict(image_size=cfg.image_size, steps=len(timed), batch_size=batch_size, train_s=train_s,
+                seq_per_s=n_seq / train_s, interactions_per_s=n_inter / train_s, s_per_interaction=train_s / n_inter,
+                interactions=n_inter, images_consumed=n_img, model_images_per_s=model_ips, premake_s=premake_s,
+                pipeline_images_per_s=pipe['images_per_s'], pipeline=pipe,
+                pipeline_ratio=pipe['images_per_s'] / model_ips if model_ips else None,
+                final_loss=losses[-1], losses_finite=bool(np.isfinite(losses).all()))
+
+# %% ../nbs/09_bench.ipynb #sc15
+SCALE_MODEL = dict(dim=16, n_layers=1, n_heads=2, max_len=8, text_max_tokens=16)
+
+@dataclass
+class ScaleSpec:
+    "Settings of one scale point (JSON-able, sent to the child process)."
+    path: str = ''
+    sizes: tuple = (64, 224)
+    steps: int = 20
+    batch_size: int = 16
+    workers: int = 2
+    seed: int = 0
+    threads: int | None = None
+    model_config: dict = field(default_factory=lambda: dict(SCALE_MODEL))
+    device: str = 'cpu'
+
+def measure_scale_point(spec: ScaleSpec) -> dict:
+    "Load, train at each image size, evaluate in full: times, throughputs and peak RSS of this process."
+    from transrec.data import load_dataset
+    from transrec.model import build_model
+    from transrec.metrics import evaluate
+    s = spec
+    if s.threads: torch.set_num_threads(s.threads)
+    base = max_rss_bytes()
+    t0 = time.perf_counter(); ds = load_dataset(s.path); load_s = time.perf_counter() - t0
+    out = dict(n_users=ds.n_users, n_items=ds.n_items, n_interactions=int(ds._lens.sum()), load_s=load_s,
+               base_rss_mb=base / 2**20, load_peak_rss_mb=max_rss_bytes() / 2**20, train={})
+    cfg = ModelConfig.from_dict(s.model_config)
+    for size in s.sizes:
+        out['train'][str(size)] = measure_scale_training(ds, cfg.replace(image_size=int(size)), s.steps, s.batch_size,
+                                                         s.workers, s.seed, s.device)
+    ecfg = cfg.replace(kind='id_sasrec')
+    seed_everything(s.seed)
+    model = build_model(ecfg, ds).to(resolve_device(s.device))
+    content = make_content(ecfg, ds, prefix_cache=False)
+    sync(s.device); t0 = time.perf_counter()
+    evaluate(model, ds, content, split='test')
+    sync(s.device); out['eval_s'] = time.perf_counter() - t0
+    out['eval_users'] = ds.n_users
+    out['peak_rss_mb'] = max_rss_bytes() / 2**20
+    out['threads'] = torch.get_num_threads()
+    return out
+
+def _child_scale(spec: dict) -> dict: return measure_scale_point(ScaleSpec(**spec))
+
+# %% ../nbs/09_bench.ipynb #sc18
+SCALE_EXPONENTS = {'load_s': 'load_s', 'eval_s': 'eval_s', 'peak_rss_mb': 'peak_rss_mb',
+                   'load_peak_rss_mb': 'load_peak_rss_mb', 'build_s': 'build_s', 'disk_mb': 'disk_mb'}
+
+def scale_exponents(points: list[dict]) -> dict:
+    "Fitted exponent of each cost vs n_interactions across `points` (see `fit_exponent`)."
+    n = [p['n_interactions'] for p in points]
+    out = {k: fit_exponent(n, [p[key] for p in points]) for k, key in SCALE_EXPONENTS.items()}
+    for size in points[0]['train']:
+        out[f'train_s_per_interaction_{size}px'] = fit_exponent(n, [p['train'][size]['s_per_interaction'] for p in points])
+    return out
+
+def scale_targets(points: list[dict], exponents: dict) -> dict:
+    "Targets of the cost curve: training cost per interaction grows <= 1.3x; pipeline >= model at 224 px (largest scale)."
+    out = {}
+    small, big = points[0], points[-1]
+    for size in big['train']:
+        growth = big['train'][size]['s_per_interaction'] / small['train'][size]['s_per_interaction']
+        out[f'train_cost_per_interaction_growth_{size}px'] = dict(
+            target=1.3, measured=growth, met=growth <= 1.3, exponent_total=None if exponents.get(
+                f'train_s_per_interaction_{size}px') is None else 1 + exponents[f'train_s_per_interaction_{size}px'])
+    if '224' in big['train']:
+        r = big['train']['224']['pipeline_ratio']
+        out['pipeline_ratio_224px'] = dict(target=1.0, measured=r, met=r is not None and r >= 1.0)
+    return out
+
+def bench_scale(scales=(1, 10, 100), steps: int = 20, sizes=(64, 224), batch_size: int = 16, workers: int = 2,
+                work_dir=None, seed: int = 0, threads: int | None = None, model_config: dict | None = None,
+                progress: bool = True) -> dict:
+    "The cost curve: each scale built (or reused) under `work_dir`, measured in a fresh process; exponents and targets."
+    import transrec.data
+    if not scales or any(not s > 0 for s in scales): raise ValueError(f"scales={list(scales)}: give scales > 0")
+    work_dir = Path(work_dir or Path(tempfile.gettempdir())/'transrec-bench-scale')
+    prepare = getattr(transrec.data, 'prepare_images', None)
+    mc = dict(model_config or SCALE_MODEL)
+    points = []
+    for scale in sorted(scales):
+        t0 = time.time()
+        data = scale_data(work_dir, scale, seed)
+        store = {}
+        if prepare is not None:
+            for size in sizes:
+                t1 = time.perf_counter(); prepare(data['path'], int(size)); store[str(size)] = time.perf_counter() - t1
+        spec = ScaleSpec(data['path'], tuple(int(x) for x in sizes), steps, batch_size, workers, seed, threads, mc)
+        p = dict(data, **run_isolated('scale', asdict(spec)), pixel_store_s=store)
+        points.append(p)
+        if progress: log.info(f"bench scale {scale:g}: {p['n_users']} users, {p['n_interactions']} interactions, "
+                              f"build {p['build_s']:.0f}s{' (reused)' if p['reused'] else ''}, load {p['load_s']:.1f}s, "
+                              f"eval {p['eval_s']:.1f}s, peak {p['peak_rss_mb']:.0f} MB ({time.time() - t0:.0f}s)")
+    ex = scale_exponents(points)
+    ratio = {size: points[-1]['train'][size]['pipeline_ratio'] for size in points[-1]['train']}
+    settings = dict(scales=sorted(float(s) for s in scales), steps=steps, sizes=[int(x) for x in sizes],
+                    batch_size=batch_size, workers=workers, seed=seed, work_dir=str(work_dir), model_config=mc,
+                    source=SCALE_SOURCE, rendered_px=64, pixel_source=pixel_source(),
+                    resize='images rendered at 64 px; larger sizes are resized by the pipeline (bilinear)',
+                    eval_model='id_sasrec with the same user tower (ranking all users x all items)')
+    return dict(machine=machine_info('cpu'), settings=settings, points=points, exponents=ex, pipeline_ratio=ratio,
+                targets=scale_targets(points, ex))
+
+# %% ../nbs/09_bench.ipynb #sc20
+def render_scale(res: dict) -> str:
+    "Human-readable table of a `bench_scale` result."
+    st, m = res['settings'], res['machine']
+    L = [f"Cost curve of {st['source']} on {m['device']}: {m['cpu_count']} CPUs, load average {m.get('load_average')}; "
+         f"model dims {st['model_config']}, batch {st['batch_size']}, {st['steps']} timed steps, {st['workers']} loader workers",
+         f"pixels: {st['pixel_source']}; {st['resize']}; evaluation: {st['eval_model']}"]
+    sizes = [str(s) for s in st['sizes']]
+    head = f"{'scale':>6}{'users':>8}{'items':>8}{'inter':>10}{'build s':>9}{'disk MB':>9}{'load s':>8}{'loadRSS':>8}"
+    for s in sizes: head += f"{f'seq/s@{s}':>10}{f'int/s@{s}':>10}{f'pipe/s@{s}':>11}{f'model/s@{s}':>12}"
+    L.append(head + f"{'eval s':>8}{'peakRSS':>8}")
+    for p in res['points']:
+        row = (f"{p['scale']:>6g}{p['n_users']:>8}{p['n_items']:>8}{p['n_interactions']:>10}{p['build_s']:>9.1f}"
+               f"{p['disk_mb']:>9.1f}{p['load_s']:>8.2f}{p['load_peak_rss_mb']:>8.0f}")
+        for s in sizes:
+            t = p['train'][s]
+            row += (f"{t['seq_per_s']:>10.1f}{t['interactions_per_s']:>10.1f}{t['pipeline_images_per_s']:>11.1f}"
+                    f"{t['model_images_per_s']:>12.1f}")
+        L.append(row + f"{p['eval_s']:>8.2f}{p['peak_rss_mb']:>8.0f}")
+    L.append('exponents vs interactions: ' + ', '.join(f"{k} {'-' if v is None else f'{v:.2f}'}"
+                                                      for k, v in res['exponents'].items()))
+    L.append('pipeline ratio (delivered / consumed images/s, largest scale): ' +
+             ', '.join(f"{k}px {v:.2f}" for k, v in res['pipeline_ratio'].items() if v is not None))
+    for k, v in res['targets'].items():
+        L.append(f"target {k}: {v['measured']:.2f} vs {v['target']} -> {'met' if v['met'] else 'NOT met'}")
+    return '\n'.join(L)
+
+# %% ../nbs/09_bench.ipynb #sc23
+GPU_CHECKS = ('bf16_autocast', 'compile', 'ddp_nccl', 'pipeline_224')
+NO_CUDA = 'needs CUDA: no GPU here'
+
+def _gpu_step_check(path: str, compile_: bool) -> dict:
+    from transrec.data import load_dataset
+    from transrec.model import build_model
+    ds = load_dataset(path)
+    cfg = ModelConfig.from_dict(QUICK['model_config'])
+    batch = bench_batch(ds, cfg, batch_size=16)
+    out = {}
+    for name, amp in (('fp32', 'none'), ('bf16', 'bf16')):
+        seed_everything(0)
+        model = build_model(cfg).to('cuda')
+        if compile_ and name == 'bf16': model.compile_parts()
+        content = make_content(cfg, ds)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        ts, losses = [], []
+        for _ in range(4):
+            sync('cuda'); t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with _autocast(torch.device('cuda'), resolve_amp(amp, torch.device('cuda'))):
+                loss, _ = model.loss(batch.to('cuda'), content)
+            loss.float().backward(); opt.step()
+            sync('cuda'); ts.append(time.perf_counter() - t0); losses.append(float(loss))
+        out[name] = dict(first_step_s=ts[0], step_s=float(np.median(ts[1:])), loss=losses[0])
+    diff = abs(out['bf16']['loss'] - out['fp32']['loss'])
+    ok = all(np.isfinite(v['loss']) for v in out.values()) and diff <= 0.05 * max(1.0, abs(out['fp32']['loss']))
+    what = 'torch.compile + bf16' if compile_ else 'bf16 autocast'
+    return dict(ok=bool(ok), detail=f"{what}: step {1e3 * out['bf16']['step_s']:.0f} ms vs fp32 eager "
+                f"{1e3 * out['fp32']['step_s']:.0f} ms (first {out['bf16']['first_step_s']:.1f}s), loss diff {diff:.1e}", **out)
+
+def _ddp_worker(rank: int, port: int, result_dir: str) -> None:
+    import torch.distributed as dist
+    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    torch.cuda.set_device(rank)
+    torch.manual_seed(0)
+    net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(64, 8).cuda(rank), device_ids=[rank])
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(rank)).cuda(rank)
+    net(x).square().mean().backward()
+    g = net.module.weight.grad.detach().clone()
+    Path(result_dir, f'{rank}.json').write_text(json.dumps(g.flatten().tolist()))
+    dist.destroy_process_group()
+
+def _ddp_check() -> dict:
+    if torch.cuda.device_count() < 2:
+        return dict(ok=None, detail=f'skipped: {torch.cuda.device_count()} GPU(s), the DDP check needs 2')
+    import socket
+    with socket.socket() as sock: sock.bind(('127.0.0.1', 0)); port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as d:
+        torch.multiprocessing.spawn(_ddp_worker, args=(port, d), nprocs=2)
+        g0, g1 = (np.array(json.loads(Path(d, f'{r}.json').read_text())) for r in (0, 1))
+    diff = float(np.abs(g0 - g1).max())
+    return dict(ok=diff <= 1e-6, detail=f'2-process NCCL DDP step: max gradient difference between ranks {diff:.1e}')
+
+def _child_gpu(spec: dict) -> dict:
+    "One GPU readiness check (`spec['check']` in GPU_CHECKS) in this process."
+    check, path = spec['check'], spec['path']
+    if check == 'bf16_autocast': return _gpu_step_check(path, False)
+    if check == 'compile': return _gpu_step_check(path, True)
+    if check == 'ddp_nccl': return _ddp_check()
+    if check == 'pipeline_224':
+        from transrec.data import load_dataset
+        r = measure_scale_training(load_dataset(path), ModelConfig.from_dict(dict(SCALE_MODEL, image_size=224)),
+                                   steps=10, batch_size=32, workers=2, device='cuda')
+        return dict(ok=r['losses_finite'], detail=f"224 px: pipeline {r['pipeline_images_per_s']:.0f} images/s vs model "
+                    f"{r['model_images_per_s']:.0f} images/s (ratio {r['pipeline_ratio']:.2f}, {r['pipeline']['source']})",
+                    **{k: r[k] for k in ('pipeline_images_per_s', 'model_images_per_s', 'pipeline_ratio', 'seq_per_s')})
+    raise ValueError(f"unknown GPU check {check!r}: choose from {GPU_CHECKS}")
+
+# %% ../nbs/09_bench.ipynb #sc24
+def gpu_readiness(work_dir=None, timeout: float = 120, checks=GPU_CHECKS) -> dict:
+    "Run each GPU check in a fresh process with a timeout; without CUDA: skipped, with the reason."
+    if not torch.cuda.is_available(): return dict(skipped=True, reason=NO_CUDA, rows=[])
+    data = scale_data(Path(work_dir or Path(tempfile.gettempdir())/'transrec-bench-scale'), 0.25)
+    rows = []
+    for check in checks:
+        t0 = time.perf_counter()
+        try: r = run_isolated('gpu', dict(check=check, path=data['path']), timeout=timeout)
+        except subprocess.TimeoutExpired: r = dict(ok=False, detail=f'timed out after {timeout:.0f}s')
+        except RuntimeError as e: r = dict(ok=False, detail=f'failed: {str(e).strip().splitlines()[-1][:300]}')
+        rows.append(dict(check=check, seconds=time.perf_counter() - t0, **r))
+    return dict(skipped=False, machine=machine_info('cuda'), rows=rows)
+
+def render_gpu(res: dict) -> str:
+    "The GPU readiness table (or the one line saying it needs CUDA)."
+    if res['skipped']: return res['reason']
+    L = [f"GPU readiness on {res['machine'].get('gpu')} (torch {res['machine']['torch']}, CUDA {res['machine'].get('cuda_version')})",
+         f"{'check':<15}{'result':<8}{'s':>6}  detail"]
+    for r in res['rows']:
+        ok = 'skip' if r['ok'] is None else 'ok' if r['ok'] else 'FAIL'
+        L.append(f"{r['check']:<15}{ok:<8}{r['seconds']:>6.0f}  {r['detail']}")
+    return '\n'.join(L)
+
+# %% ../nbs/09_bench.ipynb #sc27
+def _positive_float(s: str) -> float:
+    try: x = float(s)
+    except ValueError: x = float('nan')
+    if not x > 0: raise argparse.ArgumentTypeError(f"{s!r}: give a number > 0")
+    return x
+
+def _write_result(res: dict, path) -> None:
+    if path:
+        from transrec.train import atomic_write_text
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(path), json.dumps(res, indent=1))
+        print(f'wrote {path}')
+
+def main_scale(argv: list[str]) -> int:
+    "`transrec-bench scale`: the cost curve (see `bench_scale`)."
+    p = argparse.ArgumentParser(prog='transrec-bench scale', description='Costs of building, loading, training and '
+                                'evaluating the synthetic source at several scales, and their exponents vs data size.',
+                                epilog='example: transrec-bench scale --scales 1 10 100 --steps 5 --json bench-scale.json')
+    p.add_argument('--scales', nargs='+', type=_positive_float, default=[1.0, 10.0, 100.0],
+                   help='data scales (1 = 2,000 users; default 1 10 100)')
+    p.add_argument('--steps', type=int, default=20, help='timed training steps per scale and image size (default 20)')
+    p.add_argument('--sizes', nargs='+', type=int, default=[64, 224], help='image sizes in px (default 64 224)')
+    p.add_argument('--batch-size', type=int, default=16, help='sequences per batch (default 16)')
+    p.add_argument('--workers', type=int, default=2, help='loader processes of the pipeline measurement (default 2)')
+    p.add_argument('--work-dir', default=None, help='where the data sets are built and reused (default: a temp folder)')
+    p.add_argument('--threads', type=int, default=None, help='torch threads in each scale process')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
+    a = p.parse_args(argv)
+    for nm in ('steps', 'batch_size'):
+        if getattr(a, nm) < 1: p.error(f"--{nm.replace('_', '-')} must be >= 1")
+    if a.workers < 0: p.error('--workers must be >= 0')
+    if any(s < 16 for s in a.sizes): p.error('--sizes must be >= 16 px')
+    res = bench_scale(a.scales, a.steps, a.sizes, a.batch_size, a.workers, a.work_dir, a.seed, a.threads)
+    print(render_scale(res))
+    _write_result(res, a.json)
+    return 0
+
+def main_gpu(argv: list[str]) -> int:
+    "`transrec-bench gpu`: the GPU readiness checks (see `gpu_readiness`); exit 0 without CUDA, 1 if a check failed."
+    p = argparse.ArgumentParser(prog='transrec-bench gpu', description='GPU readiness: bf16 autocast, torch.compile, '
+                                '2-process NCCL DDP (with 2 GPUs), 224 px pipeline vs model throughput.')
+    p.add_argument('--timeout', type=float, default=120, help='seconds per check (default 120)')
+    p.add_argument('--work-dir', default=None, help='where the small data set is built and reused')
+    p.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
+    a = p.parse_args(argv)
+    res = gpu_readiness(a.work_dir, a.timeout)
+    print(render_gpu(res))
+    _write_result(res, a.json)
+    return 0 if res['skipped'] or all(r['ok'] is not False for r in res['rows']) else 1
+
 # %% ../nbs/09_bench.ipynb #c042
 def _ints(s: str) -> list[int]:
     try: return [int(float(x)) for x in s.replace(',', ' ').split()]
@@ -604,11 +1017,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ['--child']:                      # internal: one measurement in a fresh process
         kind, spec, out = argv[1:4]
-        fn = {'train': _child_train, 'eval': _child_eval}[kind]
+        fn = {'train': _child_train, 'eval': _child_eval, 'scale': _child_scale, 'gpu': _child_gpu}[kind]
         Path(out).write_text(json.dumps(fn(json.loads(Path(spec).read_text()))))
         return 0
+    if argv[:1] == ['scale']: return main_scale(argv[1:])
+    if argv[:1] == ['gpu']: return main_gpu(argv[1:])
     p = argparse.ArgumentParser(prog='transrec-bench', epilog='example: transrec-bench --json reports/bench.json '
-                                '(about 3.5 minutes on 2 cores); on a GPU add --device cuda --amp bf16 --compile',
+                                '(about 3.5 minutes on 2 cores); on a GPU add --device cuda --amp bf16 --compile. '
+                                'Subcommands: transrec-bench scale --help (cost curve), transrec-bench gpu (GPU readiness)',
                                 description='Training-step and evaluation throughput / memory benchmarks '
                                 '(reference-style step vs ours, full ranking vs the matmul ceiling).')
     p.add_argument('--quick', action='store_true', help='tiny sizes (seconds), for tests')
