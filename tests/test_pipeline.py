@@ -136,3 +136,11 @@ def test_prefix_cache_spills_to_disk_in_float16(ds):
         torch.testing.assert_close(enc(images, small), a, atol=2e-2, rtol=2e-2)   # read back from the memmap
     torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2)
     assert mem.prefix_cache(enc).dtype == np.float32
+
+
+def test_the_loader_leaves_the_global_rng_alone(ds):
+    "A resumed run restores the torch RNG and then builds a loader: the loader must not draw from it."
+    for workers in (0, 1):
+        state = torch.random.get_rng_state()
+        list(train_loader(ds, 4, 5, 1, seed=0, epoch=0, num_workers=workers))
+        assert torch.equal(torch.random.get_rng_state(), state)

@@ -1057,7 +1057,8 @@ def train_loader(ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed
     return torch.utils.data.DataLoader(plan, batch_size=None, sampler=range(min(skip, len(plan)), len(plan)),
                                        num_workers=num_workers, pin_memory=pin_memory,
                                        prefetch_factor=prefetch_factor if num_workers else None,
-                                       worker_init_fn=_init_worker if num_workers else None)
+                                       worker_init_fn=_init_worker if num_workers else None,
+                                       generator=torch.Generator().manual_seed(seed * 7919 + epoch))   # not the global RNG
 
 # %% ../nbs/01_data.ipynb #p007
 def _resize_crop(img, size: int) -> np.ndarray:
