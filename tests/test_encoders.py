@@ -167,10 +167,11 @@ def test_disk_cache_and_budget(ds, text_enc, tmp_path, caplog):
     assert next(iter(b.caches.values())).n_filled == len(ti)
     torch.testing.assert_close(va, vb)
     tiny = make_content(CFG, ds, cache_max_bytes=1000)
-    with caplog.at_level(logging.WARNING, logger='transrec'):
+    with caplog.at_level(logging.INFO, logger='transrec'):
         with torch.no_grad(): vt = text_enc(ti, tiny)
-    assert list(tiny.caches.values()) == [None] and 'cache_max_bytes' in caplog.text
-    torch.testing.assert_close(vt, va, atol=1e-5, rtol=1e-4)
+    spilled, = tiny.caches.values()                                    # too big for memory: spilled to a float16 memmap
+    assert spilled.dtype == np.float16 and spilled.path.exists() and 'cache_max_bytes' in caplog.text
+    torch.testing.assert_close(vt, va, atol=2e-2, rtol=2e-2)
     half = make_content(CFG, ds, cache_dtype='float16')
     with torch.no_grad(): torch.testing.assert_close(text_enc(ti, half), va, atol=2e-2, rtol=2e-2)
 

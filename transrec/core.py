@@ -162,7 +162,9 @@ class TrainConfig(JSONConfig):
     eval_users: int | None = None     # validate on a sample of users (None = all)
     patience: int = 3                 # early stopping on validation NDCG@10 (epochs without improvement)
     prefix_cache: bool = True         # cache frozen-prefix encoder outputs per item
-    num_workers: int = 0
+    num_workers: int | None = None  # training loader worker processes (None: data.default_num_workers)
+    pin_memory: bool | None = None  # pinned batches (None: when training on CUDA)
+    prefetch_factor: int = 2          # batches each loader worker prepares ahead
     log_every: int = 10
 
     def __post_init__(self):

@@ -15,10 +15,12 @@ from .core import log
 
 # %% auto #0
 __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
-           'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SPLITS', 'NEG_STREAM', 'write_dataset', 'Problem',
-           'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'load_dataset', 'ValidationReport', 'validate',
-           'train_part', 'history_and_target', 'split_targets', 'history_items', 'window_ends', 'Batch',
-           'sample_negatives', 'n_batches_per_epoch', 'train_batches', 'EvalBatch', 'eval_batches', 'main']
+           'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SPLITS', 'NEG_STREAM', 'PIXEL_STORE_VERSION',
+           'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'Problem', 'DataError',
+           'release_images', 'MoMDataset', 'meta_type_ok', 'load_dataset', 'ValidationReport', 'validate', 'train_part',
+           'history_and_target', 'split_targets', 'history_items', 'window_ends', 'Batch', 'sample_negatives',
+           'n_batches_per_epoch', 'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers',
+           'train_loader', 'pixel_store_wanted', 'pixel_store_dir', 'open_pixel_store', 'prepare_images', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')   # modality code = position: text = 0, image = 1
@@ -879,16 +881,22 @@ def _to(x, device, non_blocking):
 @dataclass
 class Batch:
     """A training batch of B windows: unique global `items` [U]; local `seq` [B, T] (left-padded),
-    `mask` [B, T], `neg` [B, T, n_neg]; `users` [B] (a user may own several windows of a batch)."""
+    `mask` [B, T], `neg` [B, T, n_neg]; `users` [B] (a user may own several windows of a batch).
+    With a `content` (`train_loader`), also what the encoders read, in `items` order: `text_ids`/`text_mask`
+    (int64 [U_text, L]) of its text items and `pixels` (uint8 [U_image, 3, S, S]) of its image items."""
     items: torch.Tensor
     seq: torch.Tensor
     mask: torch.Tensor
     neg: torch.Tensor
     users: torch.Tensor
+    text_ids: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
 
     def to(self, device, non_blocking: bool = False) -> 'Batch':
         return type(self)(**{k: _to(v, device, non_blocking) for k, v in vars(self).items()})
-    def pin_memory(self) -> 'Batch': return type(self)(**{k: v.pin_memory() for k, v in vars(self).items()})
+    def pin_memory(self) -> 'Batch':
+        return type(self)(**{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()})
     @property
     def seq_items(self) -> torch.Tensor: "GLOBAL item indices of `seq` (padding -> items[0], masked)"; return self.items[self.seq]
     @property
@@ -941,43 +949,65 @@ class _Batches:
         b = next(self._gen); self._n -= 1; return b
     def __len__(self): return max(self._n, 0)
 
+class TrainBatches(torch.utils.data.Dataset):
+    """One epoch's batches as a map-style data set: `plan[b]` is global batch `b` (this rank's share), a pure
+    function of (seed, epoch, b), so any worker process can build any batch. With `content` (an object with
+    `batch_content(items) -> dict`, e.g. `encoders.ItemContent`), each batch also carries its items' content."""
+    def __init__(self, ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
+                 rank: int = 0, world_size: int = 1, stride: int | None = None, content=None):
+        for nm, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 1), ('n_neg', n_neg, 0), ('seed', seed, 0),
+                          ('epoch', epoch, 0), ('world_size', world_size, 1)):
+            if not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f'train_batches: {nm}={v!r} must be an int >= {lo}')
+        if batch_size % world_size:
+            raise ValueError(f'train_batches: batch_size={batch_size} must be divisible by world_size={world_size}')
+        if not 0 <= rank < world_size: raise ValueError(f'train_batches: rank={rank} must be in 0..{world_size - 1}')
+        if stride is not None and stride >= seq_len:
+            raise ValueError(f'train_batches: stride={stride} must be < seq_len={seq_len}, '
+                             'or the items between windows are never targets')
+        if ds.n_users == 0: raise ValueError('train_batches: the data set has no users')
+        if (ds._lens < 3).any():
+            raise ValueError(f'train_batches: {(ds._lens < 3).sum()} users have < 3 items; '
+                             'load with min_seq_len=3 to exclude them')
+        self.win_users, self.win_ends = window_ends(ds, stride)
+        if not len(self.win_users):
+            raise ValueError("train_batches: no training window: every user has a single training item "
+                             "(nothing to predict); "
+                             "use users with >= 4 items or train_windows='last'")
+        self.ds, self.batch_size, self.seq_len, self.n_neg, self.seed, self.epoch = ds, batch_size, seq_len, n_neg, seed, epoch
+        self.rank, self.world_size, self.content = rank, world_size, content
+        self.n = -(-len(self.win_users) // batch_size)
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.win_users))
+        if world_size > 1 and len(order) < self.n * batch_size:   # top up the last global batch (see above)
+            order = np.concatenate([order, np.resize(order, self.n * batch_size - len(order))])
+        self.order = order
+
+    def __len__(self): return self.n
+
+    def __getitem__(self, b: int) -> Batch:
+        if not 0 <= b < self.n: raise IndexError(f'batch {b} of an epoch of {self.n} batches')
+        ds, n_neg, per = self.ds, self.n_neg, self.batch_size // self.world_size
+        rows = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        users = self.win_users[rows]
+        seq_g, mask = _train_windows(ds, users, self.win_ends[rows], self.seq_len)
+        neg_g = np.zeros(seq_g.shape + (n_neg,), np.int64)
+        if n_neg:
+            rng = np.random.default_rng([self.seed, self.epoch, b, NEG_STREAM])
+            r, c = np.nonzero(mask)
+            neg_g[r, c] = sample_negatives(ds, np.repeat(users[r], n_neg), rng).reshape(len(r), n_neg)
+        sl = slice(self.rank * per, (self.rank + 1) * per) if self.world_size > 1 else slice(None)
+        batch = _make_batch(seq_g[sl], mask[sl], neg_g[sl], users[sl])
+        fill = getattr(self.content, 'batch_content', None)
+        return batch if fill is None else Batch(**{**vars(batch), **fill(batch.items.numpy())})
+
 def train_batches(ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
                   rank: int = 0, world_size: int = 1, skip: int = 0,
-                  stride: int | None = None) -> Iterator[Batch]:
+                  stride: int | None = None, content=None) -> Iterator[Batch]:
     "One epoch of `Batch`es (this rank's share of each global batch of windows), determined by (seed, epoch)."
-    for nm, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 1), ('n_neg', n_neg, 0), ('seed', seed, 0),
-                      ('epoch', epoch, 0), ('world_size', world_size, 1), ('skip', skip, 0)):
-        if not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f'train_batches: {nm}={v!r} must be an int >= {lo}')
-    if batch_size % world_size: raise ValueError(f'train_batches: batch_size={batch_size} must be divisible by world_size={world_size}')
-    if not 0 <= rank < world_size: raise ValueError(f'train_batches: rank={rank} must be in 0..{world_size - 1}')
-    if stride is not None and stride >= seq_len:
-        raise ValueError(f'train_batches: stride={stride} must be < seq_len={seq_len}, '
-                         'or the items between windows are never targets')
-    if ds.n_users == 0: raise ValueError('train_batches: the data set has no users')
-    if (ds._lens < 3).any():
-        raise ValueError(f'train_batches: {(ds._lens < 3).sum()} users have < 3 items; load with min_seq_len=3 to exclude them')
-    win_users, win_ends = window_ends(ds, stride)
-    if not len(win_users):
-        raise ValueError("train_batches: no training window: every user has a single training item "
-                         "(nothing to predict); "
-                         "use users with >= 4 items or train_windows='last'")
-    n = -(-len(win_users) // batch_size); per = batch_size // world_size
-    order = np.random.default_rng([seed, epoch]).permutation(len(win_users))
-    if world_size > 1 and len(order) < n * batch_size:   # top up the last global batch (see above)
-        order = np.concatenate([order, np.resize(order, n * batch_size - len(order))])
-    def gen():
-        for b in range(skip, n):
-            rows = order[b * batch_size:(b + 1) * batch_size]
-            users = win_users[rows]
-            seq_g, mask = _train_windows(ds, users, win_ends[rows], seq_len)
-            neg_g = np.zeros(seq_g.shape + (n_neg,), np.int64)
-            if n_neg:
-                rng = np.random.default_rng([seed, epoch, b, NEG_STREAM])
-                r, c = np.nonzero(mask)
-                neg_g[r, c] = sample_negatives(ds, np.repeat(users[r], n_neg), rng).reshape(len(r), n_neg)
-            sl = slice(rank * per, (rank + 1) * per) if world_size > 1 else slice(None)
-            yield _make_batch(seq_g[sl], mask[sl], neg_g[sl], users[sl])
-    return _Batches(gen(), n - skip)
+    if not isinstance(skip, (int, np.integer)) or skip < 0: raise ValueError(f'train_batches: skip={skip!r} must be an int >= 0')
+    plan = TrainBatches(ds, batch_size, seq_len, n_neg, seed, epoch, rank, world_size, stride, content)
+    return _Batches((plan[b] for b in range(skip, len(plan))), len(plan) - skip)
+
 
 # %% ../nbs/01_data.ipynb #c045
 @dataclass
@@ -1006,6 +1036,115 @@ def eval_batches(ds: MoMDataset, split: str = 'valid', batch_size: int = 256, ma
             yield EvalBatch(users=t(b), hist=t(hist), mask=t(mask), target=t(ds._flat[end]))
     return _Batches(gen(), -(-len(u) // batch_size))
 
+# %% ../nbs/01_data.ipynb #p002
+def default_num_workers(device='cpu') -> int:
+    "Loader workers for `num_workers=None`: `$TRANSREC_NUM_WORKERS`, else min(4 | 2 on CPU, usable cpus - 1)."
+    env = os.environ.get('TRANSREC_NUM_WORKERS', '').strip()
+    if env:
+        if not env.isdigit(): raise ValueError(f'TRANSREC_NUM_WORKERS={env!r}: must be an integer >= 0')
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(0, min(4 if torch.device(device).type == 'cuda' else 2, cpus - 1))
+
+def _init_worker(worker_id: int):
+    torch.set_num_threads(1)        # the workers share the cores with the training process
+
+# %% ../nbs/01_data.ipynb #p004
+def train_loader(ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
+                 rank: int = 0, world_size: int = 1, skip: int = 0, stride: int | None = None, content=None,
+                 num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int = 2) -> torch.utils.data.DataLoader:
+    "The batches of `train_batches(...)` from a `DataLoader` with `num_workers` processes, starting at batch `skip`."
+    for nm, v, lo in (('skip', skip, 0), ('num_workers', num_workers, 0), ('prefetch_factor', prefetch_factor, 1)):
+        if not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f'train_loader: {nm}={v!r} must be an int >= {lo}')
+    plan = TrainBatches(ds, batch_size, seq_len, n_neg, seed, epoch, rank, world_size, stride, content)
+    if num_workers:
+        os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')   # the workers are forked: no tokenizer threads
+        if hasattr(content, 'prepare_workers'): content.prepare_workers()   # tokenizer, pixel store: once, here
+    return torch.utils.data.DataLoader(plan, batch_size=None, sampler=range(min(skip, len(plan)), len(plan)),
+                                       num_workers=num_workers, pin_memory=pin_memory,
+                                       prefetch_factor=prefetch_factor if num_workers else None,
+                                       worker_init_fn=_init_worker if num_workers else None,
+                                       generator=torch.Generator().manual_seed(seed * 7919 + epoch))   # not the global RNG
+
+# %% ../nbs/01_data.ipynb #p007
+def _resize_crop(img, size: int) -> np.ndarray:
+    "PIL RGB image -> uint8 [3, size, size]: the centred square of the shorter side, resized to `size`."
+    from PIL import Image
+    w, h = img.size; side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    # crop first, then resize only that box: memory is the output's, whatever the shape (a 40000 x 1 image
+    # resized shorter-side-first would become 8,960,000 x 224 pixels)
+    out = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
+
+# %% ../nbs/01_data.ipynb #p009
+PIXEL_STORE_VERSION = 1
+PIXEL_STORE_AUTO_IMAGES, PIXEL_STORE_AUTO_BYTES = 5000, 1 << 30
+
+def pixel_store_wanted(n_images: int, size: int) -> bool:
+    "The `pixel_store='auto'` rule: build a store for more than 5000 images or more than 1 GiB of uint8 pixels."
+    return n_images > PIXEL_STORE_AUTO_IMAGES or n_images * 3 * size * size > PIXEL_STORE_AUTO_BYTES
+
+def pixel_store_dir(path, size: int) -> Path: return Path(path)/f'pixels-{int(size)}'
+
+def _image_items(ds) -> np.ndarray: return np.flatnonzero(np.asarray(ds.modality) == MODALITIES.index('image'))
+
+def _pixel_manifest(ds, size: int) -> dict:
+    "What a valid store of `ds` at `size` says: layout, a hash of its image items, a checksum of their sources."
+    import hashlib
+    rows, items, source = _image_items(ds), hashlib.sha1(), hashlib.sha1()
+    enc = lambda s: s.encode('utf-8', 'surrogatepass')
+    for i in rows: items.update(enc(f'{ds.item_ids[i]}\t{ds.image_refs[i]}\n'))
+    if ds.image_store == 'lmdb': files = [(f.name, f) for f in sorted((ds.path/'images.lmdb').glob('*.mdb'))]
+    else: files = [(str(ds.image_refs[i]), _image_file(ds.path, str(ds.image_refs[i]))) for i in rows]
+    for name, f in files:
+        stat = f.stat() if f is not None and f.is_file() else None
+        source.update(enc(f'{name}\t{stat.st_size if stat else -1}\t{stat.st_mtime_ns if stat else -1}\n'))
+    n = len(rows)
+    return dict(version=PIXEL_STORE_VERSION, size=int(size), count=n, dtype='uint8', shape=[n, 3, int(size), int(size)],
+                items=items.hexdigest(), source=source.hexdigest(), source_checksum='sizes and mtimes')
+
+def open_pixel_store(ds, size: int) -> np.ndarray | None:
+    "The valid pixel store of `ds` at `size` (read-only uint8 memmap [n_image_items, 3, S, S]), or None."
+    if getattr(ds, 'path', None) is None: return None
+    folder = pixel_store_dir(ds.path, size); data, man = folder/'pixels.u8', folder/'manifest.json'
+    if not (data.is_file() and man.is_file()): return None
+    try: saved = json.loads(man.read_text())
+    except (OSError, ValueError) as e:
+        log.warning(f'pixel store {folder}: unreadable manifest ({e}); not used'); return None
+    want = _pixel_manifest(ds, size)
+    if saved != want:
+        changed = [k for k in want if not isinstance(saved, dict) or saved.get(k) != want[k]]
+        log.info(f'pixel store {folder} is stale ({", ".join(changed)} changed); not used'); return None
+    if data.stat().st_size != want['count'] * 3 * size * size:
+        log.warning(f'pixel store {data}: {data.stat().st_size} bytes, expected {want["count"] * 3 * size * size}; not used')
+        return None
+    if want['count'] == 0: return np.zeros(want['shape'], np.uint8)
+    return np.memmap(data, np.uint8, 'r', shape=tuple(want['shape']))
+
+def prepare_images(path, size: int = 224, force: bool = False) -> Path:
+    "Write (if missing, stale or `force`) the pixel store of the data set at `path` (or a `MoMDataset`); its folder."
+    if not isinstance(size, (int, np.integer)) or size < 1: raise ValueError(f'prepare_images: size={size!r} must be an int >= 1')
+    ds = path if isinstance(path, MoMDataset) else load_dataset(path, min_seq_len=3)
+    if ds.path is None: raise ValueError('prepare_images: the data set has no folder (load it with load_dataset)')
+    folder = pixel_store_dir(ds.path, size)
+    if not force and open_pixel_store(ds, size) is not None: return folder
+    want, rows = _pixel_manifest(ds, size), _image_items(ds)    # sources as they are before reading them
+    def write(tmp: Path):
+        out = np.memmap(tmp/'pixels.u8', np.uint8, 'w+', shape=tuple(want['shape'])) if len(rows) else None
+        probs = []
+        for r, i in enumerate(rows):
+            try: out[r] = _resize_crop(ds.load_image(i), size)
+            except DataError as e: probs.extend(e.problems)
+        if probs: raise DataError(probs, ds.path)              # nothing written: the old store (if any) stays
+        if out is None: (tmp/'pixels.u8').write_bytes(b'')
+        else: out.flush(); del out
+        (tmp/'manifest.json').write_text(json.dumps(want, indent=1))
+    from transrec.train import atomic_dir
+    atomic_dir(folder, write)
+    log.info(f'pixel store {folder}: {len(rows)} images at {size} px ({len(rows) * 3 * size * size / 2**20:.1f} MiB)')
+    return folder
+
 # %% ../nbs/01_data.ipynb #c048
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `python -m transrec.data`; returns the exit status."
@@ -1016,7 +1155,15 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument('--min-seq-len', type=int, default=None,
                    help='exclude users with fewer interactions (>= 3); without it, users with < 3 are an error')
     v.add_argument('--skip-image-decode', action='store_true', help='only check that images exist (faster)')
+    pi = sub.add_parser('prepare-images', help='decode and resize every image once into PATH/pixels-SIZE/ (a uint8 memmap)')
+    pi.add_argument('path', help='the data set folder')
+    pi.add_argument('--size', type=int, default=224, help='image side in pixels (ModelConfig.image_size; default 224)')
+    pi.add_argument('--force', action='store_true', help='rebuild even if the store is valid')
     a = p.parse_args(argv)
+    if a.command == 'prepare-images':
+        try: print(prepare_images(a.path, a.size, force=a.force))
+        except ValueError as e: print(f'error: {e}', file=sys.stderr); return 2
+        return 0
     try: rep = validate(a.path, min_seq_len=a.min_seq_len, check_images=not a.skip_image_decode)
     except ValueError as e: print(f'error: {e}', file=sys.stderr); return 2
     print(rep.render())

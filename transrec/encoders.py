@@ -370,21 +370,16 @@ class PrefixCache:
         return f'PrefixCache({self.n_filled}/{self.shape[0]} rows of {self.shape[1:]} {self.dtype}, {self.nbytes/2**20:.1f} MiB, {where})'
 
 # %% ../nbs/05_encoders.ipynb #c026
-def _resize_crop(img, size: int) -> np.ndarray:
-    "PIL RGB image -> uint8 [3, size, size]: the centred square of the shorter side, resized to `size`."
-    from PIL import Image
-    w, h = img.size; side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    # crop first, then resize only that box: memory is the output's, whatever the shape (a 40000 x 1 image
-    # resized shorter-side-first would become 8,960,000 x 224 pixels)
-    out = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
-    return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
+from .data import _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted, pixel_store_dir
 
 class ItemContent:
     "The items of one data set as the encoders of `cfg` read them: tokens, pixels, frozen-prefix caches."
     def __init__(self, cfg: ModelConfig, ds, prefix_cache: bool = True, cache_dir=None, cache_max_bytes: int = 2 << 30,
-                 cache_dtype: str = 'float32', pixel_cache_max_bytes: int = 1 << 30):
+                 cache_dtype: str = 'float32', pixel_cache_max_bytes: int = 1 << 30, pixel_store='auto'):
         if cache_dtype not in ('float32', 'float16'): raise ValueError(f"cache_dtype={cache_dtype!r}: use 'float32' or 'float16'")
+        if pixel_store not in ('auto', True, False): raise ValueError(f"pixel_store={pixel_store!r}: use 'auto', True or False")
+        self.pixel_store = pixel_store
+        self._store, self._store_file, self._staged, self._tokenizer, self._spill = None, None, None, None, None
         self.cfg, self.ds, self.use_cache = cfg, ds, prefix_cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_max_bytes, self.cache_dtype, self.pixel_cache_max_bytes = cache_max_bytes, cache_dtype, pixel_cache_max_bytes
@@ -415,37 +410,125 @@ class ItemContent:
             bad = torch.as_tensor(items).cpu()[m != code][:5].tolist()
             raise ValueError(f"items {bad} of data set {self.ds.name!r} are not {MODALITIES[code]} items")
 
+    def _get_tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+            self._tokenizer = _hf_load(AutoTokenizer.from_pretrained, self.cfg.text_model)
+        return self._tokenizer
+
+    def _tokenize(self, items) -> tuple[np.ndarray, np.ndarray]:
+        "Token ids (int32) and mask (uint8) [n, text_max_tokens] of text items `items`, padded to the maximum."
+        enc = self._get_tokenizer()([self.ds.texts[i] for i in items], max_length=self.cfg.text_max_tokens,
+                                    truncation=True, padding='max_length', return_tensors='np')
+        return enc['input_ids'].astype(np.int32), enc['attention_mask'].astype(np.uint8)
+
+    def _staged_pos(self, modality: str, items) -> np.ndarray | None:
+        "Positions of `items` in the staged batch content of `modality`, or None if any of them is not there."
+        part = (self._staged or {}).get(modality)
+        if part is None or not len(part[0]): return None
+        have, items = part[0], np.asarray(torch.as_tensor(items).cpu())
+        pos = np.minimum(np.searchsorted(have, items), len(have) - 1)
+        return pos if (have[pos] == items).all() else None
+
     def tokens(self, items) -> tuple[torch.Tensor, torch.Tensor]:
         "Token ids and attention mask (int64 [n, l]) of text items, trimmed to the longest of them."
-        if self._tok is None:
-            from transformers import AutoTokenizer
-            tok = _hf_load(AutoTokenizer.from_pretrained, self.cfg.text_model)
-            texts = [self.ds.texts[i] for i in np.nonzero(self.modality.numpy() == 0)[0]]
-            enc = tok(texts, max_length=self.cfg.text_max_tokens, truncation=True, padding='max_length', return_tensors='np')
-            self._tok = (enc['input_ids'].astype(np.int32), enc['attention_mask'].astype(np.uint8))   # compact; int64 per batch
         self._check_modality(items, 0)
-        r = self.rows(items)
-        ids, mask = self._tok[0][r], self._tok[1][r]
-        l = int(mask.sum(1).max()) if len(r) else 1
+        pos = self._staged_pos('text', items)
+        if pos is not None: ids, mask = self._staged['text'][1][pos], self._staged['text'][2][pos]
+        else:
+            if self._tok is None: self._tok = self._tokenize(np.nonzero(self.modality.numpy() == 0)[0])   # compact
+            r = self.rows(items)
+            ids, mask = self._tok[0][r], self._tok[1][r]
+        l = int(mask.sum(1).max()) if len(ids) else 1
         return torch.from_numpy(ids[:, :l].astype(np.int64)), torch.from_numpy(mask[:, :l].astype(np.int64))
 
-    def pixels(self, items) -> torch.Tensor:
-        "Normalised image tensors float32 [n, 3, S, S] of image items."
-        self._check_modality(items, 1)
+    def store(self) -> np.ndarray | None:
+        "The pixel store this content reads (`data.open_pixel_store`), resolved once; None: images are decoded."
+        if self._store is None:
+            S, n_img = self.cfg.image_size, self.n_by_modality[1]
+            store = None
+            if self._store_file is not None:                       # a worker process: the parent validated it
+                store = np.memmap(self._store_file, np.uint8, 'r', shape=(n_img, 3, S, S))
+            elif self.pixel_store is not False and n_img and getattr(self.ds, 'path', None) is not None:
+                store = open_pixel_store(self.ds, S)
+                if store is None and (self.pixel_store is True or pixel_store_wanted(n_img, S)):
+                    try: prepare_images(self.ds, S); store = open_pixel_store(self.ds, S)
+                    except OSError as e:
+                        if self.pixel_store is True: raise
+                        log.warning(f'cannot write the pixel store of {self.ds.name!r} ({e}); decoding images instead')
+                if isinstance(store, np.memmap): self._store_file = str(pixel_store_dir(self.ds.path, S)/'pixels.u8')
+            self._store = store if store is not None else False
+        return self._store if self._store is not False else None
+
+    def _u8(self, items: np.ndarray, cache: bool = True) -> np.ndarray:
+        "uint8 [n, 3, S, S] of image items: from the pixel store, else decoded (and kept in the uint8 cache if `cache`)."
         S, n_img = self.cfg.image_size, self.n_by_modality[1]
+        items = np.asarray(items, dtype=np.int64)
+        if not len(items): return np.zeros((0, 3, S, S), np.uint8)
+        store = self.store()
+        if store is not None: return np.ascontiguousarray(store[self._rows[items]])
         if self._pix is None:
             fits = n_img * 3 * S * S <= self.pixel_cache_max_bytes
             self._pix = (np.zeros((n_img, 3, S, S), np.uint8), np.zeros(n_img, bool)) if fits else False
-        items = np.asarray(torch.as_tensor(items).cpu())
-        if self._pix is False: u8 = np.stack([_resize_crop(self.ds.load_image(int(i)), S) for i in items]) if len(items) else np.zeros((0, 3, S, S), np.uint8)
-        else:
-            store, filled = self._pix; r = self._rows[items]
-            for i, ri in zip(items, r):
-                if not filled[ri]: store[ri] = _resize_crop(self.ds.load_image(int(i)), S); filled[ri] = True
-            u8 = store[r]
-        x = torch.from_numpy(u8).float().div_(255)
-        mean, std = torch.tensor(self.cfg.image_mean).view(1, 3, 1, 1), torch.tensor(self.cfg.image_std).view(1, 3, 1, 1)
+        if self._pix is False or not cache: return np.stack([_resize_crop(self.ds.load_image(int(i)), S) for i in items])
+        pix, filled = self._pix; r = self._rows[items]
+        for i, ri in zip(items, r):
+            if not filled[ri]: pix[ri] = _resize_crop(self.ds.load_image(int(i)), S); filled[ri] = True
+        return pix[r]
+
+    def pixels(self, items) -> torch.Tensor:
+        "Normalised image tensors float32 [n, 3, S, S] of image items (on the device of a staged batch's pixels)."
+        self._check_modality(items, 1)
+        pos = self._staged_pos('image', items)
+        if pos is not None:
+            staged = self._staged['image'][1]; u8 = staged[torch.as_tensor(pos, device=staged.device)]
+        else: u8 = torch.from_numpy(self._u8(np.asarray(torch.as_tensor(items).cpu())))
+        x = u8.float().div_(255)
+        shape = dict(device=x.device, dtype=x.dtype)
+        mean, std = torch.tensor(self.cfg.image_mean, **shape).view(1, 3, 1, 1), torch.tensor(self.cfg.image_std, **shape).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    def _prefix_complete(self, modality: str) -> bool:
+        return any(c is not None and c.key and c.key.get('encoder') == modality and c.n_filled == c.shape[0]
+                   for c in self.caches.values())
+
+    def batch_content(self, items) -> dict:
+        """What the encoders read for a batch's unique `items`, made where this runs (a loader worker): `text_ids`,
+        `text_mask` of its text items (trimmed to the longest), uint8 `pixels` of its image items (not when a
+        complete frozen-prefix cache for images exists: then the image encoder never reads them)."""
+        items = np.asarray(items, dtype=np.int64); mod = self.modality.numpy()[items]
+        out, text, image = {}, items[mod == 0], items[mod == 1]
+        if len(text):
+            ids, mask = self._tokenize(text); l = int(mask.sum(1).max())
+            out.update(text_ids=torch.from_numpy(ids[:, :l].astype(np.int64)), text_mask=torch.from_numpy(mask[:, :l].astype(np.int64)))
+        if len(image) and not self._prefix_complete('image'):
+            in_worker = torch.utils.data.get_worker_info() is not None   # a worker's cache copy would die with it
+            out['pixels'] = torch.from_numpy(self._u8(image, cache=not in_worker))
+        return out
+
+    def prepare_workers(self):
+        "Load the tokenizer and resolve the pixel store here, before loader workers are forked (they inherit both)."
+        if self.n_by_modality[0]: self._get_tokenizer()
+        if self.n_by_modality[1]: self.store()
+
+    def staged(self, batch):
+        "Context: `tokens`/`pixels` of `batch`'s items come from what the loader put in it (nothing decoded here)."
+        import contextlib
+        @contextlib.contextmanager
+        def ctx():
+            items = batch.items.cpu().numpy(); mod = self.modality.numpy()[items]
+            staged = {}
+            if batch.text_ids is not None: staged['text'] = (items[mod == 0], batch.text_ids.cpu().numpy(), batch.text_mask.cpu().numpy())
+            if batch.pixels is not None: staged['image'] = (items[mod == 1], batch.pixels)
+            old, self._staged = self._staged, staged
+            try: yield self
+            finally: self._staged = old
+        return ctx()
+
+    def __getstate__(self):
+        "What a spawned loader worker gets: no caches, no open files (it reopens the pixel store by path)."
+        return {**vars(self), 'caches': OrderedDict(), '_pix': None, '_tok': None, '_staged': None, '_spill': None,
+                '_store': None if self._store is not False else False}
 
     def prefix_cache(self, encoder) -> PrefixCache | None:
         "The frozen-prefix cache for `encoder` (created on first use), or None when caching is off or it does not fit."
@@ -459,11 +542,16 @@ class ItemContent:
         nbytes = n * math.prod(shape) * np.dtype(self.cache_dtype).itemsize
         if self.cache_dir is not None:
             c = PrefixCache(n, shape, self.cache_dtype, path=self.cache_dir/f'{encoder.modality}-{h}.npy', key=key)
-        elif nbytes > self.cache_max_bytes:
-            log.warning(f"frozen-prefix cache for {encoder.modality} items of {self.ds.name!r} would need {nbytes/2**30:.2f} GiB "
-                        f"> cache_max_bytes={self.cache_max_bytes/2**30:.2f} GiB: not caching. Give make_content(cache_dir=...) "
-                        "for a disk cache, cache_dtype='float16', or a larger cache_max_bytes")
-            c = None
+        elif nbytes > self.cache_max_bytes:                    # spill: a float16 memmap in a temporary folder
+            if self._spill is None:
+                import tempfile
+                self._spill = tempfile.TemporaryDirectory(prefix='transrec-prefix-')   # removed with this content
+            key = {**key, 'dtype': 'float16'}
+            path = Path(self._spill.name)/f'{encoder.modality}-{h}.npy'
+            log.info(f"frozen-prefix cache for {encoder.modality} items of {self.ds.name!r} needs {nbytes/2**30:.2f} GiB "
+                     f"> cache_max_bytes={self.cache_max_bytes/2**30:.2f} GiB: spilling to a float16 memmap {path} "
+                     f"({nbytes / np.dtype(self.cache_dtype).itemsize * 2 / 2**30:.2f} GiB; make_content(cache_dir=...) keeps it)")
+            c = PrefixCache(n, shape, 'float16', path=path, key=key)
         else:
             while self.caches and sum(x.nbytes for x in self.caches.values() if x is not None) + nbytes > self.cache_max_bytes:
                 old, _ = self.caches.popitem(last=False); log.info(f'dropping frozen-prefix cache {old} (cache_max_bytes)')
@@ -497,10 +585,13 @@ class ItemContent:
                 f"prefix_cache={self.use_cache}, caches={[c for c in self.caches.values()]})")
 
 def make_content(cfg: ModelConfig, ds, prefix_cache: bool = True, cache_dir=None, cache_max_bytes: int = 2 << 30,
-                 cache_dtype: str = 'float32', pixel_cache_max_bytes: int = 1 << 30) -> ItemContent:
-    "The `ItemContent` of data set `ds` for a model with config `cfg` (one per data set; cheap until used)."
+                 cache_dtype: str = 'float32', pixel_cache_max_bytes: int = 1 << 30, pixel_store='auto') -> ItemContent:
+    """The `ItemContent` of data set `ds` for a model with config `cfg` (one per data set; cheap until used).
+    `pixel_store`: 'auto' reads a valid `data.prepare_images` store and builds one on first use when
+    `data.pixel_store_wanted` (> 5000 images or > 1 GiB of uint8 pixels); True always builds; False never reads one."""
     return ItemContent(cfg, ds, prefix_cache=prefix_cache, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes,
-                       cache_dtype=cache_dtype, pixel_cache_max_bytes=pixel_cache_max_bytes)
+                       cache_dtype=cache_dtype, pixel_cache_max_bytes=pixel_cache_max_bytes, pixel_store=pixel_store)
+
 
 # %% ../nbs/05_encoders.ipynb #c035
 class ItemTower(nn.Module):

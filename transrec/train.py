@@ -20,7 +20,7 @@ __all__ = ['CKPT_STATE', 'make_optimizer', 'lr_factor', 'make_scheduler', 'atomi
            'LoopState', 'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint',
            'load_checkpoint', 'resume_checkpoint', 'jsonable', 'MetricsLog', 'read_metrics', 'DistInfo',
            'init_distributed', 'all_reduce_sum', 'broadcast_object', 'gather_objects', 'gather_group', 'LossModule',
-           'NonFiniteLossError', 'prefetch', 'FitResult', 'TrainingRun', 'fit', 'main']
+           'NonFiniteLossError', 'loader_settings', 'FitResult', 'TrainingRun', 'fit', 'main']
 
 # %% ../nbs/08_train.ipynb #c005
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -325,28 +325,13 @@ def _n_terms(batch, info: dict) -> float:
     return float(n) if n is not None else float(_rows(batch))
 
 # %% ../nbs/08_train.ipynb #c026
-def prefetch(it, depth: int = 2):
-    "Iterate `it` in a background thread, `depth` items ahead; exceptions are re-raised in the consumer."
-    if depth <= 0:
-        yield from it; return
-    q, stop, END = queue.Queue(depth), threading.Event(), object()
-    def work():
-        try:
-            for x in it:
-                while not stop.is_set():
-                    try: q.put(x, timeout=0.1); break
-                    except queue.Full: pass
-                if stop.is_set(): return
-            q.put(END)
-        except BaseException as e: q.put(e)
-    t = threading.Thread(target=work, daemon=True); t.start()
-    try:
-        while True:
-            x = q.get()
-            if x is END: return
-            if isinstance(x, BaseException): raise x
-            yield x
-    finally: stop.set()
+def loader_settings(cfg: TrainConfig, device) -> dict:
+    "`num_workers`, `pin_memory`, `prefetch_factor` of the training loader from `cfg` (None: chosen for the machine)."
+    from transrec.data import default_num_workers
+    device = torch.device(device)
+    workers = default_num_workers(device) if cfg.num_workers is None else cfg.num_workers
+    pin = device.type == 'cuda' if cfg.pin_memory is None else bool(cfg.pin_memory)
+    return dict(num_workers=workers, pin_memory=pin, prefetch_factor=cfg.prefetch_factor)
 
 # %% ../nbs/08_train.ipynb #c029
 @dataclass
@@ -497,9 +482,11 @@ def optimiser_step(self: TrainingRun, group: list) -> tuple[float, int, float]:
     for i, b in enumerate(group):
         b = b if _rows(b) > 0 else None
         ctx = self.net.no_sync() if di.distributed and i < len(group) - 1 else contextlib.nullcontext()
-        with ctx:
+        b = b.to(dev, non_blocking=True) if b is not None else None
+        staged = getattr(self.content, 'staged', None)      # the batch's tokens and pixels, made by the loader
+        with ctx, (staged(b) if staged is not None and b is not None else contextlib.nullcontext()):
             with _autocast(dev, self.amp_dtype):
-                loss, info = self.net(b.to(dev) if b is not None else None, self.content)
+                loss, info = self.net(b, self.content)
             loss = loss.float(); n = _n_terms(b, info)
             self.scaler.scale(loss * n).backward()
         loss_sum += loss.detach() * n; n_sum += n; rows += _rows(b)
@@ -520,13 +507,13 @@ def optimiser_step(self: TrainingRun, group: list) -> tuple[float, int, float]:
 @patch
 def train_epoch(self: TrainingRun) -> bool:
     "Run the rest of the current epoch; True if `max_steps` was reached."
-    from transrec.data import train_batches
+    from transrec.data import train_loader
     from tqdm.auto import tqdm
     st, cfg = self.st, self.cfg
-    batches = prefetch(train_batches(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=st.epoch,
-                                     rank=self.di.rank, world_size=self.di.world_size, skip=st.pos,
-                                     stride=self.stride),
-                       cfg.num_workers)
+    content = self.content if hasattr(self.model, 'item_tower') else None    # only content models read it
+    batches = train_loader(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=st.epoch,
+                           rank=self.di.rank, world_size=self.di.world_size, skip=st.pos, stride=self.stride,
+                           content=content, **loader_settings(cfg, self.device))
     bar = tqdm(total=self.n_micro, initial=st.pos, desc=f'epoch {st.epoch + 1}/{cfg.epochs}', disable=not self.show,
                leave=False, dynamic_ncols=True)
     group, win = [], dict(loss=0.0, steps=0, seqs=0, time=0.0)
