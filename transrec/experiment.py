@@ -130,7 +130,7 @@ class Spec:
             if self.lo is not None and self.hi is not None:
                 words += f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
             elif self.lo is not None: words += f" {'>' if self.lo_open else '>='} {self.lo:g}"
-        return f'None or {words}' if self.none_ok else words
+        return f'{words} or None' if self.none_ok else words
 
     def _type_ok(self, value) -> bool:
         if isinstance(value, bool): return self.type is bool
