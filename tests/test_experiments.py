@@ -53,8 +53,13 @@ def test_finetune_pretrained_and_scratch(env, pretrained):
     run('finetune', env/'ft.ipynb', target='qb_text', init=str(pretrained/'best'), target_fraction=0.5, out_dir=str(out), **TINY)
     m = json.loads((out/'metrics.json').read_text())
     assert m['zero_shot'] is not None and 'NDCG@10' in m['zero_shot'] and m['method'] == 'transrec-pretrained'
-    assert m['train_data']['users'] < m['data']['users']      # trained on a share, evaluated on everyone
-    assert m['test']['n_users'] == m['data']['users']
+    assert m['train_data']['users'] < m['data']['users']      # trained on a share (warm), the rest held out (cold)
+    assert m['test'] == m['test_cold'] and m['test']['n_users'] == m['users']['held_out']   # headline: held-out users
+    assert m['test_warm']['n_users'] == m['users']['fine_tune'] == m['train_data']['users']
+    assert m['test_all']['n_users'] == m['data']['users'] and m['zero_shot'] == m['zero_shot_cold']
+    assert m['history'][0]['epoch'] == 0 and m['best_epoch'] in (0, 1)      # the pre-trained model competed
+    assert m['params']['dim'] == TINY['dim'] and m['params_given']['kind'] is None    # what was used / given
+    assert (out/'per_user.npz').exists()
     out2 = env/'ft-scratch'
     run('finetune', env/'ft2.ipynb', target='qb_text', init='scratch', kind='id_sasrec', target_fraction=0.5, out_dir=str(out2), **TINY)
     m2 = json.loads((out2/'metrics.json').read_text())

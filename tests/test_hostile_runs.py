@@ -130,3 +130,18 @@ def test_class11_garbage_image_weights_and_corrupt_init_are_named(tmp_path):
     f = model_dir/'model.safetensors'; f.write_bytes(f.read_bytes()[:20])
     with pytest.raises(ValueError) as e: check_init(str(model_dir))
     assert str(f) in str(e.value) and 'init=' in str(e.value)
+
+
+# --- issue #11: fine-tuning parameters honoured or refused ---------------------------------------------------------
+
+def test_finetune_refuses_an_architecture_parameter_that_differs_from_init(env):
+    "`-p dim 32` with a dim-16 checkpoint stops the notebook before any work, naming the parameter."
+    from transrec.core import ModelConfig
+    from transrec.model import build_model, save_model
+    cfg = ModelConfig(kind='id_sasrec', dim=16, n_layers=1, n_heads=1, max_len=8, image_size=32, text_max_tokens=16, n_items=5)
+    save_model(build_model(cfg), env/'pre'/'best')
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        run('finetune', env/'ft.ipynb', **{**TINY, 'init': str(env/'pre'/'best'), 'dim': 32, 'out_dir': str(env/'run')})
+    assert 'dim=32 (checkpoint: 16)' in str(e.value) and "init='scratch'" in str(e.value)
+    assert 'image_size' not in str(e.value) and 'text_trainable_blocks' not in str(e.value)   # equal or training-time
+    assert not (env/'data').exists() and not (env/'run').exists()       # no data built, no run folder made

@@ -167,6 +167,13 @@ class TrainConfig(JSONConfig):
     prefetch_factor: int = 2          # batches each loader worker prepares ahead
     log_every: int = 10
 
+    @classmethod
+    def reference(cls, **kw):
+        "The reference code's training: Adam at 1e-4 for every parameter, no decay, constant lr, batch 128, fp32."
+        d = dict(lr=1e-4, encoder_lr=1e-4, weight_decay=0.0, schedule='constant', warmup_steps=0, batch_size=128,
+                 epochs=50, amp='none', clip_grad=None)
+        d.update(kw); return cls(**d)
+
     def __post_init__(self):
         if self.schedule not in ('cosine', 'linear', 'constant'):
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose 'cosine', 'linear' or 'constant'")

@@ -12,16 +12,17 @@ import torch
 from .core import ModelConfig, TrainConfig, resolve_device, log, banner, environment_info, seed_everything
 
 # %% auto #0
-__all__ = ['EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'METHOD_LABELS',
-           'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'check_data_name', 'check_init', 'check_fraction', 'split_params',
-           'Spec', 'experiment_params', 'study_run_params', 'dataset_summary', 'sample_users', 'image_weights_note',
-           'run_experiment', 'write_json', 'write_metrics', 'resume_run', 'read_run_json', 'write_run_params',
-           'data_fingerprint', 'data_changes', 'check_resume_data', 'curves_figure', 'save_figure',
-           'update_report_index', 'index_run', 'papermill_output_path', 'render_notebook_html',
-           'render_executed_notebook', 'run_notebook', 'seed_interval', 'interval_excludes_zero', 'gain_interval',
-           'aggregate_seeds', 'load_per_user', 'write_per_user', 'paired_users', 'paired_cell', 'format_interval',
-           'table_markdown', 'results_frame', 'target_shift', 'gain_vs_shift', 'gain_shift_figure', 'load_name',
-           'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study', 'write_transfer_reports',
+__all__ = ['PRESETS', 'TRAINING_TIME_FIELDS', 'EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS',
+           'RESUME_IGNORES', 'METHOD_LABELS', 'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'check_data_name', 'check_init',
+           'check_fraction', 'split_params', 'preset_configs', 'architecture_clashes', 'init_model_config',
+           'experiment_configs', 'Spec', 'experiment_params', 'study_run_params', 'dataset_summary', 'split_users',
+           'sample_users', 'group_metrics', 'ranked_groups', 'write_per_user', 'image_weights_note', 'run_experiment',
+           'write_json', 'write_metrics', 'resume_run', 'read_run_json', 'write_run_params', 'data_fingerprint',
+           'data_changes', 'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
+           'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook', 'seed_interval',
+           'interval_excludes_zero', 'gain_interval', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell',
+           'format_interval', 'table_markdown', 'results_frame', 'target_shift', 'gain_vs_shift', 'gain_shift_figure',
+           'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study', 'write_transfer_reports',
            'markdown_table_html', 'transfer_figure', 'curve_band', 'scaling_study', 'scaling_figures']
 
 # %% ../nbs/11_experiment.ipynb #c005
@@ -33,12 +34,11 @@ def check_data_name(name: str, param: str = 'source', root=None) -> str:
     raise ValueError(f"{param}={name!r} is not a known data set. Available: {', '.join(names)}; "
                      f"or give the path of a MoM data set folder (with items.tsv).")
 
-def check_init(init: str):
-    "`'scratch'` -> None; otherwise the directory of a saved model (config.json + model.safetensors)."
+def check_init(init: str, root=None):
+    "`'scratch'` -> None; else the saved model folder `init` (relative: from the cwd, else from `root` if given)."
     if init in (None, '', 'scratch'): return None
-    from transrec.core import project_root
-    p = Path(init)
-    if not p.is_absolute() and not p.exists(): p = project_root()/p      # notebooks run in nbs/, the CLI in the root
+    p = Path(init).expanduser()
+    if not p.is_absolute() and not p.exists() and root is not None: p = Path(root)/p
     p = p.resolve()
     if (p/'best'/'config.json').exists(): p = p/'best'
     if not ((p/'config.json').exists() and (p/'model.safetensors').exists()):
@@ -57,14 +57,56 @@ def check_fraction(x: float, param: str) -> float:
 
 # %% ../nbs/11_experiment.ipynb #c008
 def split_params(params: dict, model_cfg: ModelConfig | None = None, train_cfg: TrainConfig | None = None):
-    "Sort flat `params` into (ModelConfig, TrainConfig, rest)."
-    mf = {f.name for f in fields(ModelConfig)}; tf = {f.name for f in fields(TrainConfig)}
-    m = {k: v for k, v in params.items() if k in mf}
-    t = {k: v for k, v in params.items() if k in tf and k not in mf}
-    rest = {k: v for k, v in params.items() if k not in mf and k not in tf}
-    mc = (model_cfg or ModelConfig()).replace(**m); tc = (train_cfg or TrainConfig()).replace(**t)
+    "Sort flat `params` into (ModelConfig, TrainConfig, rest); None values keep the base configs' values."
+    model_names, train_names = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
+    model_kw = {k: v for k, v in params.items() if k in model_names and v is not None}
+    train_kw = {k: v for k, v in params.items() if k in train_names and k not in model_names and v is not None}
+    rest = {k: v for k, v in params.items() if k not in model_names and k not in train_names}
+    model_cfg = (model_cfg or ModelConfig()).replace(**model_kw)
+    train_cfg = (train_cfg or TrainConfig()).replace(**train_kw)
     if 'device' in params: resolve_device(params['device'])   # fail early on a bad device
-    return mc, tc, rest
+    return model_cfg, train_cfg, rest
+
+# %% ../nbs/11_experiment.ipynb #c009b
+PRESETS = ('workbench', 'reference')
+_WORKBENCH_TRAIN = dict(pretrain=dict(epochs=20), finetune=dict(epochs=30, patience=5))
+
+def preset_configs(preset: str = 'workbench', experiment: str = 'pretrain') -> tuple[ModelConfig, TrainConfig]:
+    "The (ModelConfig, TrainConfig) of `preset` for notebook `experiment`: what unset parameters take."
+    if preset == 'reference': return ModelConfig.reference(), TrainConfig.reference()
+    if preset == 'workbench': return ModelConfig(), TrainConfig(**_WORKBENCH_TRAIN.get(experiment, {}))
+    raise ValueError(f"parameter preset={preset!r}: choose one of {list(PRESETS)}")
+
+# %% ../nbs/11_experiment.ipynb #c009e
+TRAINING_TIME_FIELDS = ('dropout', 'text_trainable_blocks', 'image_trainable_blocks', 'loss', 'readout', 'n_pos',
+                        'n_neg', 'temperature', 'train_windows')
+
+def architecture_clashes(saved: ModelConfig, wanted: dict) -> dict:
+    "The architecture settings in `wanted` (field -> value; None = unset) that differ from `saved`: {name: (wanted, saved)}."
+    names = {f.name for f in fields(ModelConfig)} - set(TRAINING_TIME_FIELDS)
+    norm = lambda v: tuple(v) if isinstance(v, list) else v
+    unset = lambda k, v: v is None or (k == 'n_items' and v == 0)        # n_items: sized from the data when 0
+    return {k: (v, getattr(saved, k)) for k, v in wanted.items()
+            if k in names and not unset(k, v) and norm(v) != norm(getattr(saved, k))}
+
+def init_model_config(saved: ModelConfig, params: dict, init=None) -> ModelConfig:
+    "The config to fine-tune the checkpoint of `saved` with: `params`' training-time settings applied, the rest checked."
+    clashes = architecture_clashes(saved, params)
+    if clashes:
+        said = ', '.join(f'{k}={v!r} (checkpoint: {s!r})' for k, (v, s) in clashes.items())
+        raise ValueError(f"init={str(init)!r}: architecture parameter(s) differ from the checkpoint: {said}; "
+                         "leave them unset (None) to use the checkpoint's, or train from scratch (init='scratch')")
+    return saved.replace(**{k: v for k, v in params.items() if k in TRAINING_TIME_FIELDS and v is not None})
+
+# %% ../nbs/11_experiment.ipynb #c009h
+def experiment_configs(experiment: str, params: dict, init_dir=None) -> tuple[ModelConfig, TrainConfig]:
+    "The (ModelConfig, TrainConfig) a run of notebook `experiment` uses: preset, then checkpoint, then parameters."
+    model_cfg, train_cfg = preset_configs(params.get('preset') or 'workbench', experiment)
+    if init_dir is not None:
+        from transrec.model import check_model_dir
+        model_cfg = init_model_config(check_model_dir(init_dir), params, init_dir)
+    model_cfg, train_cfg, _ = split_params(params, model_cfg, train_cfg)
+    return model_cfg, train_cfg
 
 # %% ../nbs/11_experiment.ipynb #p002
 _TYPE_WORDS = {int: 'an integer', float: 'a number', str: 'a string', bool: 'True or False', list: 'a list'}
@@ -90,7 +132,7 @@ class Spec:
             if self.lo is not None and self.hi is not None:
                 words += f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
             elif self.lo is not None: words += f" {'>' if self.lo_open else '>='} {self.lo:g}"
-        return f'None or {words}' if self.none_ok else words
+        return f'{words} or None' if self.none_ok else words
 
     def _type_ok(self, value) -> bool:
         if isinstance(value, bool): return self.type is bool
@@ -116,7 +158,7 @@ class Spec:
 
 # %% ../nbs/11_experiment.ipynb #p005
 def _data_name(value, name): check_data_name(value, name)
-def _init(value, name): check_init(value) if value else None
+def _init(value, name): check_init(value, root='..') if value else None   # notebooks run in nbs/
 def _device(value, name): resolve_device(value)
 def _file(value, name):
     if not Path(value).expanduser().is_file():
@@ -126,39 +168,40 @@ def _methods(value, name):
                                                        f"choose from {list(TRANSFER_METHODS)}")
 
 _FRACTION = Spec(float, 0, 1, lo_open=True)
-_RUN = dict(out_dir=('', Spec(str)), seed=(0, Spec(int, 0)), device=('auto', Spec(str, check=_device)),
-            scale=(1.0, Spec(float, 0, lo_open=True)), data_seed=(0, Spec(int, 0)))
+_RUN = dict(out_dir=('', Spec(str)), preset=('workbench', Spec(choices=PRESETS)), seed=(0, Spec(int, 0)),
+            device=('auto', Spec(str, check=_device)), scale=(1.0, Spec(float, 0, lo_open=True)),
+            data_seed=(0, Spec(int, 0)))
 _SIZE = dict(dim=(64, Spec(int, 1, 4096)), n_layers=(2, Spec(int, 1, 64)), n_heads=(2, Spec(int, 1, 64)),
              max_len=(20, Spec(int, 1, 10_000)), text_trainable_blocks=(2, Spec(int, 0, 64)),
              image_trainable_blocks=(2, Spec(int, 0, 5)), image_size=(64, Spec(int, 16, 2048)),
              text_max_tokens=(32, Spec(int, 4, 4096)))
-_MODEL = dict(kind=('transrec', Spec(choices=('transrec', 'frozen', 'id_sasrec', 'popularity'))), dim=_SIZE['dim'],
-              n_layers=_SIZE['n_layers'], n_heads=_SIZE['n_heads'], max_len=_SIZE['max_len'],
-              dropout=(0.1, Spec(float, 0, 0.99)), readout=('causal', Spec(choices=('causal', 'last'))),
-              loss=('softmax', Spec(choices=('softmax', 'bce'))), n_neg=(1, Spec(int, 1, 10_000)),
-              text_model=('minilm', Spec(str)), text_max_tokens=_SIZE['text_max_tokens'],
-              text_pooling=('attention', Spec(choices=('cls', 'mean', 'attention'))),
-              text_trainable_blocks=_SIZE['text_trainable_blocks'],
-              image_model=('resnet18', Spec(choices=('resnet18', 'resnet34', 'resnet50'))),
-              image_weights=(None, Spec(str, none_ok=True, check=_file)), image_size=_SIZE['image_size'],
-              image_trainable_blocks=_SIZE['image_trainable_blocks'])
-_TRAIN = dict(max_steps=(None, Spec(int, 1, none_ok=True)), batch_size=(64, Spec(int, 1, 1_000_000)),
-              lr=(1e-3, Spec(float, 0, 10, lo_open=True)), encoder_lr=(1e-4, Spec(float, 0, 10)),
-              amp=('auto', Spec(choices=('auto', 'bf16', 'fp16', 'none'))), patience=(3, Spec(int, 0)),
-              progress=(True, Spec(bool)),
-              resume=('auto', Spec(choices=('auto', 'fresh'))))
+_unset = lambda spec: (None, Spec(**{**spec.__dict__, 'none_ok': True}))    # None: the preset's (or checkpoint's) value
+_MODEL = {k: _unset(spec) for k, spec in dict(
+    kind=Spec(choices=('transrec', 'frozen', 'id_sasrec', 'popularity')), dim=_SIZE['dim'][1],
+    n_layers=_SIZE['n_layers'][1], n_heads=_SIZE['n_heads'][1], max_len=_SIZE['max_len'][1],
+    dropout=Spec(float, 0, 0.99), readout=Spec(choices=('causal', 'last')), loss=Spec(choices=('softmax', 'bce')),
+    n_neg=Spec(int, 1, 10_000), text_model=Spec(str), text_max_tokens=_SIZE['text_max_tokens'][1],
+    text_pooling=Spec(choices=('cls', 'mean', 'attention')), text_trainable_blocks=_SIZE['text_trainable_blocks'][1],
+    image_model=Spec(choices=('resnet18', 'resnet34', 'resnet50')), image_weights=Spec(str, check=_file),
+    image_size=_SIZE['image_size'][1], image_trainable_blocks=_SIZE['image_trainable_blocks'][1]).items()}
+_BATCH, _MAX_STEPS = Spec(int, 1, 1_000_000), Spec(int, 1, none_ok=True)
+_TRAIN = {**{k: _unset(spec) for k, spec in dict(
+              batch_size=_BATCH, lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
+              amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), patience=Spec(int, 0)).items()},
+          'max_steps': (None, _MAX_STEPS), 'progress': (True, Spec(bool)),
+          'resume': ('auto', Spec(choices=('auto', 'fresh')))}
 _EPOCHS = Spec(int, 1, 100_000)
 _SEEDS = Spec(int, 1, 1000)          # a study's number of seeds: runs use seed, seed + 1, ...
 _STUDY = dict(pretrained=('', Spec(str, check=_init)), **_RUN, **_SIZE, pretrain_epochs=(20, _EPOCHS),
-              finetune_epochs=(30, _EPOCHS), batch_size=_TRAIN['batch_size'], max_steps=_TRAIN['max_steps'])
+              finetune_epochs=(30, _EPOCHS), batch_size=(64, _BATCH), max_steps=(None, _MAX_STEPS))
 
 EXPERIMENT_PARAMS = {
     'pretrain': dict(source=('qb_mixed', Spec(str, check=_data_name)), **_RUN, source_fraction=(1.0, _FRACTION),
-                     **_MODEL, epochs=(20, _EPOCHS), **_TRAIN),
+                     **_MODEL, epochs=(None, _unset(_EPOCHS)[1]), **_TRAIN),
     'finetune': dict(target=('qb_text', Spec(str, check=_data_name)),
                      init=('reports/pretrain-qb_mixed/best', Spec(str, check=_init)),
-                     target_fraction=(0.1, _FRACTION), **_RUN, **_MODEL, epochs=(30, _EPOCHS),
-                     **{**_TRAIN, 'patience': (5, Spec(int, 0))}),
+                     target_fraction=(0.1, _FRACTION), **_RUN, **_MODEL, epochs=(None, _unset(_EPOCHS)[1]),
+                     **_TRAIN),
     'transfer': dict(source=('qb_mixed', Spec(str, check=_data_name)),
                      targets=(['qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image', 'nc_mixed', 'shift_000',
                                'shift_025', 'shift_050', 'shift_075', 'shift_100'],
@@ -195,15 +238,18 @@ def experiment_params(experiment: str, namespace: dict) -> dict:
         raise ValueError(f"unknown parameter {name!r} for the {experiment} notebook (-p {name} ...): {hint}"
                          f"its parameters are {', '.join(specs)}")
     params = {k: spec(k, namespace.get(k, default)) for k, (default, spec) in specs.items()}
-    split_params(params)                     # the configs' own checks, e.g. dim divisible by n_heads
+    if experiment in _WORKBENCH_TRAIN: experiment_configs(experiment, params)   # the configs' own checks (dim % n_heads)
+    else: split_params(params)
     return params
 
 # %% ../nbs/11_experiment.ipynb #p014
-STUDY_RUN_PARAMS = ('seed', 'device', 'scale', 'data_seed', *_SIZE, 'batch_size', 'max_steps')
+STUDY_RUN_PARAMS = ('seed', 'device', 'scale', 'data_seed', 'preset', *_SIZE, 'batch_size', 'max_steps')
 
 def study_run_params(params: dict) -> dict:
-    "The checked study `params` every run of the study gets (plus `progress=False`)."
-    return {**{k: params[k] for k in STUDY_RUN_PARAMS}, 'progress': False}
+    "The checked study `params` every run of the study gets (plus `progress=False`); sizes at their default left out."
+    sized = {k: v for k, v in _STUDY.items() if k in _SIZE or k in ('batch_size', 'max_steps')}
+    keep = lambda k: k not in sized or params[k] != sized[k][0]
+    return {**{k: params[k] for k in STUDY_RUN_PARAMS if keep(k)}, 'progress': False}
 
 # %% ../nbs/11_experiment.ipynb #c011
 def dataset_summary(ds) -> dict:
@@ -213,12 +259,48 @@ def dataset_summary(ds) -> dict:
                 text_items=int((ds.modality == 0).sum()), image_items=int((ds.modality == 1).sum()),
                 interactions=int(lens.sum()), mean_seq_len=float(lens.mean()))
 
+def split_users(n_users: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    "Seeded, disjoint (chosen, rest) user indices, sorted; `chosen` is a share `fraction` of the users (at least one)."
+    if fraction >= 1: return np.arange(n_users), np.zeros(0, np.int64)
+    n = max(1, int(round(fraction * n_users)))
+    chosen = np.sort(np.random.default_rng(seed).choice(n_users, n, replace=False))
+    return chosen, np.setdiff1d(np.arange(n_users), chosen)
+
 def sample_users(ds, fraction: float, seed: int):
     "A reproducible share of the users of `ds` (at least one)."
     if fraction >= 1: return ds
-    n = max(1, int(round(fraction * ds.n_users)))
-    idx = np.sort(np.random.default_rng(seed).choice(ds.n_users, n, replace=False))
-    return ds.subset_users(idx)
+    return ds.subset_users(split_users(ds.n_users, fraction, seed)[0])
+
+# %% ../nbs/11_experiment.ipynb #c011g
+def group_metrics(ranks, target_modality, mask) -> dict | None:
+    "`metrics_from_ranks` (+ `by_modality`) of the users where `mask` is true; None if there are none."
+    from transrec.metrics import metrics_from_ranks, metrics_by_modality
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any(): return None
+    ranks = np.asarray(ranks)[mask]
+    return {**metrics_from_ranks(ranks), 'by_modality': metrics_by_modality(ranks, np.asarray(target_modality)[mask])}
+
+def ranked_groups(model, ds, content, split: str, device, held_out) -> tuple[dict, dict]:
+    "Evaluate every user of `ds` once: ({'cold', 'warm', 'all'} -> metrics, per-user arrays); cold = `held_out` rows."
+    from transrec.metrics import evaluate
+    from transrec.data import split_targets
+    res = evaluate(model, ds, content, split=split, device=device, return_ranks=True)
+    rows, ranks = np.asarray(res['users']), np.asarray(res['ranks'])
+    modality = ds.modality[split_targets(ds, split, rows)]
+    cold = np.isin(rows, np.asarray(held_out, dtype=np.int64))
+    groups = dict(cold=group_metrics(ranks, modality, cold), warm=group_metrics(ranks, modality, ~cold),
+                  all=group_metrics(ranks, modality, np.ones(len(rows), bool)))
+    per_user = dict(user=ds.user_ids[rows].astype(str), rank=ranks.astype(np.int64),
+                    group=np.where(cold, 'cold', 'warm').astype(str))
+    return groups, per_user
+
+def write_per_user(path, arrays: dict) -> Path:
+    "Save plain arrays (no objects: loadable with allow_pickle=False) as `.npz`, atomically."
+    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    for k, v in arrays.items():
+        if np.asarray(v).dtype == object: raise ValueError(f'write_per_user: {k} holds Python objects; give plain arrays')
+    with open(tmp, 'wb') as f: np.savez(f, **arrays)
+    os.replace(tmp, path); return path
 
 # %% ../nbs/11_experiment.ipynb #c012
 def image_weights_note(cfg: ModelConfig) -> str:
@@ -226,48 +308,81 @@ def image_weights_note(cfg: ModelConfig) -> str:
     if cfg.kind in ('id_sasrec', 'popularity'): return 'n/a'
     return f'local file {cfg.image_weights}' if cfg.image_weights else 'random-init (no ImageNet weights available offline)'
 
+def _load_init(init: Path, model_cfg: ModelConfig):
+    "The checkpoint in `init` as a model of `model_cfg` (its architecture; training-time settings may differ)."
+    from transrec.model import load_model, build_model, check_model_dir
+    clashes = architecture_clashes(check_model_dir(init), model_cfg.to_dict())
+    if clashes:
+        said = ', '.join(f'{k}={v!r} (checkpoint: {s!r})' for k, (v, s) in clashes.items())
+        raise ValueError(f"init={str(init)!r}: model_cfg differs from the checkpoint's architecture: {said}; "
+                         "build it with experiment_configs(..., init_dir) or init_model_config")
+    saved = load_model(init)
+    model_cfg = model_cfg.replace(n_items=saved.cfg.n_items)
+    if saved.cfg == model_cfg: return saved
+    model = build_model(model_cfg, pretrained=False)           # new dropout, readout, trainable blocks ...
+    model.load_state_dict(saved.state_dict(), strict=True)
+    if hasattr(saved, 'item_tower'): model.item_tower.image.weights_source = saved.item_tower.image.weights_source
+    return model
+
+def _used_params(params: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
+    "`params` with every model / training parameter replaced by the value the run used."
+    used = {**train_cfg.to_dict(), **model_cfg.to_dict()}
+    return {k: (used[k] if k in used else v) for k, v in params.items()}
+
 def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, *, init=None,
                    fraction: float = 1.0, scale: float = 1.0, data_seed: int = 0, root=None,
-                   experiment: str = 'train', params: dict | None = None, progress: bool = True, resume: str = 'auto') -> dict:
-    "Train (from scratch or from `init`) on `data`, evaluate on all its users, write `out_dir/metrics.json`."
+                   experiment: str = 'train', params: dict | None = None, progress: bool = True, resume: str = 'auto',
+                   holdout: bool | None = None) -> dict:
+    "Train (from scratch or from `init`) on `data`, evaluate, write `out_dir/metrics.json` and `per_user.npz`."
     from transrec.sources import load_source
-    from transrec.model import build_model, load_model
+    from transrec.model import build_model, check_model_dir
     from transrec.encoders import make_content
     from transrec.train import fit
-    from transrec.metrics import evaluate
-    t0 = time.time(); out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time(); out_dir = Path(out_dir)
     init = check_init(init) if init is not None else None
+    if init is not None and architecture_clashes(check_model_dir(init), model_cfg.to_dict()):
+        _load_init(init, model_cfg)                           # raises, naming the parameters, before any work
+    holdout = experiment != 'pretrain' if holdout is None else holdout
     params = params or {}
+    out_dir.mkdir(parents=True, exist_ok=True)
     resuming = resume_run(out_dir, params, resume)        # before any work: a clash with an older run fails now
     seed_everything(train_cfg.seed)
     ds = load_source(data, root=root, scale=scale, seed=data_seed)
     fingerprint = data_fingerprint(ds)
     if resuming: check_resume_data(out_dir, fingerprint)   # the same parameters on other data: refuse to mix them
-    train_ds = sample_users(ds, fraction, train_cfg.seed)
+    tune_idx, held_idx = split_users(ds.n_users, fraction, train_cfg.seed)
+    if not holdout: held_idx = np.zeros(0, np.int64)       # pre-training: the unused users are no test group
+    train_ds = ds if len(tune_idx) == ds.n_users else ds.subset_users(tune_idx)
     device = resolve_device(train_cfg.device)
-    if init is not None:
-        model = load_model(init)
-        if model_cfg.kind != model.cfg.kind: log.info(f'init model kind is {model.cfg.kind!r}; using it')
-        model_cfg = model.cfg
-    else: model = build_model(model_cfg, train_ds)
-    content = make_content(model.cfg, ds, prefix_cache=train_cfg.prefix_cache)
+    model = _load_init(init, model_cfg) if init is not None else build_model(model_cfg, train_ds)
+    content = make_content(model.cfg, train_ds, prefix_cache=train_cfg.prefix_cache)   # logQ: the training users only
+    headline = 'cold' if len(held_idx) else 'all'
     zero_shot = None
     if init is not None:
         model.fit_data(train_ds)
-        zero_shot = evaluate(model.to(device), ds, content, split='test', device=device)
-        log.info(f"zero-shot test NDCG@10 = {zero_shot['NDCG@10']:.4f}")
+        zero_shot, _ = ranked_groups(model.to(device), ds, content, 'test', device, held_idx)
+        log.info(f"zero-shot test NDCG@10 ({headline} users) = {zero_shot[headline]['NDCG@10']:.4f}")
     write_run_params(out_dir, params, fingerprint)
-    res = fit(model, train_ds, train_cfg, out_dir, content=content, progress=progress, resume=resuming)
-    model = res.model if hasattr(res, 'model') else load_model(res.best_dir)
+    res = fit(model, train_ds, train_cfg, out_dir, content=content, progress=progress, resume=resuming,
+              validate_start=init is not None)
+    model = res.model
     model.to(device).fit_data(train_ds)
-    test = evaluate(model, ds, content, split='test', device=device)
-    valid = evaluate(model, ds, content, split='valid', device=device)
+    test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx)
+    valid, _ = ranked_groups(model, ds, content, 'valid', device, held_idx)
+    write_per_user(out_dir/'per_user.npz', per_user)
+    zs = zero_shot or {}
     m = dict(experiment=experiment, data=dataset_summary(ds), train_data=dataset_summary(train_ds),
              synthetic=bool(ds.synthetic), fraction=fraction, init=str(init) if init else 'scratch',
              method=model_cfg.kind if init is None else f'{model_cfg.kind}-pretrained',
-             image_weights=image_weights_note(model.cfg), test=test, valid=valid, zero_shot=zero_shot,
+             image_weights=image_weights_note(model.cfg), test_users=headline,
+             users=dict(fine_tune=int(len(tune_idx)), held_out=int(len(held_idx)), split_seed=train_cfg.seed),
+             test=test[headline], test_cold=test['cold'], test_warm=test['warm'], test_all=test['all'],
+             valid=valid['warm'], valid_all=valid['all'],
+             zero_shot=zs.get(headline), zero_shot_cold=zs.get('cold'), zero_shot_warm=zs.get('warm'),
+             zero_shot_all=zs.get('all'), best_epoch=res.best_epoch, stopped=res.stopped,
              history=res.history, sequences_per_s=res.sequences_per_s, best_dir=str(res.best_dir),
-             model_config=model.cfg.to_dict(), train_config=train_cfg.to_dict(), params=params,
+             model_config=model.cfg.to_dict(), train_config=train_cfg.to_dict(),
+             params=_used_params(params, model.cfg, train_cfg), params_given=params,
              wall_time_s=time.time() - t0, device=str(device), environment=environment_info())
     write_metrics(out_dir, m)
     return m
@@ -429,19 +544,11 @@ def index_run(out_dir) -> Path | None:
     return update_report_index(root)
 
 # %% ../nbs/11_experiment.ipynb #c025
-def papermill_output_path() -> Path | None:
-    "The output notebook of the papermill run executing this kernel, if any."
-    g = sys.modules['__main__'].__dict__
-    if g.get('PAPERMILL_OUTPUT_PATH'): return Path(g['PAPERMILL_OUTPUT_PATH'])
-    try:
-        import psutil
-        for proc in psutil.Process().parents():
-            cmd = proc.cmdline()
-            if any('papermill' in c for c in cmd[:3]):
-                nbs = [c for c in cmd if c.endswith('.ipynb')]
-                if len(nbs) >= 2: return Path(proc.cwd())/nbs[1]
-    except Exception: pass
-    return None
+def papermill_output_path(path=None) -> Path | None:
+    "The output notebook of this papermill run: `path` if given, else the `PAPERMILL_OUTPUT_PATH` papermill injects."
+    if path: return Path(path)
+    injected = sys.modules['__main__'].__dict__.get('PAPERMILL_OUTPUT_PATH')
+    return Path(injected) if injected else None
 
 def render_notebook_html(nb_path, html_path) -> Path:
     "Render a notebook file (with its outputs) to a self-contained HTML file."
@@ -451,11 +558,12 @@ def render_notebook_html(nb_path, html_path) -> Path:
     body, _ = HTMLExporter().from_notebook_node(nb)
     Path(html_path).write_text(body, encoding='utf-8'); return Path(html_path)
 
-def render_executed_notebook(out_dir, name: str = 'notebook.html') -> Path | None:
-    "Write the papermill output notebook being executed (cells so far) as HTML into `out_dir`."
-    p = papermill_output_path()
+def render_executed_notebook(out_dir, name: str = 'notebook.html', nb_path=None) -> Path | None:
+    "Write the papermill output notebook being executed (cells so far, or `nb_path`) as HTML into `out_dir`."
+    p = papermill_output_path(nb_path)
     if p is None or not p.exists():
-        print('Not running under papermill: no executed notebook to render (use File > Save and Export in JupyterLab).'); return None
+        print('No executed notebook to render: run papermill with --inject-paths (it then sets PAPERMILL_OUTPUT_PATH), '
+              'or use File > Save and Export in JupyterLab.'); return None
     return render_notebook_html(p, Path(out_dir)/name)
 
 def run_notebook(nb, run_dir, params: dict) -> Path:
@@ -665,10 +773,14 @@ def load_name(source: str) -> str:
     "The data set name a source resolves to (a registered name, or the folder name of a MoM path)."
     return Path(source).name if (Path(source)/'items.tsv').exists() else source
 
-def notebooks_dir() -> Path:
-    "The folder holding the experiment notebooks (`nbs/` of the project)."
-    from transrec.core import project_root
-    return project_root()/'nbs'
+def notebooks_dir(root=None) -> Path:
+    "The folder of the experiment notebooks: `root/nbs` if `root` is given, else the cwd or its `nbs/` (no search up)."
+    here = Path.cwd()
+    d = Path(root)/'nbs' if root is not None else (here if (here/'pretrain.ipynb').is_file() else here/'nbs')
+    if not (d/'pretrain.ipynb').is_file():
+        raise ValueError(f"{d} holds no experiment notebooks (pretrain.ipynb): run the study from nbs/, "
+                         "or give notebooks_dir(root) the project folder")
+    return d
 
 def run_or_reuse(nb: str, out_dir, **params) -> dict:
     "Run experiment notebook `nb` (e.g. 'finetune') in `out_dir` unless a run with these parameters is there."

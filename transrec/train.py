@@ -566,6 +566,19 @@ def end_epoch(self: TrainingRun):
     st.epoch += 1; st.pos = 0; st.epoch_loss_sum = 0.0; st.epoch_steps = 0
     self.checkpoint()
 
+@patch
+def validate_start(self: TrainingRun):
+    "Epoch 0: validate the weights before any training and keep them as `best/` unless an epoch beats them."
+    st, di = self.st, self.di
+    m = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype, self.eval_users) \
+        if di.is_main else None
+    m = broadcast_object(m, di)
+    st.best_metric, st.best_step, st.best_epoch, st.bad_evals = m['NDCG@10'], 0, 0, 0
+    if di.is_main: _write_best(self.model, self.out_dir, dict(step=0, epoch=0, valid=m))
+    rec = dict(epoch=0, step=0, **flatten_metrics(m, 'valid_'))
+    st.history.append(rec); self.mlog.write('epoch', **rec)
+    if self.show: log.info(f"epoch=0 (before training) valid_NDCG@10={m['NDCG@10']:.4g}")
+
 # %% ../nbs/08_train.ipynb #c043
 @patch
 def run(self: TrainingRun) -> str:
@@ -582,6 +595,18 @@ def run(self: TrainingRun) -> str:
         self.end_epoch()
 
 @patch
+def final_against_start(self: TrainingRun):
+    "Validate the final weights and keep them as `best/` if they beat epoch 0's."
+    st, di = self.st, self.di
+    m = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype, self.eval_users) \
+        if di.is_main else None
+    m = broadcast_object(m, di)
+    if m['NDCG@10'] > st.best_metric:
+        st.best_metric, st.best_step, st.best_epoch = m['NDCG@10'], st.step, st.epoch + 1
+        if di.is_main: _write_best(self.model, self.out_dir, dict(step=st.step, epoch=st.epoch + 1, valid=m))
+    if di.distributed: dist.barrier()
+
+@patch
 def finish(self: TrainingRun, stopped: str, t0: float) -> FitResult:
     "Load the best weights, evaluate them on valid and test (rank 0), write best/metrics.json, build the result."
     st, di, out = self.st, self.di, self.out_dir
@@ -589,7 +614,10 @@ def finish(self: TrainingRun, stopped: str, t0: float) -> FitResult:
     if st.best_step is None:                     # never validated: the final weights are the best we have
         if di.is_main: _write_best(self.model, out, dict(step=st.step, epoch=st.epoch, valid=None))
         if di.distributed: dist.barrier()
-    else: _load_weights(self.model, out/'best', self.device)
+    else:
+        if stopped == 'max_steps' and st.best_epoch == 0 and st.step > 0:   # stopped before its first validation:
+            self.final_against_start()                                     # the trained weights still compete
+        _load_weights(self.model, out/'best', self.device)
     valid = test = None
     sps = self.seqs_this_call / max(self.train_time, 1e-9)
     if di.is_main:
@@ -632,7 +660,7 @@ def _evaluate_only(model, ds, content, cfg, out_dir, di, mlog, t0) -> FitResult:
                      wall_time=time.time() - t0, sequences_per_s=0.0, stopped='not_trainable', model=model)
 
 def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: bool = True, progress: bool = True,
-        checkpoint_every: int | None = None, keep_checkpoints: int = 2) -> FitResult:
+        checkpoint_every: int | None = None, keep_checkpoints: int = 2, validate_start: bool = False) -> FitResult:
     "Train `model` on `ds` with `cfg`, writing checkpoints, `best/` and `metrics.jsonl` under `out_dir`."
     t0, out_dir = time.time(), Path(out_dir)
     di, done = init_distributed(cfg.device), False
@@ -648,6 +676,7 @@ def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: b
         else:
             run = TrainingRun(model, ds, cfg, out_dir, content, di, mlog, progress, checkpoint_every, keep_checkpoints)
             run.start(resume)
+            if validate_start and run.resumed_from is None: run.validate_start()   # epoch 0 is a candidate
             res = run.finish(run.run(), t0)
         done = True
         return res
