@@ -181,9 +181,12 @@ _MODEL = {k: _unset(spec) for k, spec in dict(
     n_layers=_SIZE['n_layers'][1], n_heads=_SIZE['n_heads'][1], max_len=_SIZE['max_len'][1],
     dropout=Spec(float, 0, 0.99), readout=Spec(choices=('causal', 'last')), loss=Spec(choices=('softmax', 'bce')),
     n_neg=Spec(int, 1, 10_000), text_model=Spec(str), text_max_tokens=_SIZE['text_max_tokens'][1],
-    text_pooling=Spec(choices=('cls', 'mean', 'attention')), text_trainable_blocks=_SIZE['text_trainable_blocks'][1],
+    text_pooling=Spec(choices=('cls', 'mean', 'attention', 'reference')), text_trainable_blocks=_SIZE['text_trainable_blocks'][1],
     image_model=Spec(choices=('resnet18', 'resnet34', 'resnet50')), image_weights=Spec(str, check=_file),
-    image_size=_SIZE['image_size'][1], image_trainable_blocks=_SIZE['image_trainable_blocks'][1]).items()}
+    image_size=_SIZE['image_size'][1], image_trainable_blocks=_SIZE['image_trainable_blocks'][1],
+    tower_norm=Spec(choices=('pre', 'post')), ffn_dim=Spec(int, 0, 1_000_000),
+    positions=Spec(choices=('newest', 'oldest')), modality_embedding=Spec(choices=('items', 'history', 'none')),
+    train_windows=Spec(choices=('all', 'last'))).items()}
 _BATCH, _MAX_STEPS = Spec(int, 1, 1_000_000), Spec(int, 1, none_ok=True)
 _TRAIN = {**{k: _unset(spec) for k, spec in dict(
               batch_size=_BATCH, lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
