@@ -297,13 +297,16 @@ def ranked_groups(model, ds, content, split: str, device, held_out) -> tuple[dic
                     group=np.where(cold, 'cold', 'warm').astype(str))
     return groups, per_user
 
-def write_per_user(path, arrays: dict) -> Path:
-    "Save plain arrays (no objects: loadable with allow_pickle=False) as `.npz`, atomically."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    for k, v in arrays.items():
-        if np.asarray(v).dtype == object: raise ValueError(f'write_per_user: {k} holds Python objects; give plain arrays')
-    with open(tmp, 'wb') as f: np.savez(f, **arrays)
-    os.replace(tmp, path); return path
+# %% ../nbs/11_experiment.ipynb #st11
+def write_per_user(run_dir, users, ranks, groups) -> Path:
+    "Write `per_user.npz` (plain arrays, no pickle) into `run_dir` atomically; tests and tools use it."
+    path = Path(run_dir)/'per_user.npz'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name('per_user.tmp.npz')
+    np.savez(tmp, allow_pickle=False, user=np.asarray(users, dtype=str),
+             rank=np.asarray(ranks, dtype=np.int64), group=np.asarray(groups, dtype=str))
+    os.replace(tmp, path)
+    return path
 
 # %% ../nbs/11_experiment.ipynb #c012
 def image_weights_note(cfg: ModelConfig) -> str:
@@ -372,7 +375,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     model.to(device).fit_data(train_ds)
     test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx)
     valid, _ = ranked_groups(model, ds, content, 'valid', device, held_idx)
-    write_per_user(out_dir/'per_user.npz', per_user)
+    write_per_user(out_dir, per_user['user'], per_user['rank'], per_user['group'])
     zs = zero_shot or {}
     m = dict(experiment=experiment, data=dataset_summary(ds), train_data=dataset_summary(train_ds),
              synthetic=bool(ds.synthetic), fraction=fraction, init=str(init) if init else 'scratch',
@@ -633,17 +636,6 @@ def load_per_user(run_dir, group: str = 'cold') -> dict | None:
     keep = groups == group
     if not keep.any(): keep = np.ones(len(users), dtype=bool)
     return dict(zip(users[keep].tolist(), ranks[keep].tolist()))
-
-# %% ../nbs/11_experiment.ipynb #st11
-def write_per_user(run_dir, users, ranks, groups) -> Path:
-    "Write `per_user.npz` (plain arrays, no pickle) into `run_dir` atomically; tests and tools use it."
-    path = Path(run_dir)/'per_user.npz'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name('per_user.tmp.npz')
-    np.savez(tmp, allow_pickle=False, user=np.asarray(users, dtype=str),
-             rank=np.asarray(ranks, dtype=np.int64), group=np.asarray(groups, dtype=str))
-    os.replace(tmp, path)
-    return path
 
 # %% ../nbs/11_experiment.ipynb #st14
 def paired_users(pretrained_dirs, scratch_dirs, k: int = 10) -> tuple | None:
