@@ -95,6 +95,31 @@ STATE_JS = """() => {
 }"""
 
 
+STARTED_JS = ("() => [...document.querySelectorAll('.jp-NotebookPanel .jp-InputPrompt')]"
+              ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+
+
+def run_all_cells(page, tries: int = 4):
+    "Run every cell (Run menu, then the command palette); retried until a cell is queued or has run."
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    for attempt in range(tries):
+        for dialog_button in page.query_selector_all('.jp-Dialog .jp-mod-accept'): dialog_button.click()
+        if attempt % 2 == 0:
+            page.click('.lm-MenuBar-itemLabel:text-is("Run")')
+            page.click('.lm-Menu-itemLabel:text-is("Run All Cells")')
+        else:
+            page.keyboard.press('Escape')
+            page.keyboard.press('Control+Shift+C')
+            page.keyboard.type('Run All Cells')
+            page.keyboard.press('Enter')
+        try:
+            page.wait_for_function(STARTED_JS, timeout=MINUTE // 2)
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press('Escape')
+    raise AssertionError(f'no cell started after {tries} tries of Run All Cells')
+
+
 def test_explorer_in_jupyterlab(lab, workdir):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
@@ -108,8 +133,7 @@ def test_explorer_in_jupyterlab(lab, workdir):
             page.goto(f"{lab['base']}/lab/tree/explore.ipynb?token={lab['token']}")
             page.wait_for_selector('.jp-NotebookPanel .jp-Cell', state='attached')
             page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', state='attached')
-            page.click('.lm-MenuBar-itemLabel:text-is("Run")')
-            page.click('.lm-Menu-itemLabel:text-is("Run All Cells")')
+            run_all_cells(page)
             # the last cell prints the static page's path: then every cell has run
             page.wait_for_selector('.jp-OutputArea-output:has-text("explore.html")', timeout=8 * MINUTE)
             page.wait_for_function(f'() => {{ const s = ({STATE_JS})(); return s && s.svgs >= 2 * s.plots && s.plots >= 3; }}')
