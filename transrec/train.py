@@ -542,6 +542,13 @@ def train_epoch(self: TrainingRun) -> bool:
 
 # %% ../nbs/08_train.ipynb #c041
 @patch
+def validate(self: TrainingRun) -> dict:
+    "Validation metrics, computed on the main process and shared with every rank."
+    metrics = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype, self.eval_users) \
+        if self.di.is_main else None
+    return broadcast_object(metrics, self.di)
+
+@patch
 def end_epoch(self: TrainingRun):
     "Validate if due, update best/ and early stopping, record the epoch, checkpoint."
     st, cfg, di = self.st, self.cfg, self.di
@@ -549,9 +556,7 @@ def end_epoch(self: TrainingRun):
                **{('lr' if g['name'] == 'head' else f"{g['name']}_lr"): g['lr'] for g in self.opt.param_groups
                   if not g['name'].endswith('no_decay')})
     if (st.epoch + 1) % max(1, cfg.eval_every) == 0 or st.epoch + 1 == cfg.epochs:
-        m = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype, self.eval_users) \
-            if di.is_main else None
-        m = broadcast_object(m, di)
+        m = self.validate()
         rec.update(flatten_metrics(m, 'valid_'))
         if st.best_metric is None or m['NDCG@10'] > st.best_metric:
             st.best_metric, st.best_step, st.best_epoch, st.bad_evals = m['NDCG@10'], st.step, st.epoch + 1, 0
@@ -570,9 +575,7 @@ def end_epoch(self: TrainingRun):
 def validate_start(self: TrainingRun):
     "Epoch 0: validate the weights before any training and keep them as `best/` unless an epoch beats them."
     st, di = self.st, self.di
-    m = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype, self.eval_users) \
-        if di.is_main else None
-    m = broadcast_object(m, di)
+    m = self.validate()
     st.best_metric, st.best_step, st.best_epoch, st.bad_evals = m['NDCG@10'], 0, 0, 0
     if di.is_main: _write_best(self.model, self.out_dir, dict(step=0, epoch=0, valid=m))
     rec = dict(epoch=0, step=0, **flatten_metrics(m, 'valid_'))
@@ -598,9 +601,7 @@ def run(self: TrainingRun) -> str:
 def final_against_start(self: TrainingRun):
     "Validate the final weights and keep them as `best/` if they beat epoch 0's."
     st, di = self.st, self.di
-    m = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype, self.eval_users) \
-        if di.is_main else None
-    m = broadcast_object(m, di)
+    m = self.validate()
     if m['NDCG@10'] > st.best_metric:
         st.best_metric, st.best_step, st.best_epoch = m['NDCG@10'], st.step, st.epoch + 1
         if di.is_main: _write_best(self.model, self.out_dir, dict(step=st.step, epoch=st.epoch + 1, valid=m))
