@@ -377,11 +377,11 @@ def test_class14_stale_temporaries_are_removed(tmp_path):
     finally: c.write_dataset = real
     assert seen[0].startswith(f'.out2.tmp-{os.getpid()}-') and not list(tmp_path.glob('.out2*'))
     # the same rule for the named-source builder: one helper
-    from transrec import sources
-    assert sources.build_atomic is tconvert.build_atomic
+    from transrec import sources, core
+    assert sources.atomic_dir is tconvert.atomic_dir is core.atomic_dir
     stale = tmp_path/f'.syn.tmp-{dead_pid()}-0123abcd'
     stale.mkdir()
-    sources.build_atomic(tmp_path/'syn', lambda d: (d/'items.tsv').write_text('item_id\n'))
+    sources.atomic_dir(tmp_path/'syn', lambda d: (d/'items.tsv').write_text('item_id\n'))
     assert not stale.exists() and (tmp_path/'syn'/'items.tsv').is_file()
 
 

@@ -621,7 +621,7 @@ def scale_data(work_dir, scale: float, seed: int = 0) -> dict:
     "Build (or reuse) the synthetic source at `scale` under `work_dir`: path, build time, reused or not, sizes on disk."
     from transrec.sources import build_source, SOURCES, _read_meta
     from transrec.sim import generator_params, domain_spec
-    from transrec.train import atomic_write_text
+    from transrec.core import atomic_write
     if not scale > 0: raise ValueError(f"scale={scale}: must be > 0 (1 = {SCALE_SOURCE} at its default size)")
     out = Path(work_dir)/f'{SCALE_SOURCE}-scale{float(scale)}-seed{int(seed)}'
     record = out.with_name(out.name + '.build.json')
@@ -634,7 +634,7 @@ def scale_data(work_dir, scale: float, seed: int = 0) -> dict:
         build_source(SCALE_SOURCE, out, scale, seed, force=out.exists())
         rec = dict(generator=expected, build_s=time.perf_counter() - t0)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record, json.dumps(rec))
+        atomic_write(record, json.dumps(rec))
     image_bytes = _tree_bytes(out/'images') + _tree_bytes(out/'images.lmdb')
     return dict(path=str(out), scale=float(scale), build_s=rec['build_s'], reused=bool(reused),
                 disk_mb=_tree_bytes(out) / 2**20, image_mb=image_bytes / 2**20)
@@ -964,9 +964,9 @@ def _positive_float(s: str) -> float:
 
 def _write_result(res: dict, path) -> None:
     if path:
-        from transrec.train import atomic_write_text
+        from transrec.core import atomic_write
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(path), json.dumps(res, indent=1))
+        atomic_write(Path(path), json.dumps(res, indent=1))
         print(f'wrote {path}')
 
 def main_scale(argv: list[str]) -> int:

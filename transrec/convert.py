@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
-from .core import log
+from .core import log, atomic_dir, jsonable
 from . import data as _data
 from .data import write_dataset
 
@@ -23,13 +23,12 @@ __all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CO
            'TIME_NAMES', 'TIME_FORMATS', 'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES',
            'NPY_RESAVE', 'CONVERTERS', 'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'ConversionError', 'ProblemLog',
            'iter_lines', 'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
-           'SourceItem', 'safe_name', 'clean_stale_temporaries', 'build_atomic', 'check_destination', 'check_converted',
-           'write_converted', 'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time',
-           'read_pairs', 'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole',
-           'PickleRefused', 'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value',
-           'load_pickle_data', 'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences',
-           'from_reference', 'convert', 'converter_options', 'add_converter_options', 'parse_options', 'cli_parser',
-           'main']
+           'SourceItem', 'safe_name', 'check_destination', 'check_converted', 'write_converted', 'assemble',
+           'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time', 'read_pairs',
+           'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole', 'PickleRefused',
+           'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value', 'load_pickle_data',
+           'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences', 'from_reference', 'convert',
+           'converter_options', 'add_converter_options', 'parse_options', 'cli_parser', 'main']
 
 # %% ../nbs/03_convert.ipynb #c005
 class ConversionError(ValueError):
@@ -276,14 +275,6 @@ class _LazyImages(Mapping):
     def __iter__(self): return iter(self.sources)
     def __len__(self): return len(self.sources)
 
-# %% ../nbs/03_convert.ipynb #c020
-def _jsonable(value):
-    if isinstance(value, Path): return str(value)
-    if isinstance(value, (list, tuple)): return [_jsonable(element) for element in value]
-    if isinstance(value, dict): return {str(key): _jsonable(element) for key, element in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None: return value
-    return repr(value)
-
 # %% ../nbs/03_convert.ipynb #xe4cfc7f
 def _drop_event_problem(problems, kind, event, message, fix, policy):
     problems.add(kind, event[3], event[4], f"user {event[0]!r}, item {event[1]!r}", message, fix, policy)
@@ -295,54 +286,6 @@ def _timestamp_column(timestamps: pd.Series) -> pd.Series:
     if numbers.isna().all(): return pd.Series([pd.NA] * len(numbers), dtype='Int64')
     present = numbers.dropna()
     return numbers.round().astype('Int64') if (present == present.round()).all() else numbers
-
-# %% ../nbs/03_convert.ipynb #c020a
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid(): return True
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except OSError: return True          # e.g. another user's process
-    return True
-
-# %% ../nbs/03_convert.ipynb #x02d5d3f
-def clean_stale_temporaries(out) -> list[Path]:
-    "Remove the `.OUT.tmp-<pid>-*` / `.OUT.old-<pid>-*` siblings of `out` whose process is no longer running."
-    out, removed = Path(out), []
-    if not out.parent.is_dir(): return removed
-    pattern = re.compile(re.escape(f'.{out.name}.') + r'(tmp|old)-(\d+)-[0-9a-f]+')
-    for path in out.parent.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match is None or _pid_alive(int(match.group(2))): continue
-        if path.is_dir() and not path.is_symlink(): shutil.rmtree(path, ignore_errors=True)
-        else: path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-# %% ../nbs/03_convert.ipynb #c020b
-def _sibling(out: Path, kind: str) -> Path:
-    return out.parent/f'.{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-
-# %% ../nbs/03_convert.ipynb #xe5c0cb2
-def build_atomic(out, build, replace: bool = False) -> Path:
-    "Run `build(tmp)` in a fresh `.OUT.tmp-<pid>-<uuid>` beside `out`, then rename it to `out` (atomically)."
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(out)
-    tmp = _sibling(out, 'tmp')
-    tmp.mkdir()
-    try:
-        build(tmp)
-        if out.exists() and replace:
-            old = _sibling(out, 'old')
-            os.replace(out, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try: os.replace(tmp, out)
-        except OSError:
-            if not (out/'items.tsv').is_file(): raise
-            log.info(f'{out} already exists (built by another process?); keeping it, discarding this build')
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 # %% ../nbs/03_convert.ipynb #c020c
 def check_destination(src, dst, sources=(), overwrite: bool = False) -> None:
@@ -393,7 +336,7 @@ def write_converted(dst, items: pd.DataFrame, inter: pd.DataFrame, meta: dict, i
         # a cached read-only LMDB handle of the old folder would go stale
         release = getattr(_data, 'release_images', None)
         if release is not None: release(dst)
-    return build_atomic(dst, build, replace=dst.exists())
+    return atomic_dir(dst, build, replace=dst.exists())
 
 # %% ../nbs/03_convert.ipynb #c021
 def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list[tuple], problems: ProblemLog,
@@ -505,9 +448,9 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                              or f'Converted from the {fmt} files in {src} by transrec.convert.'),
                 provenance=dict(format=fmt, source=str(src.resolve()), files=files,
                                 converter=f'transrec.convert.{CONVERTER_NAMES.get(fmt, fmt)}',
-                                options=_jsonable({name: value for name, value in opts.items()})),
+                                options=jsonable({name: value for name, value in opts.items()})),
                 license=license, synthetic=False,
-                conversion_problems=problems.to_list(), conversion_notes=_jsonable(notes))
+                conversion_problems=problems.to_list(), conversion_notes=jsonable(notes))
     if problems.entries:
         log.warning(f'converting {src} ({fmt}) dropped or changed data:\n' + problems.summary())
     return write_converted(dst, items, inter, meta, _LazyImages(image_sources), opts['image_store'],

@@ -4,15 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import os, random, json, logging, dataclasses, sys, platform, time
+import os, random, json, logging, dataclasses, sys, platform, math, shutil, re, uuid
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
+from typing import Callable
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['log', 'project_root', 'data_root', 'reports_root', 'seed_everything', 'resolve_device', 'resolve_amp', 'JSONConfig',
-           'ModelConfig', 'TrainConfig', 'banner', 'environment_info']
+           'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write', 'clean_stale_temporaries',
+           'atomic_dir', 'jsonable', 'write_json', 'module_device', 'environment_info']
 
 # %% ../nbs/00_core.ipynb #c005
 def project_root(start=None) -> Path:
@@ -184,24 +186,142 @@ class TrainConfig(JSONConfig):
 # %% ../nbs/00_core.ipynb #c021
 log = logging.getLogger('transrec')
 if not log.handlers:
-    _h = logging.StreamHandler(sys.stderr); _h.setFormatter(logging.Formatter('[transrec] %(message)s'))
-    log.addHandler(_h); log.setLevel(logging.INFO); log.propagate = False
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter('[transrec] %(message)s'))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
+# %% ../nbs/00_core.ipynb #x4e58996
 def banner(msg: str) -> str:
     "Log `msg` framed in a box so it cannot be missed; returns the framed text."
-    lines = msg.splitlines(); w = max(map(len, lines)) + 4
-    s = '\n'.join(['#' * w] + [f'# {l.ljust(w - 4)} #' for l in lines] + ['#' * w])
-    log.warning('\n' + s); return s
+    lines = msg.splitlines()
+    width = max(map(len, lines)) + 4
+    framed = '\n'.join(['#' * width] + [f'# {line.ljust(width - 4)} #' for line in lines] + ['#' * width])
+    log.warning('\n' + framed)
+    return framed
+
+# %% ../nbs/00_core.ipynb #x116f25c
+def _fsync_dir(path: Path):
+    "Flush a directory entry to disk (a no-op where the file system cannot)."
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+
+# %% ../nbs/00_core.ipynb #xa16b40e
+def temporary_sibling(path, kind: str = 'tmp') -> Path:
+    "A fresh name beside `path` for a `kind` ('tmp' or 'old') copy: `.NAME.KIND-<pid>-<random>`."
+    path = Path(path)
+    return path.parent/f'.{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+
+# %% ../nbs/00_core.ipynb #x6967f95
+def atomic_write(path, content: str | bytes | Callable[[Path], object]) -> Path:
+    "Write `content` (text, bytes, or `content(tmp_path)`) to `path`; readers see the old or the new file, never half."
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        if callable(content): content(tmp)
+        else:
+            with open(tmp, 'wb') as file:
+                file.write(content.encode() if isinstance(content, str) else content)
+        with open(tmp, 'rb+') as file: os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+# %% ../nbs/00_core.ipynb #xd7d5659
+def _pid_alive(pid: int) -> bool:
+    "Whether process `pid` is running (another user's process counts as running)."
+    if pid == os.getpid(): return True
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: return True
+    return True
+
+# %% ../nbs/00_core.ipynb #xf98c025
+def clean_stale_temporaries(path) -> list[Path]:
+    "Remove the `.NAME.tmp-<pid>-*` / `.NAME.old-<pid>-*` siblings of `path` whose process is no longer running."
+    path, removed = Path(path), []
+    if not path.parent.is_dir(): return removed
+    pattern = re.compile(re.escape(f'.{path.name}.') + r'(tmp|old)-(\d+)-[0-9a-f]+')
+    for sibling in path.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match is None or _pid_alive(int(match.group(2))): continue
+        if sibling.is_dir() and not sibling.is_symlink(): shutil.rmtree(sibling, ignore_errors=True)
+        else: sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+# %% ../nbs/00_core.ipynb #xcf0a435
+def _fsync_tree(path: Path):
+    "Flush every file below `path`, then the folder itself."
+    for file in sorted(Path(path).rglob('*')):
+        if file.is_file():
+            with open(file, 'rb') as handle: os.fsync(handle.fileno())
+    _fsync_dir(path)
+
+# %% ../nbs/00_core.ipynb #x0d7c40c
+def atomic_dir(final, build: Callable[[Path], object], replace: bool = True) -> Path:
+    "Run `build(tmp)` in a fresh temporary folder beside `final`, then rename it to `final` in one step."
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(final)
+    tmp = temporary_sibling(final)
+    tmp.mkdir()
+    try:
+        build(tmp)
+        _fsync_tree(tmp)
+        if final.exists() and replace:
+            old = temporary_sibling(final, 'old')
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try: os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir(): raise
+            log.info(f'{final} already exists (built by another process?); keeping it, discarding this build')
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+# %% ../nbs/00_core.ipynb #x26bbe35
+def jsonable(value):
+    "`value` as plain JSON values: arrays and tensors as lists, NaN/inf as None, paths as str, others by repr."
+    if isinstance(value, dict): return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)): return [jsonable(item) for item in value]
+    if isinstance(value, (torch.Tensor, np.ndarray)): return jsonable(value.tolist())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type): return jsonable(asdict(value))
+    if isinstance(value, (bool, np.bool_)): return bool(value)
+    if isinstance(value, (int, np.integer)): return int(value)
+    if isinstance(value, (float, np.floating)): return float(value) if math.isfinite(value) else None
+    if isinstance(value, Path): return str(value)
+    if value is None or isinstance(value, str): return value
+    return repr(value)
+
+# %% ../nbs/00_core.ipynb #x84dd7d9
+def write_json(path, record) -> Path:
+    "Write `record` as indented JSON (through `jsonable`), atomically."
+    return atomic_write(path, json.dumps(jsonable(record), indent=2))
+
+# %% ../nbs/00_core.ipynb #x5b23637
+def module_device(module: torch.nn.Module) -> torch.device:
+    "The device of `module`'s first parameter, else its first buffer, else the CPU."
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None: tensor = next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device('cpu')
 
 # %% ../nbs/00_core.ipynb #c024
 def environment_info() -> dict:
     "Versions of the main packages and a description of the machine (for metrics files)."
     import transformers, torchvision
-    d = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-             transformers=transformers.__version__, numpy=np.__version__, platform=platform.platform(),
-             cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
-    if torch.cuda.is_available(): d['gpu'] = torch.cuda.get_device_name(0)
-    try:
-        from importlib.metadata import version; d['transrec'] = version('transrec')
-    except Exception: pass
-    return d
+    from importlib.metadata import version, PackageNotFoundError
+    info = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+                transformers=transformers.__version__, numpy=np.__version__, platform=platform.platform(),
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
+    if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(0)
+    try: info['transrec'] = version('transrec')
+    except PackageNotFoundError: pass
+    return info

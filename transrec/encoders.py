@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_encoders.ipynb #c002
 from __future__ import annotations
-import hashlib, json, os, math
+import hashlib, io, json, os, math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import ModelConfig, log, banner
+from .core import ModelConfig, log, banner, atomic_write
 from .data import MODALITIES
 
 # %% auto #0
@@ -347,7 +347,9 @@ class PrefixCache:
     def _filled_path(self): return self.path.with_suffix('.filled.npy')
     def _save_filled(self):
         if os.path.exists(self._filled_path): self.filled |= np.load(self._filled_path)   # other processes' rows
-        tmp = self._filled_path.with_suffix(f'.{os.getpid()}.tmp.npy'); np.save(tmp, self.filled); os.replace(tmp, self._filled_path)
+        buffer = io.BytesIO()
+        np.save(buffer, self.filled)
+        atomic_write(self._filled_path, buffer.getvalue())
 
     @property
     def nbytes(self) -> int: return int(self.data.nbytes)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 from scipy import stats
+from .core import module_device
 from .data import MODALITIES
 
 # %% auto #0
@@ -296,14 +297,6 @@ def topk_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, exclude: list |
         return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=dtype)
     return torch.cat(top_items), torch.cat(top_scores)
 
-# %% ../nbs/07_metrics.ipynb #c029
-def _model_device(model) -> torch.device:
-    "The device of the model's first parameter, or first buffer, or the CPU."
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        first = next(iter(model.buffers()), None)
-    return first.device if first is not None else torch.device('cpu')
-
 # %% ../nbs/07_metrics.ipynb #xm07f
 @torch.no_grad()
 def user_vectors_for(model, ds, item_vecs: torch.Tensor, split: str = 'test', batch_size: int = 256,
@@ -311,7 +304,7 @@ def user_vectors_for(model, ds, item_vecs: torch.Tensor, split: str = 'test', ba
     "User vectors for `split` from the model's user tower: (user_vecs [U, d], users [U], targets [U])."
     from transrec.data import eval_batches
     from transrec.model import history_modality_kw
-    device = _model_device(model) if device is None else torch.device(device)
+    device = module_device(model) if device is None else torch.device(device)
     item_vecs = item_vecs.to(device)
     user_vecs, user_rows, targets = [], [], []
     for batch in eval_batches(ds, split, batch_size=batch_size, max_len=model.cfg.max_len, users=users):
@@ -337,7 +330,7 @@ def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, dev
     was_training = model.training
     model.eval()
     try:
-        device = _model_device(model) if device is None else torch.device(device)
+        device = module_device(model) if device is None else torch.device(device)
         if item_vecs is None:
             item_vecs = model.all_item_vectors(content)
         item_vecs = item_vecs.float().to(device)

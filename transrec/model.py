@@ -11,7 +11,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import torch.distributed as dist
-from .core import ModelConfig, log
+from .core import ModelConfig, log, atomic_write, module_device
 from .encoders import ItemTower, ItemContent, make_content, dataset_item_key, count_parameters
 from .data import MODALITIES
 
@@ -204,10 +204,7 @@ class SequenceRecommender(nn.Module):
     def fit_data(self, ds) -> None: "Bind to data set `ds` before training or evaluation (no-op here)."
 
     @property
-    def device(self) -> torch.device:
-        t = next(iter(self.parameters()), None)
-        if t is None: t = next(iter(self.buffers()), None)
-        return t.device if t is not None else torch.device('cpu')
+    def device(self) -> torch.device: return module_device(self)
 
     def user_vectors(self, hist_vecs: torch.Tensor, mask: torch.Tensor, hist_modality=None) -> torch.Tensor:
         "User vectors [B, d]: the state at the last valid position of each left-padded history."
@@ -352,9 +349,6 @@ def provenance(model) -> dict:
         d.update(text_model=m.cfg.text_model, image_weights=m.item_tower.image.weights_source)
     return d
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f'.{os.getpid()}.tmp'); write(tmp); os.replace(tmp, path)
-
 def save_model(model, dir) -> Path:
     "Write `dir/config.json` and `dir/model.safetensors` (all weights incl. encoders); returns `dir`."
     from safetensors.torch import save_file
@@ -362,8 +356,8 @@ def save_model(model, dir) -> Path:
     d = Path(dir); d.mkdir(parents=True, exist_ok=True)
     sd = {k.replace('_orig_mod.', ''): v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
     meta = {k: str(v) for k, v in provenance(m).items()}
-    _atomic(d/'model.safetensors', lambda p: save_file(sd, str(p), metadata=meta))
-    _atomic(d/'config.json', lambda p: m.cfg.save(p))
+    atomic_write(d/'model.safetensors', lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    atomic_write(d/'config.json', lambda tmp: m.cfg.save(tmp))
     return d
 
 def _unreadable(f: Path, e: Exception) -> ValueError:

@@ -52,7 +52,7 @@ def has_real_files(name: str, root=None) -> bool:
     return (data_root(root)/name/'items.tsv').is_file()
 
 # %% ../nbs/04_sources.ipynb #c008
-from .convert import build_atomic   # the one atomic-folder helper, shared with the converters
+from .core import atomic_dir   # the one atomic-folder helper, shared with the converters
 
 # %% ../nbs/04_sources.ipynb #c011
 def synthetic_dir(name: str, root=None, scale: float = 1.0, seed: int = 0) -> Path:
@@ -96,7 +96,7 @@ def build_source(name: str, out, scale: float = 1.0, seed: int = 0, force: bool 
         # a folder that appears meanwhile is another process's complete build
         started, replace = time.time(), out.exists()
         def build(folder): sim.build_synthetic(source.synthetic, folder, scale=scale, seed=seed)
-        build_atomic(out, build, replace=replace)
+        atomic_dir(out, build, replace=replace)
         log.info(f'built synthetic {name!r} (scale={scale}, seed={seed}) at {out} '
                  f'in {time.time() - started:.1f}s')
     return out

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #c002
 from __future__ import annotations
-import os, sys, json, math, time, random, shutil, threading, queue, argparse, contextlib, inspect
+import os, re, sys, json, math, time, random, shutil, threading, queue, argparse, contextlib, inspect
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -12,15 +12,16 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
-from .core import ModelConfig, TrainConfig, resolve_device, resolve_amp, seed_everything, log, environment_info
+from .core import (ModelConfig, TrainConfig, resolve_device, resolve_amp, seed_everything, log,
+                           environment_info, atomic_write, atomic_dir, jsonable, clean_stale_temporaries)
 from .metrics import evaluate, flatten_metrics
 
 # %% auto #0
-__all__ = ['CKPT_STATE', 'make_optimizer', 'lr_factor', 'make_scheduler', 'atomic_write_text', 'atomic_dir', 'clean_temporaries',
-           'LoopState', 'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint',
-           'load_checkpoint', 'resume_checkpoint', 'jsonable', 'MetricsLog', 'read_metrics', 'DistInfo',
-           'init_distributed', 'all_reduce_sum', 'broadcast_object', 'gather_objects', 'gather_group', 'LossModule',
-           'NonFiniteLossError', 'loader_settings', 'FitResult', 'TrainingRun', 'fit', 'main']
+__all__ = ['TEMPORARY_NAME', 'CKPT_STATE', 'make_optimizer', 'lr_factor', 'make_scheduler', 'clean_temporaries', 'LoopState',
+           'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+           'resume_checkpoint', 'MetricsLog', 'read_metrics', 'DistInfo', 'init_distributed', 'all_reduce_sum',
+           'broadcast_object', 'gather_objects', 'gather_group', 'LossModule', 'NonFiniteLossError', 'loader_settings',
+           'FitResult', 'TrainingRun', 'fit', 'main']
 
 # %% ../nbs/08_train.ipynb #c005
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -51,50 +52,15 @@ def make_scheduler(opt, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_sc
         opt, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
 
 # %% ../nbs/08_train.ipynb #c012
-def _fsync_dir(path: Path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass            # some file systems do not support fsync on directories
-
-def _fsync_tree(path: Path):
-    for f in sorted(Path(path).rglob('*')):
-        if f.is_file():
-            with open(f, 'rb') as fh: os.fsync(fh.fileno())
-    _fsync_dir(path)
-
-def atomic_write_text(path, text: str):
-    "Write `text` to `path` so that readers see the old or the new content, never a partial file."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    with open(tmp, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path); _fsync_dir(path.parent)
-
-def atomic_dir(final: Path, write) -> Path:
-    "Call `write(tmp_dir)` then move the finished directory to `final` atomically (replacing an old one)."
-    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent/f'.tmp-{final.name}-{os.getpid()}'
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        write(tmp); _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    old = None
-    if final.exists():                       # os.replace cannot replace a non-empty directory: move the old one aside
-        old = final.parent/f'.old-{final.name}-{os.getpid()}'
-        if old.exists(): shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final); _fsync_dir(final.parent)
-    if old is not None: shutil.rmtree(old, ignore_errors=True)
-    return final
+TEMPORARY_NAME = re.compile(r'\.(.+)\.(tmp|old)-\d+-[0-9a-f]+')
 
 def clean_temporaries(root: Path):
-    "Remove half-written checkpoint directories left by a crash."
+    "Remove the half-written files and folders in `root` that crashed processes left (`core.atomic_dir`'s temporaries)."
     root = Path(root)
-    if root.exists():
-        for p in root.glob('.tmp-*'): shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        for p in root.glob('.old-*'): shutil.rmtree(p, ignore_errors=True)
+    if not root.is_dir(): return
+    for path in list(root.iterdir()):
+        match = TEMPORARY_NAME.fullmatch(path.name)
+        if match: clean_stale_temporaries(root/match.group(1))
 
 # %% ../nbs/08_train.ipynb #c015
 @dataclass
@@ -168,7 +134,7 @@ def save_checkpoint(root, model: nn.Module, state: dict, step: int, keep: int = 
         _save_weights(model, tmp)
         torch.save(state, tmp/CKPT_STATE)
     path = atomic_dir(root/f'step-{step:06d}', write)
-    atomic_write_text(root/'latest', path.name + '\n')
+    atomic_write(root/'latest', path.name + '\n')
     steps = sorted((p for p in root.glob('step-*') if p.is_dir()), key=_step_of)
     for old in steps[:-keep] if keep > 0 else []:
         if old != path: shutil.rmtree(old, ignore_errors=True)
@@ -222,16 +188,6 @@ def resume_checkpoint(root, model: nn.Module, device='cpu', set_aside: bool = Tr
                           "(papermill: -p resume fresh), which removes these checkpoints")
 
 # %% ../nbs/08_train.ipynb #c019
-def jsonable(o):
-    "Plain JSON-able Python values (tensors, arrays, numpy scalars, paths; NaN/inf -> None)."
-    if isinstance(o, dict): return {str(k): jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [jsonable(v) for v in o]
-    if isinstance(o, (torch.Tensor, np.ndarray)): return jsonable(o.tolist())
-    if isinstance(o, np.integer): return int(o)
-    if isinstance(o, (float, np.floating)): return float(o) if math.isfinite(o) else None
-    if isinstance(o, Path): return str(o)
-    return o
-
 class MetricsLog:
     "Append-only JSON-lines event log (a no-op on non-zero ranks)."
     def __init__(self, path, enabled: bool = True): self.path, self.enabled = Path(path), enabled
@@ -624,7 +580,7 @@ def finish(self: TrainingRun, stopped: str, t0: float) -> FitResult:
     if di.is_main:
         valid = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype)
         test = _evaluate(self.model, self.ds, self.content, 'test', self.device, self.amp_dtype)
-        atomic_write_text(out/'best'/'metrics.json', json.dumps(jsonable(dict(valid=valid, test=test, step=st.best_step,
+        atomic_write(out/'best'/'metrics.json', json.dumps(jsonable(dict(valid=valid, test=test, step=st.best_step,
                                                                              epoch=st.best_epoch)), indent=2))
         self.mlog.write('final', valid=valid, test=test, stopped=stopped, best_epoch=st.best_epoch, best_step=st.best_step,
                         steps=st.step, sequences_per_s=sps, wall_time=time.time() - t0)
@@ -654,7 +610,7 @@ def _evaluate_only(model, ds, content, cfg, out_dir, di, mlog, t0) -> FitResult:
         valid = _evaluate(model, ds, content, 'valid', di.device, amp_dtype)
         test = _evaluate(model, ds, content, 'test', di.device, amp_dtype)
         best = _write_best(model, out_dir, dict(step=0, epoch=0, valid=valid, test=test))
-        atomic_write_text(best/'metrics.json', json.dumps(jsonable(dict(valid=valid, test=test)), indent=2))
+        atomic_write(best/'metrics.json', json.dumps(jsonable(dict(valid=valid, test=test)), indent=2))
         mlog.write('final', valid=valid, test=test, stopped='not_trainable')
     valid, test = broadcast_object((valid, test), di)
     return FitResult(history=[], best_valid=valid, test=test, out_dir=out_dir, best_dir=out_dir/'best',
