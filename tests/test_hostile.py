@@ -434,10 +434,11 @@ def run(nb, out_nb, **params):
 
 @pytest.mark.parametrize('params, msg', [
     (dict(epoch=1), "unknown parameter 'epoch' for the pretrain notebook (-p epoch ...): did you mean 'epochs'?"),
-    (dict(epochs=0), 'parameter epochs=0: expected an integer in [1, 100000]'),
-    (dict(epochs=-1), 'parameter epochs=-1'),
-    (dict(lr=-1), 'parameter lr=-1: expected a number in (0, 10]'),
-    (dict(image_size=0), 'parameter image_size=0: expected an integer in [16, 2048]'),
+    (dict(epochs=0), 'parameter train.epochs=0: expected an integer in [1, 100000]'),
+    (dict(epochs=-1), 'parameter train.epochs=-1'),
+    (dict(lr=-1), 'parameter train.lr=-1: expected a number in (0, 10]'),
+    (dict(train={'lr': -1}), 'parameter train.lr=-1: expected a number in (0, 10]'),
+    (dict(image_size=0), 'parameter model.image_size=0: expected an integer in [16, 2048]'),
 ])
 def test_class9_bad_parameter_names_and_ranges_fail_before_any_work(env, params, msg):
     with pytest.raises(pm.PapermillExecutionError) as e:
