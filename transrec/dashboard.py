@@ -25,11 +25,11 @@ __all__ = ['DASHBOARD_CSS', 'MODALITY_COLORS', 'HIT_RATE_COLORS', 'truncate', 't
 
 # %% ../nbs/10_dashboard.ipynb #c008
 def truncate(text: str, n: int = 80) -> str:
-    "`text` with runs of whitespace collapsed, cut to at most `n` characters (ending in an ellipsis when cut)."
+    "`text` with whitespace runs collapsed, cut to at most `n` characters (ending in an ellipsis when cut)."
     text = ' '.join(str(text).split())
     return text if len(text) <= n else text[:max(0, n - 1)].rstrip() + '…'
 
-# %% ../nbs/10_dashboard.ipynb #xbd59536
+# %% ../nbs/10_dashboard.ipynb #x7bbab2d
 def thumbnail_uri(img, size: int = 48) -> str:
     "A `data:image/png;base64,...` URI of PIL image `img`, shrunk to fit in `size` x `size` pixels."
     img = img.convert('RGB')
@@ -41,7 +41,7 @@ def thumbnail_uri(img, size: int = 48) -> str:
 # %% ../nbs/10_dashboard.ipynb #c010
 def _esc(s) -> str: return html.escape(str(s), quote=True)
 
-# %% ../nbs/10_dashboard.ipynb #x3c11d38
+# %% ../nbs/10_dashboard.ipynb #xbfd5a76
 class ItemCards:
     "Renders the items of `ds` as HTML (modality badge, truncated text, inline thumbnail); caches thumbnails."
     def __init__(self, ds, thumb_size: int = 40, text_chars: int = 80):
@@ -51,7 +51,7 @@ class ItemCards:
     def modality(self, i: int) -> str: return MODALITIES[int(self.ds.modality[i])]
 
     def thumb(self, i: int) -> tuple[str | None, str]:
-        "(data URI, '') for item `i`'s image, (None, '') when it has none, (None, error) when it cannot be read."
+        "(data URI, '') for item `i`'s image; (None, '') if it has none; (None, error) if it is unreadable."
         i = int(i)
         if i not in self._thumbs: self._thumbs[i] = self._make_thumb(i)
         return self._thumbs[i]
@@ -60,7 +60,8 @@ class ItemCards:
         if not self.ds.image_refs[i]: return (None, '')
         try: return (thumbnail_uri(self.ds.load_image(i), self.thumb_size), '')
         except Exception as err:
-            return (None, f'image {self.ds.image_refs[i]!r} of item {self.ds.item_ids[i]!r} could not be read: {err}')
+            ref, item_id = self.ds.image_refs[i], self.ds.item_ids[i]
+            return (None, f'image {ref!r} of item {item_id!r} could not be read: {err}')
 
     def badge(self, i: int) -> str:
         modality = self.modality(i)
@@ -87,11 +88,11 @@ class ItemCards:
 # %% ../nbs/10_dashboard.ipynb #c015
 @dataclass
 class UserRecs:
-    "What one model recommends to one user on the test split (history: all but the last item; target: the last)."
+    "One model's top-K for one user on the test split (history: all but the last item; target: the last)."
     model: str
     user: int
     user_id: str
-    history: np.ndarray            # chronological item indices (the user vector sees the last max_len of them)
+    history: np.ndarray            # chronological item indices (the user vector sees the last max_len)
     target: int                    # the held-out test item
     items: np.ndarray              # top-K item indices, best first
     scores: np.ndarray             # their scores
@@ -105,14 +106,14 @@ class UserRecs:
     @property
     def hit(self) -> bool: return bool((self.items == self.target).any())
 
-# %% ../nbs/10_dashboard.ipynb #x220b10c
+# %% ../nbs/10_dashboard.ipynb #x303350a
 def _resolve_modality(modality) -> str | None:
     if modality in (None, '', 'all'): return None
     if modality not in MODALITIES:
         raise ValueError(f"modality={modality!r}: use 'all' or one of {MODALITIES}")
     return modality
 
-# %% ../nbs/10_dashboard.ipynb #xbdef364
+# %% ../nbs/10_dashboard.ipynb #xe06a6fc
 _USER_INDEX = weakref.WeakKeyDictionary()   # data set -> {user id: index}, built on first use
 
 def user_index(ds, user) -> int:
@@ -133,9 +134,9 @@ def _as_tensor(v) -> torch.Tensor:
     if isinstance(v, torch.Tensor): return v.detach().float().cpu()
     return torch.as_tensor(np.asarray(v), dtype=torch.float32)
 
-# %% ../nbs/10_dashboard.ipynb #xabfcb6d
+# %% ../nbs/10_dashboard.ipynb #x0186af5
 class ItemProjection:
-    "A 2-D projection of item vectors fitted once: `'pca'` (exact SVD) or `'umap'` (only when `umap` imports)."
+    "A 2-D projection of item vectors, fitted once: `'pca'` (exact SVD) or `'umap'` (when `umap` imports)."
     def __init__(self, vecs, method: str = 'pca', seed: int = 0):
         x = _as_tensor(vecs)
         self.method = method
@@ -150,7 +151,7 @@ class ItemProjection:
         axes = vh[:2].T                                                # [d, <=2]
         sign = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
         sign[sign == 0] = 1
-        axes = axes * sign                                             # largest loading positive: stable signs
+        axes = axes * sign                                     # largest loading positive: stable signs
         if axes.shape[1] < 2: axes = torch.cat([axes, torch.zeros(axes.shape[0], 2 - axes.shape[1])], 1)
         self.components = axes
         variance = singular_values ** 2
@@ -185,7 +186,7 @@ class ModelView:
             from transrec.encoders import make_content
             content = make_content(model.cfg, ds)
         self.content = content
-        if hasattr(model, 'fit_data'): model.fit_data(ds)      # Popularity counts this data set; no-op otherwise
+        if hasattr(model, 'fit_data'): model.fit_data(ds)      # Popularity counts this data set; else no-op
         model.eval()
         t0 = time.perf_counter()
         with torch.no_grad(): vecs = model.all_item_vectors(self.content, batch_size=batch_size)
@@ -194,8 +195,8 @@ class ModelView:
         self.encode_seconds = time.perf_counter() - t0
         if self.item_vecs.ndim != 2 or self.item_vecs.shape[0] != ds.n_items:
             shape = tuple(self.item_vecs.shape)
-            raise ValueError(f"model {name!r} gives item vectors of shape {shape} but data set {ds.name!r} has "
-                             f"{ds.n_items} items: use a model built for this data set's items")
+            raise ValueError(f"model {name!r} gives item vectors of shape {shape} but data set {ds.name!r} "
+                             f"has {ds.n_items} items: use a model built for this data set's items")
         self._modality = torch.from_numpy(np.array(ds.modality, dtype=np.int64))
         self._projection, self._hit_rates, self._map_base = None, {}, None
         log.info(f'dashboard: {name}: encoded {ds.n_items} items in {self.encode_seconds:.1f}s')
@@ -209,7 +210,8 @@ class ModelView:
         "The user vector of `user` for the test split, computed exactly as `metrics.evaluate` does."
         from transrec.metrics import user_vectors_for
         user_vecs, _, _ = user_vectors_for(self.model, self.ds, self._vecs_on_device, 'test', batch_size=1,
-                                           users=[user_index(self.ds, user)], device=self._vecs_on_device.device)
+                                           users=[user_index(self.ds, user)],
+                                           device=self._vecs_on_device.device)
         return user_vecs[0].float().cpu()
 
     def recommend(self, user, k: int = 10, modality: str | None = None) -> UserRecs:
@@ -229,17 +231,18 @@ class ModelView:
         is_cand[target] = True                                                    # the target is never masked
         if modality is not None: is_cand &= self._modality == MODALITIES.index(modality)
         cand_scores = scores[is_cand]
-        top_scores, top_items = torch.topk(scores.masked_fill(~is_cand, float('-inf')), min(k, int(is_cand.sum())))
+        n_top = min(k, int(is_cand.sum()))
+        top_scores, top_items = torch.topk(scores.masked_fill(~is_cand, float('-inf')), n_top)
         target_score = float(scores[target])
         rank = int((cand_scores >= target_score).sum()) if is_cand[target] else None
         return UserRecs(model=self.name, user=user_idx, user_id=str(self.ds.user_ids[user_idx]), history=hist,
-                        target=target, items=top_items.numpy().astype(np.int64), scores=top_scores.numpy(), k=k,
-                        modality=modality, target_rank=rank, target_score=target_score,
+                        target=target, items=top_items.numpy().astype(np.int64), scores=top_scores.numpy(),
+                        k=k, modality=modality, target_rank=rank, target_score=target_score,
                         candidate_scores=cand_scores.numpy(), user_vec=user_vec.numpy(),
                         seconds=time.perf_counter() - t0)
 
     def hit_rates(self, users=None) -> dict:
-        "`metrics.evaluate` on the test split (all users, or `users`), cached; reuses the encoded item vectors."
+        "`metrics.evaluate` on the test split (all users or `users`), cached; reuses the item vectors."
         from transrec.metrics import evaluate
         key = None if users is None else tuple(int(u) for u in users)
         if key not in self._hit_rates:
@@ -272,8 +275,10 @@ vertical-align:middle}
 .trx-banner{background:#fff3cd;border:1px solid #e0c36a;padding:4px 8px;font-weight:600;margin:4px 0}
 .trx-status{color:#555;font-size:12px}
 """
+_SYNTHETIC_BANNER = ('<div class="trx-banner">SYNTHETIC data set: a simulated stand-in, '
+                     'not real platform data</div>')
 
-# %% ../nbs/10_dashboard.ipynb #x3d9c8a6
+# %% ../nbs/10_dashboard.ipynb #xff8c38e
 def history_table(cards: ItemCards, recs: UserRecs, max_rows: int = 20) -> str:
     "HTML of the user's history (oldest first, the last `max_rows` items) and the held-out item."
     ds, hist = cards.ds, recs.history
@@ -282,16 +287,19 @@ def history_table(cards: ItemCards, recs: UserRecs, max_rows: int = 20) -> str:
     rows = ''.join(f'<tr class="trx-hist-row" data-item="{_esc(ds.item_ids[hist[pos]])}" '
                    f'data-modality="{cards.modality(hist[pos])}">'
                    f'<td class="trx-num">{pos + 1}</td><td><code>{_esc(ds.item_ids[hist[pos]])}</code></td>'
-                   f'<td>{cards.badge(hist[pos])}</td><td>{cards.content(hist[pos])}</td></tr>' for pos in shown)
-    target = recs.target
-    return (f'<div class="trx-panel trx-history" data-user="{_esc(recs.user_id)}">'
-            f'<h4>History of user <code>{_esc(recs.user_id)}</code> ({len(hist)} items, oldest first{note})</h4>'
-            '<table class="trx-table"><thead><tr><th>#</th><th>item</th><th>modality</th><th>content</th></tr></thead>'
+                   f'<td>{cards.badge(hist[pos])}</td><td>{cards.content(hist[pos])}</td></tr>'
+                   for pos in shown)
+    target, user_id = recs.target, _esc(recs.user_id)
+    return (f'<div class="trx-panel trx-history" data-user="{user_id}">'
+            f'<h4>History of user <code>{user_id}</code> ({len(hist)} items, oldest first{note})</h4>'
+            '<table class="trx-table"><thead><tr><th>#</th><th>item</th><th>modality</th><th>content</th>'
+            '</tr></thead>'
             f'<tbody>{rows}</tbody></table>'
             f'<div class="trx-target" data-item="{_esc(ds.item_ids[target])}">Held-out (test) item: '
-            f'<code>{_esc(ds.item_ids[target])}</code> {cards.badge(target)} {cards.content(target)}</div></div>')
+            f'<code>{_esc(ds.item_ids[target])}</code> {cards.badge(target)} {cards.content(target)}'
+            '</div></div>')
 
-# %% ../nbs/10_dashboard.ipynb #xa687db5
+# %% ../nbs/10_dashboard.ipynb #xa8d3b6a
 def recs_table(cards: ItemCards, recs: UserRecs) -> str:
     "HTML of one model's top-K for one user, with scores and the held-out item marked."
     ds, filt = cards.ds, recs.modality or 'all'
@@ -305,15 +313,18 @@ def recs_table(cards: ItemCards, recs: UserRecs) -> str:
     rows = []
     for rank, (i, score) in enumerate(zip(recs.items, recs.scores), 1):
         hit = int(i == recs.target)
-        rows.append(f'<tr class="trx-rec-row{" trx-hit-row" if hit else ""}" data-item="{_esc(ds.item_ids[i])}" '
+        item_id = _esc(ds.item_ids[i])
+        rows.append(f'<tr class="trx-rec-row{" trx-hit-row" if hit else ""}" data-item="{item_id}" '
                     f'data-rank="{rank}" data-score="{float(score):.6g}" data-modality="{cards.modality(i)}" '
                     f'data-hit="{hit}">'
-                    f'<td class="trx-num">{rank}</td><td><code>{_esc(ds.item_ids[i])}</code></td>'
-                    f'<td class="trx-num">{float(score):.4f}</td><td>{cards.badge(i)}</td><td>{cards.content(i)}</td>'
+                    f'<td class="trx-num">{rank}</td><td><code>{item_id}</code></td>'
+                    f'<td class="trx-num">{float(score):.4f}</td><td>{cards.badge(i)}</td>'
+                    f'<td>{cards.content(i)}</td>'
                     f'<td>{"✔ held-out" if hit else ""}</td></tr>')
-    few = (f' (only {len(recs.items)} {filt if filt != "all" else ""} candidates)' if len(recs.items) < recs.k else '')
-    return (f'<div class="trx-panel trx-recs" data-model="{_esc(recs.model)}" data-filter="{filt}" data-k="{recs.k}" '
-            f'data-hit="{int(recs.hit)}"><h4>{_esc(recs.model)}: top {recs.k}'
+    few = ''
+    if len(recs.items) < recs.k: few = f' (only {len(recs.items)} {filt if filt != "all" else ""} candidates)'
+    return (f'<div class="trx-panel trx-recs" data-model="{_esc(recs.model)}" data-filter="{filt}" '
+            f'data-k="{recs.k}" data-hit="{int(recs.hit)}"><h4>{_esc(recs.model)}: top {recs.k}'
             f'{"" if filt == "all" else " " + filt} recommendations{few}. {verdict}</h4>'
             '<table class="trx-table"><thead><tr><th>rank</th><th>item</th><th>score</th><th>modality</th>'
             f'<th>content</th><th></th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
@@ -321,9 +332,10 @@ def recs_table(cards: ItemCards, recs: UserRecs) -> str:
 # %% ../nbs/10_dashboard.ipynb #c030
 def _fig_layout(title: str, width: int, height: int, **kw) -> dict:
     return dict(title=dict(text=title, font=dict(size=13), x=0.02), width=width, height=height,
-                template='plotly_white', margin=dict(l=45, r=30, t=45, b=40), modebar=dict(orientation='v'), **kw)
+                template='plotly_white', margin=dict(l=45, r=30, t=45, b=40), modebar=dict(orientation='v'),
+                **kw)
 
-# %% ../nbs/10_dashboard.ipynb #x4936fe6
+# %% ../nbs/10_dashboard.ipynb #x7de8f9b
 MODALITY_COLORS = {'text': '#4C78A8', 'image': '#F58518'}
 
 def map_base_traces(view: ModelView, cards: ItemCards, max_points: int = 4000, seed: int = 0) -> list[dict]:
@@ -341,12 +353,13 @@ def map_base_traces(view: ModelView, cards: ItemCards, max_points: int = 4000, s
         traces.append(dict(type='scatter', mode='markers', name=f'{modality} items',
                            x=np.round(xy[sel, 0], 4).tolist(), y=np.round(xy[sel, 1], 4).tolist(),
                            marker=dict(size=5, color=MODALITY_COLORS[modality], opacity=0.35),
-                           hovertext=[f'{ds.item_ids[i]} ({modality}) {truncate(ds.texts[i], 50)}' for i in sel],
+                           hovertext=[f'{ds.item_ids[i]} ({modality}) {truncate(ds.texts[i], 50)}'
+                                      for i in sel],
                            hoverinfo='text', legendgroup='items'))
     view._map_base = (key, traces)
     return traces
 
-# %% ../nbs/10_dashboard.ipynb #x2773564
+# %% ../nbs/10_dashboard.ipynb #x4f12992
 def map_overlay_traces(view: ModelView, recs: UserRecs, history_points: int = 50) -> list[dict]:
     "The per-user traces of the item map: history (numbered, in order), held-out item, top-K, user vector."
     ds, xy = view.ds, view.projection.coords
@@ -374,36 +387,41 @@ def map_overlay_traces(view: ModelView, recs: UserRecs, history_points: int = 50
                     customdata=item_ids([recs.target]), hoverinfo='text',
                     hovertext=[f'held-out: {ds.item_ids[recs.target]}{rank_note}'],
                     marker=dict(size=15, symbol='x', color='black'))
-    user = dict(type='scatter', mode='markers', name='user vector', x=[float(user_xy[0])], y=[float(user_xy[1])],
+    user = dict(type='scatter', mode='markers', name='user vector',
+                x=[float(user_xy[0])], y=[float(user_xy[1])],
                 hoverinfo='text', hovertext=[f'user {recs.user_id}'], customdata=[recs.user_id],
                 marker=dict(size=18, symbol='star', color='#B279A2', line=dict(color='black', width=1)))
     return [history, top_k, held_out, user]
 
-# %% ../nbs/10_dashboard.ipynb #x8722c33
+# %% ../nbs/10_dashboard.ipynb #xa0935d3
 def map_layout(view: ModelView, recs: UserRecs, width: int = 440, height: int = 430) -> dict:
     return _fig_layout(f'{view.name}: item vectors ({view.projection.label})', width, height,
                        legend=dict(orientation='h', y=-0.12, font=dict(size=10)),
                        xaxis=dict(title='dim 1', zeroline=False), yaxis=dict(title='dim 2', zeroline=False),
                        hovermode='closest')
 
-# %% ../nbs/10_dashboard.ipynb #x5b1c797
-def item_map_figure(view: ModelView, recs: UserRecs, cards: ItemCards | None = None, max_points: int = 4000) -> go.Figure:
+# %% ../nbs/10_dashboard.ipynb #x13c5743
+def item_map_figure(view: ModelView, recs: UserRecs, cards: ItemCards | None = None,
+                    max_points: int = 4000) -> go.Figure:
     "The 2-D item map of `view` with `recs`' user highlighted, as a plotly figure."
     cards = cards or ItemCards(view.ds)
     return go.Figure(dict(data=map_base_traces(view, cards, max_points) + map_overlay_traces(view, recs),
                           layout=map_layout(view, recs)))
 
 # %% ../nbs/10_dashboard.ipynb #c033
-def score_parts(recs: UserRecs, bins: int = 30, width: int = 440, height: int = 260) -> tuple[list[dict], dict]:
+def score_parts(recs: UserRecs, bins: int = 30, width: int = 440,
+                height: int = 260) -> tuple[list[dict], dict]:
     "(traces, layout) of the score distribution of `recs`' candidates."
     cand_scores = recs.candidate_scores
     counts, edges = np.histogram(cand_scores, bins=bins) if len(cand_scores) else (np.zeros(0), np.zeros(1))
     top = float(counts.max()) if len(counts) else 1.
-    bars = dict(type='bar', name='all candidates', x=((edges[:-1] + edges[1:]) / 2).tolist(), y=counts.tolist(),
+    bars = dict(type='bar', name='all candidates', x=((edges[:-1] + edges[1:]) / 2).tolist(),
+                y=counts.tolist(),
                 width=float(edges[1] - edges[0]) if len(edges) > 1 else 1., marker=dict(color='#9a9a9a'),
                 hovertemplate='score %{x:.3f}: %{y} items<extra></extra>')
     ticks = dict(type='scatter', mode='markers', name=f'top {recs.k}', x=[float(v) for v in recs.scores],
-                 y=[top * 1.08] * len(recs.scores), marker=dict(symbol='triangle-down', size=10, color='#E45756'),
+                 y=[top * 1.08] * len(recs.scores),
+                 marker=dict(symbol='triangle-down', size=10, color='#E45756'),
                  hovertext=[f'rank {rank}' for rank in range(1, len(recs.scores) + 1)], hoverinfo='text+x')
     shapes, annotations = [], []
     if recs.target_rank is not None:
@@ -418,7 +436,7 @@ def score_parts(recs: UserRecs, bins: int = 30, width: int = 440, height: int = 
                          bargap=0.02)
     return [bars, ticks], layout
 
-# %% ../nbs/10_dashboard.ipynb #x265b6f8
+# %% ../nbs/10_dashboard.ipynb #x62c3628
 def score_figure(recs: UserRecs) -> go.Figure:
     "Histogram of the scores of every candidate item, with the top-K and the held-out item marked."
     data, layout = score_parts(recs)
@@ -428,31 +446,35 @@ def score_figure(recs: UserRecs) -> go.Figure:
 HIT_RATE_COLORS = ['#4C78A8', '#E45756', '#54A24B', '#B279A2', '#F58518']
 
 def hit_rate_figure(results: dict, metric: str = 'HR@10', width: int = 900, height: int = 330) -> go.Figure:
-    "Bars of `metric` (switchable) overall and by held-out modality, a colour per model; `results`: {name: evaluate(...)}"
+    "Bars of `metric` (switchable), overall and by held-out modality; `results`: {model name: evaluate(...)}"
     if not results: raise ValueError('hit_rate_figure needs at least one model result')
     first = next(iter(results.values()))
     metrics = [name for name in first if isinstance(first[name], float)]
     if metric not in metrics: raise ValueError(f'metric={metric!r}: choose one of {metrics}')
-    groups = ['all'] + [m for m in MODALITIES if any(m in res.get('by_modality', {}) for res in results.values())]
+    groups = ['all'] + [modality for modality in MODALITIES
+                        if any(modality in res.get('by_modality', {}) for res in results.values())]
     fig = go.Figure()
     for met in metrics:
         for j, (name, res) in enumerate(results.items()):
             parts = [res] + [res.get('by_modality', {}).get(g, {}) for g in groups[1:]]
-            fig.add_bar(name=name, x=[f'{g} ({part.get("n_users", 0)} users)' for g, part in zip(groups, parts)],
+            fig.add_bar(name=name,
+                        x=[f'{group} ({part.get("n_users", 0)} users)' for group, part in zip(groups, parts)],
                         y=[part.get(met) for part in parts], visible=met == metric,
                         marker_color=HIT_RATE_COLORS[j % 5],
                         text=[None if part.get(met) is None else f'{part[met]:.3f}' for part in parts],
                         textposition='outside', legendgroup=name, showlegend=True)
     n = len(results)
     buttons = [dict(label=met, method='update',
-                    args=[{'visible': [i // n == mi for i in range(len(metrics) * n)]}, {'yaxis.title.text': met}])
+                    args=[{'visible': [i // n == mi for i in range(len(metrics) * n)]},
+                          {'yaxis.title.text': met}])
                for mi, met in enumerate(metrics)]
-    layout = _fig_layout('Test-split metrics on the whole data set, by modality of the held-out item', width, height)
+    layout = _fig_layout('Test-split metrics on the whole data set, by modality of the held-out item',
+                         width, height)
     layout['margin'] = dict(l=50, r=190, t=45, b=40)
     fig.update_layout(**layout, barmode='group', yaxis=dict(title=metric, rangemode='tozero'),
                       legend=dict(x=1.02, y=0.72, xanchor='left'),
-                      updatemenus=[dict(buttons=buttons, active=metrics.index(metric), x=1.02, xanchor='left', y=1.0,
-                                        yanchor='top', direction='down', showactive=True)])
+                      updatemenus=[dict(buttons=buttons, active=metrics.index(metric), x=1.02, xanchor='left',
+                                        y=1.0, yanchor='top', direction='down', showactive=True)])
     return fig
 
 # %% ../nbs/10_dashboard.ipynb #c039
@@ -463,16 +485,17 @@ def _plotly_output(out: widgets.Output, data: list, layout: dict, label: str = '
                                                                  'config': {'displaylogo': False}},
                              'text/plain': f'<{label}>'}},)
 
-# %% ../nbs/10_dashboard.ipynb #xb50c9d5
+# %% ../nbs/10_dashboard.ipynb #x0c1d091
 def _fig_json(fig: go.Figure) -> dict: return json.loads(pio.to_json(fig, validate=False))
 
-# %% ../nbs/10_dashboard.ipynb #x75ddf06
+# %% ../nbs/10_dashboard.ipynb #x1fe40b9
 def _contents_for(models: dict, ds, content) -> dict:
     "One ItemContent per model name; models with the same configuration share one."
     if isinstance(content, dict):
         missing = set(models) - set(content)
         if missing:
-            raise ValueError(f'content has no entry for model(s) {sorted(missing)}; give one per model or a single one')
+            raise ValueError(f'content has no entry for model(s) {sorted(missing)}; '
+                             'give one per model or a single one')
         return content
     out, by_cfg = {}, {}
     for name, model in models.items():
@@ -486,27 +509,27 @@ def _contents_for(models: dict, ds, content) -> dict:
         out[name] = by_cfg[key]
     return out
 
-# %% ../nbs/10_dashboard.ipynb #x22d431c
+# %% ../nbs/10_dashboard.ipynb #x111f3f8
 def _model_views(models, ds, content=None, projection='pca') -> dict:
     if not isinstance(models, dict): models = {'model': models}
     if not models: raise ValueError('give at least one model: models={"name": model, ...}')
     contents = _contents_for(models, ds, content)
     return {str(n): ModelView(str(n), m, ds, contents[n], projection) for n, m in models.items()}
 
-# %% ../nbs/10_dashboard.ipynb #x6757d2e
+# %% ../nbs/10_dashboard.ipynb #x00bd277
 def _closest_hit_rate(results: dict, k: int) -> str:
-    "The `HR@n` metric of `results` ({name: evaluate(...)}) with `n` closest to `k`; 'MRR' when there is none."
+    "The `HR@n` metric of `results` ({name: evaluate(...)}) with `n` closest to `k`; 'MRR' if there is none."
     first = next(iter(results.values()))
     return min((name for name in first if name.startswith('HR@')), key=lambda name: abs(int(name[3:]) - k),
                default='MRR')
 
 # %% ../nbs/10_dashboard.ipynb #c040
 class Explorer:
-    "Interactive explorer of `models` ({name: model}) on `ds`: history, top-K side by side, item map, scores, hit rates."
-    def __init__(self, models: dict, ds, content=None, k: int = 10, side_by_side: bool | None = None, user=None,
-                 projection: str = 'pca', hit_rates: bool = True, eval_users: int | None = None, history_rows: int = 20,
-                 thumb_size: int = 40, text_chars: int = 80, max_points: int = 4000, seed: int = 0,
-                 max_user_options: int = 20000):
+    "Interactive explorer of `models` ({name: model}) on `ds`: history, top-K, map, scores, hit rates."
+    def __init__(self, models: dict, ds, content=None, k: int = 10, side_by_side: bool | None = None,
+                 user=None, projection: str = 'pca', hit_rates: bool = True, eval_users: int | None = None,
+                 history_rows: int = 20, thumb_size: int = 40, text_chars: int = 80, max_points: int = 4000,
+                 seed: int = 0, max_user_options: int = 20000):
         self.ds, self.k, self.history_rows, self.max_points, self.seed = ds, k, history_rows, max_points, seed
         self.views = _model_views(models, ds, content, projection)
         self.cards = ItemCards(ds, thumb_size, text_chars)
@@ -516,14 +539,15 @@ class Explorer:
         self.recs: dict[str, UserRecs] = {}
         self.eval_users = None
         if eval_users is not None and eval_users < ds.n_users:
-            self.eval_users = np.sort(np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False))
+            sample = np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False)
+            self.eval_users = np.sort(sample)
         self._build_widgets(side_by_side, max_user_options)
         self._ready = False
         for widget in (self.model_dropdown, self.side_by_side, self.k_slider, self.modality_buttons):
             widget.observe(lambda change: self.update(), names='value')
         self.user_box.observe(self._on_user_box, names='value')
         self.random_button.on_click(lambda button: self.random_user())
-        for view in self.views.values(): map_base_traces(view, self.cards, max_points, seed)   # fit the maps now, once
+        for view in self.views.values(): map_base_traces(view, self.cards, max_points, seed)  # fit maps now
         if hit_rates: self.show_hit_rates()
         self._ready = True
         self.select_user(ds.user_ids[0] if user is None else user)
@@ -533,16 +557,19 @@ class Explorer:
         self.model_dropdown = widgets.Dropdown(options=names, value=names[0], description='Model',
                                                layout=Layout(width='240px'))
         self.side_by_side = widgets.Checkbox(value=len(names) > 1 if side_by_side is None else side_by_side,
-                                             description='side by side', disabled=len(names) < 2, indent=False,
-                                             layout=Layout(width='110px'))
-        self.user_box = widgets.Combobox(options=[str(u) for u in ds.user_ids[:max_user_options]], description='User',
-                                         placeholder='type a user id', ensure_option=False, continuous_update=False,
+                                             description='side by side', disabled=len(names) < 2,
+                                             indent=False, layout=Layout(width='110px'))
+        self.user_box = widgets.Combobox(options=[str(u) for u in ds.user_ids[:max_user_options]],
+                                         description='User', placeholder='type a user id',
+                                         ensure_option=False, continuous_update=False,
                                          layout=Layout(width='240px'))
-        self.random_button = widgets.Button(description='random user', icon='random', layout=Layout(width='130px'))
-        self.k_slider = widgets.IntSlider(value=self.k, min=1, max=max(1, min(100, ds.n_items)), description='K',
-                                          continuous_update=False, layout=Layout(width='260px'))
-        self.modality_buttons = widgets.ToggleButtons(options=['all', *MODALITIES], value='all', description='Show',
-                                                      style={'button_width': '60px'})
+        self.random_button = widgets.Button(description='random user', icon='random',
+                                            layout=Layout(width='130px'))
+        self.k_slider = widgets.IntSlider(value=self.k, min=1, max=max(1, min(100, ds.n_items)),
+                                          description='K', continuous_update=False,
+                                          layout=Layout(width='260px'))
+        self.modality_buttons = widgets.ToggleButtons(options=['all', *MODALITIES], value='all',
+                                                      description='Show', style={'button_width': '60px'})
         self.status = widgets.HTML()
         self.history_html = widgets.HTML(layout=Layout(width='400px'))
         self.recs_html = {n: widgets.HTML() for n in names}
@@ -552,11 +579,10 @@ class Explorer:
                                         layout=Layout(width='450px')) for n in names}
         self.models_box = widgets.HBox()
         self.hit_rate_out = widgets.Output()
-        banner_html = ('<div class="trx-banner">SYNTHETIC data set: a simulated stand-in, not real platform data</div>'
-                       if getattr(ds, 'synthetic', False) else '')
-        self.widget = widgets.VBox([widgets.HTML(f'<style>{DASHBOARD_CSS}</style>{banner_html}'),
-                                    widgets.HBox([self.user_box, self.random_button, self.k_slider]),
-                                    widgets.HBox([self.modality_buttons, self.model_dropdown, self.side_by_side]),
+        banner_html = _SYNTHETIC_BANNER if getattr(ds, 'synthetic', False) else ''
+        controls = [widgets.HBox([self.user_box, self.random_button, self.k_slider]),
+                    widgets.HBox([self.modality_buttons, self.model_dropdown, self.side_by_side])]
+        self.widget = widgets.VBox([widgets.HTML(f'<style>{DASHBOARD_CSS}</style>{banner_html}'), *controls,
                                     self.status, widgets.HBox([self.history_html, self.models_box]),
                                     self.hit_rate_out])
         self.widget.add_class('trx-root')
@@ -611,7 +637,8 @@ class Explorer:
         target = first.target
         self.status.value = (f'<span class="trx-status">user <b>{_esc(first.user_id)}</b> · '
                              f'{len(first.history)} items in history · '
-                             f'held-out <code>{_esc(self.ds.item_ids[target])}</code> ({self.cards.modality(target)}) · '
+                             f'held-out <code>{_esc(self.ds.item_ids[target])}</code> '
+                             f'({self.cards.modality(target)}) · '
                              f'{hits} · updated in {self.last_update_s * 1000:.0f} ms</span>')
 
     def show_hit_rates(self):
@@ -691,11 +718,11 @@ section.trx-user h2{font-size:15px;margin:10px 0 4px}
 footer{margin-top:16px;color:#777;font-size:11px}
 """
 
-# %% ../nbs/10_dashboard.ipynb #x1b7c9a8
+# %% ../nbs/10_dashboard.ipynb #xf2f189b
 def _json_for_script(obj) -> str:
     return json.dumps(obj, separators=(',', ':'), ensure_ascii=False).replace('</', '<\\/')
 
-# %% ../nbs/10_dashboard.ipynb #xffe7416
+# %% ../nbs/10_dashboard.ipynb #x60bcde3
 def _pick_users(ds, users, seed: int) -> list[int]:
     if isinstance(users, (int, np.integer)):
         if users < 1: raise ValueError(f'users={users}: export at least one user')
@@ -705,18 +732,20 @@ def _pick_users(ds, users, seed: int) -> list[int]:
     if not picked: raise ValueError('users: the list of users to export is empty')
     return picked
 
-# %% ../nbs/10_dashboard.ipynb #x37771d7
+# %% ../nbs/10_dashboard.ipynb #xe013eb0
 def _user_section(views: dict, ds, cards: ItemCards, user: int, position: int, k: int, history_rows: int,
                   figs: dict) -> tuple[str, str, float]:
     "(`<section>`, `<option>`, seconds) of `user` on the static page; the user's figure specs go into `figs`."
     names, filters = list(views), ('all', *MODALITIES)
-    per_model = {n: {f: views[n].recommend(user, k, None if f == 'all' else f) for f in filters} for n in names}
+    per_model = {n: {f: views[n].recommend(user, k, None if f == 'all' else f) for f in filters}
+                 for n in names}
     seconds = sum(recs.seconds for by_filter in per_model.values() for recs in by_filter.values())
     first = per_model[names[0]]['all']
     user_id = first.user_id
     verdicts = ' '.join(f'<span class="{"trx-hit" if by_filter["all"].hit else "trx-miss"}">{_esc(n)}: '
                         f'{"hit" if by_filter["all"].hit else "miss"} '
-                        f'(held-out rank {by_filter["all"].target_rank})</span>' for n, by_filter in per_model.items())
+                        f'(held-out rank {by_filter["all"].target_rank})</span>'
+                        for n, by_filter in per_model.items())
     columns = []
     for j, n in enumerate(names):
         recs, fig_id = per_model[n]['all'], f'u{position}-m{j}'
@@ -728,19 +757,20 @@ def _user_section(views: dict, ds, cards: ItemCards, user: int, position: int, k
         columns.append(f'<div class="trx-col-model" data-model="{_esc(n)}">{tables}'
                        f'<div class="trx-plot" id="map-{fig_id}" data-fig="map-{fig_id}"></div>'
                        f'<div class="trx-plot" id="score-{fig_id}" data-fig="score-{fig_id}"></div></div>')
-    section = (f'<section class="trx-user" data-user="{_esc(user_id)}" hidden><h2>User <code>{_esc(user_id)}</code> · '
-               f'{len(first.history)} items in history · held-out <code>{_esc(ds.item_ids[first.target])}</code> '
+    section = (f'<section class="trx-user" data-user="{_esc(user_id)}" hidden><h2>User '
+               f'<code>{_esc(user_id)}</code> · {len(first.history)} items in history · '
+               f'held-out <code>{_esc(ds.item_ids[first.target])}</code> '
                f'({cards.modality(first.target)}) <span class="trx-verdicts">{verdicts}</span></h2>'
-               f'<div class="trx-row"><div class="trx-col-history">{history_table(cards, first, history_rows)}</div>'
-               f'{"".join(columns)}</div></section>')
+               f'<div class="trx-row"><div class="trx-col-history">'
+               f'{history_table(cards, first, history_rows)}</div>{"".join(columns)}</div></section>')
     option = (f'<option value="{_esc(user_id)}">{_esc(user_id)} ({len(first.history)} items, '
               f'{"/".join("hit" if per_model[n]["all"].hit else "miss" for n in names)})</option>')
     return section, option, seconds
 
-# %% ../nbs/10_dashboard.ipynb #x0e4e612
-def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | None = None, history_rows: int = 20,
-                max_points: int = 4000, seed: int = 0, hit_rates: dict | None = None, eval_users=None,
-                title: str | None = None) -> Path:
+# %% ../nbs/10_dashboard.ipynb #x9eba07e
+def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | None = None,
+                history_rows: int = 20, max_points: int = 4000, seed: int = 0, hit_rates: dict | None = None,
+                eval_users=None, title: str | None = None) -> Path:
     "Write the static page of `views` for `users` of `ds` to `out`; the path."
     from plotly.offline import get_plotlyjs
     t_start = time.perf_counter()
@@ -759,8 +789,7 @@ def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | N
     if not title:
         title = f'TransRec explorer: {", ".join(names)} on {ds.name}'
         if synthetic: title += ' (SYNTHETIC data)'
-    banner_html = ('<div class="trx-banner">SYNTHETIC data set: a simulated stand-in, not real platform data</div>'
-                   if synthetic else '')
+    banner_html = _SYNTHETIC_BANNER if synthetic else ''
     encoding = ', '.join(f'{n}: {view.encode_seconds:.1f}s' for n, view in views.items())
     modality = np.asarray(ds.modality)
     modality_options = ''.join(f'<option value="{m}">{m} only</option>' for m in MODALITIES)
@@ -796,7 +825,7 @@ took {1000 * float(np.mean(seconds)):.0f} ms on average.</footer>
              f'in {time.perf_counter() - t_start:.1f}s')
     return out
 
-# %% ../nbs/10_dashboard.ipynb #x7a4bfcd
+# %% ../nbs/10_dashboard.ipynb #xf8c98b5
 def export_html(models, ds, out, users=5, k: int = 10, content=None, projection: str = 'pca', seed: int = 0,
                 eval_users: int | None = None, history_rows: int = 20, max_points: int = 4000,
                 title: str | None = None) -> Path:
@@ -811,37 +840,37 @@ def export_html(models, ds, out, users=5, k: int = 10, content=None, projection:
 
 # %% ../nbs/10_dashboard.ipynb #c050
 def load_data(name_or_path, scale: float = 1.0, seed: int = 0):
-    "A data set by registered name or folder: `transrec.sources.load_source` if available, else `data.load_dataset`."
+    "A data set by registered name or folder (`transrec.sources.load_source`; else `data.load_dataset`)."
     try: from transrec.sources import load_source
     except ImportError: load_source = None
     if load_source is not None: return load_source(str(name_or_path), scale=scale, seed=seed)
     from transrec.data import load_dataset
     if not (Path(name_or_path)/'items.tsv').exists():
-        raise ValueError(f'--data {name_or_path!r}: no MoM data set folder there (items.tsv missing), and named '
-                         'data sets need transrec.sources, which is not installed')
+        raise ValueError(f'--data {name_or_path!r}: no MoM data set folder there (items.tsv missing), '
+                         'and named data sets need transrec.sources, which is not installed')
     return load_dataset(name_or_path)
 
-# %% ../nbs/10_dashboard.ipynb #x117c00a
+# %% ../nbs/10_dashboard.ipynb #xe52ce5a
 def model_name(model_dir) -> str:
-    "A readable name for a saved model folder: its name, or its parent's when it is called best/latest/step-N."
+    "A readable name for a saved model folder: its name, or its parent's when it is best/latest/step-N."
     path = Path(model_dir).resolve()
     checkpoint = path.name in ('best', 'latest', 'model', 'final') or path.name.startswith('step-')
     return path.parent.name if checkpoint else path.name
 
-# %% ../nbs/10_dashboard.ipynb #x080435b
+# %% ../nbs/10_dashboard.ipynb #x1d4b0b6
 def load_model_dir(model_dir):
-    "A saved model (`model.load_model`) from `model_dir`, or from `model_dir/best` when it is a training output folder."
+    "A saved model (`model.load_model`) from `model_dir`, or from `model_dir/best` (a training run's folder)."
     from transrec.model import load_model
     path = Path(model_dir)
     if (path/'best'/'config.json').exists() and not (path/'config.json').exists(): path = path/'best'
     if not (path/'config.json').exists():
-        raise ValueError(f'--model {str(model_dir)!r}: no saved model there (expected config.json + model.safetensors, '
-                         'e.g. reports/pretrain-qb_mixed/best)')
+        raise ValueError(f'--model {str(model_dir)!r}: no saved model there (expected config.json + '
+                         'model.safetensors, e.g. reports/pretrain-qb_mixed/best)')
     return load_model(path)
 
-# %% ../nbs/10_dashboard.ipynb #x75e6377
+# %% ../nbs/10_dashboard.ipynb #x523e87f
 def main(argv: list[str] | None = None) -> int:
-    "Console command `transrec-explore` (and `python -m transrec.dashboard`): write the static page; the exit status."
+    "Console command `transrec-explore` (`python -m transrec.dashboard`): write the static page; exit status."
     parser = argparse.ArgumentParser(
         prog='transrec-explore',
         description='TransRec explorer: a static, self-contained HTML page of what one or two '
@@ -861,7 +890,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', required=True, help='output .html file')
     parser.add_argument('--k', type=int, default=10, help='recommendations per user')
     parser.add_argument('--seed', type=int, default=0, help='seed of the sample of users')
-    parser.add_argument('--scale', type=float, default=1.0, help='synthetic data scale (named synthetic data sets)')
+    parser.add_argument('--scale', type=float, default=1.0,
+                        help='synthetic data scale (named synthetic data sets)')
     parser.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic data set')
     parser.add_argument('--eval-users', type=int, default=None,
                         help='evaluate hit rates on a sample of users (default all)')
