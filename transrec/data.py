@@ -16,7 +16,7 @@ from .core import log
 # %% auto #0
 __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
            'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SPLITS', 'NEG_STREAM', 'PIXEL_STORE_VERSION',
-           'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'Problem', 'DataError',
+           'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'tiny_mom', 'Problem', 'DataError',
            'release_images', 'MoMDataset', 'meta_type_ok', 'load_dataset', 'ValidationReport', 'validate', 'train_part',
            'history_and_target', 'split_targets', 'history_items', 'window_ends', 'Batch', 'sample_negatives',
            'n_batches_per_epoch', 'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers',
@@ -78,25 +78,52 @@ def write_dataset(path, items: pd.DataFrame, interactions: pd.DataFrame, meta: d
     (path/'meta.json').write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
     return path
 
+# %% ../nbs/01_data.ipynb #tm002
+_TINY_WORDS = ('football tennis recipe oven guitar piano flight beach stocks bank physics gene movie comedy '
+               'dress shoes').split()
+
+def tiny_mom(path, n_text=12, n_image=8, n_users=10, seed=0, prefix='', image_wh=(16, 16), words=None,
+             seq_len=(3, 8)) -> Path:
+    "A tiny MoM folder at `path`: `n_text` captions (`words` words, else 1-8), `n_image` PNGs, `n_users` users."
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    ids = [f'{prefix}t{i}' for i in range(n_text)] + [f'{prefix}v{i}' for i in range(n_image)]
+    captions = [' '.join(rng.choice(_TINY_WORDS, words or int(rng.integers(1, 9)))) for _ in range(n_text)]
+    refs = [''] * n_text + [f'images/v{i}.png' for i in range(n_image)]
+    width, height = image_wh
+    images = {ref: Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for ref in refs if ref}
+    items = pd.DataFrame({'item_id': ids, 'modality': ['text'] * n_text + ['image'] * n_image,
+                          'text': captions + [''] * n_image, 'image': refs})
+    clicks = [(f'{prefix}u{user}', ids[item], step) for user in range(n_users)
+              for step, item in enumerate(rng.choice(len(ids), int(rng.integers(*seq_len)), replace=False))]
+    interactions = pd.DataFrame(clicks, columns=['user_id', 'item_id', 'timestamp'])
+    return write_dataset(path, items, interactions, {'synthetic': True}, images=images)
+
 # %% ../nbs/01_data.ipynb #c009
 MAX_ROWS_PER_KIND = 1000   # per file and kind, rows listed one by one; beyond that one summary line gives the total
 
 @dataclass
 class Problem:
-    "A finding about a data set: `file`, 1-based data `row` (header not counted; None = whole file), `kind`, `message`, `fix`."
+    "A finding about a data set or a source file: where (`file`, `row`), `kind`, `message`, `fix`, `detail`."
     file: str
-    row: int | None
+    row: int | None        # 1-based data row (header not counted), or the file's line number if `line_numbers`
     kind: str
     message: str
     fix: str
     fatal: bool = True
+    detail: str = ''       # the offending value(s), e.g. "user 'u1', item 'x'" (converters)
+    line_numbers: bool = False
 
     def where(self) -> str:
+        "The file, and the row as the line an editor (and for a MoM table, a spreadsheet) shows."
         if self.row is None: return self.file
-        return f'{self.file} row {self.row}' + (f' (spreadsheet row {self.row + 1})' if self.file.endswith('.tsv') else '')
+        if self.line_numbers: return f'{self.file}, line {self.row}'
+        spreadsheet = f' (spreadsheet row {self.row + 1})' if self.file.endswith('.tsv') else ''
+        return f'{self.file} row {self.row}{spreadsheet}'
 
     def __str__(self):
-        return f"{'ERROR' if self.fatal else 'WARNING'} [{self.kind}] {self.where()}: {self.message}. Fix: {self.fix}"
+        what = f'{self.message}: {self.detail}' if self.detail else self.message
+        return f"{'ERROR' if self.fatal else 'WARNING'} [{self.kind}] {self.where()}: {what}. Fix: {self.fix}"
 
 class DataError(ValueError):
     "A data set (or one item of it) cannot be used; `.problems` lists why, by file and row."
