@@ -476,7 +476,8 @@ def _read_table(
     return df, name
 
 # %% ../nbs/01_data.ipynb #t008
-_LMDB_MAGIC, _LMDB_PAGE_HEADER = 0xBEEFC0DE, 16   # 64-bit layout: MDB_meta starts after the 16-byte page header
+# 64-bit layout: MDB_meta starts after the 16-byte page header
+_LMDB_MAGIC, _LMDB_PAGE_HEADER = 0xBEEFC0DE, 16
 _LMDB_FIX = (
     'the LMDB file is damaged (a truncated copy or download?): copy images.lmdb again from its source, or '
     'rewrite the images with write_dataset(..., image_store="lmdb")'
