@@ -235,23 +235,6 @@ def test_widget_state_is_serialisable(world, ex):
     assert any(hist_ids(h) == list(world['ds'].item_ids[world['ds'].seqs[8][:-1]]) for h in htmls)
 
 
-def test_user_switch_is_fast(world, ex):
-    ds = world['ds']; reset(ex)
-    t = []
-    for u in range(ds.n_users):
-        ex.select_user(u); t.append(ex.last_update_s)
-    assert max(t) < 1.0, f'user switch took up to {max(t):.2f}s'
-    assert f'updated in' in ex.status.value
-
-
-def test_pca_projection():
-    x = torch.randn(300, 2) * torch.tensor([4., .3])
-    p = dash.ItemProjection(torch.cat([x, torch.zeros(300, 6)], 1))
-    assert p.explained[0] > 0.95 and p.coords.shape == (300, 2)
-    np.testing.assert_allclose(np.abs(p.coords[:, 0]), (x[:, 0] - x[:, 0].mean()).abs().numpy(), rtol=1e-3, atol=1e-3)
-    with pytest.raises(ValueError, match="use 'pca'"): dash.ItemProjection(x, 'tsne')
-
-
 def test_export_html_self_contained(world, ex, tmp_path):
     ds = world['ds']
     out = dash.export_html(world['models'], ds, tmp_path/'page.html', users=['user1', 'user7'], k=3, content=world['content'])

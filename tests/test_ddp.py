@@ -5,7 +5,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np, pandas as pd, pytest, torch
 
 from transrec.core import ModelConfig, TrainConfig
-from transrec.data import write_dataset, load_dataset, train_batches
+from transrec.data import tiny_mom, load_dataset, train_batches
 from transrec.encoders import make_content
 from transrec.model import build_model, train_seq_len, train_stride
 from transrec import train as T
@@ -18,13 +18,7 @@ CASES = [(loss, readout) for loss in ('softmax', 'bce') for readout in ('causal'
 
 def make_data(path, n_users=12, n_items=40, seed=0):
     "Users of 5-12 distinct items of 40: the halves of a batch share some items (on both ranks), not all."
-    rng = np.random.default_rng(seed)
-    items = pd.DataFrame(dict(item_id=[f'i{i}' for i in range(n_items)], modality='text',
-                              text=[f'item {i}' for i in range(n_items)], image=''))
-    rows = [dict(user_id=f'u{u}', item_id=f'i{i}', timestamp=t) for u in range(n_users)
-            for t, i in enumerate(rng.permutation(n_items)[:int(rng.integers(5, 13))])]
-    write_dataset(path, items, pd.DataFrame(rows), dict(name='ddp', synthetic=True))
-    return load_dataset(path)
+    return load_dataset(tiny_mom(path, n_text=n_items, n_image=0, n_users=n_users, seed=seed, seq_len=(5, 13)))
 
 
 def model_cfg(ds, loss, readout):

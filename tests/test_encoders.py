@@ -10,7 +10,7 @@ from transrec.core import ModelConfig, seed_everything
 from transrec.data import load_dataset
 from transrec.encoders import (text_model_path, TextEncoder, ImageEncoder, ItemTower, ItemContent, PrefixCache, make_content,
                                count_parameters, dataset_item_key, dataset_content_key, load_image_weights)
-from tiny_data import tiny_mom
+from transrec.data import tiny_mom
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 CFG = ModelConfig(dim=16, text_trainable_blocks=2, image_size=32, text_max_tokens=16)

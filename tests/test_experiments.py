@@ -1,14 +1,24 @@
 "End to end: the experiment notebooks run through papermill with tiny parameters (CPU, offline)."
-import json, os, shutil
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 import papermill as pm
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
-TINY = dict(scale=0.1, epochs=1, max_steps=None, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
-            image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=64, device='cpu', progress=False)
-STUDY = {k: v for k, v in TINY.items() if k not in ('epochs', 'progress')}
+TINY_MODEL = dict(dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1, image_trainable_blocks=1,
+                  image_size=32, text_max_tokens=16)
+TINY = dict(scale=0.1, device='cpu', progress=False, model=TINY_MODEL, train=dict(epochs=1, batch_size=64))
+# the spelling before the `model` / `train` dicts: every setting a parameter of its own (`-p dim 16`); still works
+OLD_TINY = dict(scale=0.1, epochs=1, max_steps=None, **TINY_MODEL, batch_size=64, device='cpu', progress=False)
+STUDY = dict(scale=0.1, device='cpu', model=TINY_MODEL, train=dict(batch_size=64))
+OLD_STUDY = {k: v for k, v in OLD_TINY.items() if k not in ('epochs', 'progress')}
+
+
+def cell_output(nb_path) -> str:
+    "Everything the cells of an executed notebook printed or logged."
+    cells = json.loads(Path(nb_path).read_text())['cells']
+    return ''.join(''.join(o.get('text', '')) for c in cells if c['cell_type'] == 'code' for o in c.get('outputs', []))
 
 
 def run(nb, out_nb, **params):
@@ -31,7 +41,7 @@ def env(tmp_path_factory):
 @pytest.fixture(scope='module')
 def pretrained(env):
     out = env/'pre'
-    run('pretrain', env/'pretrain.ipynb', source='qb_mixed', out_dir=str(out), **TINY)
+    run('pretrain', env/'pretrain.ipynb', source='qb_mixed', out_dir=str(out), **OLD_TINY)    # the old spelling
     return out
 
 
@@ -48,6 +58,27 @@ def test_pretrain_outputs(pretrained):
     assert (pretrained/'notebook.html').exists() and 'Pre-train' in (pretrained/'notebook.html').read_text()
 
 
+def test_old_spelling_still_works_and_says_the_new_one(env, pretrained):
+    "The fixture ran `-p dim 16 -p epochs 1 ...`: folded into the model / train dicts, each with the new spelling."
+    m = json.loads((pretrained/'metrics.json').read_text())
+    assert m['params_given']['model'] == TINY_MODEL and m['params_given']['train'] == dict(epochs=1, batch_size=64)
+    assert (m['model_config']['dim'], m['train_config']['epochs'], m['params']['n_layers']) == (16, 1, 1)
+    said = cell_output(env/'pretrain.ipynb')
+    assert "-p dim 16 is the old spelling of -y 'model: {dim: 16}'; it still works" in said
+    assert "-p epochs 1 is the old spelling of -y 'train: {epochs: 1}'; it still works" in said
+
+
+def test_yaml_spelling_on_the_command_line(env):
+    "`papermill -y 'model: {...}'` fills the model dict (here an invalid pair, so it stops before any work)."
+    out = env/'yaml-bad'
+    done = subprocess.run([sys.executable, '-m', 'papermill', str(NBS/'pretrain.ipynb'), str(env/'yaml.ipynb'),
+                           '--cwd', str(NBS), '-p', 'out_dir', str(out), '-p', 'device', 'cpu',
+                           '-y', 'model: {dim: 30, n_heads: 4}', '-y', 'train: {lr: 1e-4}'],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and 'divisible by n_heads' in done.stdout + done.stderr
+    assert not out.exists()
+
+
 def test_finetune_pretrained_and_scratch(env, pretrained):
     out = env/'ft'
     run('finetune', env/'ft.ipynb', target='qb_text', init=str(pretrained/'best'), target_fraction=0.5, out_dir=str(out), **TINY)
@@ -58,10 +89,12 @@ def test_finetune_pretrained_and_scratch(env, pretrained):
     assert m['test_warm']['n_users'] == m['users']['fine_tune'] == m['train_data']['users']
     assert m['test_all']['n_users'] == m['data']['users'] and m['zero_shot'] == m['zero_shot_cold']
     assert m['history'][0]['epoch'] == 0 and m['best_epoch'] in (0, 1)      # the pre-trained model competed
-    assert m['params']['dim'] == TINY['dim'] and m['params_given']['kind'] is None    # what was used / given
+    assert m['params']['dim'] == TINY_MODEL['dim'] and 'kind' not in m['params_given']['model']   # used / given
+    assert m['params']['kind'] == 'transrec' and m['params']['epochs'] == 1       # the full configuration
     assert (out/'per_user.npz').exists()
     out2 = env/'ft-scratch'
-    run('finetune', env/'ft2.ipynb', target='qb_text', init='scratch', kind='id_sasrec', target_fraction=0.5, out_dir=str(out2), **TINY)
+    run('finetune', env/'ft2.ipynb', target='qb_text', init='scratch', target_fraction=0.5, out_dir=str(out2),
+        **{**TINY, 'model': {**TINY_MODEL, 'kind': 'id_sasrec'}})
     m2 = json.loads((out2/'metrics.json').read_text())
     assert m2['zero_shot'] is None and m2['method'] == 'id_sasrec'
 
@@ -70,14 +103,17 @@ def test_rerun_with_other_parameters_never_continues_the_old_run(env, pretrained
     "Same out_dir, other settings: refused before any work; `resume fresh` replaces the run; the same settings continue it."
     shutil.copytree(pretrained, env/'pre-copy'); pretrained = env/'pre-copy'
     with pytest.raises(pm.PapermillExecutionError) as e:
-        run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained), **{**TINY, 'epochs': 2})
+        run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained),
+            **{**TINY, 'train': dict(epochs=2, batch_size=64)})
     assert 'epochs: 1 -> 2' in str(e.value) and "resume='fresh'" in str(e.value)
     before = json.loads((pretrained/'metrics.json').read_text())
     assert len(before['history']) == 1                                     # the old run is untouched
-    run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained), resume='fresh', **{**TINY, 'epochs': 2})
+    run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained), resume='fresh',
+        **{**OLD_TINY, 'epochs': 2})                                       # old spelling ...
     m = json.loads((pretrained/'metrics.json').read_text())
     assert [h['epoch'] for h in m['history']] == [1, 2] and m['params']['epochs'] == 2
-    run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained), **{**TINY, 'epochs': 2, 'device': 'auto'})
+    run('pretrain', env/'again.ipynb', source='qb_mixed', out_dir=str(pretrained),     # ... and new: the same run
+        **{**TINY, 'train': dict(epochs=2, batch_size=64), 'device': 'auto'})
     assert [h['epoch'] for h in json.loads((pretrained/'metrics.json').read_text())['history']] == [1, 2]   # resumed: done
 
 
@@ -86,6 +122,9 @@ def test_rerun_with_other_parameters_never_continues_the_old_run(env, pretrained
     (dict(device='tpu'), "device='tpu'"),
     (dict(source_fraction=0), 'source_fraction=0'),
     (dict(readout='first'), "readout='first'"),
+    (dict(model={'dimm': 16}), "unknown setting 'dimm'; did you mean 'dim'?"),
+    (dict(train={'lr': -1}), 'parameter train.lr=-1: expected a number in (0, 10]'),
+    (dict(dim=16), "parameter dim is given twice, as -p dim and in model: give it once, -y 'model: {dim: 16}'"),
 ])
 def test_pretrain_rejects_bad_parameters_at_once(env, params, msg):
     with pytest.raises(pm.PapermillExecutionError) as e:
@@ -126,7 +165,7 @@ def test_scaling(env, pretrained):
     out = env/'scaling'
     run('scaling', env/'scaling.ipynb', target='qb_text', source_fractions=[0.5], target_fractions=[0.5],
         base_target_fraction=0.5, seeds=1, out_dir=str(out), pretrain_epochs=1, finetune_epochs=1,
-        pretrained=str(pretrained/'best'), **STUDY)
+        pretrained=str(pretrained/'best'), **OLD_STUDY)           # `-p dim 16 ...` in a study: the old spelling
     r = json.loads((out/'scaling.json').read_text())
     assert len(r['source_scaling']) == 2 and len(r['target_scaling']) == 1     # 0.5 and the full source
     assert not (out/'pretrain-s1.0').exists()                          # the full-source model was reused

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from transrec.data import DataError, load_dataset, validate, write_dataset
+from transrec.data import DataError, load_dataset, tiny_mom, validate, write_dataset
 import json, os, pickle, subprocess, sys
 from transrec import data as tdata
 from transrec import convert as tconvert
@@ -409,8 +409,6 @@ def test_cli_argparse_exit_codes_and_help(tmp_path, capsys):
 # Hostile input to runs, checkpoints and parameters (issue #10): each case fails fast with a message that says what to do.
 
 NBS = ROOT/'nbs'
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_data import tiny_mom
 
 TINY = dict(scale=0.1, epochs=1, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
             image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=64, device='cpu', progress=False)
@@ -434,10 +432,11 @@ def run(nb, out_nb, **params):
 
 @pytest.mark.parametrize('params, msg', [
     (dict(epoch=1), "unknown parameter 'epoch' for the pretrain notebook (-p epoch ...): did you mean 'epochs'?"),
-    (dict(epochs=0), 'parameter epochs=0: expected an integer in [1, 100000]'),
-    (dict(epochs=-1), 'parameter epochs=-1'),
-    (dict(lr=-1), 'parameter lr=-1: expected a number in (0, 10]'),
-    (dict(image_size=0), 'parameter image_size=0: expected an integer in [16, 2048]'),
+    (dict(epochs=0), 'parameter train.epochs=0: expected an integer in [1, 100000]'),
+    (dict(epochs=-1), 'parameter train.epochs=-1'),
+    (dict(lr=-1), 'parameter train.lr=-1: expected a number in (0, 10]'),
+    (dict(train={'lr': -1}), 'parameter train.lr=-1: expected a number in (0, 10]'),
+    (dict(image_size=0), 'parameter model.image_size=0: expected an integer in [16, 2048]'),
 ])
 def test_class9_bad_parameter_names_and_ranges_fail_before_any_work(env, params, msg):
     with pytest.raises(pm.PapermillExecutionError) as e:

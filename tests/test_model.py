@@ -8,7 +8,7 @@ import torch
 from transrec.core import ModelConfig, seed_everything
 from transrec.data import load_dataset, train_batches, Batch
 from transrec.encoders import make_content, count_parameters
-from tiny_data import tiny_mom as _tiny_mom
+from transrec.data import tiny_mom as _tiny_mom
 from transrec.model import (UserTower, TransRec, IDSASRec, Popularity, SequenceRecommender, build_model, save_model, load_model,
                             recommend, train_seq_len, param_groups, provenance, last_valid)
 

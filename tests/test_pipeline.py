@@ -10,7 +10,7 @@ from transrec.core import ModelConfig
 from transrec.data import (MoMDataset, load_dataset, train_batches, train_loader, prepare_images, open_pixel_store,
                            pixel_store_dir, main as data_main, _image_items, _resize_crop)
 from transrec.encoders import ImageEncoder, make_content
-from tiny_data import tiny_mom
+from transrec.data import tiny_mom
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 CFG = ModelConfig(dim=16, image_size=16, text_max_tokens=16)

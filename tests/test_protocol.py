@@ -6,10 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_data import tiny_mom
 from transrec.core import ModelConfig, TrainConfig
-from transrec.data import load_dataset, write_dataset
+from transrec.data import load_dataset, tiny_mom, write_dataset
 from transrec.experiment import (EXPERIMENT_PARAMS, experiment_params, experiment_configs, run_experiment, split_users,
                                  preset_configs)
 from transrec.metrics import metrics_from_ranks

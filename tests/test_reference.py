@@ -14,7 +14,7 @@ from transrec.data import load_dataset, train_batches, eval_batches
 from transrec.encoders import make_content, TextEncoder, ReferencePooling
 from transrec.model import UserTower, TransRec, train_seq_len, recommend, load_model, save_model
 from transrec.metrics import user_vectors_for
-from tiny_data import tiny_mom
+from transrec.data import tiny_mom
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 SMALL = ModelConfig(dim=16, n_layers=1, n_heads=2, max_len=6, text_trainable_blocks=1, image_size=32, text_max_tokens=12)

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np, pandas as pd, pytest, torch
 
 from transrec.core import ModelConfig, TrainConfig
-from transrec.data import (MoMDataset, write_dataset, load_dataset, train_batches, n_batches_per_epoch,
+from transrec.data import (MoMDataset, tiny_mom, load_dataset, train_batches, n_batches_per_epoch,
                            train_part, window_ends)
 from transrec.model import SequenceRecommender, training_pairs, train_seq_len, train_stride
 from transrec.train import fit
@@ -103,13 +103,8 @@ def test_windows_epoch_shuffle_skip_and_ranks():
 
 
 def _tiny_folder(path):
-    rng = np.random.default_rng(0)
-    items = pd.DataFrame(dict(item_id=[f'i{i}' for i in range(30)], modality='text',
-                              text=[f'item {i}' for i in range(30)], image=''))
-    rows = [dict(user_id=f'u{u}', item_id=f'i{i}', timestamp=t) for u in range(10)
-            for t, i in enumerate(rng.permutation(30)[:int(rng.integers(4, 25))])]
-    write_dataset(path, items, pd.DataFrame(rows), dict(name='win', synthetic=True))
-    return load_dataset(path)
+    "Ten users of 4-24 distinct text items out of 30: long histories, several windows a user."
+    return load_dataset(tiny_mom(path, n_text=30, n_image=0, n_users=10, seq_len=(4, 25)))
 
 
 def test_fit_trains_all_windows_and_resumes_exactly_mid_epoch(tmp_path):

@@ -33,6 +33,11 @@ __all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CO
 # %% ../nbs/03_convert.ipynb #c005
 class ConversionError(ValueError):
     "A source data set cannot be converted as given; the message names the file, the row and what to do."
+    def __init__(self, message: str, problem=None):
+        super().__init__(message)
+        self.problem = problem     # the `data.Problem` it renders, when it comes from `ProblemLog.add`
+
+    def __reduce__(self): return (type(self), (str(self), self.problem))   # picklable (worker processes)
 
 POLICIES = ('report', 'error')
 
@@ -58,13 +63,15 @@ class ProblemLog:
         return str(path)
 
     def where(self, file, row=None) -> str:
-        return self.rel(file) + (f', line {row}' if row is not None else '')
+        "`file` (relative) and line `row`, as `data.Problem.where` renders a source file's line."
+        return _data.Problem(self.rel(file), row, '', '', '', line_numbers=True).where()
 
     def add(self, kind: str, file, row, detail: str, message: str, fix: str, policy: str = 'report') -> None:
         "Record one problem (`row`: the line number); with `policy='error'` raise `ConversionError` instead."
         _check_choice('policy', policy, POLICIES)
-        problem = _data.Problem(self.rel(file), row, kind, message, fix, fatal=policy == 'error')
-        if problem.fatal: raise ConversionError(f"{self.where(file, row)}: {message}: {detail}. {fix}")
+        problem = _data.Problem(self.rel(file), row, kind, message, fix, fatal=policy == 'error', detail=detail,
+                                line_numbers=True)
+        if problem.fatal: raise ConversionError(str(problem), problem)
         entry = self.entries.setdefault((kind, problem.file), dict(problem=problem, count=0, examples=[]))
         entry['count'] += 1
         if len(entry['examples']) < self.max_examples: entry['examples'].append(dict(row=row, detail=detail))
@@ -84,9 +91,10 @@ class ProblemLog:
                 for entry in self.entries.values()]
 
     def summary(self) -> str:
-        return '\n'.join(f"{entry['count']} x {entry['kind']} in {entry['file'] or '(source)'}: "
-                         f"{entry['message']} (e.g. {entry['examples'][0]['detail']}). {entry['fix']}"
-                         for entry in self.to_list())
+        "One line per kind and file: the count, the message with its first example, and the fix."
+        return '\n'.join(f"{entry['count']} x {entry['problem'].kind} in {entry['problem'].file or '(source)'}: "
+                         f"{entry['problem'].message} (e.g. {entry['problem'].detail}). {entry['problem'].fix}"
+                         for entry in self.entries.values())
 
 # %% ../nbs/03_convert.ipynb #c008
 def _open_binary(path: Path):

@@ -25,19 +25,23 @@ __all__ = ['DASHBOARD_CSS', 'MODALITY_COLORS', 'HIT_RATE_COLORS', 'truncate', 't
 
 # %% ../nbs/10_dashboard.ipynb #c008
 def truncate(text: str, n: int = 80) -> str:
-    "`text` with runs of whitespace collapsed, cut to at most `n` characters (ending in an ellipsis when cut)."
+    "`text` with whitespace runs collapsed, cut to at most `n` characters (ending in an ellipsis when cut)."
     text = ' '.join(str(text).split())
     return text if len(text) <= n else text[:max(0, n - 1)].rstrip() + '…'
 
+# %% ../nbs/10_dashboard.ipynb #x7bbab2d
 def thumbnail_uri(img, size: int = 48) -> str:
     "A `data:image/png;base64,...` URI of PIL image `img`, shrunk to fit in `size` x `size` pixels."
-    img = img.convert('RGB'); img.thumbnail((size, size))
-    buf = io.BytesIO(); img.save(buf, format='PNG', optimize=True)
-    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode('ascii')
+    img = img.convert('RGB')
+    img.thumbnail((size, size))
+    png = io.BytesIO()
+    img.save(png, format='PNG', optimize=True)
+    return 'data:image/png;base64,' + base64.b64encode(png.getvalue()).decode('ascii')
 
 # %% ../nbs/10_dashboard.ipynb #c010
 def _esc(s) -> str: return html.escape(str(s), quote=True)
 
+# %% ../nbs/10_dashboard.ipynb #xbfd5a76
 class ItemCards:
     "Renders the items of `ds` as HTML (modality badge, truncated text, inline thumbnail); caches thumbnails."
     def __init__(self, ds, thumb_size: int = 40, text_chars: int = 80):
@@ -47,38 +51,48 @@ class ItemCards:
     def modality(self, i: int) -> str: return MODALITIES[int(self.ds.modality[i])]
 
     def thumb(self, i: int) -> tuple[str | None, str]:
-        "(data URI, '') for item `i`'s image, (None, '') when it has none, (None, error) when it cannot be read."
+        "(data URI, '') for item `i`'s image; (None, '') if it has none; (None, error) if it is unreadable."
         i = int(i)
-        if i not in self._thumbs:
-            if not self.ds.image_refs[i]: self._thumbs[i] = (None, '')
-            else:
-                try: self._thumbs[i] = (thumbnail_uri(self.ds.load_image(i), self.thumb_size), '')
-                except Exception as e:
-                    self._thumbs[i] = (None, f'image {self.ds.image_refs[i]!r} of item {self.ds.item_ids[i]!r} '
-                                             f'could not be read: {e}')
+        if i not in self._thumbs: self._thumbs[i] = self._make_thumb(i)
         return self._thumbs[i]
 
+    def _make_thumb(self, i: int) -> tuple[str | None, str]:
+        if not self.ds.image_refs[i]: return (None, '')
+        try: return (thumbnail_uri(self.ds.load_image(i), self.thumb_size), '')
+        except Exception as err:
+            ref, item_id = self.ds.image_refs[i], self.ds.item_ids[i]
+            return (None, f'image {ref!r} of item {item_id!r} could not be read: {err}')
+
     def badge(self, i: int) -> str:
-        m = self.modality(i); return f'<span class="trx-mod trx-mod-{m}">{m}</span>'
+        modality = self.modality(i)
+        return f'<span class="trx-mod trx-mod-{modality}">{modality}</span>'
 
     def content(self, i: int) -> str:
         "HTML of item `i`'s content: a thumbnail and/or the truncated text with the full text on hover."
-        i = int(i); text = self.ds.texts[i] or ''; iid = str(self.ds.item_ids[i])
+        i = int(i)
+        text, item_id = self.ds.texts[i] or '', str(self.ds.item_ids[i])
         parts = []
-        if self.ds.image_refs[i]:
-            uri, err = self.thumb(i)
-            if uri: parts.append(f'<img class="trx-thumb" src="{uri}" title="{_esc(iid + (": " + text if text else ""))}" '
-                                 f'alt="{_esc(iid)}" width="{self.thumb_size}" height="{self.thumb_size}">')
-            else: parts.append(f'<span class="trx-missing" title="{_esc(err)}">image missing</span>')
-        if text: parts.append(f'<span class="trx-text" title="{_esc(text)}">{_esc(truncate(text, self.text_chars))}</span>')
+        if self.ds.image_refs[i]: parts.append(self._image_html(i, item_id, text))
+        if text:
+            short = _esc(truncate(text, self.text_chars))
+            parts.append(f'<span class="trx-text" title="{_esc(text)}">{short}</span>')
         return ' '.join(parts) or '<span class="trx-missing">(no content)</span>'
+
+    def _image_html(self, i: int, item_id: str, text: str) -> str:
+        uri, err = self.thumb(i)
+        if not uri: return f'<span class="trx-missing" title="{_esc(err)}">image missing</span>'
+        hover = item_id + (': ' + text if text else '')
+        return (f'<img class="trx-thumb" src="{uri}" title="{_esc(hover)}" alt="{_esc(item_id)}" '
+                f'width="{self.thumb_size}" height="{self.thumb_size}">')
 
 # %% ../nbs/10_dashboard.ipynb #c015
 @dataclass
 class UserRecs:
-    "What one model recommends to one user on the test split (history = all but the last item; target = the last)."
-    model: str; user: int; user_id: str
-    history: np.ndarray            # chronological item indices (the user vector sees the last max_len of them)
+    "One model's top-K for one user on the test split (history: all but the last item; target: the last)."
+    model: str
+    user: int
+    user_id: str
+    history: np.ndarray            # chronological item indices (the user vector sees the last max_len)
     target: int                    # the held-out test item
     items: np.ndarray              # top-K item indices, best first
     scores: np.ndarray             # their scores
@@ -92,11 +106,14 @@ class UserRecs:
     @property
     def hit(self) -> bool: return bool((self.items == self.target).any())
 
+# %% ../nbs/10_dashboard.ipynb #x303350a
 def _resolve_modality(modality) -> str | None:
     if modality in (None, '', 'all'): return None
-    if modality not in MODALITIES: raise ValueError(f"modality={modality!r}: use 'all' or one of {MODALITIES}")
+    if modality not in MODALITIES:
+        raise ValueError(f"modality={modality!r}: use 'all' or one of {MODALITIES}")
     return modality
 
+# %% ../nbs/10_dashboard.ipynb #xe06a6fc
 _USER_INDEX = weakref.WeakKeyDictionary()   # data set -> {user id: index}, built on first use
 
 def user_index(ds, user) -> int:
@@ -104,38 +121,49 @@ def user_index(ds, user) -> int:
     if isinstance(user, (int, np.integer)) and not isinstance(user, bool):
         if 0 <= user < ds.n_users: return int(user)
         raise ValueError(f"user index {user} out of range: data set {ds.name!r} has {ds.n_users} users")
-    idx = _USER_INDEX.get(ds)
-    if idx is None: idx = _USER_INDEX[ds] = {str(u): i for i, u in enumerate(ds.user_ids)}
-    if str(user) not in idx:
+    index_of_id = _USER_INDEX.get(ds)
+    if index_of_id is None: index_of_id = _USER_INDEX[ds] = {str(u): i for i, u in enumerate(ds.user_ids)}
+    if str(user) not in index_of_id:
         raise ValueError(f"user {user!r} is not in data set {ds.name!r} ({ds.n_users} users, e.g. "
                          f"{', '.join(map(str, ds.user_ids[:3]))})")
-    return idx[str(user)]
+    return index_of_id[str(user)]
 
 # %% ../nbs/10_dashboard.ipynb #c018
 def _as_tensor(v) -> torch.Tensor:
-    return v.detach().float().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v), dtype=torch.float32)
+    "`v` (a tensor on any device, an array or a list) as a float32 CPU tensor without gradients."
+    if isinstance(v, torch.Tensor): return v.detach().float().cpu()
+    return torch.as_tensor(np.asarray(v), dtype=torch.float32)
 
+# %% ../nbs/10_dashboard.ipynb #x0186af5
 class ItemProjection:
-    "A 2-D projection of item vectors fitted once: `'pca'` (exact SVD) or `'umap'` (only when `umap` imports)."
+    "A 2-D projection of item vectors, fitted once: `'pca'` (exact SVD) or `'umap'` (when `umap` imports)."
     def __init__(self, vecs, method: str = 'pca', seed: int = 0):
-        x = _as_tensor(vecs); self.method = method
-        if method == 'pca':
-            self.mean = x.mean(0, keepdim=True)
-            _, s, vh = torch.linalg.svd(x - self.mean, full_matrices=False)
-            v = vh[:2].T                                                   # [d, <=2]
-            sign = torch.sign(v.gather(0, v.abs().argmax(0, keepdim=True))); sign[sign == 0] = 1
-            v = v * sign                                                   # largest loading positive: stable signs
-            if v.shape[1] < 2: v = torch.cat([v, torch.zeros(v.shape[0], 2 - v.shape[1])], 1)
-            self.components = v
-            var = s ** 2; self.explained = (var[:2] / var.sum().clamp_min(1e-12)).tolist()
-        elif method == 'umap':
-            try: import umap
-            except ImportError as e:
-                raise ValueError("projection='umap' needs the umap-learn package, which is not installed: "
-                                 "use projection='pca'") from e
-            self.reducer = umap.UMAP(n_components=2, random_state=seed).fit(x.numpy()); self.explained = None
+        x = _as_tensor(vecs)
+        self.method = method
+        if method == 'pca': self._fit_pca(x)
+        elif method == 'umap': self._fit_umap(x, seed)
         else: raise ValueError(f"projection={method!r}: use 'pca' or 'umap'")
         self.coords = self.transform(x)
+
+    def _fit_pca(self, x: torch.Tensor):
+        self.mean = x.mean(0, keepdim=True)
+        _, singular_values, vh = torch.linalg.svd(x - self.mean, full_matrices=False)
+        axes = vh[:2].T                                                # [d, <=2]
+        sign = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+        sign[sign == 0] = 1
+        axes = axes * sign                                     # largest loading positive: stable signs
+        if axes.shape[1] < 2: axes = torch.cat([axes, torch.zeros(axes.shape[0], 2 - axes.shape[1])], 1)
+        self.components = axes
+        variance = singular_values ** 2
+        self.explained = (variance[:2] / variance.sum().clamp_min(1e-12)).tolist()
+
+    def _fit_umap(self, x: torch.Tensor, seed: int):
+        try: import umap
+        except ImportError as err:
+            raise ValueError("projection='umap' needs the umap-learn package, which is not installed: "
+                             "use projection='pca'") from err
+        self.reducer = umap.UMAP(n_components=2, random_state=seed).fit(x.numpy())
+        self.explained = None
 
     def transform(self, vecs) -> np.ndarray:
         "Project vectors [n, d] (or one [d]) into the map: [n, 2]."
@@ -158,7 +186,7 @@ class ModelView:
             from transrec.encoders import make_content
             content = make_content(model.cfg, ds)
         self.content = content
-        if hasattr(model, 'fit_data'): model.fit_data(ds)      # Popularity counts this data set; no-op otherwise
+        if hasattr(model, 'fit_data'): model.fit_data(ds)      # Popularity counts this data set; else no-op
         model.eval()
         t0 = time.perf_counter()
         with torch.no_grad(): vecs = model.all_item_vectors(self.content, batch_size=batch_size)
@@ -166,8 +194,9 @@ class ModelView:
         self.item_vecs = self._vecs_on_device.cpu()           # for scoring, projecting and display
         self.encode_seconds = time.perf_counter() - t0
         if self.item_vecs.ndim != 2 or self.item_vecs.shape[0] != ds.n_items:
-            raise ValueError(f"model {name!r} gives item vectors of shape {tuple(self.item_vecs.shape)} but data set "
-                             f"{ds.name!r} has {ds.n_items} items: use a model built for this data set's items")
+            shape = tuple(self.item_vecs.shape)
+            raise ValueError(f"model {name!r} gives item vectors of shape {shape} but data set {ds.name!r} "
+                             f"has {ds.n_items} items: use a model built for this data set's items")
         self._modality = torch.from_numpy(np.array(ds.modality, dtype=np.int64))
         self._projection, self._hit_rates, self._map_base = None, {}, None
         log.info(f'dashboard: {name}: encoded {ds.n_items} items in {self.encode_seconds:.1f}s')
@@ -180,47 +209,55 @@ class ModelView:
     def user_vector(self, user) -> torch.Tensor:
         "The user vector of `user` for the test split, computed exactly as `metrics.evaluate` does."
         from transrec.metrics import user_vectors_for
-        uv, _, _ = user_vectors_for(self.model, self.ds, self._vecs_on_device, 'test', batch_size=1,
-                                    users=[user_index(self.ds, user)], device=self._vecs_on_device.device)
-        return uv[0].float().cpu()
+        user_vecs, _, _ = user_vectors_for(self.model, self.ds, self._vecs_on_device, 'test', batch_size=1,
+                                           users=[user_index(self.ds, user)],
+                                           device=self._vecs_on_device.device)
+        return user_vecs[0].float().cpu()
 
     def recommend(self, user, k: int = 10, modality: str | None = None) -> UserRecs:
-        "Top-`k` items for `user` (history masked, optionally only `modality` items) and the held-out item's rank."
+        "Top-`k` items for `user` (history masked; only `modality` items if given), the held-out item's rank."
         from transrec.data import history_items
         t0 = time.perf_counter()
-        u = user_index(self.ds, user); modality = _resolve_modality(modality)
+        user_idx = user_index(self.ds, user)
+        modality = _resolve_modality(modality)
         if k < 1: raise ValueError(f'k={k}: ask for at least one recommendation')
-        seq = np.asarray(self.ds.seqs[u]); hist, target = seq[:-1], int(seq[-1])
-        uvec = self.user_vector(u)
-        with torch.no_grad(): scores = self.item_vecs @ uvec                       # [N]
-        cand = torch.ones(len(scores), dtype=torch.bool)
-        cand[torch.as_tensor(np.asarray(history_items(self.ds, 'test', users=[u])[0], dtype=np.int64))] = False
-        cand[target] = True                                                        # the target is never masked
-        if modality is not None: cand &= self._modality == MODALITIES.index(modality)
-        cand_scores = scores[cand]
-        kk = min(k, int(cand.sum()))
-        top_s, top_i = torch.topk(scores.masked_fill(~cand, float('-inf')), kk)
-        ts = float(scores[target])
-        rank = int((cand_scores >= ts).sum()) if cand[target] else None
-        return UserRecs(model=self.name, user=u, user_id=str(self.ds.user_ids[u]), history=hist, target=target,
-                        items=top_i.numpy().astype(np.int64), scores=top_s.numpy(), k=k, modality=modality,
-                        target_rank=rank, target_score=ts, candidate_scores=cand_scores.numpy(),
-                        user_vec=uvec.numpy(), seconds=time.perf_counter() - t0)
+        seq = np.asarray(self.ds.seqs[user_idx])
+        hist, target = seq[:-1], int(seq[-1])
+        user_vec = self.user_vector(user_idx)
+        with torch.no_grad(): scores = self.item_vecs @ user_vec                   # [N]
+        is_cand = torch.ones(len(scores), dtype=torch.bool)
+        masked = np.asarray(history_items(self.ds, 'test', users=[user_idx])[0], dtype=np.int64)
+        is_cand[torch.as_tensor(masked)] = False
+        is_cand[target] = True                                                    # the target is never masked
+        if modality is not None: is_cand &= self._modality == MODALITIES.index(modality)
+        cand_scores = scores[is_cand]
+        n_top = min(k, int(is_cand.sum()))
+        top_scores, top_items = torch.topk(scores.masked_fill(~is_cand, float('-inf')), n_top)
+        target_score = float(scores[target])
+        rank = int((cand_scores >= target_score).sum()) if is_cand[target] else None
+        return UserRecs(model=self.name, user=user_idx, user_id=str(self.ds.user_ids[user_idx]), history=hist,
+                        target=target, items=top_items.numpy().astype(np.int64), scores=top_scores.numpy(),
+                        k=k, modality=modality, target_rank=rank, target_score=target_score,
+                        candidate_scores=cand_scores.numpy(), user_vec=user_vec.numpy(),
+                        seconds=time.perf_counter() - t0)
 
     def hit_rates(self, users=None) -> dict:
-        "`metrics.evaluate` on the test split (all users, or `users`), cached; reuses the encoded item vectors."
+        "`metrics.evaluate` on the test split (all users or `users`), cached; reuses the item vectors."
         from transrec.metrics import evaluate
         key = None if users is None else tuple(int(u) for u in users)
         if key not in self._hit_rates:
-            self._hit_rates[key] = evaluate(self.model, self.ds, self.content, split='test', device=self._vecs_on_device.device,
-                                            users=None if users is None else np.asarray(key), item_vecs=self._vecs_on_device)
+            self._hit_rates[key] = evaluate(self.model, self.ds, self.content, split='test',
+                                            device=self._vecs_on_device.device,
+                                            users=None if users is None else np.asarray(key),
+                                            item_vecs=self._vecs_on_device)
         return self._hit_rates[key]
 
 # %% ../nbs/10_dashboard.ipynb #c027
 DASHBOARD_CSS = """
 .trx-root{font:13px/1.35 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#222}
 .trx-table{border-collapse:collapse;font-size:12px;width:100%}
-.trx-table th,.trx-table td{border-bottom:1px solid #e3e3e3;padding:2px 6px;vertical-align:middle;text-align:left}
+.trx-table th,.trx-table td{border-bottom:1px solid #e3e3e3;padding:2px 6px;vertical-align:middle;\
+text-align:left}
 .trx-table th{background:#f6f6f6;font-weight:600}
 .trx-table td.trx-num{text-align:right;font-variant-numeric:tabular-nums}
 .trx-table code{white-space:nowrap;font-size:11px}
@@ -228,7 +265,8 @@ DASHBOARD_CSS = """
 .trx-thumb{border-radius:3px;vertical-align:middle;border:1px solid #ccc}
 .trx-mod{padding:1px 6px;border-radius:8px;font-size:11px;color:#fff;white-space:nowrap}
 .trx-mod-text{background:#4C78A8}.trx-mod-image{background:#F58518}
-.trx-text{display:inline-block;max-width:190px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;vertical-align:middle}
+.trx-text{display:inline-block;max-width:190px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;\
+vertical-align:middle}
 .trx-hit-row td{background:#e3f4e6;font-weight:600}
 .trx-hit{color:#1a7f37;font-weight:600}.trx-miss{color:#b42318;font-weight:600}
 .trx-missing{color:#b42318;font-style:italic}
@@ -237,51 +275,68 @@ DASHBOARD_CSS = """
 .trx-banner{background:#fff3cd;border:1px solid #e0c36a;padding:4px 8px;font-weight:600;margin:4px 0}
 .trx-status{color:#555;font-size:12px}
 """
+_SYNTHETIC_BANNER = ('<div class="trx-banner">SYNTHETIC data set: a simulated stand-in, '
+                     'not real platform data</div>')
 
+# %% ../nbs/10_dashboard.ipynb #xff8c38e
 def history_table(cards: ItemCards, recs: UserRecs, max_rows: int = 20) -> str:
     "HTML of the user's history (oldest first, the last `max_rows` items) and the held-out item."
     ds, hist = cards.ds, recs.history
     shown = range(max(0, len(hist) - max_rows), len(hist))
     note = f'; the last {len(shown)} shown' if len(shown) < len(hist) else ''
-    rows = ''.join(f'<tr class="trx-hist-row" data-item="{_esc(ds.item_ids[hist[p]])}" data-modality="{cards.modality(hist[p])}">'
-                   f'<td class="trx-num">{p + 1}</td><td><code>{_esc(ds.item_ids[hist[p]])}</code></td>'
-                   f'<td>{cards.badge(hist[p])}</td><td>{cards.content(hist[p])}</td></tr>' for p in shown)
-    t = recs.target
-    return (f'<div class="trx-panel trx-history" data-user="{_esc(recs.user_id)}">'
-            f'<h4>History of user <code>{_esc(recs.user_id)}</code> ({len(hist)} items, oldest first{note})</h4>'
-            '<table class="trx-table"><thead><tr><th>#</th><th>item</th><th>modality</th><th>content</th></tr></thead>'
+    rows = ''.join(f'<tr class="trx-hist-row" data-item="{_esc(ds.item_ids[hist[pos]])}" '
+                   f'data-modality="{cards.modality(hist[pos])}">'
+                   f'<td class="trx-num">{pos + 1}</td><td><code>{_esc(ds.item_ids[hist[pos]])}</code></td>'
+                   f'<td>{cards.badge(hist[pos])}</td><td>{cards.content(hist[pos])}</td></tr>'
+                   for pos in shown)
+    target, user_id = recs.target, _esc(recs.user_id)
+    return (f'<div class="trx-panel trx-history" data-user="{user_id}">'
+            f'<h4>History of user <code>{user_id}</code> ({len(hist)} items, oldest first{note})</h4>'
+            '<table class="trx-table"><thead><tr><th>#</th><th>item</th><th>modality</th><th>content</th>'
+            '</tr></thead>'
             f'<tbody>{rows}</tbody></table>'
-            f'<div class="trx-target" data-item="{_esc(ds.item_ids[t])}">Held-out (test) item: <code>{_esc(ds.item_ids[t])}</code> '
-            f'{cards.badge(t)} {cards.content(t)}</div></div>')
+            f'<div class="trx-target" data-item="{_esc(ds.item_ids[target])}">Held-out (test) item: '
+            f'<code>{_esc(ds.item_ids[target])}</code> {cards.badge(target)} {cards.content(target)}'
+            '</div></div>')
 
+# %% ../nbs/10_dashboard.ipynb #xa8d3b6a
 def recs_table(cards: ItemCards, recs: UserRecs) -> str:
     "HTML of one model's top-K for one user, with scores and the held-out item marked."
-    ds = cards.ds; filt = recs.modality or 'all'
-    tm = cards.modality(recs.target)
-    if recs.target_rank is None: verdict = f'<span class="trx-miss">held-out item is a {tm} item: filtered out</span>'
+    ds, filt = cards.ds, recs.modality or 'all'
+    target_modality = cards.modality(recs.target)
+    if recs.target_rank is None:
+        verdict = f'<span class="trx-miss">held-out item is a {target_modality} item: filtered out</span>'
     elif recs.hit: verdict = f'<span class="trx-hit">held-out item at rank {recs.target_rank}: hit</span>'
-    else: verdict = f'<span class="trx-miss">held-out item at rank {recs.target_rank}: not in the top {recs.k}</span>'
+    else:
+        verdict = (f'<span class="trx-miss">held-out item at rank {recs.target_rank}: '
+                   f'not in the top {recs.k}</span>')
     rows = []
-    for r, (i, s) in enumerate(zip(recs.items, recs.scores), 1):
+    for rank, (i, score) in enumerate(zip(recs.items, recs.scores), 1):
         hit = int(i == recs.target)
-        rows.append(f'<tr class="trx-rec-row{" trx-hit-row" if hit else ""}" data-item="{_esc(ds.item_ids[i])}" '
-                    f'data-rank="{r}" data-score="{float(s):.6g}" data-modality="{cards.modality(i)}" data-hit="{hit}">'
-                    f'<td class="trx-num">{r}</td><td><code>{_esc(ds.item_ids[i])}</code></td>'
-                    f'<td class="trx-num">{float(s):.4f}</td><td>{cards.badge(i)}</td><td>{cards.content(i)}</td>'
+        item_id = _esc(ds.item_ids[i])
+        rows.append(f'<tr class="trx-rec-row{" trx-hit-row" if hit else ""}" data-item="{item_id}" '
+                    f'data-rank="{rank}" data-score="{float(score):.6g}" data-modality="{cards.modality(i)}" '
+                    f'data-hit="{hit}">'
+                    f'<td class="trx-num">{rank}</td><td><code>{item_id}</code></td>'
+                    f'<td class="trx-num">{float(score):.4f}</td><td>{cards.badge(i)}</td>'
+                    f'<td>{cards.content(i)}</td>'
                     f'<td>{"✔ held-out" if hit else ""}</td></tr>')
-    few = (f' (only {len(recs.items)} {filt if filt != "all" else ""} candidates)' if len(recs.items) < recs.k else '')
-    return (f'<div class="trx-panel trx-recs" data-model="{_esc(recs.model)}" data-filter="{filt}" data-k="{recs.k}" '
-            f'data-hit="{int(recs.hit)}"><h4>{_esc(recs.model)}: top {recs.k}'
+    few = ''
+    if len(recs.items) < recs.k: few = f' (only {len(recs.items)} {filt if filt != "all" else ""} candidates)'
+    return (f'<div class="trx-panel trx-recs" data-model="{_esc(recs.model)}" data-filter="{filt}" '
+            f'data-k="{recs.k}" data-hit="{int(recs.hit)}"><h4>{_esc(recs.model)}: top {recs.k}'
             f'{"" if filt == "all" else " " + filt} recommendations{few}. {verdict}</h4>'
             '<table class="trx-table"><thead><tr><th>rank</th><th>item</th><th>score</th><th>modality</th>'
             f'<th>content</th><th></th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 # %% ../nbs/10_dashboard.ipynb #c030
-MODALITY_COLORS = {'text': '#4C78A8', 'image': '#F58518'}
-
 def _fig_layout(title: str, width: int, height: int, **kw) -> dict:
-    return dict(title=dict(text=title, font=dict(size=13), x=0.02), width=width, height=height, template='plotly_white',
-                margin=dict(l=45, r=30, t=45, b=40), modebar=dict(orientation='v'), **kw)
+    return dict(title=dict(text=title, font=dict(size=13), x=0.02), width=width, height=height,
+                template='plotly_white', margin=dict(l=45, r=30, t=45, b=40), modebar=dict(orientation='v'),
+                **kw)
+
+# %% ../nbs/10_dashboard.ipynb #x7de8f9b
+MODALITY_COLORS = {'text': '#4C78A8', 'image': '#F58518'}
 
 def map_base_traces(view: ModelView, cards: ItemCards, max_points: int = 4000, seed: int = 0) -> list[dict]:
     "Scatter traces of (a fixed subset of) all items on `view`'s 2-D map, one per modality; cached on `view`."
@@ -289,112 +344,137 @@ def map_base_traces(view: ModelView, cards: ItemCards, max_points: int = 4000, s
     if view._map_base is not None and view._map_base[0] == key: return view._map_base[1]
     ds, xy = view.ds, view.projection.coords
     keep = np.arange(ds.n_items)
-    if len(keep) > max_points: keep = np.sort(np.random.default_rng(seed).choice(ds.n_items, max_points, replace=False))
+    if len(keep) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(ds.n_items, max_points, replace=False))
     traces = []
-    for code, m in enumerate(MODALITIES):
+    for code, modality in enumerate(MODALITIES):
         sel = keep[np.asarray(ds.modality)[keep] == code]
         if not len(sel): continue
-        traces.append(dict(type='scatter', mode='markers', name=f'{m} items', x=np.round(xy[sel, 0], 4).tolist(),
-                           y=np.round(xy[sel, 1], 4).tolist(), marker=dict(size=5, color=MODALITY_COLORS[m], opacity=0.35),
-                           hovertext=[f'{ds.item_ids[i]} ({m}) {truncate(ds.texts[i], 50)}' for i in sel],
+        traces.append(dict(type='scatter', mode='markers', name=f'{modality} items',
+                           x=np.round(xy[sel, 0], 4).tolist(), y=np.round(xy[sel, 1], 4).tolist(),
+                           marker=dict(size=5, color=MODALITY_COLORS[modality], opacity=0.35),
+                           hovertext=[f'{ds.item_ids[i]} ({modality}) {truncate(ds.texts[i], 50)}'
+                                      for i in sel],
                            hoverinfo='text', legendgroup='items'))
     view._map_base = (key, traces)
     return traces
 
+# %% ../nbs/10_dashboard.ipynb #x4f12992
 def map_overlay_traces(view: ModelView, recs: UserRecs, history_points: int = 50) -> list[dict]:
     "The per-user traces of the item map: history (numbered, in order), held-out item, top-K, user vector."
     ds, xy = view.ds, view.projection.coords
-    ids = lambda ii: [str(ds.item_ids[i]) for i in ii]
-    hist = recs.history[-history_points:]; first = len(recs.history) - len(hist)
-    uxy = view.projection.transform(recs.user_vec)[0]
-    rk = '' if recs.target_rank is None else f' rank {recs.target_rank}'
-    return [
-        dict(type='scatter', mode='lines+markers+text', name='history (1 = oldest)', x=xy[hist, 0].tolist(), y=xy[hist, 1].tolist(),
-             text=[str(first + j + 1) for j in range(len(hist))], textposition='top center', textfont=dict(size=9),
-             customdata=ids(hist), hovertext=[f'history #{first + j + 1}: {ds.item_ids[i]}' for j, i in enumerate(hist)],
-             hoverinfo='text', line=dict(color='#54A24B', width=1, dash='dot'),
-             marker=dict(size=9, color='#54A24B', line=dict(color='white', width=1))),
-        dict(type='scatter', mode='markers+text', name=f"top {recs.k}: the user vector's neighbourhood",
-             x=xy[recs.items, 0].tolist(), y=xy[recs.items, 1].tolist(),
-             text=[str(r) for r in range(1, len(recs.items) + 1)], textposition='bottom center', textfont=dict(size=9, color='#E45756'),
-             customdata=ids(recs.items), hoverinfo='text',
-             hovertext=[f'rank {r}: {ds.item_ids[i]} score {s:.4f}' for r, (i, s) in enumerate(zip(recs.items, recs.scores), 1)],
-             marker=dict(size=11, symbol='diamond', color='#E45756', line=dict(color='black', width=1))),
-        dict(type='scatter', mode='markers', name='held-out item', x=[float(xy[recs.target, 0])], y=[float(xy[recs.target, 1])],
-             customdata=ids([recs.target]), hoverinfo='text', hovertext=[f'held-out: {ds.item_ids[recs.target]}{rk}'],
-             marker=dict(size=15, symbol='x', color='black')),
-        dict(type='scatter', mode='markers', name='user vector', x=[float(uxy[0])], y=[float(uxy[1])], hoverinfo='text',
-             hovertext=[f'user {recs.user_id}'], customdata=[recs.user_id],
-             marker=dict(size=18, symbol='star', color='#B279A2', line=dict(color='black', width=1))),
-    ]
+    def item_ids(idx): return [str(ds.item_ids[i]) for i in idx]
+    hist = recs.history[-history_points:]
+    first = len(recs.history) - len(hist)
+    user_xy = view.projection.transform(recs.user_vec)[0]
+    rank_note = '' if recs.target_rank is None else f' rank {recs.target_rank}'
+    history = dict(type='scatter', mode='lines+markers+text', name='history (1 = oldest)',
+                   x=xy[hist, 0].tolist(), y=xy[hist, 1].tolist(),
+                   text=[str(first + j + 1) for j in range(len(hist))], textposition='top center',
+                   textfont=dict(size=9), customdata=item_ids(hist),
+                   hovertext=[f'history #{first + j + 1}: {ds.item_ids[i]}' for j, i in enumerate(hist)],
+                   hoverinfo='text', line=dict(color='#54A24B', width=1, dash='dot'),
+                   marker=dict(size=9, color='#54A24B', line=dict(color='white', width=1)))
+    top_k = dict(type='scatter', mode='markers+text', name=f"top {recs.k}: the user vector's neighbourhood",
+                 x=xy[recs.items, 0].tolist(), y=xy[recs.items, 1].tolist(),
+                 text=[str(rank) for rank in range(1, len(recs.items) + 1)], textposition='bottom center',
+                 textfont=dict(size=9, color='#E45756'), customdata=item_ids(recs.items), hoverinfo='text',
+                 hovertext=[f'rank {rank}: {ds.item_ids[i]} score {score:.4f}'
+                            for rank, (i, score) in enumerate(zip(recs.items, recs.scores), 1)],
+                 marker=dict(size=11, symbol='diamond', color='#E45756', line=dict(color='black', width=1)))
+    held_out = dict(type='scatter', mode='markers', name='held-out item',
+                    x=[float(xy[recs.target, 0])], y=[float(xy[recs.target, 1])],
+                    customdata=item_ids([recs.target]), hoverinfo='text',
+                    hovertext=[f'held-out: {ds.item_ids[recs.target]}{rank_note}'],
+                    marker=dict(size=15, symbol='x', color='black'))
+    user = dict(type='scatter', mode='markers', name='user vector',
+                x=[float(user_xy[0])], y=[float(user_xy[1])],
+                hoverinfo='text', hovertext=[f'user {recs.user_id}'], customdata=[recs.user_id],
+                marker=dict(size=18, symbol='star', color='#B279A2', line=dict(color='black', width=1)))
+    return [history, top_k, held_out, user]
 
+# %% ../nbs/10_dashboard.ipynb #xa0935d3
 def map_layout(view: ModelView, recs: UserRecs, width: int = 440, height: int = 430) -> dict:
     return _fig_layout(f'{view.name}: item vectors ({view.projection.label})', width, height,
-                       legend=dict(orientation='h', y=-0.12, font=dict(size=10)), xaxis=dict(title='dim 1', zeroline=False),
-                       yaxis=dict(title='dim 2', zeroline=False), hovermode='closest')
+                       legend=dict(orientation='h', y=-0.12, font=dict(size=10)),
+                       xaxis=dict(title='dim 1', zeroline=False), yaxis=dict(title='dim 2', zeroline=False),
+                       hovermode='closest')
 
-def item_map_figure(view: ModelView, recs: UserRecs, cards: ItemCards | None = None, max_points: int = 4000) -> go.Figure:
+# %% ../nbs/10_dashboard.ipynb #x13c5743
+def item_map_figure(view: ModelView, recs: UserRecs, cards: ItemCards | None = None,
+                    max_points: int = 4000) -> go.Figure:
     "The 2-D item map of `view` with `recs`' user highlighted, as a plotly figure."
     cards = cards or ItemCards(view.ds)
     return go.Figure(dict(data=map_base_traces(view, cards, max_points) + map_overlay_traces(view, recs),
                           layout=map_layout(view, recs)))
 
 # %% ../nbs/10_dashboard.ipynb #c033
-def score_parts(recs: UserRecs, bins: int = 30, width: int = 440, height: int = 260) -> tuple[list[dict], dict]:
+def score_parts(recs: UserRecs, bins: int = 30, width: int = 440,
+                height: int = 260) -> tuple[list[dict], dict]:
     "(traces, layout) of the score distribution of `recs`' candidates."
-    s = recs.candidate_scores
-    counts, edges = np.histogram(s, bins=bins) if len(s) else (np.zeros(0), np.zeros(1))
+    cand_scores = recs.candidate_scores
+    counts, edges = np.histogram(cand_scores, bins=bins) if len(cand_scores) else (np.zeros(0), np.zeros(1))
     top = float(counts.max()) if len(counts) else 1.
-    data = [dict(type='bar', name='all candidates', x=((edges[:-1] + edges[1:]) / 2).tolist(), y=counts.tolist(),
-                 width=float(edges[1] - edges[0]) if len(edges) > 1 else 1., marker=dict(color='#9a9a9a'),
-                 hovertemplate='score %{x:.3f}: %{y} items<extra></extra>'),
-            dict(type='scatter', mode='markers', name=f'top {recs.k}', x=[float(v) for v in recs.scores],
-                 y=[top * 1.08] * len(recs.scores), marker=dict(symbol='triangle-down', size=10, color='#E45756'),
-                 hovertext=[f'rank {r}' for r in range(1, len(recs.scores) + 1)], hoverinfo='text+x')]
-    shapes, ann = [], []
+    bars = dict(type='bar', name='all candidates', x=((edges[:-1] + edges[1:]) / 2).tolist(),
+                y=counts.tolist(),
+                width=float(edges[1] - edges[0]) if len(edges) > 1 else 1., marker=dict(color='#9a9a9a'),
+                hovertemplate='score %{x:.3f}: %{y} items<extra></extra>')
+    ticks = dict(type='scatter', mode='markers', name=f'top {recs.k}', x=[float(v) for v in recs.scores],
+                 y=[top * 1.08] * len(recs.scores),
+                 marker=dict(symbol='triangle-down', size=10, color='#E45756'),
+                 hovertext=[f'rank {rank}' for rank in range(1, len(recs.scores) + 1)], hoverinfo='text+x')
+    shapes, annotations = [], []
     if recs.target_rank is not None:
         shapes = [dict(type='line', x0=recs.target_score, x1=recs.target_score, y0=0, y1=top * 1.15,
                        line=dict(color='black', dash='dash', width=1.5))]
-        ann = [dict(x=recs.target_score, y=top * 1.2, text=f'held-out item: rank {recs.target_rank}', showarrow=False,
-                    font=dict(size=10))]
+        annotations = [dict(x=recs.target_score, y=top * 1.2, text=f'held-out item: rank {recs.target_rank}',
+                            showarrow=False, font=dict(size=10))]
     filt = '' if recs.modality is None else f' {recs.modality}'
-    layout = _fig_layout(f'{recs.model}: scores of {len(s)}{filt} candidates', width, height, shapes=shapes, annotations=ann,
-                         showlegend=False, xaxis=dict(title='score'),
+    layout = _fig_layout(f'{recs.model}: scores of {len(cand_scores)}{filt} candidates', width, height,
+                         shapes=shapes, annotations=annotations, showlegend=False, xaxis=dict(title='score'),
                          yaxis=dict(title='items', rangemode='tozero', **({'dtick': 1} if top <= 5 else {})),
                          bargap=0.02)
-    return data, layout
+    return [bars, ticks], layout
 
+# %% ../nbs/10_dashboard.ipynb #x62c3628
 def score_figure(recs: UserRecs) -> go.Figure:
     "Histogram of the scores of every candidate item, with the top-K and the held-out item marked."
-    data, layout = score_parts(recs); return go.Figure(dict(data=data, layout=layout))
+    data, layout = score_parts(recs)
+    return go.Figure(dict(data=data, layout=layout))
 
 # %% ../nbs/10_dashboard.ipynb #c036
 HIT_RATE_COLORS = ['#4C78A8', '#E45756', '#54A24B', '#B279A2', '#F58518']
 
 def hit_rate_figure(results: dict, metric: str = 'HR@10', width: int = 900, height: int = 330) -> go.Figure:
-    "Bars of `metric` (switchable) overall and per held-out-item modality, one colour per model; `results` = {name: evaluate(...)}"
+    "Bars of `metric` (switchable), overall and by held-out modality; `results`: {model name: evaluate(...)}"
     if not results: raise ValueError('hit_rate_figure needs at least one model result')
     first = next(iter(results.values()))
-    metrics = [k for k in first if isinstance(first[k], float)]
+    metrics = [name for name in first if isinstance(first[name], float)]
     if metric not in metrics: raise ValueError(f'metric={metric!r}: choose one of {metrics}')
-    groups = ['all'] + [m for m in MODALITIES if any(m in r.get('by_modality', {}) for r in results.values())]
+    groups = ['all'] + [modality for modality in MODALITIES
+                        if any(modality in res.get('by_modality', {}) for res in results.values())]
     fig = go.Figure()
-    for mi, met in enumerate(metrics):
+    for met in metrics:
         for j, (name, res) in enumerate(results.items()):
             parts = [res] + [res.get('by_modality', {}).get(g, {}) for g in groups[1:]]
-            fig.add_bar(name=name, x=[f'{g} ({p.get("n_users", 0)} users)' for g, p in zip(groups, parts)],
-                        y=[p.get(met) for p in parts], visible=met == metric, marker_color=HIT_RATE_COLORS[j % 5],
-                        text=[None if p.get(met) is None else f'{p[met]:.3f}' for p in parts], textposition='outside',
-                        legendgroup=name, showlegend=True)
+            fig.add_bar(name=name,
+                        x=[f'{group} ({part.get("n_users", 0)} users)' for group, part in zip(groups, parts)],
+                        y=[part.get(met) for part in parts], visible=met == metric,
+                        marker_color=HIT_RATE_COLORS[j % 5],
+                        text=[None if part.get(met) is None else f'{part[met]:.3f}' for part in parts],
+                        textposition='outside', legendgroup=name, showlegend=True)
     n = len(results)
-    buttons = [dict(label=met, method='update', args=[{'visible': [i // n == mi for i in range(len(metrics) * n)]},
-                                                      {'yaxis.title.text': met}]) for mi, met in enumerate(metrics)]
-    lay = _fig_layout('Test-split metrics on the whole data set, by modality of the held-out item', width, height)
-    lay['margin'] = dict(l=50, r=190, t=45, b=40)
-    fig.update_layout(**lay, barmode='group', yaxis=dict(title=metric, rangemode='tozero'),
+    buttons = [dict(label=met, method='update',
+                    args=[{'visible': [i // n == mi for i in range(len(metrics) * n)]},
+                          {'yaxis.title.text': met}])
+               for mi, met in enumerate(metrics)]
+    layout = _fig_layout('Test-split metrics on the whole data set, by modality of the held-out item',
+                         width, height)
+    layout['margin'] = dict(l=50, r=190, t=45, b=40)
+    fig.update_layout(**layout, barmode='group', yaxis=dict(title=metric, rangemode='tozero'),
                       legend=dict(x=1.02, y=0.72, xanchor='left'),
-                      updatemenus=[dict(buttons=buttons, active=metrics.index(metric), x=1.02, xanchor='left', y=1.0,
-                                        yanchor='top', direction='down', showactive=True)])
+                      updatemenus=[dict(buttons=buttons, active=metrics.index(metric), x=1.02, xanchor='left',
+                                        y=1.0, yanchor='top', direction='down', showactive=True)])
     return fig
 
 # %% ../nbs/10_dashboard.ipynb #c039
@@ -405,98 +485,126 @@ def _plotly_output(out: widgets.Output, data: list, layout: dict, label: str = '
                                                                  'config': {'displaylogo': False}},
                              'text/plain': f'<{label}>'}},)
 
+# %% ../nbs/10_dashboard.ipynb #x0c1d091
 def _fig_json(fig: go.Figure) -> dict: return json.loads(pio.to_json(fig, validate=False))
 
+# %% ../nbs/10_dashboard.ipynb #x1fe40b9
 def _contents_for(models: dict, ds, content) -> dict:
     "One ItemContent per model name; models with the same configuration share one."
     if isinstance(content, dict):
         missing = set(models) - set(content)
-        if missing: raise ValueError(f'content has no entry for model(s) {sorted(missing)}; give one per model or a single one')
+        if missing:
+            raise ValueError(f'content has no entry for model(s) {sorted(missing)}; '
+                             'give one per model or a single one')
         return content
     out, by_cfg = {}, {}
-    for name, m in models.items():
-        if content is not None: out[name] = content; continue
-        key = json.dumps(m.cfg.to_dict(), sort_keys=True, default=str)
+    for name, model in models.items():
+        if content is not None:
+            out[name] = content
+            continue
+        key = json.dumps(model.cfg.to_dict(), sort_keys=True, default=str)
         if key not in by_cfg:
             from transrec.encoders import make_content
-            by_cfg[key] = make_content(m.cfg, ds)
+            by_cfg[key] = make_content(model.cfg, ds)
         out[name] = by_cfg[key]
     return out
 
+# %% ../nbs/10_dashboard.ipynb #x111f3f8
 def _model_views(models, ds, content=None, projection='pca') -> dict:
     if not isinstance(models, dict): models = {'model': models}
     if not models: raise ValueError('give at least one model: models={"name": model, ...}')
     contents = _contents_for(models, ds, content)
     return {str(n): ModelView(str(n), m, ds, contents[n], projection) for n, m in models.items()}
 
+# %% ../nbs/10_dashboard.ipynb #x00bd277
+def _closest_hit_rate(results: dict, k: int) -> str:
+    "The `HR@n` metric of `results` ({name: evaluate(...)}) with `n` closest to `k`; 'MRR' if there is none."
+    first = next(iter(results.values()))
+    return min((name for name in first if name.startswith('HR@')), key=lambda name: abs(int(name[3:]) - k),
+               default='MRR')
+
 # %% ../nbs/10_dashboard.ipynb #c040
 class Explorer:
-    "Interactive explorer of `models` ({name: model}) on `ds`: history, top-K side by side, item map, scores, hit rates."
-    def __init__(self, models: dict, ds, content=None, k: int = 10, side_by_side: bool | None = None, user=None,
-                 projection: str = 'pca', hit_rates: bool = True, eval_users: int | None = None, history_rows: int = 20,
-                 thumb_size: int = 40, text_chars: int = 80, max_points: int = 4000, seed: int = 0,
-                 max_user_options: int = 20000):
+    "Interactive explorer of `models` ({name: model}) on `ds`: history, top-K, map, scores, hit rates."
+    def __init__(self, models: dict, ds, content=None, k: int = 10, side_by_side: bool | None = None,
+                 user=None, projection: str = 'pca', hit_rates: bool = True, eval_users: int | None = None,
+                 history_rows: int = 20, thumb_size: int = 40, text_chars: int = 80, max_points: int = 4000,
+                 seed: int = 0, max_user_options: int = 20000):
         self.ds, self.k, self.history_rows, self.max_points, self.seed = ds, k, history_rows, max_points, seed
         self.views = _model_views(models, ds, content, projection)
         self.cards = ItemCards(ds, thumb_size, text_chars)
         self.rng = np.random.default_rng(seed)
-        self.timings: list[float] = []; self.last_update_s = None; self.recs: dict[str, UserRecs] = {}
-        names = list(self.views)
+        self.timings: list[float] = []
+        self.last_update_s = None
+        self.recs: dict[str, UserRecs] = {}
         self.eval_users = None
         if eval_users is not None and eval_users < ds.n_users:
-            self.eval_users = np.sort(np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False))
-        W = widgets
-        self.model_dropdown = W.Dropdown(options=names, value=names[0], description='Model', layout=W.Layout(width='240px'))
-        self.side_by_side = W.Checkbox(value=len(names) > 1 if side_by_side is None else side_by_side,
-                                       description='side by side', disabled=len(names) < 2, indent=False,
-                                       layout=W.Layout(width='110px'))
-        self.user_box = W.Combobox(options=[str(u) for u in ds.user_ids[:max_user_options]], description='User',
-                                   placeholder='type a user id', ensure_option=False, continuous_update=False,
-                                   layout=W.Layout(width='240px'))
-        self.random_button = W.Button(description='random user', icon='random', layout=W.Layout(width='130px'))
-        self.k_slider = W.IntSlider(value=k, min=1, max=max(1, min(100, ds.n_items)), description='K',
-                                    continuous_update=False, layout=W.Layout(width='260px'))
-        self.modality_buttons = W.ToggleButtons(options=['all', *MODALITIES], value='all', description='Show',
-                                                style={'button_width': '60px'})
-        self.status = W.HTML()
-        self.history_html = W.HTML(layout=W.Layout(width='400px'))
-        self.recs_html = {n: W.HTML() for n in names}
-        self.map_out = {n: W.Output() for n in names}
-        self.score_out = {n: W.Output() for n in names}
-        self.columns = {n: W.VBox([self.recs_html[n], self.map_out[n], self.score_out[n]], layout=W.Layout(width='450px'))
-                        for n in names}
-        self.models_box = W.HBox()
-        self.hit_rate_out = W.Output()
-        banner_html = ('<div class="trx-banner">SYNTHETIC data set: a simulated stand-in, not real platform data</div>'
-                       if getattr(ds, 'synthetic', False) else '')
-        self.widget = W.VBox([W.HTML(f'<style>{DASHBOARD_CSS}</style>{banner_html}'),
-                              W.HBox([self.user_box, self.random_button, self.k_slider]),
-                              W.HBox([self.modality_buttons, self.model_dropdown, self.side_by_side]),
-                              self.status, W.HBox([self.history_html, self.models_box]), self.hit_rate_out])
-        self.widget.add_class('trx-root')
+            sample = np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False)
+            self.eval_users = np.sort(sample)
+        self._build_widgets(side_by_side, max_user_options)
         self._ready = False
-        for w in (self.model_dropdown, self.side_by_side, self.k_slider, self.modality_buttons):
-            w.observe(lambda ch: self.update(), names='value')
+        for widget in (self.model_dropdown, self.side_by_side, self.k_slider, self.modality_buttons):
+            widget.observe(lambda change: self.update(), names='value')
         self.user_box.observe(self._on_user_box, names='value')
-        self.random_button.on_click(lambda b: self.random_user())
-        for v in self.views.values(): map_base_traces(v, self.cards, max_points, seed)   # fit the 2-D maps now, once
+        self.random_button.on_click(lambda button: self.random_user())
+        for view in self.views.values(): map_base_traces(view, self.cards, max_points, seed)  # fit maps now
         if hit_rates: self.show_hit_rates()
         self._ready = True
         self.select_user(ds.user_ids[0] if user is None else user)
 
+    def _build_widgets(self, side_by_side: bool | None, max_user_options: int):
+        ds, names, Layout = self.ds, list(self.views), widgets.Layout
+        self.model_dropdown = widgets.Dropdown(options=names, value=names[0], description='Model',
+                                               layout=Layout(width='240px'))
+        self.side_by_side = widgets.Checkbox(value=len(names) > 1 if side_by_side is None else side_by_side,
+                                             description='side by side', disabled=len(names) < 2,
+                                             indent=False, layout=Layout(width='110px'))
+        self.user_box = widgets.Combobox(options=[str(u) for u in ds.user_ids[:max_user_options]],
+                                         description='User', placeholder='type a user id',
+                                         ensure_option=False, continuous_update=False,
+                                         layout=Layout(width='240px'))
+        self.random_button = widgets.Button(description='random user', icon='random',
+                                            layout=Layout(width='130px'))
+        self.k_slider = widgets.IntSlider(value=self.k, min=1, max=max(1, min(100, ds.n_items)),
+                                          description='K', continuous_update=False,
+                                          layout=Layout(width='260px'))
+        self.modality_buttons = widgets.ToggleButtons(options=['all', *MODALITIES], value='all',
+                                                      description='Show', style={'button_width': '60px'})
+        self.status = widgets.HTML()
+        self.history_html = widgets.HTML(layout=Layout(width='400px'))
+        self.recs_html = {n: widgets.HTML() for n in names}
+        self.map_out = {n: widgets.Output() for n in names}
+        self.score_out = {n: widgets.Output() for n in names}
+        self.columns = {n: widgets.VBox([self.recs_html[n], self.map_out[n], self.score_out[n]],
+                                        layout=Layout(width='450px')) for n in names}
+        self.models_box = widgets.HBox()
+        self.hit_rate_out = widgets.Output()
+        banner_html = _SYNTHETIC_BANNER if getattr(ds, 'synthetic', False) else ''
+        controls = [widgets.HBox([self.user_box, self.random_button, self.k_slider]),
+                    widgets.HBox([self.modality_buttons, self.model_dropdown, self.side_by_side])]
+        self.widget = widgets.VBox([widgets.HTML(f'<style>{DASHBOARD_CSS}</style>{banner_html}'), *controls,
+                                    self.status, widgets.HBox([self.history_html, self.models_box]),
+                                    self.hit_rate_out])
+        self.widget.add_class('trx-root')
+
     # --- actions (what the widgets call; usable from code and tests) ---
     def _on_user_box(self, change):
-        v = str(change['new']).strip()
-        if not v: return
-        try: self.user = user_index(self.ds, v)
-        except ValueError as e: self.status.value = f'<span class="trx-miss">{_esc(e)}</span>'; return
+        typed = str(change['new']).strip()
+        if not typed: return
+        try: self.user = user_index(self.ds, typed)
+        except ValueError as err:
+            self.status.value = f'<span class="trx-miss">{_esc(err)}</span>'
+            return
         self.update()
 
     def select_user(self, user):
         "Show `user` (id or index)."
-        u = user_index(self.ds, user); uid = str(self.ds.user_ids[u])
-        if self.user_box.value == uid: self.user = u; self.update()
-        else: self.user_box.value = uid          # the observer updates
+        user_idx = user_index(self.ds, user)
+        user_id = str(self.ds.user_ids[user_idx])
+        if self.user_box.value == user_id:
+            self.user = user_idx
+            self.update()
+        else: self.user_box.value = user_id          # the observer updates
 
     def random_user(self):
         "Show a random user (seeded by `seed`)."
@@ -510,31 +618,36 @@ class Explorer:
         if not self._ready or getattr(self, 'user', None) is None: return
         t0 = time.perf_counter()
         self.model_dropdown.disabled = bool(self.side_by_side.value)
-        names = self.shown_models(); k, mod = self.k_slider.value, self.modality_buttons.value
-        self.recs = {n: self.views[n].recommend(self.user, k, mod) for n in names}
+        names = self.shown_models()
+        k, modality = self.k_slider.value, self.modality_buttons.value
+        self.recs = {n: self.views[n].recommend(self.user, k, modality) for n in names}
         first = self.recs[names[0]]
         self.history_html.value = history_table(self.cards, first, self.history_rows)
         for n in names:
-            v, r = self.views[n], self.recs[n]
-            self.recs_html[n].value = recs_table(self.cards, r)
-            _plotly_output(self.map_out[n], map_base_traces(v, self.cards, self.max_points, self.seed)
-                           + map_overlay_traces(v, r), map_layout(v, r), f'item map of {n}')
-            _plotly_output(self.score_out[n], *score_parts(r), f'score distribution of {n}')
+            view, recs = self.views[n], self.recs[n]
+            self.recs_html[n].value = recs_table(self.cards, recs)
+            _plotly_output(self.map_out[n], map_base_traces(view, self.cards, self.max_points, self.seed)
+                           + map_overlay_traces(view, recs), map_layout(view, recs), f'item map of {n}')
+            _plotly_output(self.score_out[n], *score_parts(recs), f'score distribution of {n}')
         self.models_box.children = tuple(self.columns[n] for n in names)
-        self.last_update_s = time.perf_counter() - t0; self.timings.append(self.last_update_s)
-        hits = ', '.join(f'{n}: {"hit" if r.hit else "miss"} (rank {r.target_rank})' for n, r in self.recs.items())
-        self.status.value = (f'<span class="trx-status">user <b>{_esc(first.user_id)}</b> · {len(first.history)} items in history · '
-                             f'held-out <code>{_esc(self.ds.item_ids[first.target])}</code> ({self.cards.modality(first.target)}) · '
+        self.last_update_s = time.perf_counter() - t0
+        self.timings.append(self.last_update_s)
+        hits = ', '.join(f'{n}: {"hit" if recs.hit else "miss"} (rank {recs.target_rank})'
+                         for n, recs in self.recs.items())
+        target = first.target
+        self.status.value = (f'<span class="trx-status">user <b>{_esc(first.user_id)}</b> · '
+                             f'{len(first.history)} items in history · '
+                             f'held-out <code>{_esc(self.ds.item_ids[target])}</code> '
+                             f'({self.cards.modality(target)}) · '
                              f'{hits} · updated in {self.last_update_s * 1000:.0f} ms</span>')
 
     def show_hit_rates(self):
         "Evaluate every model on the test split (once; `eval_users` sample or all users) and draw the bars."
-        res = {n: v.hit_rates(self.eval_users) for n, v in self.views.items()}
-        metric = min((m for m in next(iter(res.values())) if m.startswith('HR@')),
-                     key=lambda m: abs(int(m[3:]) - self.k), default='MRR')
-        f = _fig_json(hit_rate_figure(res, metric)); _plotly_output(self.hit_rate_out, f['data'], f['layout'], 'hit rates')
-        self.hit_rates = res
-        return res
+        results = {n: view.hit_rates(self.eval_users) for n, view in self.views.items()}
+        fig = _fig_json(hit_rate_figure(results, _closest_hit_rate(results, self.k)))
+        _plotly_output(self.hit_rate_out, fig['data'], fig['layout'], 'hit rates')
+        self.hit_rates = results
+        return results
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
@@ -545,7 +658,7 @@ class Explorer:
                            hit_rates=getattr(self, 'hit_rates', None), eval_users=self.eval_users, **kw)
 
 # %% ../nbs/10_dashboard.ipynb #c047
-_PAGE_JS = r"""
+_PAGE_JS = """
 (function(){
   var body = document.body;
   if (window.__trxErrors.length) body.setAttribute('data-js-error', window.__trxErrors.join(' | '));
@@ -569,7 +682,8 @@ _PAGE_JS = r"""
     return target ? render(target) : Promise.reject(new Error('no section for user ' + key));
   }
   function showModality(m){
-    document.querySelectorAll('.trx-recs').forEach(function(t){ t.hidden = t.getAttribute('data-filter') !== m; });
+    document.querySelectorAll('.trx-recs').forEach(function(t){ \
+t.hidden = t.getAttribute('data-filter') !== m; });
   }
   userSel.addEventListener('change', function(){ showUser(userSel.value); });
   modSel.addEventListener('change', function(){ showModality(modSel.value); });
@@ -579,7 +693,8 @@ _PAGE_JS = r"""
   Promise.all([render(document.getElementById('trx-overview')), showUser(userSel.value)]).then(function(){
     body.setAttribute('data-figures', String(document.querySelectorAll('.trx-plot[data-done]').length));
     body.setAttribute('data-rendered', 'ok');
-  }).catch(function(e){ body.setAttribute('data-js-error', String(e)); body.setAttribute('data-rendered', 'error'); });
+  }).catch(function(e){ body.setAttribute('data-js-error', String(e)); \
+body.setAttribute('data-rendered', 'error'); });
 })();
 """
 
@@ -603,148 +718,184 @@ section.trx-user h2{font-size:15px;margin:10px 0 4px}
 footer{margin-top:16px;color:#777;font-size:11px}
 """
 
+# %% ../nbs/10_dashboard.ipynb #xf2f189b
 def _json_for_script(obj) -> str:
     return json.dumps(obj, separators=(',', ':'), ensure_ascii=False).replace('</', '<\\/')
 
+# %% ../nbs/10_dashboard.ipynb #x60bcde3
 def _pick_users(ds, users, seed: int) -> list[int]:
     if isinstance(users, (int, np.integer)):
         if users < 1: raise ValueError(f'users={users}: export at least one user')
         n = min(int(users), ds.n_users)
         return sorted(np.random.default_rng(seed).choice(ds.n_users, n, replace=False).tolist())
-    out = [user_index(ds, u) for u in users]
-    if not out: raise ValueError('users: the list of users to export is empty')
-    return out
+    picked = [user_index(ds, u) for u in users]
+    if not picked: raise ValueError('users: the list of users to export is empty')
+    return picked
 
-def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | None = None, history_rows: int = 20,
-                max_points: int = 4000, seed: int = 0, hit_rates: dict | None = None, eval_users=None,
-                title: str | None = None) -> Path:
+# %% ../nbs/10_dashboard.ipynb #xe013eb0
+def _user_section(views: dict, ds, cards: ItemCards, user: int, position: int, k: int, history_rows: int,
+                  figs: dict) -> tuple[str, str, float]:
+    "(`<section>`, `<option>`, seconds) of `user` on the static page; the user's figure specs go into `figs`."
+    names, filters = list(views), ('all', *MODALITIES)
+    per_model = {n: {f: views[n].recommend(user, k, None if f == 'all' else f) for f in filters}
+                 for n in names}
+    seconds = sum(recs.seconds for by_filter in per_model.values() for recs in by_filter.values())
+    first = per_model[names[0]]['all']
+    user_id = first.user_id
+    verdicts = ' '.join(f'<span class="{"trx-hit" if by_filter["all"].hit else "trx-miss"}">{_esc(n)}: '
+                        f'{"hit" if by_filter["all"].hit else "miss"} '
+                        f'(held-out rank {by_filter["all"].target_rank})</span>'
+                        for n, by_filter in per_model.items())
+    columns = []
+    for j, n in enumerate(names):
+        recs, fig_id = per_model[n]['all'], f'u{position}-m{j}'
+        figs[f'map-{fig_id}'] = {'base': f'm{j}', 'data': map_overlay_traces(views[n], recs),
+                                 'layout': map_layout(views[n], recs)}
+        score_data, score_layout = score_parts(recs)
+        figs[f'score-{fig_id}'] = {'base': None, 'data': score_data, 'layout': score_layout}
+        tables = ''.join(recs_table(cards, per_model[n][f]) for f in filters)
+        columns.append(f'<div class="trx-col-model" data-model="{_esc(n)}">{tables}'
+                       f'<div class="trx-plot" id="map-{fig_id}" data-fig="map-{fig_id}"></div>'
+                       f'<div class="trx-plot" id="score-{fig_id}" data-fig="score-{fig_id}"></div></div>')
+    section = (f'<section class="trx-user" data-user="{_esc(user_id)}" hidden><h2>User '
+               f'<code>{_esc(user_id)}</code> · {len(first.history)} items in history · '
+               f'held-out <code>{_esc(ds.item_ids[first.target])}</code> '
+               f'({cards.modality(first.target)}) <span class="trx-verdicts">{verdicts}</span></h2>'
+               f'<div class="trx-row"><div class="trx-col-history">'
+               f'{history_table(cards, first, history_rows)}</div>{"".join(columns)}</div></section>')
+    option = (f'<option value="{_esc(user_id)}">{_esc(user_id)} ({len(first.history)} items, '
+              f'{"/".join("hit" if per_model[n]["all"].hit else "miss" for n in names)})</option>')
+    return section, option, seconds
+
+# %% ../nbs/10_dashboard.ipynb #x9eba07e
+def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | None = None,
+                history_rows: int = 20, max_points: int = 4000, seed: int = 0, hit_rates: dict | None = None,
+                eval_users=None, title: str | None = None) -> Path:
+    "Write the static page of `views` for `users` of `ds` to `out`; the path."
     from plotly.offline import get_plotlyjs
     t_start = time.perf_counter()
     cards = cards or ItemCards(ds)
-    us = _pick_users(ds, users, seed)
+    user_idxs = _pick_users(ds, users, seed)
     names = list(views)
     spec = {'base': {}, 'figs': {}}
     for j, n in enumerate(names): spec['base'][f'm{j}'] = map_base_traces(views[n], cards, max_points, seed)
-    if hit_rates is None: hit_rates = {n: v.hit_rates(eval_users) for n, v in views.items()}
-    hr = _fig_json(hit_rate_figure(hit_rates, min((m for m in next(iter(hit_rates.values())) if m.startswith('HR@')),
-                                                  key=lambda m: abs(int(m[3:]) - k), default='MRR')))
-    spec['figs']['hit-rates'] = {'base': None, 'data': hr['data'], 'layout': hr['layout']}
-    sections, options, seconds = [], [], []
-    for ui, u in enumerate(us):
-        per = {n: {f: views[n].recommend(u, k, None if f == 'all' else f) for f in ('all', *MODALITIES)} for n in names}
-        seconds.append(sum(r.seconds for d in per.values() for r in d.values()))
-        first = per[names[0]]['all']; uid = first.user_id
-        verdicts = ' '.join(f'<span class="{"trx-hit" if d["all"].hit else "trx-miss"}">{_esc(n)}: '
-                            f'{"hit" if d["all"].hit else "miss"} (held-out rank {d["all"].target_rank})</span>'
-                            for n, d in per.items())
-        cols = []
-        for j, n in enumerate(names):
-            r = per[n]['all']; fid = f'u{ui}-m{j}'
-            spec['figs'][f'map-{fid}'] = {'base': f'm{j}', 'data': map_overlay_traces(views[n], r), 'layout': map_layout(views[n], r)}
-            sd, sl = score_parts(r); spec['figs'][f'score-{fid}'] = {'base': None, 'data': sd, 'layout': sl}
-            tables = ''.join(recs_table(cards, per[n][f]) for f in ('all', *MODALITIES))
-            cols.append(f'<div class="trx-col-model" data-model="{_esc(n)}">{tables}'
-                        f'<div class="trx-plot" id="map-{fid}" data-fig="map-{fid}"></div>'
-                        f'<div class="trx-plot" id="score-{fid}" data-fig="score-{fid}"></div></div>')
-        sections.append(f'<section class="trx-user" data-user="{_esc(uid)}" hidden><h2>User <code>{_esc(uid)}</code> · '
-                        f'{len(first.history)} items in history · held-out <code>{_esc(ds.item_ids[first.target])}</code> '
-                        f'({cards.modality(first.target)}) <span class="trx-verdicts">{verdicts}</span></h2>'
-                        f'<div class="trx-row"><div class="trx-col-history">{history_table(cards, first, history_rows)}</div>'
-                        f'{"".join(cols)}</div></section>')
-        options.append(f'<option value="{_esc(uid)}">{_esc(uid)} ({len(first.history)} items, '
-                       f'{"/".join("hit" if per[n]["all"].hit else "miss" for n in names)})</option>')
+    if hit_rates is None: hit_rates = {n: view.hit_rates(eval_users) for n, view in views.items()}
+    hit_fig = _fig_json(hit_rate_figure(hit_rates, _closest_hit_rate(hit_rates, k)))
+    spec['figs']['hit-rates'] = {'base': None, 'data': hit_fig['data'], 'layout': hit_fig['layout']}
+    parts = [_user_section(views, ds, cards, user, position, k, history_rows, spec['figs'])
+             for position, user in enumerate(user_idxs)]
+    sections, options, seconds = (list(column) for column in zip(*parts))
     synthetic = bool(getattr(ds, 'synthetic', False))
-    title = title or f'TransRec explorer: {", ".join(names)} on {ds.name}' + (' (SYNTHETIC data)' if synthetic else '')
-    banner_html = ('<div class="trx-banner">SYNTHETIC data set: a simulated stand-in, not real platform data</div>'
-                   if synthetic else '')
-    enc = ', '.join(f'{n}: {v.encode_seconds:.1f}s' for n, v in views.items())
+    if not title:
+        title = f'TransRec explorer: {", ".join(names)} on {ds.name}'
+        if synthetic: title += ' (SYNTHETIC data)'
+    banner_html = _SYNTHETIC_BANNER if synthetic else ''
+    encoding = ', '.join(f'{n}: {view.encode_seconds:.1f}s' for n, view in views.items())
+    modality = np.asarray(ds.modality)
+    modality_options = ''.join(f'<option value="{m}">{m} only</option>' for m in MODALITIES)
+    written = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>
 <style>{DASHBOARD_CSS}{_PAGE_CSS}</style>
 <script>{_ERROR_HOOK_JS}</script>
 <script>{get_plotlyjs()}</script>
-</head><body class="trx-root" data-rendered="pending" data-users="{len(us)}" data-k="{k}">
+</head><body class="trx-root" data-rendered="pending" data-users="{len(user_idxs)}" data-k="{k}">
 <header><h1>{_esc(title)}</h1>{banner_html}
 <div class="trx-meta">Data set <b>{_esc(ds.name)}</b>: {ds.n_users} users, {ds.n_items} items
-({int((np.asarray(ds.modality) == 0).sum())} text, {int((np.asarray(ds.modality) == 1).sum())} image).
-Models: {_esc(', '.join(names))}. Test split: history = all but the last item, held-out = the last; history items masked.</div>
+({int((modality == 0).sum())} text, {int((modality == 1).sum())} image).
+Models: {_esc(', '.join(names))}. Test split: history = all but the last item, held-out = the last; \
+history items masked.</div>
 <label>User <select id="trx-user">{''.join(options)}</select></label>
 <label>Recommendations <select id="trx-modality"><option value="all">all items</option>
-{''.join(f'<option value="{m}">{m} only</option>' for m in MODALITIES)}</select></label> (top {k}; maps and scores show the unfiltered top {k})
+{modality_options}</select></label> (top {k}; maps and scores show the unfiltered top {k})
 </header>
 <section id="trx-overview"><div class="trx-plot" id="hit-rates" data-fig="hit-rates"></div></section>
 {''.join(sections)}
-<footer>Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by transrec.dashboard; item encoding {enc};
-computing one user's recommendations (3 filters x {len(names)} model(s)) took {1000 * float(np.mean(seconds)):.0f} ms on average.</footer>
+<footer>Written {written} by transrec.dashboard; item encoding {encoding};
+computing one user's recommendations (3 filters x {len(names)} model(s)) \
+took {1000 * float(np.mean(seconds)):.0f} ms on average.</footer>
 <script type="application/json" id="trx-figures">{_json_for_script(spec)}</script>
 <script>{_PAGE_JS}</script>
 </body></html>
 """
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding='utf-8')
-    log.info(f'dashboard: wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {len(us)} users) in {time.perf_counter() - t_start:.1f}s')
+    log.info(f'dashboard: wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {len(user_idxs)} users) '
+             f'in {time.perf_counter() - t_start:.1f}s')
     return out
 
+# %% ../nbs/10_dashboard.ipynb #xf8c98b5
 def export_html(models, ds, out, users=5, k: int = 10, content=None, projection: str = 'pca', seed: int = 0,
-                eval_users: int | None = None, history_rows: int = 20, max_points: int = 4000, title: str | None = None) -> Path:
+                eval_users: int | None = None, history_rows: int = 20, max_points: int = 4000,
+                title: str | None = None) -> Path:
     "Write a self-contained HTML page for `users` (a count of seeded random users, or a list of ids) of `ds`."
     if isinstance(models, Explorer): return models.export_html(out, users, k, title=title)
     views = _model_views(models, ds, content, projection)
-    eu = None
+    eval_sample = None
     if eval_users is not None and eval_users < ds.n_users:
-        eu = np.sort(np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False))
+        eval_sample = np.sort(np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False))
     return _write_page(views, ds, out, users, k, history_rows=history_rows, max_points=max_points, seed=seed,
-                       eval_users=eu, title=title)
+                       eval_users=eval_sample, title=title)
 
 # %% ../nbs/10_dashboard.ipynb #c050
 def load_data(name_or_path, scale: float = 1.0, seed: int = 0):
-    "A data set by registered name or folder: `transrec.sources.load_source` if available, else `data.load_dataset`."
+    "A data set by registered name or folder (`transrec.sources.load_source`; else `data.load_dataset`)."
     try: from transrec.sources import load_source
     except ImportError: load_source = None
     if load_source is not None: return load_source(str(name_or_path), scale=scale, seed=seed)
     from transrec.data import load_dataset
     if not (Path(name_or_path)/'items.tsv').exists():
-        raise ValueError(f'--data {name_or_path!r}: no MoM data set folder there (items.tsv missing), and named data sets '
-                         'need transrec.sources, which is not installed')
+        raise ValueError(f'--data {name_or_path!r}: no MoM data set folder there (items.tsv missing), '
+                         'and named data sets need transrec.sources, which is not installed')
     return load_dataset(name_or_path)
 
+# %% ../nbs/10_dashboard.ipynb #xe52ce5a
 def model_name(model_dir) -> str:
-    "A readable name for a saved model folder: its name, or its parent's when it is called best/latest/step-N."
-    p = Path(model_dir).resolve()
-    return p.parent.name if (p.name in ('best', 'latest', 'model', 'final') or p.name.startswith('step-')) else p.name
+    "A readable name for a saved model folder: its name, or its parent's when it is best/latest/step-N."
+    path = Path(model_dir).resolve()
+    checkpoint = path.name in ('best', 'latest', 'model', 'final') or path.name.startswith('step-')
+    return path.parent.name if checkpoint else path.name
 
-def load_model_dir(d):
-    "A saved model (`model.load_model`) from `d`, or from `d/best` when `d` is a training output folder."
+# %% ../nbs/10_dashboard.ipynb #x1d4b0b6
+def load_model_dir(model_dir):
+    "A saved model (`model.load_model`) from `model_dir`, or from `model_dir/best` (a training run's folder)."
     from transrec.model import load_model
-    p = Path(d)
-    if (p/'best'/'config.json').exists() and not (p/'config.json').exists(): p = p/'best'
-    if not (p/'config.json').exists():
-        raise ValueError(f'--model {str(d)!r}: no saved model there (expected config.json + model.safetensors, e.g. '
-                         'reports/pretrain-qb_mixed/best)')
-    return load_model(p)
+    path = Path(model_dir)
+    if (path/'best'/'config.json').exists() and not (path/'config.json').exists(): path = path/'best'
+    if not (path/'config.json').exists():
+        raise ValueError(f'--model {str(model_dir)!r}: no saved model there (expected config.json + '
+                         'model.safetensors, e.g. reports/pretrain-qb_mixed/best)')
+    return load_model(path)
 
+# %% ../nbs/10_dashboard.ipynb #x523e87f
 def main(argv: list[str] | None = None) -> int:
-    "Console command `transrec-explore` (and `python -m transrec.dashboard`): write the static page; the exit status."
-    p = argparse.ArgumentParser(prog='transrec-explore',
-                                description='TransRec explorer: a static, self-contained HTML page of what one or two '
-                                'saved models recommend to sample users (the live explorer is nbs/explore.ipynb).',
-                                epilog='example: transrec-explore --model reports/pretrain-qb_mixed/best --data qb_mixed '
-                                '--users 5 --out reports/explore.html')
-    p.add_argument('command', nargs='?', choices=['export'], default='export', help='what to do (the only one: export)')
-    p.add_argument('--model', required=True, help='saved model folder (config.json + model.safetensors)')
-    p.add_argument('--model-b', default=None, help='optional second model, shown side by side')
-    p.add_argument('--name', default=None, help='display name of --model (default: its folder)')
-    p.add_argument('--name-b', default=None, help='display name of --model-b (default: its folder)')
-    p.add_argument('--data', required=True, help='registered data set name or MoM folder')
-    p.add_argument('--users', type=int, default=5, help='number of (seeded random) sample users')
-    p.add_argument('--user', action='append', default=None, help='a user id to include (repeatable; overrides --users)')
-    p.add_argument('--out', required=True, help='output .html file')
-    p.add_argument('--k', type=int, default=10, help='recommendations per user')
-    p.add_argument('--seed', type=int, default=0, help='seed of the sample of users')
-    p.add_argument('--scale', type=float, default=1.0, help='synthetic data scale (named synthetic data sets)')
-    p.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic data set')
-    p.add_argument('--eval-users', type=int, default=None, help='evaluate hit rates on a sample of users (default all)')
-    args = p.parse_args(argv)
+    "Console command `transrec-explore` (`python -m transrec.dashboard`): write the static page; exit status."
+    parser = argparse.ArgumentParser(
+        prog='transrec-explore',
+        description='TransRec explorer: a static, self-contained HTML page of what one or two '
+                    'saved models recommend to sample users (the live explorer is nbs/explore.ipynb).',
+        epilog='example: transrec-explore --model reports/pretrain-qb_mixed/best --data qb_mixed '
+               '--users 5 --out reports/explore.html')
+    parser.add_argument('command', nargs='?', choices=['export'], default='export',
+                        help='what to do (the only one: export)')
+    parser.add_argument('--model', required=True, help='saved model folder (config.json + model.safetensors)')
+    parser.add_argument('--model-b', default=None, help='optional second model, shown side by side')
+    parser.add_argument('--name', default=None, help='display name of --model (default: its folder)')
+    parser.add_argument('--name-b', default=None, help='display name of --model-b (default: its folder)')
+    parser.add_argument('--data', required=True, help='registered data set name or MoM folder')
+    parser.add_argument('--users', type=int, default=5, help='number of (seeded random) sample users')
+    parser.add_argument('--user', action='append', default=None,
+                        help='a user id to include (repeatable; overrides --users)')
+    parser.add_argument('--out', required=True, help='output .html file')
+    parser.add_argument('--k', type=int, default=10, help='recommendations per user')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the sample of users')
+    parser.add_argument('--scale', type=float, default=1.0,
+                        help='synthetic data scale (named synthetic data sets)')
+    parser.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic data set')
+    parser.add_argument('--eval-users', type=int, default=None,
+                        help='evaluate hit rates on a sample of users (default all)')
+    args = parser.parse_args(argv)
     try:
         with torch.no_grad():    # scoped: main() is also called in-process (tests, notebooks)
             ds = load_data(args.data, args.scale, args.data_seed)
@@ -756,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
             out = export_html(models, ds, args.out, users=args.user or args.users, k=args.k, seed=args.seed,
                               eval_users=args.eval_users)
     except (ValueError, FileNotFoundError) as err:
-        print(f'{p.prog}: error: {err}', file=sys.stderr)
+        print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2
     print(out)
     return 0

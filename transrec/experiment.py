@@ -5,20 +5,22 @@
 # %% ../nbs/11_experiment.ipynb #c002
 from __future__ import annotations
 import json, time, os, sys, shutil, math, difflib, hashlib, inspect
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 import numpy as np
 import torch
 from .core import ModelConfig, TrainConfig, resolve_device, log, banner, environment_info, seed_everything
 
 # %% auto #0
-__all__ = ['PRESETS', 'TRAINING_TIME_FIELDS', 'EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS',
-           'RESUME_IGNORES', 'METHOD_LABELS', 'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'check_data_name', 'check_init',
-           'check_fraction', 'split_params', 'preset_configs', 'architecture_clashes', 'init_model_config',
-           'experiment_configs', 'Spec', 'experiment_params', 'study_run_params', 'dataset_summary', 'split_users',
-           'sample_users', 'group_metrics', 'ranked_groups', 'write_per_user', 'image_weights_note', 'run_experiment',
-           'write_json', 'write_metrics', 'resume_run', 'read_run_json', 'write_run_params', 'data_fingerprint',
-           'data_changes', 'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
+__all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
+           'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES',
+           'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'METHOD_LABELS', 'check_data_name', 'check_init', 'check_fraction',
+           'split_params', 'preset_configs', 'architecture_clashes', 'init_model_config', 'flat_params',
+           'experiment_configs', 'Spec', 'override_spelling', 'Overrides', 'fold_old_spellings', 'experiment_params',
+           'study_run_params', 'dataset_summary', 'split_users', 'sample_users', 'group_metrics', 'ranked_groups',
+           'write_per_user', 'image_weights_note', 'run_experiment', 'ExperimentRun', 'setup_experiment', 'write_json',
+           'write_metrics', 'resume_run', 'read_run_json', 'write_run_params', 'data_fingerprint', 'data_changes',
+           'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
            'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook', 'seed_interval',
            'interval_excludes_zero', 'gain_interval', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell',
            'format_interval', 'table_markdown', 'results_frame', 'target_shift', 'gain_vs_shift', 'gain_shift_figure',
@@ -34,8 +36,10 @@ def check_data_name(name: str, param: str = 'source', root=None) -> str:
     raise ValueError(f"{param}={name!r} is not a known data set. Available: {', '.join(names)}; "
                      f"or give the path of a MoM data set folder (with items.tsv).")
 
+# %% ../nbs/11_experiment.ipynb #x8bc8401
 def check_init(init: str, root=None):
-    "`'scratch'` -> None; else the saved model folder `init` (relative: from the cwd, else from `root` if given)."
+    """`'scratch'` -> None; else the saved model folder `init` (relative: from the cwd, else from `root` if
+    given)."""
     if init in (None, '', 'scratch'): return None
     p = Path(init).expanduser()
     if not p.is_absolute() and not p.exists() and root is not None: p = Path(root)/p
@@ -45,10 +49,12 @@ def check_init(init: str, root=None):
         raise ValueError(f"init={str(init)!r}: no saved model there (expected config.json and model.safetensors, "
                          f"e.g. reports/pretrain-qb_mixed/best). Run nbs/pretrain.ipynb first, or use init='scratch'.")
     from transrec.model import check_model_dir
-    try: check_model_dir(p)                                        # a damaged model fails now, not after data loading
+    # a damaged model fails now, not after data loading
+    try: check_model_dir(p)
     except ValueError as e: raise ValueError(f"init={str(init)!r}: {e}") from None
     return p
 
+# %% ../nbs/11_experiment.ipynb #xffd9eb1
 def check_fraction(x: float, param: str) -> float:
     "A share of users must lie in (0, 1]."
     if not (isinstance(x, (int, float)) and 0 < x <= 1):
@@ -69,12 +75,12 @@ def split_params(params: dict, model_cfg: ModelConfig | None = None, train_cfg: 
 
 # %% ../nbs/11_experiment.ipynb #c009b
 PRESETS = ('workbench', 'reference')
-_WORKBENCH_TRAIN = dict(pretrain=dict(epochs=20), finetune=dict(epochs=30, patience=5))
+WORKBENCH_TRAIN = dict(pretrain=dict(epochs=20), finetune=dict(epochs=30, patience=5))   # per experiment
 
 def preset_configs(preset: str = 'workbench', experiment: str = 'pretrain') -> tuple[ModelConfig, TrainConfig]:
     "The (ModelConfig, TrainConfig) of `preset` for notebook `experiment`: what unset parameters take."
     if preset == 'reference': return ModelConfig.reference(), TrainConfig.reference()
-    if preset == 'workbench': return ModelConfig(), TrainConfig(**_WORKBENCH_TRAIN.get(experiment, {}))
+    if preset == 'workbench': return ModelConfig(), TrainConfig(**WORKBENCH_TRAIN.get(experiment, {}))
     raise ValueError(f"parameter preset={preset!r}: choose one of {list(PRESETS)}")
 
 # %% ../nbs/11_experiment.ipynb #c009e
@@ -82,30 +88,43 @@ TRAINING_TIME_FIELDS = ('dropout', 'text_trainable_blocks', 'image_trainable_blo
                         'n_neg', 'temperature', 'train_windows')
 
 def architecture_clashes(saved: ModelConfig, wanted: dict) -> dict:
-    "The architecture settings in `wanted` (field -> value; None = unset) that differ from `saved`: {name: (wanted, saved)}."
+    "The architecture settings in `wanted` (field -> value; None = unset) that differ from `saved`."
     names = {f.name for f in fields(ModelConfig)} - set(TRAINING_TIME_FIELDS)
-    norm = lambda v: tuple(v) if isinstance(v, list) else v
+    norm = lambda value: tuple(value) if isinstance(value, list) else value
     unset = lambda k, v: v is None or (k == 'n_items' and v == 0)        # n_items: sized from the data when 0
     return {k: (v, getattr(saved, k)) for k, v in wanted.items()
             if k in names and not unset(k, v) and norm(v) != norm(getattr(saved, k))}
 
+# %% ../nbs/11_experiment.ipynb #pa02
 def init_model_config(saved: ModelConfig, params: dict, init=None) -> ModelConfig:
-    "The config to fine-tune the checkpoint of `saved` with: `params`' training-time settings applied, the rest checked."
+    "The config to fine-tune the checkpoint of `saved` with: `params`' training-time settings applied."
     clashes = architecture_clashes(saved, params)
     if clashes:
         said = ', '.join(f'{k}={v!r} (checkpoint: {s!r})' for k, (v, s) in clashes.items())
         raise ValueError(f"init={str(init)!r}: architecture parameter(s) differ from the checkpoint: {said}; "
                          "leave them unset (None) to use the checkpoint's, or train from scratch (init='scratch')")
-    return saved.replace(**{k: v for k, v in params.items() if k in TRAINING_TIME_FIELDS and v is not None})
+    training_time = {k: v for k, v in params.items() if k in TRAINING_TIME_FIELDS and v is not None}
+    return saved.replace(**training_time)
+
+# %% ../nbs/11_experiment.ipynb #pa05
+OVERRIDE_SECTIONS = ('model', 'train')   # the notebook parameters that hold config fields
+
+def flat_params(params: dict) -> dict:
+    "`params` with its `model` and `train` dicts of config fields spread into it."
+    flat = {k: v for k, v in params.items() if k not in OVERRIDE_SECTIONS}
+    for section in OVERRIDE_SECTIONS: flat.update(params.get(section) or {})
+    return flat
 
 # %% ../nbs/11_experiment.ipynb #c009h
 def experiment_configs(experiment: str, params: dict, init_dir=None) -> tuple[ModelConfig, TrainConfig]:
-    "The (ModelConfig, TrainConfig) a run of notebook `experiment` uses: preset, then checkpoint, then parameters."
-    model_cfg, train_cfg = preset_configs(params.get('preset') or 'workbench', experiment)
+    """The (ModelConfig, TrainConfig) a run of notebook `experiment` uses: preset, then checkpoint, then
+    parameters."""
+    flat = flat_params(params)
+    model_cfg, train_cfg = preset_configs(flat.get('preset') or 'workbench', experiment)
     if init_dir is not None:
         from transrec.model import check_model_dir
-        model_cfg = init_model_config(check_model_dir(init_dir), params, init_dir)
-    model_cfg, train_cfg, _ = split_params(params, model_cfg, train_cfg)
+        model_cfg = init_model_config(check_model_dir(init_dir), flat, init_dir)
+    model_cfg, train_cfg, _ = split_params(flat, model_cfg, train_cfg)
     return model_cfg, train_cfg
 
 # %% ../nbs/11_experiment.ipynb #p002
@@ -121,7 +140,8 @@ class Spec:
     choices: tuple = ()
     none_ok: bool = False
     item: Spec | None = None           # lists: the spec of each element
-    check: object = None               # extra check `check(value, name)` raising ValueError (data names, paths)
+    # extra check `check(value, name)` raising ValueError (data names, paths)
+    check: object = None
 
     def allowed(self) -> str:
         "The accepted values in words, e.g. 'an integer >= 1'."
@@ -142,7 +162,8 @@ class Spec:
     def __call__(self, name: str, value):
         if value is None and self.none_ok: return None
         if self.type is list and isinstance(value, (str, int, float, tuple)) and not isinstance(value, bool):
-            value = list(value) if isinstance(value, tuple) else [value]      # `-p targets qb_text`: one element
+            # `-p targets qb_text`: one element
+            value = list(value) if isinstance(value, tuple) else [value]
         bad = lambda: ValueError(f"parameter {name}={value!r}: expected {self.allowed()}")
         if not self._type_ok(value): raise bad()
         if self.choices and value not in self.choices: raise bad()
@@ -157,102 +178,159 @@ class Spec:
         return value
 
 # %% ../nbs/11_experiment.ipynb #p005
-def _data_name(value, name): check_data_name(value, name)
-def _init(value, name): check_init(value, root='..') if value else None   # notebooks run in nbs/
-def _device(value, name): resolve_device(value)
 def _file(value, name):
+    "A file that must exist, e.g. local image weights."
     if not Path(value).expanduser().is_file():
         raise ValueError(f"parameter {name}={value!r}: no such file (from {Path.cwd()}); give a local file or None")
-def _methods(value, name):
-    if value not in TRANSFER_METHODS: raise ValueError(f"parameter {name}: unknown method {value!r}; "
-                                                       f"choose from {list(TRANSFER_METHODS)}")
 
-_FRACTION = Spec(float, 0, 1, lo_open=True)
-_RUN = dict(out_dir=('', Spec(str)), preset=('workbench', Spec(choices=PRESETS)), seed=(0, Spec(int, 0)),
-            device=('auto', Spec(str, check=_device)), scale=(1.0, Spec(float, 0, lo_open=True)),
-            data_seed=(0, Spec(int, 0)))
-_SIZE = dict(dim=(64, Spec(int, 1, 4096)), n_layers=(2, Spec(int, 1, 64)), n_heads=(2, Spec(int, 1, 64)),
-             max_len=(20, Spec(int, 1, 10_000)), text_trainable_blocks=(2, Spec(int, 0, 64)),
-             image_trainable_blocks=(2, Spec(int, 0, 5)), image_size=(64, Spec(int, 16, 2048)),
-             text_max_tokens=(32, Spec(int, 4, 4096)))
-_unset = lambda spec: (None, Spec(**{**spec.__dict__, 'none_ok': True}))    # None: the preset's (or checkpoint's) value
-_MODEL = {k: _unset(spec) for k, spec in dict(
-    kind=Spec(choices=('transrec', 'frozen', 'id_sasrec', 'popularity')), dim=_SIZE['dim'][1],
-    n_layers=_SIZE['n_layers'][1], n_heads=_SIZE['n_heads'][1], max_len=_SIZE['max_len'][1],
+MODEL_SIZES = dict(dim=Spec(int, 1, 4096), n_layers=Spec(int, 1, 64), n_heads=Spec(int, 1, 64),
+                   max_len=Spec(int, 1, 10_000), text_trainable_blocks=Spec(int, 0, 64),
+                   image_trainable_blocks=Spec(int, 0, 5), image_size=Spec(int, 16, 2048),
+                   text_max_tokens=Spec(int, 4, 4096))
+MODEL_SPECS = dict(
+    kind=Spec(choices=('transrec', 'frozen', 'id_sasrec', 'popularity')), **MODEL_SIZES,
     dropout=Spec(float, 0, 0.99), readout=Spec(choices=('causal', 'last')), loss=Spec(choices=('softmax', 'bce')),
-    n_neg=Spec(int, 1, 10_000), text_model=Spec(str), text_max_tokens=_SIZE['text_max_tokens'][1],
-    text_pooling=Spec(choices=('cls', 'mean', 'attention', 'reference')), text_trainable_blocks=_SIZE['text_trainable_blocks'][1],
+    n_neg=Spec(int, 1, 10_000), text_model=Spec(str),
+    text_pooling=Spec(choices=('cls', 'mean', 'attention', 'reference')),
     image_model=Spec(choices=('resnet18', 'resnet34', 'resnet50')), image_weights=Spec(str, check=_file),
-    image_size=_SIZE['image_size'][1], image_trainable_blocks=_SIZE['image_trainable_blocks'][1],
     tower_norm=Spec(choices=('pre', 'post')), ffn_dim=Spec(int, 0, 1_000_000),
     positions=Spec(choices=('newest', 'oldest')), modality_embedding=Spec(choices=('items', 'history', 'none')),
-    train_windows=Spec(choices=('all', 'last'))).items()}
-_BATCH, _MAX_STEPS = Spec(int, 1, 1_000_000), Spec(int, 1, none_ok=True)
-_TRAIN = {**{k: _unset(spec) for k, spec in dict(
-              batch_size=_BATCH, lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
-              amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), patience=Spec(int, 0)).items()},
-          'max_steps': (None, _MAX_STEPS), 'progress': (True, Spec(bool)),
-          'resume': ('auto', Spec(choices=('auto', 'fresh')))}
-_EPOCHS = Spec(int, 1, 100_000)
-_SEEDS = Spec(int, 1, 1000)          # a study's number of seeds: runs use seed, seed + 1, ...
-_STUDY = dict(pretrained=('', Spec(str, check=_init)), **_RUN, **_SIZE, pretrain_epochs=(20, _EPOCHS),
-              finetune_epochs=(30, _EPOCHS), batch_size=(64, _BATCH), max_steps=(None, _MAX_STEPS))
+    train_windows=Spec(choices=('all', 'last')))
+TRAIN_SPECS = dict(epochs=Spec(int, 1, 100_000), max_steps=Spec(int, 1), batch_size=Spec(int, 1, 1_000_000),
+                   lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
+                   amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), patience=Spec(int, 0))
+
+# %% ../nbs/11_experiment.ipynb #pa09
+def override_spelling(section: str, name: str, value) -> str:
+    "How to give `section[name] = value` to papermill, e.g. `-y 'model: {dim: 128}'`."
+    return f"-y '{section}: {{{name}: {json.dumps(value, default=str)}}}'"
+
+# %% ../nbs/11_experiment.ipynb #pa12
+@dataclass(frozen=True)
+class Overrides:
+    """What a `model` / `train` notebook parameter accepts: a dict of config fields, each checked by its
+    `Spec`."""
+    specs: dict                                          # field -> Spec
+    refused: dict = field(default_factory=dict)          # field -> how this notebook sets it instead
+
+    def _number(self, spec: Spec, value):
+        if spec.type not in (int, float) or not isinstance(value, str): return value
+        try: return float(value) if spec.type is float else int(value)
+        except ValueError: return value                  # the Spec names the bad value
+
+    def __call__(self, name: str, value) -> dict:
+        if not isinstance(value, dict):
+            example = override_spelling(name, next(iter(self.specs)), 1)
+            raise ValueError(f"parameter {name}={value!r}: expected a dict of settings, e.g. {example}")
+        checked = {}
+        for key, item in value.items():
+            if key in self.refused: raise ValueError(f"parameter {name}: {key!r} {self.refused[key]}")
+            if key not in self.specs:
+                close = difflib.get_close_matches(str(key), list(self.specs), n=1, cutoff=0.6)
+                hint = f'did you mean {close[0]!r}? ' if close else ''
+                raise ValueError(f"parameter {name}: unknown setting {key!r}; {hint}"
+                                 f"the {name} settings are {', '.join(self.specs)}")
+            if item is not None: checked[key] = self.specs[key](f'{name}.{key}', self._number(self.specs[key], item))
+        return checked
+
+# %% ../nbs/11_experiment.ipynb #p005b
+TRANSFER_METHODS = ('transrec', 'transrec-pretrained', 'id_sasrec', 'frozen', 'popularity')
+TRANSFER_TARGETS = ('qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image', 'nc_mixed',
+                    'shift_000', 'shift_025', 'shift_050', 'shift_075', 'shift_100')
+
+def _methods(value, name):
+    "A method of the transfer study."
+    if value not in TRANSFER_METHODS:
+        raise ValueError(f"parameter {name}: unknown method {value!r}; choose from {list(TRANSFER_METHODS)}")
+
+_FRACTION = Spec(float, 0, 1, lo_open=True)
+_DATA = Spec(str, check=check_data_name)
+# notebooks: nbs/
+_INIT = Spec(str, check=lambda value, name: check_init(value, root='..') if value else None)
+_OWN = dict(seed='is a parameter of its own: -p seed 1', device="is a parameter of its own: -p device cpu")
+_RUN = dict(out_dir=('', Spec(str)), preset=('workbench', Spec(choices=PRESETS)), seed=(0, Spec(int, 0)),
+            device=('auto', Spec(str, check=lambda value, name: resolve_device(value))),
+            scale=(1.0, Spec(float, 0, lo_open=True)), data_seed=(0, Spec(int, 0)))
+_TRAINING = dict(progress=(True, Spec(bool)), resume=('auto', Spec(choices=('auto', 'fresh'))),
+                 model=({}, Overrides(MODEL_SPECS)), train=({}, Overrides(TRAIN_SPECS, refused=_OWN)))
+_EPOCHS = Spec(int, 1, 100_000, none_ok=True)        # None: the preset's epochs for that step
+_STUDY = dict(**_RUN, seeds=(3, Spec(int, 1, 1000)), pretrain_epochs=(None, _EPOCHS),
+              finetune_epochs=(None, _EPOCHS),
+              model=({}, Overrides(MODEL_SPECS, refused=dict(kind='is set per method by the study'))),
+              train=({}, Overrides(TRAIN_SPECS, refused=dict(
+                  epochs='is set per step by the study: -p pretrain_epochs N -p finetune_epochs N', **_OWN))))
 
 EXPERIMENT_PARAMS = {
-    'pretrain': dict(source=('qb_mixed', Spec(str, check=_data_name)), **_RUN, source_fraction=(1.0, _FRACTION),
-                     **_MODEL, epochs=(None, _unset(_EPOCHS)[1]), **_TRAIN),
-    'finetune': dict(target=('qb_text', Spec(str, check=_data_name)),
-                     init=('reports/pretrain-qb_mixed/best', Spec(str, check=_init)),
-                     target_fraction=(0.1, _FRACTION), **_RUN, **_MODEL, epochs=(None, _unset(_EPOCHS)[1]),
-                     **_TRAIN),
-    'transfer': dict(source=('qb_mixed', Spec(str, check=_data_name)),
-                     targets=(['qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image', 'nc_mixed', 'shift_000',
-                               'shift_025', 'shift_050', 'shift_075', 'shift_100'],
-                              Spec(list, item=Spec(str, check=_data_name))),
-                     methods=(list(('transrec', 'transrec-pretrained', 'id_sasrec', 'frozen', 'popularity')),
-                              Spec(list, item=Spec(str, check=_methods))),
-                     target_fraction=(0.1, _FRACTION), seeds=(3, _SEEDS), **_STUDY),
-    'scaling': dict(source=('qb_mixed', Spec(str, check=_data_name)),
-                    target=('tn_mixed', Spec(str, check=_data_name)),
+    'pretrain': dict(source=('qb_mixed', _DATA), source_fraction=(1.0, _FRACTION), **_RUN, **_TRAINING),
+    'finetune': dict(target=('qb_text', _DATA), init=('reports/pretrain-qb_mixed/best', _INIT),
+                     target_fraction=(0.1, _FRACTION), **_RUN, **_TRAINING),
+    'transfer': dict(source=('qb_mixed', _DATA), targets=(list(TRANSFER_TARGETS), Spec(list, item=_DATA)),
+                     methods=(list(TRANSFER_METHODS), Spec(list, item=Spec(str, check=_methods))),
+                     pretrained=('', _INIT), target_fraction=(0.1, _FRACTION), **_STUDY),
+    'scaling': dict(source=('qb_mixed', _DATA), target=('tn_mixed', _DATA),
                     source_fractions=([0.25, 0.5, 1.0], Spec(list, item=_FRACTION)),
                     target_fractions=([0.05, 0.1, 0.25, 0.5], Spec(list, item=_FRACTION)),
-                    base_target_fraction=(0.1, _FRACTION), seeds=(3, _SEEDS), **_STUDY),
+                    base_target_fraction=(0.1, _FRACTION), pretrained=('', _INIT), **_STUDY),
 }
 
 # %% ../nbs/11_experiment.ipynb #p008
+def fold_old_spellings(experiment: str, given: dict) -> dict:
+    """`given` with old-style settings (`-p dim 128`) moved into its `model` / `train` dicts; unknown names
+    refused."""
+    specs = EXPERIMENT_PARAMS[experiment]
+    folded = {name: value for name, value in given.items() if name in specs}
+    for name, value in given.items():
+        if name in specs: continue
+        section = 'model' if name in MODEL_SPECS else 'train' if name in TRAIN_SPECS else None
+        if section is None:
+            close = difflib.get_close_matches(name, [*specs, *MODEL_SPECS, *TRAIN_SPECS], n=1, cutoff=0.6)
+            hint = f'did you mean {close[0]!r}? ' if close else ''
+            raise ValueError(f"unknown parameter {name!r} for the {experiment} notebook (-p {name} ...): {hint}"
+                             f"its parameters are {', '.join(specs)}; model and training settings go in "
+                             f"the model / train dicts, e.g. {override_spelling('model', 'dim', 128)}")
+        overrides = folded.get(section, specs[section][0])
+        if not isinstance(overrides, dict): continue         # the section's own check says what is wrong
+        new = override_spelling(section, name, value)
+        if name in overrides:
+            raise ValueError(f"parameter {name} is given twice, as -p {name} and in {section}: give it once, {new}")
+        folded[section] = {**overrides, name: value}
+        log.warning(f"-p {name} {value!r} is the old spelling of {new}; it still works")
+    return folded
+
+# %% ../nbs/11_experiment.ipynb #pa17
 IPYTHON_NAMES = ('In', 'Out', 'get_ipython', 'exit', 'quit')
-NOTEBOOK_NAMES = ('PAPERMILL_OUTPUT_PATH', 'params', 'model_cfg', 'train_cfg', 'init_dir', 'tag', 'out', 'm', 'fig',
-                  'common', 'summary', 'res', 'figs')     # set by papermill or by the notebooks' own cells
+NOTEBOOK_NAMES = ('PAPERMILL_OUTPUT_PATH', 'params', 'experiment', 'out', 'm', 'fig', 'summary', 'res', 'figs')
+# set by papermill or by the notebooks' own cells
 
 def _user_names(namespace: dict) -> list:
+    "The names in a notebook's `namespace` that can be parameters."
     skip = lambda k, v: (k.startswith('_') or k in IPYTHON_NAMES or k in NOTEBOOK_NAMES or inspect.ismodule(v)
                          or callable(v))
     return [k for k, v in namespace.items() if not skip(k, v)]
 
+# %% ../nbs/11_experiment.ipynb #p009
 def experiment_params(experiment: str, namespace: dict) -> dict:
-    "Check the parameters of experiment notebook `experiment` in `namespace` (its globals); return them as a dict."
+    """Check the parameters of experiment notebook `experiment` in `namespace` (its globals); return them as
+    a dict."""
     if experiment not in EXPERIMENT_PARAMS:
         raise ValueError(f"experiment={experiment!r}: choose one of {list(EXPERIMENT_PARAMS)}")
-    specs = EXPERIMENT_PARAMS[experiment]
-    for name in _user_names(namespace):
-        if name in specs: continue
-        close = difflib.get_close_matches(name, list(specs), n=1, cutoff=0.6)
-        hint = f'did you mean {close[0]!r}? ' if close else ''
-        raise ValueError(f"unknown parameter {name!r} for the {experiment} notebook (-p {name} ...): {hint}"
-                         f"its parameters are {', '.join(specs)}")
-    params = {k: spec(k, namespace.get(k, default)) for k, (default, spec) in specs.items()}
-    if experiment in _WORKBENCH_TRAIN: experiment_configs(experiment, params)   # the configs' own checks (dim % n_heads)
-    else: split_params(params)
+    given = fold_old_spellings(experiment, {name: namespace[name] for name in _user_names(namespace)})
+    params = {k: spec(k, given.get(k, default)) for k, (default, spec) in EXPERIMENT_PARAMS[experiment].items()}
+    # the configs' own checks (dim % n_heads)
+    if experiment in WORKBENCH_TRAIN: experiment_configs(experiment, params)
+    else: split_params(flat_params(params))
     return params
 
 # %% ../nbs/11_experiment.ipynb #p014
-STUDY_RUN_PARAMS = ('seed', 'device', 'scale', 'data_seed', 'preset', *_SIZE, 'batch_size', 'max_steps')
+STUDY_RUN_PARAMS = ('seed', 'device', 'scale', 'data_seed', 'preset')
 
 def study_run_params(params: dict) -> dict:
-    "The checked study `params` every run of the study gets (plus `progress=False`); sizes at their default left out."
-    sized = {k: v for k, v in _STUDY.items() if k in _SIZE or k in ('batch_size', 'max_steps')}
-    keep = lambda k: k not in sized or params[k] != sized[k][0]
-    return {**{k: params[k] for k in STUDY_RUN_PARAMS if keep(k)}, 'progress': False}
+    """`pretrain_params` and `finetune_params`: what every pretrain / finetune run of a checked study
+    `params` gets."""
+    common = {**{k: params[k] for k in STUDY_RUN_PARAMS}, 'progress': False, 'model': dict(params['model'])}
+    steps = dict(pretrain_params=params['pretrain_epochs'], finetune_params=params['finetune_epochs'])
+    return {step: {**common, 'train': {**params['train'], **({} if epochs is None else {'epochs': epochs})}}
+            for step, epochs in steps.items()}
 
 # %% ../nbs/11_experiment.ipynb #c011
 def dataset_summary(ds) -> dict:
@@ -262,13 +340,16 @@ def dataset_summary(ds) -> dict:
                 text_items=int((ds.modality == 0).sum()), image_items=int((ds.modality == 1).sum()),
                 interactions=int(lens.sum()), mean_seq_len=float(lens.mean()))
 
+# %% ../nbs/11_experiment.ipynb #x8f364eb
 def split_users(n_users: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    "Seeded, disjoint (chosen, rest) user indices, sorted; `chosen` is a share `fraction` of the users (at least one)."
+    """Seeded, disjoint (chosen, rest) user indices, sorted; `chosen` is a share `fraction` of the users (at
+    least one)."""
     if fraction >= 1: return np.arange(n_users), np.zeros(0, np.int64)
     n = max(1, int(round(fraction * n_users)))
     chosen = np.sort(np.random.default_rng(seed).choice(n_users, n, replace=False))
     return chosen, np.setdiff1d(np.arange(n_users), chosen)
 
+# %% ../nbs/11_experiment.ipynb #xf6206d6
 def sample_users(ds, fraction: float, seed: int):
     "A reproducible share of the users of `ds` (at least one)."
     if fraction >= 1: return ds
@@ -283,8 +364,10 @@ def group_metrics(ranks, target_modality, mask) -> dict | None:
     ranks = np.asarray(ranks)[mask]
     return {**metrics_from_ranks(ranks), 'by_modality': metrics_by_modality(ranks, np.asarray(target_modality)[mask])}
 
+# %% ../nbs/11_experiment.ipynb #x62257fa
 def ranked_groups(model, ds, content, split: str, device, held_out) -> tuple[dict, dict]:
-    "Evaluate every user of `ds` once: ({'cold', 'warm', 'all'} -> metrics, per-user arrays); cold = `held_out` rows."
+    """Evaluate every user of `ds` once: ({'cold', 'warm', 'all'} -> metrics, per-user arrays); cold =
+    `held_out` rows."""
     from transrec.metrics import evaluate
     from transrec.data import split_targets
     res = evaluate(model, ds, content, split=split, device=device, return_ranks=True)
@@ -314,8 +397,11 @@ def image_weights_note(cfg: ModelConfig) -> str:
     if cfg.kind in ('id_sasrec', 'popularity'): return 'n/a'
     return f'local file {cfg.image_weights}' if cfg.image_weights else 'random-init (no ImageNet weights available offline)'
 
+
+# %% ../nbs/11_experiment.ipynb #pb03
 def _load_init(init: Path, model_cfg: ModelConfig):
-    "The checkpoint in `init` as a model of `model_cfg` (its architecture; training-time settings may differ)."
+    """The checkpoint in `init` as a model of `model_cfg` (its architecture; training-time settings may
+    differ)."""
     from transrec.model import load_model, build_model, check_model_dir
     clashes = architecture_clashes(check_model_dir(init), model_cfg.to_dict())
     if clashes:
@@ -330,45 +416,52 @@ def _load_init(init: Path, model_cfg: ModelConfig):
     if hasattr(saved, 'item_tower'): model.item_tower.image.weights_source = saved.item_tower.image.weights_source
     return model
 
+
+# %% ../nbs/11_experiment.ipynb #pb06
 def _used_params(params: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
-    "`params` with every model / training parameter replaced by the value the run used."
-    used = {**train_cfg.to_dict(), **model_cfg.to_dict()}
-    return {k: (used[k] if k in used else v) for k, v in params.items()}
+    "The run's record: its own parameters, then every model and training field at the value the run used."
+    return {**flat_params(params), **train_cfg.to_dict(), **model_cfg.to_dict()}
 
 def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, *, init=None,
                    fraction: float = 1.0, scale: float = 1.0, data_seed: int = 0, root=None,
                    experiment: str = 'train', params: dict | None = None, progress: bool = True, resume: str = 'auto',
                    holdout: bool | None = None) -> dict:
-    "Train (from scratch or from `init`) on `data`, evaluate, write `out_dir/metrics.json` and `per_user.npz`."
+    """Train (from scratch or from `init`) on `data`, evaluate, write `out_dir/metrics.json` and
+    `per_user.npz`."""
     from transrec.sources import load_source
     from transrec.model import build_model, check_model_dir
     from transrec.encoders import make_content
     from transrec.train import fit
-    t0 = time.time(); out_dir = Path(out_dir)
+    start = time.time()
+    out_dir = Path(out_dir)
     init = check_init(init) if init is not None else None
     if init is not None and architecture_clashes(check_model_dir(init), model_cfg.to_dict()):
         _load_init(init, model_cfg)                           # raises, naming the parameters, before any work
     holdout = experiment != 'pretrain' if holdout is None else holdout
     params = params or {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    resuming = resume_run(out_dir, params, resume)        # before any work: a clash with an older run fails now
+    recorded = _used_params(params, model_cfg, train_cfg)   # the full configuration: what `run.json` compares
+    # before any work: a clash with an older run fails now
+    resuming = resume_run(out_dir, recorded, resume)
     seed_everything(train_cfg.seed)
     ds = load_source(data, root=root, scale=scale, seed=data_seed)
     fingerprint = data_fingerprint(ds)
-    if resuming: check_resume_data(out_dir, fingerprint)   # the same parameters on other data: refuse to mix them
+    # the same parameters on other data: refuse to mix them
+    if resuming: check_resume_data(out_dir, fingerprint)
     tune_idx, held_idx = split_users(ds.n_users, fraction, train_cfg.seed)
     if not holdout: held_idx = np.zeros(0, np.int64)       # pre-training: the unused users are no test group
     train_ds = ds if len(tune_idx) == ds.n_users else ds.subset_users(tune_idx)
     device = resolve_device(train_cfg.device)
     model = _load_init(init, model_cfg) if init is not None else build_model(model_cfg, train_ds)
-    content = make_content(model.cfg, train_ds, prefix_cache=train_cfg.prefix_cache)   # logQ: the training users only
+    # logQ: the training users only
+    content = make_content(model.cfg, train_ds, prefix_cache=train_cfg.prefix_cache)
     headline = 'cold' if len(held_idx) else 'all'
     zero_shot = None
     if init is not None:
         model.fit_data(train_ds)
         zero_shot, _ = ranked_groups(model.to(device), ds, content, 'test', device, held_idx)
         log.info(f"zero-shot test NDCG@10 ({headline} users) = {zero_shot[headline]['NDCG@10']:.4f}")
-    write_run_params(out_dir, params, fingerprint)
+    write_run_params(out_dir, recorded, fingerprint)
     res = fit(model, train_ds, train_cfg, out_dir, content=content, progress=progress, resume=resuming,
               validate_start=init is not None)
     model = res.model
@@ -376,7 +469,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx)
     valid, _ = ranked_groups(model, ds, content, 'valid', device, held_idx)
     write_per_user(out_dir, per_user['user'], per_user['rank'], per_user['group'])
-    zs = zero_shot or {}
+    zero_shot = zero_shot or {}
     m = dict(experiment=experiment, data=dataset_summary(ds), train_data=dataset_summary(train_ds),
              synthetic=bool(ds.synthetic), fraction=fraction, init=str(init) if init else 'scratch',
              method=model_cfg.kind if init is None else f'{model_cfg.kind}-pretrained',
@@ -384,14 +477,66 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
              users=dict(fine_tune=int(len(tune_idx)), held_out=int(len(held_idx)), split_seed=train_cfg.seed),
              test=test[headline], test_cold=test['cold'], test_warm=test['warm'], test_all=test['all'],
              valid=valid['warm'], valid_all=valid['all'],
-             zero_shot=zs.get(headline), zero_shot_cold=zs.get('cold'), zero_shot_warm=zs.get('warm'),
-             zero_shot_all=zs.get('all'), best_epoch=res.best_epoch, stopped=res.stopped,
+             zero_shot=zero_shot.get(headline), zero_shot_cold=zero_shot.get('cold'), zero_shot_warm=zero_shot.get('warm'),
+             zero_shot_all=zero_shot.get('all'), best_epoch=res.best_epoch, stopped=res.stopped,
              history=res.history, sequences_per_s=res.sequences_per_s, best_dir=str(res.best_dir),
              model_config=model.cfg.to_dict(), train_config=train_cfg.to_dict(),
              params=_used_params(params, model.cfg, train_cfg), params_given=params,
-             wall_time_s=time.time() - t0, device=str(device), environment=environment_info())
+             wall_time_s=time.time() - start, device=str(device), environment=environment_info())
     write_metrics(out_dir, m)
     return m
+
+
+# %% ../nbs/11_experiment.ipynb #pb09
+@dataclass
+class ExperimentRun:
+    """One run of the `pretrain` or `finetune` notebook: checked parameters, configs, checkpoint, output
+    folder."""
+    experiment: str
+    params: dict
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    init_dir: Path | None
+    out: Path
+
+    @property
+    def data(self) -> str: return self.params['source' if self.experiment == 'pretrain' else 'target']
+
+    @property
+    def fraction(self) -> float:
+        return self.params['source_fraction' if self.experiment == 'pretrain' else 'target_fraction']
+
+    def run(self) -> dict:
+        "Train and evaluate with `run_experiment`; its metrics."
+        params = self.params
+        return run_experiment(self.data, self.out, self.model_cfg, self.train_cfg, init=self.init_dir,
+                              fraction=self.fraction, scale=params['scale'], data_seed=params['data_seed'],
+                              experiment=self.experiment, params=params, progress=params['progress'],
+                              resume=params['resume'])
+
+    def curves(self, metrics: dict):
+        "The training curves of the finished run, also saved as `curves.html` in its folder."
+        title = (f'Pre-training on {self.data}' if self.experiment == 'pretrain'
+                 else f"{metrics['method']} on {self.data} ({self.fraction:.0%} of users)")
+        fig = curves_figure(metrics['history'], title=title + (' (synthetic)' if metrics['synthetic'] else ''))
+        save_figure(fig, self.out/'curves.html')
+        return fig
+
+# %% ../nbs/11_experiment.ipynb #pb10
+def setup_experiment(experiment: str, namespace: dict, root='..') -> ExperimentRun:
+    "Check the `pretrain` / `finetune` notebook's parameters in `namespace` (its globals): the run to do."
+    from transrec.core import reports_root
+    if experiment not in WORKBENCH_TRAIN: raise ValueError(f"experiment={experiment!r}: 'pretrain' or 'finetune'")
+    params = experiment_params(experiment, namespace)
+    init_dir = check_init(params['init'], root=root) if experiment == 'finetune' else None
+    model_cfg, train_cfg = experiment_configs(experiment, params, init_dir)      # clashes with init stop here
+    if params['out_dir']: out = Path(params['out_dir'])
+    elif experiment == 'pretrain': out = reports_root()/f"pretrain-{params['source']}"
+    else:
+        method = 'pretrained' if init_dir else model_cfg.kind
+        out = reports_root()/f"finetune-{params['target']}-{method}-f{params['target_fraction']}"
+    print('writing to', out)
+    return ExperimentRun(experiment, params, model_cfg, train_cfg, init_dir, out)
 
 # %% ../nbs/11_experiment.ipynb #c014
 def _jsonable(o):
@@ -418,7 +563,8 @@ RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device')   # may change betw
 def _comparable(params: dict) -> dict: return {k: v for k, v in _jsonable(dict(params)).items() if k not in RESUME_IGNORES}
 
 def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
-    "Whether to continue `out_dir`'s checkpoints: 'auto' only those of a run with the same parameters, 'fresh' never."
+    """Whether to continue `out_dir`'s checkpoints: 'auto' only those of a run with the same parameters,
+    'fresh' never."""
     if resume not in ('auto', 'fresh'):
         raise ValueError(f"resume={resume!r}: use 'auto' (continue an interrupted run with the same parameters) or 'fresh' (start over)")
     ck = Path(out_dir)/'checkpoints'
@@ -432,6 +578,7 @@ def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
     raise ValueError(f"{out_dir} holds checkpoints of a run with other parameters ({diff}): pass resume='fresh' "
                      "(papermill: -p resume fresh) to replace that run, or choose another out_dir")
 
+# %% ../nbs/11_experiment.ipynb #xeed2a33
 def read_run_json(out_dir) -> dict:
     "The `run.json` of `out_dir` ({} if absent); a clear error naming it if it is not a JSON object."
     f = Path(out_dir)/'run.json'
@@ -444,6 +591,7 @@ def read_run_json(out_dir) -> dict:
                                                    "pass resume='fresh' (papermill: -p resume fresh) to start over")
     return rec
 
+# %% ../nbs/11_experiment.ipynb #xd32b3f7
 def write_run_params(out_dir, params: dict, data: dict | None = None) -> Path:
     "Record the parameters (and the `data_fingerprint`) of the run training in `out_dir` (`run.json`)."
     return write_json(Path(out_dir)/'run.json', dict(params=params, data=data))
@@ -456,6 +604,7 @@ def _file_hash(path: Path) -> str | None:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()[:16]
 
+# %% ../nbs/11_experiment.ipynb #x2d4da58
 def _images_fingerprint(folder: Path) -> dict:
     "Count, total size and a hash of the (name, size) list of the files in `folder` (contents are not read)."
     files = sorted(p for p in folder.rglob('*') if p.is_file()) if folder.is_dir() else []
@@ -463,6 +612,7 @@ def _images_fingerprint(folder: Path) -> dict:
     listing = ''.join(f'{n}\t{s}\n' for n, s in sizes).encode()
     return dict(count=len(sizes), bytes=sum(s for _, s in sizes), listing=hashlib.sha256(listing).hexdigest()[:16])
 
+# %% ../nbs/11_experiment.ipynb #x56f1ef5
 def data_fingerprint(ds) -> dict:
     "What identifies the data set `ds` is loaded from: folder, counts, table hashes, image file sizes."
     p = Path(ds.path).resolve() if ds.path is not None else None
@@ -473,6 +623,7 @@ def data_fingerprint(ds) -> dict:
         fp['images'] = {n: _images_fingerprint(p/n) for n in ('images', 'images.lmdb') if (p/n).exists()}
     return fp
 
+# %% ../nbs/11_experiment.ipynb #x5ef638f
 def data_changes(old: dict, new: dict) -> list[str]:
     "What differs between two `data_fingerprint`s, in words (the folder path alone is no difference)."
     out = [f'{k} {old.get(k)} -> {new.get(k)}' for k in ('users', 'items', 'interactions') if old.get(k) != new.get(k)]
@@ -485,6 +636,7 @@ def data_changes(old: dict, new: dict) -> list[str]:
                               f"{b.get('count', 0)} files, {b.get('bytes', 0)} bytes)")
     return out
 
+# %% ../nbs/11_experiment.ipynb #xb5b0bc0
 def check_resume_data(out_dir, fingerprint: dict):
     "Refuse to continue the interrupted run in `out_dir` on data other than the data it started on."
     ck = Path(out_dir)/'checkpoints'
@@ -510,12 +662,15 @@ def curves_figure(history: list[dict], title: str = 'Training curves'):
     for k in ('NDCG@10', 'HR@10'):
         ys = [h.get(f'valid_{k}') for h in history]
         if any(y is not None for y in ys): fig.add_trace(go.Scatter(x=ep, y=ys, name=f'valid {k}', mode='lines+markers'), 1, 2)
-    fig.update_layout(title=title, height=380, template='plotly_white'); fig.update_xaxes(title='epoch')
+    fig.update_layout(title=title, height=380, template='plotly_white')
+    fig.update_xaxes(title='epoch')
     return fig
 
+# %% ../nbs/11_experiment.ipynb #x7a297b9
 def save_figure(fig, path) -> Path:
     "Self-contained HTML (plotly.js inlined: reports open offline)."
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True); return Path(path)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return Path(path)
 
 # %% ../nbs/11_experiment.ipynb #c022
 def _row(p: Path, root: Path) -> dict | None:
@@ -527,9 +682,11 @@ def _row(p: Path, root: Path) -> dict | None:
                 method=m.get('method', ''), synthetic=m.get('synthetic', ''), ndcg=t.get('NDCG@10'), hr=t.get('HR@10'),
                 wall=m.get('wall_time_s'), mtime=(p/'metrics.json').stat().st_mtime)
 
+# %% ../nbs/11_experiment.ipynb #xda51d1a
 def update_report_index(reports_dir='reports') -> Path:
     "Rewrite `reports_dir/index.md`: one line per run with a `metrics.json`, newest first."
-    reports_dir = Path(reports_dir); reports_dir.mkdir(parents=True, exist_ok=True)
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
     rows = [r for p in reports_dir.rglob('metrics.json') if (r := _row(p.parent, reports_dir))]
     rows.sort(key=lambda r: -r['mtime'])
     f = lambda x: '' if x is None else (f'{x:.4f}' if isinstance(x, float) else str(x))
@@ -539,47 +696,61 @@ def update_report_index(reports_dir='reports') -> Path:
     for r in rows:
         lines.append(f"| [{r['run']}]({r['run']}/) | {r['experiment']} | {r['data']} | {r['method']} | {r['synthetic']} | "
                      f"{f(r['ndcg'])} | {f(r['hr'])} | {f(round(r['wall'], 1) if r['wall'] else None)} |")
-    p = reports_dir/'index.md'; p.write_text('\n'.join(lines) + '\n'); return p
+    p = reports_dir/'index.md'
+    p.write_text('\n'.join(lines) + '\n')
+    return p
 
+# %% ../nbs/11_experiment.ipynb #x5bfb605
 def index_run(out_dir) -> Path | None:
-    "Update `reports_root()/index.md` for a run in `out_dir` inside it; a run elsewhere writes nothing outside `out_dir`."
+    """Update `reports_root()/index.md` for a run in `out_dir` inside it; a run elsewhere writes nothing
+    outside `out_dir`."""
     from transrec.core import reports_root
     root, out = reports_root().resolve(), Path(out_dir).resolve()
     if out != root and root not in out.parents:
-        print(f'{out} is outside the reports folder {root}: its index.md is left alone'); return None
+        print(f'{out} is outside the reports folder {root}: its index.md is left alone')
+        return None
     return update_report_index(root)
 
 # %% ../nbs/11_experiment.ipynb #c025
 def papermill_output_path(path=None) -> Path | None:
-    "The output notebook of this papermill run: `path` if given, else the `PAPERMILL_OUTPUT_PATH` papermill injects."
+    """The output notebook of this papermill run: `path` if given, else the `PAPERMILL_OUTPUT_PATH` papermill
+    injects."""
     if path: return Path(path)
     injected = sys.modules['__main__'].__dict__.get('PAPERMILL_OUTPUT_PATH')
     return Path(injected) if injected else None
 
+# %% ../nbs/11_experiment.ipynb #x9690d14
 def render_notebook_html(nb_path, html_path) -> Path:
     "Render a notebook file (with its outputs) to a self-contained HTML file."
     import nbformat
     from nbconvert import HTMLExporter
     nb = nbformat.read(str(nb_path), as_version=4)
     body, _ = HTMLExporter().from_notebook_node(nb)
-    Path(html_path).write_text(body, encoding='utf-8'); return Path(html_path)
+    Path(html_path).write_text(body, encoding='utf-8')
+    return Path(html_path)
 
+# %% ../nbs/11_experiment.ipynb #x8731992
 def render_executed_notebook(out_dir, name: str = 'notebook.html', nb_path=None) -> Path | None:
     "Write the papermill output notebook being executed (cells so far, or `nb_path`) as HTML into `out_dir`."
     p = papermill_output_path(nb_path)
     if p is None or not p.exists():
-        print('No executed notebook to render: run papermill with --inject-paths (it then sets PAPERMILL_OUTPUT_PATH), '
-              'or use File > Save and Export in JupyterLab.'); return None
+        print('No executed notebook to render: run papermill with --inject-paths '
+              '(it then sets PAPERMILL_OUTPUT_PATH), or use File > Save and Export in JupyterLab.')
+        return None
     return render_notebook_html(p, Path(out_dir)/name)
 
+# %% ../nbs/11_experiment.ipynb #xb7273ba
 def run_notebook(nb, run_dir, params: dict) -> Path:
-    "Execute experiment notebook `nb` with papermill into folder `run_dir` (executed notebook + HTML rendering)."
+    """Execute experiment notebook `nb` with papermill into folder `run_dir` (executed notebook + HTML
+    rendering)."""
     import papermill as pm
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     out_nb = run_dir/Path(nb).name
     pm.execute_notebook(str(nb), str(out_nb), parameters={**params, 'PAPERMILL_OUTPUT_PATH': str(out_nb)},
                         kernel_name='python3', progress_bar=False, cwd=str(Path(nb).parent))
-    render_notebook_html(out_nb, run_dir/'notebook.html'); return out_nb
+    render_notebook_html(out_nb, run_dir/'notebook.html')
+    return out_nb
 
 # %% ../nbs/11_experiment.ipynb #c027
 METHOD_LABELS = {'transrec': 'TransRec (scratch)',
@@ -687,11 +858,13 @@ def _row_seeds(row: dict) -> int:
     return max([cell.get('n', 0) for method, metrics in row.items() if method in METHOD_LABELS
                 for cell in metrics.values() if cell] or [0])
 
+# %% ../nbs/11_experiment.ipynb #x7c90ed5
 def _gain_text(gain: dict | None) -> str:
     if gain is None: return ''
     mark = {False: ' (n.s.)', None: ' (one seed: no interval)'}.get(gain.get('significant'), '')
     return format_interval(gain, percent=True) + mark
 
+# %% ../nbs/11_experiment.ipynb #x89a37fb
 def _p_text(paired: dict | None) -> str:
     if not paired: return ''
     if 'note' in paired: return 'n/a: no per_user.npz'
@@ -768,8 +941,11 @@ def load_name(source: str) -> str:
     "The data set name a source resolves to (a registered name, or the folder name of a MoM path)."
     return Path(source).name if (Path(source)/'items.tsv').exists() else source
 
+
+# %% ../nbs/11_experiment.ipynb #pc02
 def notebooks_dir(root=None) -> Path:
-    "The folder of the experiment notebooks: `root/nbs` if `root` is given, else the cwd or its `nbs/` (no search up)."
+    """The folder of the experiment notebooks: `root/nbs` if `root` is given, else the cwd or its `nbs/` (no
+    search up)."""
     here = Path.cwd()
     d = Path(root)/'nbs' if root is not None else (here if (here/'pretrain.ipynb').is_file() else here/'nbs')
     if not (d/'pretrain.ipynb').is_file():
@@ -777,6 +953,8 @@ def notebooks_dir(root=None) -> Path:
                          "or give notebooks_dir(root) the project folder")
     return d
 
+
+# %% ../nbs/11_experiment.ipynb #pc04
 def run_or_reuse(nb: str, out_dir, **params) -> dict:
     "Run experiment notebook `nb` (e.g. 'finetune') in `out_dir` unless a run with these parameters is there."
     out_dir = Path(out_dir)
@@ -785,7 +963,7 @@ def run_or_reuse(nb: str, out_dir, **params) -> dict:
     if metrics_file.exists():
         metrics = json.loads(metrics_file.read_text())
         old = metrics.get('params') or {}
-        new = {k: v for k, v in _jsonable(params).items() if k not in RESUME_IGNORES}
+        new = {k: v for k, v in _jsonable(flat_params(params)).items() if k not in RESUME_IGNORES}
         if all(k in old and old[k] == v for k, v in new.items()):   # every parameter set here is what it used
             log.info(f'reusing {out_dir}')
             return metrics
@@ -795,6 +973,7 @@ def run_or_reuse(nb: str, out_dir, **params) -> dict:
     log.info(f'{nb} -> {out_dir} in {time.time() - start:.0f}s')
     return json.loads(metrics_file.read_text())
 
+
 # %% ../nbs/11_experiment.ipynb #st31
 def study_seeds(seeds: int, first: int = 0) -> list[int]:
     "The seeds of a study with `seeds` seeds starting at `first`."
@@ -803,10 +982,11 @@ def study_seeds(seeds: int, first: int = 0) -> list[int]:
     return list(range(first, first + seeds))
 
 # %% ../nbs/11_experiment.ipynb #c036
-TRANSFER_METHODS = ('transrec', 'transrec-pretrained', 'id_sasrec', 'frozen', 'popularity')
-TRANSFER_TARGETS = ('qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image', 'nc_mixed',
-                    'shift_000', 'shift_025', 'shift_050', 'shift_075', 'shift_100')
+def _with_model(params: dict, **settings) -> dict:
+    "A run's `params` with `settings` added to its `model` dict."
+    return {**params, 'model': {**(params.get('model') or {}), **settings}}
 
+# %% ../nbs/11_experiment.ipynb #xb1cc18d
 def _pretrain_per_seed(out_dir, source: str, pretrained: str, seeds: list, params: dict) -> dict:
     "{seed: pre-trained model folder}: the given model for every seed, else one pre-training per seed."
     if pretrained: return {seed: check_init(pretrained) for seed in seeds}
@@ -814,6 +994,7 @@ def _pretrain_per_seed(out_dir, source: str, pretrained: str, seeds: list, param
                                **{**params, 'seed': seed}) for seed in seeds}
     return {seed: Path(run['best_dir']) for seed, run in runs.items()}
 
+# %% ../nbs/11_experiment.ipynb #x3456b29
 def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: str = '',
                    methods=TRANSFER_METHODS, target_fraction: float = 0.1, seeds: int = 1,
                    pretrain_params: dict | None = None, finetune_params: dict | None = None) -> dict:
@@ -836,8 +1017,8 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
                 pretrained_run = method == 'transrec-pretrained'
                 kind, init = ('transrec', str(models[seed])) if pretrained_run else (method, 'scratch')
                 run_dir = out_dir/target/method/f'seed-{seed}'
-                run = run_or_reuse('finetune', run_dir, target=target, init=init, kind=kind,
-                                   target_fraction=target_fraction, **{**finetune_params, 'seed': seed})
+                run = run_or_reuse('finetune', run_dir, target=target, init=init, target_fraction=target_fraction,
+                                   **_with_model({**finetune_params, 'seed': seed}, kind=kind))
                 results[target].setdefault(method, []).append(run['test'])
                 if pretrained_run: results[target].setdefault('zero-shot', []).append(run['zero_shot'])
                 runs[f'{target}/{method}/seed-{seed}'] = dict(
@@ -952,7 +1133,7 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
         name = f'finetune-s{share}-t{fraction}' if init != 'scratch' else f'scratch-t{fraction}'
         kind = dict(kind='transrec') if init == 'scratch' else {}
         return run_or_reuse('finetune', out_dir/name/f'seed-{seed}', target=target, init=str(init),
-                            target_fraction=fraction, **kind, **{**finetune_params, 'seed': seed})
+                            target_fraction=fraction, **_with_model({**finetune_params, 'seed': seed}, **kind))
     source_scaling, convergence = {}, {}
     for share in sorted(set(source_fractions) | {1.0}):
         pre = [pretrain(share, seed) for seed in seed_list]
@@ -986,6 +1167,7 @@ def _error_bars(cells: list) -> dict:
     return dict(type='data', visible=True,
                 array=[cell['half_width'] if cell and _finite(cell['half_width']) else 0 for cell in cells])
 
+# %% ../nbs/11_experiment.ipynb #xb9a534d
 def _interval_line(go, xs, cells, name: str, **kw):
     return go.Scatter(x=xs, y=[cell['mean'] if cell else None for cell in cells], error_y=_error_bars(cells),
                       name=name, mode='lines+markers', **kw)
