@@ -2146,7 +2146,7 @@ def prepare_images(path, size: int = 224, force: bool = False) -> Path:
             del out
         (tmp / 'manifest.json').write_text(json.dumps(want, indent=1))
 
-    from transrec.train import atomic_dir
+    from transrec.core import atomic_dir
 
     atomic_dir(folder, write)
     log.info(

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 import numpy as np
 import torch
-from .core import ModelConfig, TrainConfig, resolve_device, log, banner, environment_info, seed_everything
+from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, environment_info,
+                           seed_everything, jsonable, write_json)
 
 # %% auto #0
 __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
@@ -18,7 +19,7 @@ __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTI
            'split_params', 'preset_configs', 'architecture_clashes', 'init_model_config', 'flat_params',
            'experiment_configs', 'Spec', 'override_spelling', 'Overrides', 'fold_old_spellings', 'experiment_params',
            'study_run_params', 'dataset_summary', 'split_users', 'sample_users', 'group_metrics', 'ranked_groups',
-           'write_per_user', 'image_weights_note', 'run_experiment', 'ExperimentRun', 'setup_experiment', 'write_json',
+           'write_per_user', 'image_weights_note', 'run_experiment', 'ExperimentRun', 'setup_experiment',
            'write_metrics', 'resume_run', 'read_run_json', 'write_run_params', 'data_fingerprint', 'data_changes',
            'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
            'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook', 'seed_interval',
@@ -539,28 +540,14 @@ def setup_experiment(experiment: str, namespace: dict, root='..') -> ExperimentR
     return ExperimentRun(experiment, params, model_cfg, train_cfg, init_dir, out)
 
 # %% ../nbs/11_experiment.ipynb #c014
-def _jsonable(o):
-    if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (np.floating, float)): return None if not math.isfinite(float(o)) else float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)): return _jsonable(o.tolist())
-    if isinstance(o, Path): return str(o)
-    return o
-
-def write_json(path, obj) -> Path:
-    "Write `obj` as JSON (numpy/torch values converted, NaN -> null), atomically."
-    path = Path(path); tmp = path.with_suffix(path.suffix + '.tmp')
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2)); os.replace(tmp, path); return path
-
 def write_metrics(out_dir, metrics: dict) -> Path:
-    "Write `metrics.json` atomically."
+    "Write `metrics.json` atomically (`core.write_json`: NumPy/torch values converted, NaN -> null)."
     return write_json(Path(out_dir)/'metrics.json', metrics)
 
 # %% ../nbs/11_experiment.ipynb #c017
 RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device')   # may change between a run and its resumption
 
-def _comparable(params: dict) -> dict: return {k: v for k, v in _jsonable(dict(params)).items() if k not in RESUME_IGNORES}
+def _comparable(params: dict) -> dict: return {k: v for k, v in jsonable(dict(params)).items() if k not in RESUME_IGNORES}
 
 def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
     """Whether to continue `out_dir`'s checkpoints: 'auto' only those of a run with the same parameters,
@@ -963,7 +950,7 @@ def run_or_reuse(nb: str, out_dir, **params) -> dict:
     if metrics_file.exists():
         metrics = json.loads(metrics_file.read_text())
         old = metrics.get('params') or {}
-        new = {k: v for k, v in _jsonable(flat_params(params)).items() if k not in RESUME_IGNORES}
+        new = {k: v for k, v in jsonable(flat_params(params)).items() if k not in RESUME_IGNORES}
         if all(k in old and old[k] == v for k, v in new.items()):   # every parameter set here is what it used
             log.info(f'reusing {out_dir}')
             return metrics
