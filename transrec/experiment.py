@@ -20,13 +20,13 @@ __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTI
            'experiment_configs', 'Spec', 'override_spelling', 'Overrides', 'fold_old_spellings', 'experiment_params',
            'study_run_params', 'dataset_summary', 'split_users', 'sample_users', 'group_metrics', 'ranked_groups',
            'write_per_user', 'image_weights_note', 'run_experiment', 'ExperimentRun', 'setup_experiment',
-           'write_metrics', 'resume_run', 'read_run_json', 'write_run_params', 'data_fingerprint', 'data_changes',
+           'write_metrics', 'read_run_json', 'write_run_params', 'resume_run', 'data_fingerprint', 'data_changes',
            'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
            'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook', 'seed_interval',
            'interval_excludes_zero', 'gain_interval', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell',
            'format_interval', 'table_markdown', 'results_frame', 'target_shift', 'gain_vs_shift', 'gain_shift_figure',
-           'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study', 'write_transfer_reports',
-           'markdown_table_html', 'transfer_figure', 'curve_band', 'scaling_study', 'scaling_figures']
+           'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study', 'markdown_table_html',
+           'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_study', 'scaling_figures']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -562,6 +562,25 @@ def write_metrics(out_dir, metrics: dict) -> Path:
     "Write `metrics.json` atomically (`core.write_json`: NumPy/torch values converted, NaN -> null)."
     return write_json(Path(out_dir)/'metrics.json', metrics)
 
+# %% ../nbs/11_experiment.ipynb #xeed2a33
+def read_run_json(out_dir) -> dict:
+    "The `run.json` of `out_dir` ({} if absent); a clear error naming it if it is not a JSON object."
+    f = Path(out_dir)/'run.json'
+    if not f.exists(): return {}
+    try: rec = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f} is not valid JSON ({e}); it records the run in {out_dir}: pass resume='fresh' "
+                         "(papermill: -p resume fresh) to start that run over") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{f} holds a {type(rec).__name__}, not a JSON object; "
+                         "pass resume='fresh' (papermill: -p resume fresh) to start over")
+    return rec
+
+# %% ../nbs/11_experiment.ipynb #xd32b3f7
+def write_run_params(out_dir, params: dict, data: dict | None = None) -> Path:
+    "Record the parameters (and the `data_fingerprint`) of the run training in `out_dir` (`run.json`)."
+    return write_json(Path(out_dir)/'run.json', dict(params=params, data=data))
+
 # %% ../nbs/11_experiment.ipynb #c017
 RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device')   # may change between a run and its resumption
 
@@ -586,25 +605,6 @@ def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
     raise ValueError(f"{out_dir} holds checkpoints of a run with other parameters ({diff}): "
                      "pass resume='fresh' (papermill: -p resume fresh) to replace that run, "
                      "or choose another out_dir")
-
-# %% ../nbs/11_experiment.ipynb #xeed2a33
-def read_run_json(out_dir) -> dict:
-    "The `run.json` of `out_dir` ({} if absent); a clear error naming it if it is not a JSON object."
-    f = Path(out_dir)/'run.json'
-    if not f.exists(): return {}
-    try: rec = json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{f} is not valid JSON ({e}); it records the run in {out_dir}: pass resume='fresh' "
-                         "(papermill: -p resume fresh) to start that run over") from None
-    if not isinstance(rec, dict):
-        raise ValueError(f"{f} holds a {type(rec).__name__}, not a JSON object; "
-                         "pass resume='fresh' (papermill: -p resume fresh) to start over")
-    return rec
-
-# %% ../nbs/11_experiment.ipynb #xd32b3f7
-def write_run_params(out_dir, params: dict, data: dict | None = None) -> Path:
-    "Record the parameters (and the `data_fingerprint`) of the run training in `out_dir` (`run.json`)."
-    return write_json(Path(out_dir)/'run.json', dict(params=params, data=data))
 
 # %% ../nbs/11_experiment.ipynb #p011
 def _file_hash(path: Path) -> str | None:
@@ -1063,22 +1063,6 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
     write_transfer_reports(out_dir, summary)
     return summary
 
-# %% ../nbs/11_experiment.ipynb #st34
-def write_transfer_reports(out_dir, summary: dict) -> list[Path]:
-    "table.md, table.html, chart.html and gain_vs_shift.html of a transfer `summary` into `out_dir`."
-    out_dir = Path(out_dir)
-    table = table_markdown(summary['table'], shifts=summary.get('domain_shift'))
-    note = (f"Test NDCG@10 on {summary['evaluated_on']}, mean ± 95% interval over seeds "
-            f"{summary['seeds']}; n.s. = the interval of the difference includes 0.")
-    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n')
-    title = f"Transfer from {summary['source']} (target fraction {summary['target_fraction']})"
-    (out_dir/'table.html').write_text(markdown_table_html(table, title=f'{title}. {note}'))
-    written = [out_dir/'table.md', out_dir/'table.html',
-               save_figure(transfer_figure(summary['table']), out_dir/'chart.html')]
-    if summary['gain_vs_shift']:
-        written.append(save_figure(gain_shift_figure(summary['gain_vs_shift']), out_dir/'gain_vs_shift.html'))
-    return written
-
 # %% ../nbs/11_experiment.ipynb #c037
 def markdown_table_html(md: str, title: str = '') -> str:
     "A minimal standalone HTML page for a markdown pipe table."
@@ -1107,6 +1091,22 @@ def transfer_figure(rows: dict, metric: str = 'NDCG@10'):
     fig.update_layout(barmode='group', title=title,
                       yaxis_title=metric, template='plotly_white', height=420)
     return fig
+
+# %% ../nbs/11_experiment.ipynb #st34
+def write_transfer_reports(out_dir, summary: dict) -> list[Path]:
+    "table.md, table.html, chart.html and gain_vs_shift.html of a transfer `summary` into `out_dir`."
+    out_dir = Path(out_dir)
+    table = table_markdown(summary['table'], shifts=summary.get('domain_shift'))
+    note = (f"Test NDCG@10 on {summary['evaluated_on']}, mean ± 95% interval over seeds "
+            f"{summary['seeds']}; n.s. = the interval of the difference includes 0.")
+    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n')
+    title = f"Transfer from {summary['source']} (target fraction {summary['target_fraction']})"
+    (out_dir/'table.html').write_text(markdown_table_html(table, title=f'{title}. {note}'))
+    written = [out_dir/'table.md', out_dir/'table.html',
+               save_figure(transfer_figure(summary['table']), out_dir/'chart.html')]
+    if summary['gain_vs_shift']:
+        written.append(save_figure(gain_shift_figure(summary['gain_vs_shift']), out_dir/'gain_vs_shift.html'))
+    return written
 
 # %% ../nbs/11_experiment.ipynb #st37
 def curve_band(histories: list, key: str = 'valid_NDCG@10') -> dict:
