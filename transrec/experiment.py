@@ -20,13 +20,13 @@ __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTI
            'experiment_configs', 'Spec', 'override_spelling', 'Overrides', 'fold_old_spellings', 'experiment_params',
            'study_run_params', 'dataset_summary', 'split_users', 'sample_users', 'group_metrics', 'ranked_groups',
            'write_per_user', 'image_weights_note', 'run_experiment', 'ExperimentRun', 'setup_experiment',
-           'write_metrics', 'resume_run', 'read_run_json', 'write_run_params', 'data_fingerprint', 'data_changes',
+           'write_metrics', 'read_run_json', 'write_run_params', 'resume_run', 'data_fingerprint', 'data_changes',
            'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
            'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook', 'seed_interval',
            'interval_excludes_zero', 'gain_interval', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell',
            'format_interval', 'table_markdown', 'results_frame', 'target_shift', 'gain_vs_shift', 'gain_shift_figure',
-           'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study', 'write_transfer_reports',
-           'markdown_table_html', 'transfer_figure', 'curve_band', 'scaling_study', 'scaling_figures']
+           'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study', 'markdown_table_html',
+           'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_study', 'scaling_figures']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -47,8 +47,9 @@ def check_init(init: str, root=None):
     p = p.resolve()
     if (p/'best'/'config.json').exists(): p = p/'best'
     if not ((p/'config.json').exists() and (p/'model.safetensors').exists()):
-        raise ValueError(f"init={str(init)!r}: no saved model there (expected config.json and model.safetensors, "
-                         f"e.g. reports/pretrain-qb_mixed/best). Run nbs/pretrain.ipynb first, or use init='scratch'.")
+        raise ValueError(f"init={str(init)!r}: no saved model there (expected config.json and "
+                         "model.safetensors, e.g. reports/pretrain-qb_mixed/best). "
+                         "Run nbs/pretrain.ipynb first, or use init='scratch'.")
     from transrec.model import check_model_dir
     # a damaged model fails now, not after data loading
     try: check_model_dir(p)
@@ -67,7 +68,8 @@ def split_params(params: dict, model_cfg: ModelConfig | None = None, train_cfg: 
     "Sort flat `params` into (ModelConfig, TrainConfig, rest); None values keep the base configs' values."
     model_names, train_names = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
     model_kw = {k: v for k, v in params.items() if k in model_names and v is not None}
-    train_kw = {k: v for k, v in params.items() if k in train_names and k not in model_names and v is not None}
+    train_kw = {k: v for k, v in params.items()
+                if k in train_names and k not in model_names and v is not None}
     rest = {k: v for k, v in params.items() if k not in model_names and k not in train_names}
     model_cfg = (model_cfg or ModelConfig()).replace(**model_kw)
     train_cfg = (train_cfg or TrainConfig()).replace(**train_kw)
@@ -78,15 +80,16 @@ def split_params(params: dict, model_cfg: ModelConfig | None = None, train_cfg: 
 PRESETS = ('workbench', 'reference')
 WORKBENCH_TRAIN = dict(pretrain=dict(epochs=20), finetune=dict(epochs=30, patience=5))   # per experiment
 
-def preset_configs(preset: str = 'workbench', experiment: str = 'pretrain') -> tuple[ModelConfig, TrainConfig]:
+def preset_configs(preset: str = 'workbench',
+                   experiment: str = 'pretrain') -> tuple[ModelConfig, TrainConfig]:
     "The (ModelConfig, TrainConfig) of `preset` for notebook `experiment`: what unset parameters take."
     if preset == 'reference': return ModelConfig.reference(), TrainConfig.reference()
     if preset == 'workbench': return ModelConfig(), TrainConfig(**WORKBENCH_TRAIN.get(experiment, {}))
     raise ValueError(f"parameter preset={preset!r}: choose one of {list(PRESETS)}")
 
 # %% ../nbs/11_experiment.ipynb #c009e
-TRAINING_TIME_FIELDS = ('dropout', 'text_trainable_blocks', 'image_trainable_blocks', 'loss', 'readout', 'n_pos',
-                        'n_neg', 'temperature', 'train_windows')
+TRAINING_TIME_FIELDS = ('dropout', 'text_trainable_blocks', 'image_trainable_blocks', 'loss', 'readout',
+                        'n_pos', 'n_neg', 'temperature', 'train_windows')
 
 def architecture_clashes(saved: ModelConfig, wanted: dict) -> dict:
     "The architecture settings in `wanted` (field -> value; None = unset) that differ from `saved`."
@@ -103,7 +106,8 @@ def init_model_config(saved: ModelConfig, params: dict, init=None) -> ModelConfi
     if clashes:
         said = ', '.join(f'{k}={v!r} (checkpoint: {s!r})' for k, (v, s) in clashes.items())
         raise ValueError(f"init={str(init)!r}: architecture parameter(s) differ from the checkpoint: {said}; "
-                         "leave them unset (None) to use the checkpoint's, or train from scratch (init='scratch')")
+                         "leave them unset (None) to use the checkpoint's, "
+                         "or train from scratch (init='scratch')")
     training_time = {k: v for k, v in params.items() if k in TRAINING_TIME_FIELDS and v is not None}
     return saved.replace(**training_time)
 
@@ -182,7 +186,8 @@ class Spec:
 def _file(value, name):
     "A file that must exist, e.g. local image weights."
     if not Path(value).expanduser().is_file():
-        raise ValueError(f"parameter {name}={value!r}: no such file (from {Path.cwd()}); give a local file or None")
+        raise ValueError(f"parameter {name}={value!r}: no such file (from {Path.cwd()}); "
+                         "give a local file or None")
 
 MODEL_SIZES = dict(dim=Spec(int, 1, 4096), n_layers=Spec(int, 1, 64), n_heads=Spec(int, 1, 64),
                    max_len=Spec(int, 1, 10_000), text_trainable_blocks=Spec(int, 0, 64),
@@ -190,12 +195,13 @@ MODEL_SIZES = dict(dim=Spec(int, 1, 4096), n_layers=Spec(int, 1, 64), n_heads=Sp
                    text_max_tokens=Spec(int, 4, 4096))
 MODEL_SPECS = dict(
     kind=Spec(choices=('transrec', 'frozen', 'id_sasrec', 'popularity')), **MODEL_SIZES,
-    dropout=Spec(float, 0, 0.99), readout=Spec(choices=('causal', 'last')), loss=Spec(choices=('softmax', 'bce')),
-    n_neg=Spec(int, 1, 10_000), text_model=Spec(str),
+    dropout=Spec(float, 0, 0.99), readout=Spec(choices=('causal', 'last')),
+    loss=Spec(choices=('softmax', 'bce')), n_neg=Spec(int, 1, 10_000), text_model=Spec(str),
     text_pooling=Spec(choices=('cls', 'mean', 'attention', 'reference')),
     image_model=Spec(choices=('resnet18', 'resnet34', 'resnet50')), image_weights=Spec(str, check=_file),
     tower_norm=Spec(choices=('pre', 'post')), ffn_dim=Spec(int, 0, 1_000_000),
-    positions=Spec(choices=('newest', 'oldest')), modality_embedding=Spec(choices=('items', 'history', 'none')),
+    positions=Spec(choices=('newest', 'oldest')),
+    modality_embedding=Spec(choices=('items', 'history', 'none')),
     train_windows=Spec(choices=('all', 'last')))
 TRAIN_SPECS = dict(epochs=Spec(int, 1, 100_000), max_steps=Spec(int, 1), batch_size=Spec(int, 1, 1_000_000),
                    lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
@@ -231,7 +237,8 @@ class Overrides:
                 hint = f'did you mean {close[0]!r}? ' if close else ''
                 raise ValueError(f"parameter {name}: unknown setting {key!r}; {hint}"
                                  f"the {name} settings are {', '.join(self.specs)}")
-            if item is not None: checked[key] = self.specs[key](f'{name}.{key}', self._number(self.specs[key], item))
+            if item is not None:
+                checked[key] = self.specs[key](f'{name}.{key}', self._number(self.specs[key], item))
         return checked
 
 # %% ../nbs/11_experiment.ipynb #p005b
@@ -286,21 +293,24 @@ def fold_old_spellings(experiment: str, given: dict) -> dict:
         if section is None:
             close = difflib.get_close_matches(name, [*specs, *MODEL_SPECS, *TRAIN_SPECS], n=1, cutoff=0.6)
             hint = f'did you mean {close[0]!r}? ' if close else ''
-            raise ValueError(f"unknown parameter {name!r} for the {experiment} notebook (-p {name} ...): {hint}"
+            raise ValueError(f"unknown parameter {name!r} for the {experiment} notebook "
+                             f"(-p {name} ...): {hint}"
                              f"its parameters are {', '.join(specs)}; model and training settings go in "
                              f"the model / train dicts, e.g. {override_spelling('model', 'dim', 128)}")
         overrides = folded.get(section, specs[section][0])
         if not isinstance(overrides, dict): continue         # the section's own check says what is wrong
         new = override_spelling(section, name, value)
         if name in overrides:
-            raise ValueError(f"parameter {name} is given twice, as -p {name} and in {section}: give it once, {new}")
+            raise ValueError(f"parameter {name} is given twice, as -p {name} and in {section}: "
+                             f"give it once, {new}")
         folded[section] = {**overrides, name: value}
         log.warning(f"-p {name} {value!r} is the old spelling of {new}; it still works")
     return folded
 
 # %% ../nbs/11_experiment.ipynb #pa17
 IPYTHON_NAMES = ('In', 'Out', 'get_ipython', 'exit', 'quit')
-NOTEBOOK_NAMES = ('PAPERMILL_OUTPUT_PATH', 'params', 'experiment', 'out', 'm', 'fig', 'summary', 'res', 'figs')
+NOTEBOOK_NAMES = ('PAPERMILL_OUTPUT_PATH', 'params', 'experiment', 'out', 'm', 'fig', 'summary', 'res',
+                  'figs')
 # set by papermill or by the notebooks' own cells
 
 def _user_names(namespace: dict) -> list:
@@ -316,7 +326,8 @@ def experiment_params(experiment: str, namespace: dict) -> dict:
     if experiment not in EXPERIMENT_PARAMS:
         raise ValueError(f"experiment={experiment!r}: choose one of {list(EXPERIMENT_PARAMS)}")
     given = fold_old_spellings(experiment, {name: namespace[name] for name in _user_names(namespace)})
-    params = {k: spec(k, given.get(k, default)) for k, (default, spec) in EXPERIMENT_PARAMS[experiment].items()}
+    params = {k: spec(k, given.get(k, default))
+              for k, (default, spec) in EXPERIMENT_PARAMS[experiment].items()}
     # the configs' own checks (dim % n_heads)
     if experiment in WORKBENCH_TRAIN: experiment_configs(experiment, params)
     else: split_params(flat_params(params))
@@ -337,7 +348,8 @@ def study_run_params(params: dict) -> dict:
 def dataset_summary(ds) -> dict:
     "Counts that identify a data set in a metrics file."
     lens = np.array([len(s) for s in ds.seqs])
-    return dict(name=ds.name, path=str(ds.path), synthetic=bool(ds.synthetic), users=int(ds.n_users), items=int(ds.n_items),
+    return dict(name=ds.name, path=str(ds.path), synthetic=bool(ds.synthetic),
+                users=int(ds.n_users), items=int(ds.n_items),
                 text_items=int((ds.modality == 0).sum()), image_items=int((ds.modality == 1).sum()),
                 interactions=int(lens.sum()), mean_seq_len=float(lens.mean()))
 
@@ -363,7 +375,8 @@ def group_metrics(ranks, target_modality, mask) -> dict | None:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any(): return None
     ranks = np.asarray(ranks)[mask]
-    return {**metrics_from_ranks(ranks), 'by_modality': metrics_by_modality(ranks, np.asarray(target_modality)[mask])}
+    by_modality = metrics_by_modality(ranks, np.asarray(target_modality)[mask])
+    return {**metrics_from_ranks(ranks), 'by_modality': by_modality}
 
 # %% ../nbs/11_experiment.ipynb #x62257fa
 def ranked_groups(model, ds, content, split: str, device, held_out) -> tuple[dict, dict]:
@@ -396,7 +409,8 @@ def write_per_user(run_dir, users, ranks, groups) -> Path:
 def image_weights_note(cfg: ModelConfig) -> str:
     "How the image encoder was initialised, for metrics and report titles."
     if cfg.kind in ('id_sasrec', 'popularity'): return 'n/a'
-    return f'local file {cfg.image_weights}' if cfg.image_weights else 'random-init (no ImageNet weights available offline)'
+    if cfg.image_weights: return f'local file {cfg.image_weights}'
+    return 'random-init (no ImageNet weights available offline)'
 
 
 # %% ../nbs/11_experiment.ipynb #pb03
@@ -414,7 +428,8 @@ def _load_init(init: Path, model_cfg: ModelConfig):
     if saved.cfg == model_cfg: return saved
     model = build_model(model_cfg, pretrained=False)           # new dropout, readout, trainable blocks ...
     model.load_state_dict(saved.state_dict(), strict=True)
-    if hasattr(saved, 'item_tower'): model.item_tower.image.weights_source = saved.item_tower.image.weights_source
+    if hasattr(saved, 'item_tower'):
+        model.item_tower.image.weights_source = saved.item_tower.image.weights_source
     return model
 
 
@@ -425,8 +440,8 @@ def _used_params(params: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) -
 
 def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, *, init=None,
                    fraction: float = 1.0, scale: float = 1.0, data_seed: int = 0, root=None,
-                   experiment: str = 'train', params: dict | None = None, progress: bool = True, resume: str = 'auto',
-                   holdout: bool | None = None) -> dict:
+                   experiment: str = 'train', params: dict | None = None, progress: bool = True,
+                   resume: str = 'auto', holdout: bool | None = None) -> dict:
     """Train (from scratch or from `init`) on `data`, evaluate, write `out_dir/metrics.json` and
     `per_user.npz`."""
     from transrec.sources import load_source
@@ -478,7 +493,8 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
              users=dict(fine_tune=int(len(tune_idx)), held_out=int(len(held_idx)), split_seed=train_cfg.seed),
              test=test[headline], test_cold=test['cold'], test_warm=test['warm'], test_all=test['all'],
              valid=valid['warm'], valid_all=valid['all'],
-             zero_shot=zero_shot.get(headline), zero_shot_cold=zero_shot.get('cold'), zero_shot_warm=zero_shot.get('warm'),
+             zero_shot=zero_shot.get(headline), zero_shot_cold=zero_shot.get('cold'),
+             zero_shot_warm=zero_shot.get('warm'),
              zero_shot_all=zero_shot.get('all'), best_epoch=res.best_epoch, stopped=res.stopped,
              history=res.history, sequences_per_s=res.sequences_per_s, best_dir=str(res.best_dir),
              model_config=model.cfg.to_dict(), train_config=train_cfg.to_dict(),
@@ -519,7 +535,8 @@ class ExperimentRun:
         "The training curves of the finished run, also saved as `curves.html` in its folder."
         title = (f'Pre-training on {self.data}' if self.experiment == 'pretrain'
                  else f"{metrics['method']} on {self.data} ({self.fraction:.0%} of users)")
-        fig = curves_figure(metrics['history'], title=title + (' (synthetic)' if metrics['synthetic'] else ''))
+        if metrics['synthetic']: title += ' (synthetic)'
+        fig = curves_figure(metrics['history'], title=title)
         save_figure(fig, self.out/'curves.html')
         return fig
 
@@ -527,7 +544,8 @@ class ExperimentRun:
 def setup_experiment(experiment: str, namespace: dict, root='..') -> ExperimentRun:
     "Check the `pretrain` / `finetune` notebook's parameters in `namespace` (its globals): the run to do."
     from transrec.core import reports_root
-    if experiment not in WORKBENCH_TRAIN: raise ValueError(f"experiment={experiment!r}: 'pretrain' or 'finetune'")
+    if experiment not in WORKBENCH_TRAIN:
+        raise ValueError(f"experiment={experiment!r}: 'pretrain' or 'finetune'")
     params = experiment_params(experiment, namespace)
     init_dir = check_init(params['init'], root=root) if experiment == 'finetune' else None
     model_cfg, train_cfg = experiment_configs(experiment, params, init_dir)      # clashes with init stop here
@@ -544,27 +562,6 @@ def write_metrics(out_dir, metrics: dict) -> Path:
     "Write `metrics.json` atomically (`core.write_json`: NumPy/torch values converted, NaN -> null)."
     return write_json(Path(out_dir)/'metrics.json', metrics)
 
-# %% ../nbs/11_experiment.ipynb #c017
-RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device')   # may change between a run and its resumption
-
-def _comparable(params: dict) -> dict: return {k: v for k, v in jsonable(dict(params)).items() if k not in RESUME_IGNORES}
-
-def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
-    """Whether to continue `out_dir`'s checkpoints: 'auto' only those of a run with the same parameters,
-    'fresh' never."""
-    if resume not in ('auto', 'fresh'):
-        raise ValueError(f"resume={resume!r}: use 'auto' (continue an interrupted run with the same parameters) or 'fresh' (start over)")
-    ck = Path(out_dir)/'checkpoints'
-    if resume == 'fresh' or not (ck.is_dir() and any(ck.iterdir())): return resume == 'auto'
-    f = Path(out_dir)/'run.json'
-    old = _comparable(read_run_json(out_dir).get('params', {})) if f.exists() else None
-    new = _comparable(params)
-    if old == new: return True
-    diff = ('parameters not recorded' if old is None else
-            ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)))
-    raise ValueError(f"{out_dir} holds checkpoints of a run with other parameters ({diff}): pass resume='fresh' "
-                     "(papermill: -p resume fresh) to replace that run, or choose another out_dir")
-
 # %% ../nbs/11_experiment.ipynb #xeed2a33
 def read_run_json(out_dir) -> dict:
     "The `run.json` of `out_dir` ({} if absent); a clear error naming it if it is not a JSON object."
@@ -574,14 +571,40 @@ def read_run_json(out_dir) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{f} is not valid JSON ({e}); it records the run in {out_dir}: pass resume='fresh' "
                          "(papermill: -p resume fresh) to start that run over") from None
-    if not isinstance(rec, dict): raise ValueError(f"{f} holds a {type(rec).__name__}, not a JSON object; "
-                                                   "pass resume='fresh' (papermill: -p resume fresh) to start over")
+    if not isinstance(rec, dict):
+        raise ValueError(f"{f} holds a {type(rec).__name__}, not a JSON object; "
+                         "pass resume='fresh' (papermill: -p resume fresh) to start over")
     return rec
 
 # %% ../nbs/11_experiment.ipynb #xd32b3f7
 def write_run_params(out_dir, params: dict, data: dict | None = None) -> Path:
     "Record the parameters (and the `data_fingerprint`) of the run training in `out_dir` (`run.json`)."
     return write_json(Path(out_dir)/'run.json', dict(params=params, data=data))
+
+# %% ../nbs/11_experiment.ipynb #c017
+RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device')   # may change between a run and its resumption
+
+def _comparable(params: dict) -> dict:
+    return {k: v for k, v in jsonable(dict(params)).items() if k not in RESUME_IGNORES}
+
+def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
+    """Whether to continue `out_dir`'s checkpoints: 'auto' only those of a run with the same parameters,
+    'fresh' never."""
+    if resume not in ('auto', 'fresh'):
+        raise ValueError(f"resume={resume!r}: use 'auto' (continue an interrupted run with the same "
+                         "parameters) or 'fresh' (start over)")
+    ck = Path(out_dir)/'checkpoints'
+    if resume == 'fresh' or not (ck.is_dir() and any(ck.iterdir())): return resume == 'auto'
+    f = Path(out_dir)/'run.json'
+    old = _comparable(read_run_json(out_dir).get('params', {})) if f.exists() else None
+    new = _comparable(params)
+    if old == new: return True
+    diff = ('parameters not recorded' if old is None else
+            ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}'
+                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)))
+    raise ValueError(f"{out_dir} holds checkpoints of a run with other parameters ({diff}): "
+                     "pass resume='fresh' (papermill: -p resume fresh) to replace that run, "
+                     "or choose another out_dir")
 
 # %% ../nbs/11_experiment.ipynb #p011
 def _file_hash(path: Path) -> str | None:
@@ -597,7 +620,8 @@ def _images_fingerprint(folder: Path) -> dict:
     files = sorted(p for p in folder.rglob('*') if p.is_file()) if folder.is_dir() else []
     sizes = [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files]
     listing = ''.join(f'{n}\t{s}\n' for n, s in sizes).encode()
-    return dict(count=len(sizes), bytes=sum(s for _, s in sizes), listing=hashlib.sha256(listing).hexdigest()[:16])
+    return dict(count=len(sizes), bytes=sum(s for _, s in sizes),
+                listing=hashlib.sha256(listing).hexdigest()[:16])
 
 # %% ../nbs/11_experiment.ipynb #x56f1ef5
 def data_fingerprint(ds) -> dict:
@@ -613,7 +637,8 @@ def data_fingerprint(ds) -> dict:
 # %% ../nbs/11_experiment.ipynb #x5ef638f
 def data_changes(old: dict, new: dict) -> list[str]:
     "What differs between two `data_fingerprint`s, in words (the folder path alone is no difference)."
-    out = [f'{k} {old.get(k)} -> {new.get(k)}' for k in ('users', 'items', 'interactions') if old.get(k) != new.get(k)]
+    out = [f'{k} {old.get(k)} -> {new.get(k)}'
+           for k in ('users', 'items', 'interactions') if old.get(k) != new.get(k)]
     of, nf = old.get('files') or {}, new.get('files') or {}
     out += [f'{n} content' for n in sorted(set(of) | set(nf)) if of.get(n) != nf.get(n)]
     oi, ni = old.get('images') or {}, new.get('images') or {}
@@ -632,9 +657,10 @@ def check_resume_data(out_dir, fingerprint: dict):
     if not old: return                             # a run recorded before fingerprints existed
     changes = data_changes(old, fingerprint)
     if changes:
-        raise ValueError(f"{out_dir} holds an interrupted run that started on other data: {fingerprint['path']} now "
-                         f"differs from what {old.get('path')} held then ({'; '.join(changes)}). Continuing would mix "
-                         "two data sets in one run: pass resume='fresh' (papermill: -p resume fresh) to start over "
+        raise ValueError(f"{out_dir} holds an interrupted run that started on other data: "
+                         f"{fingerprint['path']} now differs from what {old.get('path')} held then "
+                         f"({'; '.join(changes)}). Continuing would mix two data sets in one run: "
+                         "pass resume='fresh' (papermill: -p resume fresh) to start over "
                          "on this data, restore the old data, or choose another out_dir")
 
 # %% ../nbs/11_experiment.ipynb #c019
@@ -645,10 +671,12 @@ def curves_figure(history: list[dict], title: str = 'Training curves'):
     fig = make_subplots(rows=1, cols=2, subplot_titles=('training loss', 'validation'))
     ep = [h.get('epoch') for h in history]
     if any('train_loss' in h for h in history):
-        fig.add_trace(go.Scatter(x=ep, y=[h.get('train_loss') for h in history], name='loss', mode='lines+markers'), 1, 1)
+        losses = [h.get('train_loss') for h in history]
+        fig.add_trace(go.Scatter(x=ep, y=losses, name='loss', mode='lines+markers'), 1, 1)
     for k in ('NDCG@10', 'HR@10'):
         ys = [h.get(f'valid_{k}') for h in history]
-        if any(y is not None for y in ys): fig.add_trace(go.Scatter(x=ep, y=ys, name=f'valid {k}', mode='lines+markers'), 1, 2)
+        if any(y is not None for y in ys):
+            fig.add_trace(go.Scatter(x=ep, y=ys, name=f'valid {k}', mode='lines+markers'), 1, 2)
     fig.update_layout(title=title, height=380, template='plotly_white')
     fig.update_xaxes(title='epoch')
     return fig
@@ -665,8 +693,10 @@ def _row(p: Path, root: Path) -> dict | None:
     except Exception: return None
     if not m.get('experiment'): return None                     # a checkpoint's training metrics, not a run
     t = m.get('test') or {}
-    return dict(run=p.relative_to(root).as_posix(), experiment=m.get('experiment', ''), data=(m.get('data') or {}).get('name', m.get('target', '')),
-                method=m.get('method', ''), synthetic=m.get('synthetic', ''), ndcg=t.get('NDCG@10'), hr=t.get('HR@10'),
+    data = (m.get('data') or {}).get('name', m.get('target', ''))
+    return dict(run=p.relative_to(root).as_posix(), experiment=m.get('experiment', ''), data=data,
+                method=m.get('method', ''), synthetic=m.get('synthetic', ''),
+                ndcg=t.get('NDCG@10'), hr=t.get('HR@10'),
                 wall=m.get('wall_time_s'), mtime=(p/'metrics.json').stat().st_mtime)
 
 # %% ../nbs/11_experiment.ipynb #xda51d1a
@@ -679,10 +709,12 @@ def update_report_index(reports_dir='reports') -> Path:
     f = lambda x: '' if x is None else (f'{x:.4f}' if isinstance(x, float) else str(x))
     lines = ['# Experiment runs', '', 'Generated by `transrec.experiment.update_report_index`; newest first. '
              'Synthetic = the run used the synthetic stand-in world, not real data.', '',
-             '| run | experiment | data | method | synthetic | test NDCG@10 | test HR@10 | wall time (s) |', '|---|---|---|---|---|---|---|---|']
+             '| run | experiment | data | method | synthetic | test NDCG@10 | test HR@10 | wall time (s) |',
+             '|---|---|---|---|---|---|---|---|']
     for r in rows:
-        lines.append(f"| [{r['run']}]({r['run']}/) | {r['experiment']} | {r['data']} | {r['method']} | {r['synthetic']} | "
-                     f"{f(r['ndcg'])} | {f(r['hr'])} | {f(round(r['wall'], 1) if r['wall'] else None)} |")
+        lines.append(f"| [{r['run']}]({r['run']}/) | {r['experiment']} | {r['data']} | {r['method']} | "
+                     f"{r['synthetic']} | {f(r['ndcg'])} | {f(r['hr'])} | "
+                     f"{f(round(r['wall'], 1) if r['wall'] else None)} |")
     p = reports_dir/'index.md'
     p.write_text('\n'.join(lines) + '\n')
     return p
@@ -1004,7 +1036,8 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
                 pretrained_run = method == 'transrec-pretrained'
                 kind, init = ('transrec', str(models[seed])) if pretrained_run else (method, 'scratch')
                 run_dir = out_dir/target/method/f'seed-{seed}'
-                run = run_or_reuse('finetune', run_dir, target=target, init=init, target_fraction=target_fraction,
+                run = run_or_reuse('finetune', run_dir, target=target, init=init,
+                                   target_fraction=target_fraction,
                                    **_with_model({**finetune_params, 'seed': seed}, kind=kind))
                 results[target].setdefault(method, []).append(run['test'])
                 if pretrained_run: results[target].setdefault('zero-shot', []).append(run['zero_shot'])
@@ -1029,22 +1062,6 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
     write_json(out_dir/'summary.json', summary)
     write_transfer_reports(out_dir, summary)
     return summary
-
-# %% ../nbs/11_experiment.ipynb #st34
-def write_transfer_reports(out_dir, summary: dict) -> list[Path]:
-    "table.md, table.html, chart.html and gain_vs_shift.html of a transfer `summary` into `out_dir`."
-    out_dir = Path(out_dir)
-    table = table_markdown(summary['table'], shifts=summary.get('domain_shift'))
-    note = (f"Test NDCG@10 on {summary['evaluated_on']}, mean ± 95% interval over seeds "
-            f"{summary['seeds']}; n.s. = the interval of the difference includes 0.")
-    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n')
-    title = f"Transfer from {summary['source']} (target fraction {summary['target_fraction']})"
-    (out_dir/'table.html').write_text(markdown_table_html(table, title=f'{title}. {note}'))
-    written = [out_dir/'table.md', out_dir/'table.html',
-               save_figure(transfer_figure(summary['table']), out_dir/'chart.html')]
-    if summary['gain_vs_shift']:
-        written.append(save_figure(gain_shift_figure(summary['gain_vs_shift']), out_dir/'gain_vs_shift.html'))
-    return written
 
 # %% ../nbs/11_experiment.ipynb #c037
 def markdown_table_html(md: str, title: str = '') -> str:
@@ -1074,6 +1091,22 @@ def transfer_figure(rows: dict, metric: str = 'NDCG@10'):
     fig.update_layout(barmode='group', title=title,
                       yaxis_title=metric, template='plotly_white', height=420)
     return fig
+
+# %% ../nbs/11_experiment.ipynb #st34
+def write_transfer_reports(out_dir, summary: dict) -> list[Path]:
+    "table.md, table.html, chart.html and gain_vs_shift.html of a transfer `summary` into `out_dir`."
+    out_dir = Path(out_dir)
+    table = table_markdown(summary['table'], shifts=summary.get('domain_shift'))
+    note = (f"Test NDCG@10 on {summary['evaluated_on']}, mean ± 95% interval over seeds "
+            f"{summary['seeds']}; n.s. = the interval of the difference includes 0.")
+    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n')
+    title = f"Transfer from {summary['source']} (target fraction {summary['target_fraction']})"
+    (out_dir/'table.html').write_text(markdown_table_html(table, title=f'{title}. {note}'))
+    written = [out_dir/'table.md', out_dir/'table.html',
+               save_figure(transfer_figure(summary['table']), out_dir/'chart.html')]
+    if summary['gain_vs_shift']:
+        written.append(save_figure(gain_shift_figure(summary['gain_vs_shift']), out_dir/'gain_vs_shift.html'))
+    return written
 
 # %% ../nbs/11_experiment.ipynb #st37
 def curve_band(histories: list, key: str = 'valid_NDCG@10') -> dict:
@@ -1120,7 +1153,8 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
         name = f'finetune-s{share}-t{fraction}' if init != 'scratch' else f'scratch-t{fraction}'
         kind = dict(kind='transrec') if init == 'scratch' else {}
         return run_or_reuse('finetune', out_dir/name/f'seed-{seed}', target=target, init=str(init),
-                            target_fraction=fraction, **_with_model({**finetune_params, 'seed': seed}, **kind))
+                            target_fraction=fraction,
+                            **_with_model({**finetune_params, 'seed': seed}, **kind))
     source_scaling, convergence = {}, {}
     for share in sorted(set(source_fractions) | {1.0}):
         pre = [pretrain(share, seed) for seed in seed_list]
