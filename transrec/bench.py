@@ -822,7 +822,7 @@ def pipeline_images_per_s(ds, cfg: ModelConfig, batches: list, workers: int = 2)
     "Images/s the loader delivers for the image items of `batches` with `workers` processes (no model)."
     # no pixel cache: every image decoded each time
     content = make_content(cfg, ds, prefix_cache=False, pixel_cache_max_bytes=0)
-    lists = [b.items[content.modality[b.items] == 1] for b in batches]
+    lists = [batch.items[content.modality[batch.items] == 1] for batch in batches]
     loader = torch.utils.data.DataLoader(_BatchImages(content, lists), batch_size=None, num_workers=workers)
     n_images, t0, t_first, n_first = 0, time.perf_counter(), None, 0
     for pixels in loader:
@@ -850,15 +850,15 @@ def measure_scale_training(ds, cfg: ModelConfig, steps: int = 20, batch_size: in
     model = build_model(cfg).to(device)
     content = PremadeContent(cfg, ds, prefix_cache=False, pixel_cache_max_bytes=0)
     t0 = time.perf_counter()
-    for b in batches: content.premake(b.items)
+    for batch in batches: content.premake(batch.items)
     premake_s = time.perf_counter() - t0
     train_cfg = TrainConfig()
     opt = make_optimizer(model, train_cfg)
     params = [p for group in opt.param_groups for p in group['params']]
     model.train()
-    def step(b):
+    def step(batch):
         opt.zero_grad(set_to_none=True)
-        loss, _ = model.loss(b.to(device), content)
+        loss, _ = model.loss(batch.to(device), content)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, train_cfg.clip_grad)
         opt.step()
@@ -867,12 +867,12 @@ def measure_scale_training(ds, cfg: ModelConfig, steps: int = 20, batch_size: in
     timed = batches[1:]
     sync(device)
     t0 = time.perf_counter()
-    losses = [step(b) for b in timed]
+    losses = [step(batch) for batch in timed]
     sync(device)
     train_s = time.perf_counter() - t0
-    n_seq = sum(len(b) for b in timed)
-    n_inter = sum(int(b.mask.sum()) for b in timed)
-    n_img = sum(int((content.modality[b.items] == 1).sum()) for b in timed)
+    n_seq = sum(len(batch) for batch in timed)
+    n_inter = sum(int(batch.mask.sum()) for batch in timed)
+    n_img = sum(int((content.modality[batch.items] == 1).sum()) for batch in timed)
     pipe = pipeline_images_per_s(ds, cfg, timed, workers)
     model_ips = n_img / train_s
     return dict(image_size=cfg.image_size, steps=len(timed), batch_size=batch_size, train_s=train_s,
