@@ -4,41 +4,44 @@
 
 # %% ../nbs/09_bench.ipynb #c003
 from __future__ import annotations
-import argparse, copy, contextlib, hashlib, itertools, json, math, os, platform, resource, subprocess, sys, tempfile, time
+import argparse, copy, contextlib, hashlib, itertools, json, math, os, platform, resource, subprocess, sys
+import tempfile, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import torch
-from .core import ModelConfig, TrainConfig, seed_everything, resolve_device, resolve_amp, environment_info, log, data_root
+from .core import (ModelConfig, TrainConfig, seed_everything, resolve_device, resolve_amp,
+                           environment_info, log, data_root)
 from .data import Batch, train_batches
 
 # %% auto #0
 __all__ = ['BENCH_DATA', 'CPU_ONLY_SKIPS', 'QUICK', 'DATASHEET_BF16', 'SCALE_SOURCE', 'SCALE_MODEL', 'SCALE_EXPONENTS',
-           'GPU_CHECKS', 'NO_CUDA', 'machine_info', 'rss_bytes', 'max_rss_bytes', 'reset_peak_rss',
-           'release_free_memory', 'sync', 'PeakMemory', 'matmul_flops', 'bench_dataset', 'bench_batch',
-           'occurrence_slots', 'encode_every_occurrence', 'reference_item_vectors', 'reference_loss', 'StepVariant',
-           'step_variants', 'variant_loss', 'weights_sha1', 'measure_train_step', 'run_isolated', 'TrainSpec',
-           'loss_check', 'bench_training', 'eval_chunk_size', 'EvalSpec', 'measure_eval', 'bench_eval',
-           'datasheet_bf16', 'run_bench', 'check_targets', 'render', 'fit_exponent', 'scale_data', 'PremadeContent',
-           'pixel_source', 'pipeline_images_per_s', 'measure_scale_training', 'ScaleSpec', 'measure_scale_point',
-           'scale_exponents', 'scale_targets', 'bench_scale', 'render_scale', 'gpu_readiness', 'render_gpu',
-           'main_scale', 'main_gpu', 'main']
+           'GPU_CHECKS', 'NO_CUDA', 'machine_info', 'rss_bytes', 'max_rss_bytes', 'release_free_memory',
+           'reset_peak_rss', 'sync', 'PeakMemory', 'matmul_flops', 'bench_dataset', 'bench_batch', 'occurrence_slots',
+           'encode_every_occurrence', 'reference_item_vectors', 'reference_loss', 'StepVariant', 'step_variants',
+           'variant_loss', 'weights_sha1', 'measure_train_step', 'run_isolated', 'TrainSpec', 'loss_check',
+           'bench_training', 'eval_chunk_size', 'EvalSpec', 'measure_eval', 'bench_eval', 'datasheet_bf16',
+           'check_targets', 'run_bench', 'render', 'fit_exponent', 'scale_data', 'PremadeContent', 'pixel_source',
+           'pipeline_images_per_s', 'measure_scale_training', 'ScaleSpec', 'measure_scale_point', 'scale_exponents',
+           'scale_targets', 'bench_scale', 'render_scale', 'gpu_readiness', 'render_gpu', 'main_scale', 'main_gpu',
+           'main']
 
 # %% ../nbs/09_bench.ipynb #c006
 def machine_info(device='cpu') -> dict:
     "Description of the machine and software a benchmark ran on (JSON-able)."
     device = resolve_device(device)
-    d = environment_info()
-    d.update(device=str(device), processor=platform.processor() or platform.machine(), torch_threads=torch.get_num_threads(),
-             torch_interop_threads=torch.get_num_interop_threads())
-    try: d['load_average'] = [round(x, 2) for x in os.getloadavg()]
+    info = environment_info()
+    info.update(device=str(device), processor=platform.processor() or platform.machine(),
+                torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads())
+    try: info['load_average'] = [round(x, 2) for x in os.getloadavg()]
     except OSError: pass
     if device.type == 'cuda':
-        p = torch.cuda.get_device_properties(device)
-        d.update(gpu=p.name, gpu_memory_gb=round(p.total_memory / 2**30, 1), bf16_supported=torch.cuda.is_bf16_supported(),
-                 cuda_version=torch.version.cuda, matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
-                 cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
-    return d
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    bf16_supported=torch.cuda.is_bf16_supported(), cuda_version=torch.version.cuda,
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+    return info
 
 # %% ../nbs/09_bench.ipynb #c010
 def _status_kb(key: str) -> int | None:
@@ -49,17 +52,30 @@ def _status_kb(key: str) -> int | None:
     except OSError: return None
     return None
 
+# %% ../nbs/09_bench.ipynb #b003
 def rss_bytes() -> int | None:
     "Current resident set size of this process (None where /proc is missing)."
-    kb = _status_kb('VmRSS'); return None if kb is None else kb * 1024
+    kb = _status_kb('VmRSS')
+    return None if kb is None else kb * 1024
 
+# %% ../nbs/09_bench.ipynb #b006
 def max_rss_bytes() -> int:
     "Peak resident set size of this process: VmHWM of /proc/self/status (Linux), else `getrusage` ru_maxrss."
-    kb = _status_kb('VmHWM')                 # ru_maxrss of a child also holds the parent's RSS at fork (kept across exec)
+    # not ru_maxrss first: a child's ru_maxrss also holds the parent's RSS at fork (kept across exec)
+    kb = _status_kb('VmHWM')
     if kb is not None: return kb * 1024
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if sys.platform == 'darwin' else r * 1024)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == 'darwin' else maxrss * 1024)
 
+# %% ../nbs/09_bench.ipynb #b009
+def release_free_memory() -> None:
+    "Give memory freed by Python/torch back to the OS (gc + glibc `malloc_trim`): RSS = what is in use."
+    import gc, ctypes, ctypes.util
+    gc.collect()
+    try: ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass
+
+# %% ../nbs/09_bench.ipynb #b012
 def reset_peak_rss() -> bool:
     "Reset the peak RSS (and ru_maxrss) to the current RSS via /proc/self/clear_refs; False where impossible."
     try:
@@ -67,49 +83,54 @@ def reset_peak_rss() -> bool:
         return True
     except OSError: return False
 
-def release_free_memory() -> None:
-    "Give memory freed by Python/torch back to the OS (gc + glibc `malloc_trim`), so that RSS measures what is in use."
-    import gc, ctypes, ctypes.util
-    gc.collect()
-    try: ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
-    except (OSError, AttributeError): pass
-
+# %% ../nbs/09_bench.ipynb #b015
 def sync(device) -> None:
     "Wait for queued GPU work (no-op on CPU), so that wall-clock times mean something."
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
+# %% ../nbs/09_bench.ipynb #b018
 class PeakMemory:
-    "Context manager: `.peak_bytes` above the level at entry (`.base_bytes`), and `.method` saying how it was measured."
+    "Context manager: `.peak_bytes` above the level at entry (`.base_bytes`); `.method`: how it was measured."
     def __init__(self, device='cpu'): self.device = torch.device(device)
     def __enter__(self):
         if self.device.type == 'cuda':
-            sync(self.device); torch.cuda.reset_peak_memory_stats(self.device)
-            self.base_bytes, self.method = torch.cuda.memory_allocated(self.device), 'torch.cuda.max_memory_allocated'
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base_bytes = torch.cuda.memory_allocated(self.device)
+            self.method = 'torch.cuda.max_memory_allocated'
         else:
             release_free_memory()
             ok, now = reset_peak_rss(), rss_bytes()
             self.base_bytes = now if now is not None else max_rss_bytes()
             self.method = ('peak RSS (VmHWM, reset via /proc/self/clear_refs) - RSS at start' if ok else
-                           'peak RSS - RSS at start (peak not resettable here: may include earlier peaks of this process)')
+                           'peak RSS - RSS at start (peak not resettable here: '
+                           'may include earlier peaks of this process)')
         return self
     def __exit__(self, *exc):
-        if self.device.type == 'cuda': sync(self.device); top = torch.cuda.max_memory_allocated(self.device)
+        if self.device.type == 'cuda':
+            sync(self.device)
+            top = torch.cuda.max_memory_allocated(self.device)
         else: top = max_rss_bytes()
         self.peak_bytes = max(0, top - self.base_bytes)
     @property
     def peak_mb(self) -> float: return self.peak_bytes / 2**20
 
+# %% ../nbs/09_bench.ipynb #b020
 def matmul_flops(device='cpu', dtype=torch.float32, n: int | None = None, reps: int = 3) -> float:
     "Measured FLOP/s of `torch.matmul` on two large `n x n` matrices of `dtype` (best of `reps`: a ceiling)."
     device = resolve_device(device)
     n = n or (8192 if device.type == 'cuda' else 3072)
-    g = torch.Generator(device='cpu').manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
-    a @ b; sync(device)
-    ts = []
+    gen = torch.Generator(device='cpu').manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
+    a @ b                                                         # warm-up
+    sync(device)
+    seconds = []
     for _ in range(reps):
-        t = time.perf_counter(); a @ b; sync(device); ts.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(ts)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    return 2 * n ** 3 / min(seconds)
 
 # %% ../nbs/09_bench.ipynb #c013
 BENCH_DATA = {'text': 'qb_text', 'image': 'qb_image', 'mixed': 'qb_mixed'}
@@ -120,44 +141,54 @@ def bench_dataset(kind: str, root=None, scale: float = 0.25, seed: int = 0):
     if kind not in BENCH_DATA: raise ValueError(f"data kind {kind!r}: choose from {list(BENCH_DATA)}")
     return load_source(BENCH_DATA[kind], root=root, scale=scale, seed=seed)
 
+# %% ../nbs/09_bench.ipynb #b023
 def bench_batch(ds, cfg: ModelConfig, batch_size: int = 64, seed: int = 0) -> Batch:
     "The benchmark batch: the first `Batch` of epoch 0 for model settings `cfg` (window length, negatives)."
     from transrec.model import train_seq_len
-    return next(iter(train_batches(ds, batch_size=batch_size, seq_len=train_seq_len(cfg), n_neg=cfg.n_neg, seed=seed, epoch=0)))
+    batches = train_batches(ds, batch_size=batch_size, seq_len=train_seq_len(cfg), n_neg=cfg.n_neg, seed=seed,
+                            epoch=0)
+    return next(iter(batches))
 
 # %% ../nbs/09_bench.ipynb #c016
 def occurrence_slots(batch: Batch) -> torch.Tensor:
-    "Local index (into `batch.items`) of every item occurrence of `batch`: each real `seq` position, then each negative."
-    m = batch.mask.bool()
-    return torch.cat([batch.seq[m], batch.neg[m].reshape(-1)])
+    "Local index (into `batch.items`) of every item occurrence of `batch`: real `seq` positions, negatives."
+    mask = batch.mask.bool()
+    return torch.cat([batch.seq[mask], batch.neg[mask].reshape(-1)])
 
+# %% ../nbs/09_bench.ipynb #b026
 def encode_every_occurrence(model, items: torch.Tensor, content) -> torch.Tensor:
     "Item vectors [n, d] of `items` computed once per entry (no de-duplication), by `model`'s own encoders."
     tower = model.item_tower
     content.check(model.cfg)
     items = torch.as_tensor(items).cpu()
     dev = tower.text.proj.weight.device
-    mod = content.modality[items]
+    modality = content.modality[items]
     parts, order = [], []
-    for code, enc in enumerate(tower.encoders()):
-        sel = torch.nonzero(mod == code).squeeze(1)
-        # TextEncoder.forward sorts texts by length into buckets (our optimisation); `encode` is one padded block, as the reference
-        run = getattr(enc, 'encode', enc)
-        if len(sel): parts.append(run(items[sel], content)); order.append(sel)
+    for code, encoder in enumerate(tower.encoders()):
+        selected = torch.nonzero(modality == code).squeeze(1)
+        # TextEncoder.forward sorts texts by length into buckets (our optimisation);
+        # `encode` is one padded block, as the reference
+        run = getattr(encoder, 'encode', encoder)
+        if len(selected):
+            parts.append(run(items[selected], content))
+            order.append(selected)
     vecs = torch.cat(parts)[torch.argsort(torch.cat(order)).to(dev)]
-    if tower.modality_embedding is not None: vecs = vecs + tower.modality_embedding(mod.to(dev))
+    if tower.modality_embedding is not None: vecs = vecs + tower.modality_embedding(modality.to(dev))
     return vecs
 
+# %% ../nbs/09_bench.ipynb #b029
 def reference_item_vectors(model, batch: Batch, content) -> torch.Tensor:
-    "Vectors [U, d] of `batch.items`, computed the reference way: every occurrence encoded, then averaged per item."
+    "Vectors [U, d] of `batch.items` computed the reference way: every occurrence encoded, averaged per item."
     slots = occurrence_slots(batch).cpu()
     occ = encode_every_occurrence(model, batch.items.cpu()[slots], content)
     slots = slots.to(occ.device)
-    sums = torch.zeros(len(batch.items), occ.shape[1], device=occ.device, dtype=occ.dtype).index_add(0, slots, occ)
+    sums = torch.zeros(len(batch.items), occ.shape[1], device=occ.device, dtype=occ.dtype)
+    sums = sums.index_add(0, slots, occ)
     return sums / torch.bincount(slots, minlength=len(batch.items)).clamp_min(1).to(sums.dtype)[:, None]
 
+# %% ../nbs/09_bench.ipynb #b032
 def reference_loss(model, batch: Batch, content) -> tuple[torch.Tensor, dict]:
-    "`model.loss(batch, content)` computed the reference way (`reference_item_vectors`): same loss, more work."
+    "`model.loss(batch, content)` computed the reference way (`reference_item_vectors`): same loss, more work"
     from transrec.model import sequence_loss
     batch = batch.to(model.device)
     return sequence_loss(model, reference_item_vectors(model, batch, content), batch, content)
@@ -173,54 +204,71 @@ class StepVariant:
     compile: bool = False            # torch.compile the trainable parts (CUDA)
     description: str = ''
 
+# %% ../nbs/09_bench.ipynb #b035
 CPU_ONLY_SKIPS = {
-    'amp': "mixed precision is measured on CUDA only: on CPU TrainConfig.amp='auto' keeps fp32 (fp16 autocast does not "
-           "exist on CPU, and bf16 autocast is usually slower than fp32 without bf16 matrix units)",
-    'compile': "torch.compile is measured on CUDA only: the trainer applies TrainConfig.compile on CUDA and runs eagerly on CPU"}
+    'amp': "mixed precision is measured on CUDA only: on CPU TrainConfig.amp='auto' keeps fp32 (fp16 "
+           "autocast does not exist on CPU, and bf16 autocast is usually slower than fp32 without bf16 "
+           "matrix units)",
+    'compile': "torch.compile is measured on CUDA only: the trainer applies TrainConfig.compile on CUDA "
+               "and runs eagerly on CPU"}
 
-def step_variants(device='cpu', amp: str | None = None, compile: bool = False) -> tuple[list[StepVariant], list[dict]]:
+def step_variants(device='cpu', amp: str | None = None,
+                  compile: bool = False) -> tuple[list[StepVariant], list[dict]]:
     "(variants to measure on `device`, skipped options with the reason). `amp`/`compile` add CUDA variants."
     device = resolve_device(device)
-    if amp is not None and amp not in ('bf16', 'fp16'): raise ValueError(f"amp={amp!r}: use 'bf16' or 'fp16' (or leave it out)")
-    vs = [StepVariant('reference', every_occurrence=True, prefix_cache=False, amp='none',
-                      description='every occurrence, full encoders, fp32 (the reference code)'),
-          StepVariant('unique', prefix_cache=False, amp='none', description='unique items once, full encoders, fp32')]
+    if amp is not None and amp not in ('bf16', 'fp16'):
+        raise ValueError(f"amp={amp!r}: use 'bf16' or 'fp16' (or leave it out)")
+    variants = [StepVariant('reference', every_occurrence=True, prefix_cache=False, amp='none',
+                            description='every occurrence, full encoders, fp32 (the reference code)'),
+                StepVariant('unique', prefix_cache=False, amp='none',
+                            description='unique items once, full encoders, fp32')]
     skipped = []
     if device.type == 'cuda':
-        vs.append(StepVariant('cache', amp='none', description='unique items + frozen-prefix cache, fp32'))
-        dflt = resolve_amp(amp or 'auto', device)
-        vs.append(StepVariant('default', amp=amp or 'auto', description=f'unique + cache + autocast {str(dflt).replace("torch.", "")} (trainer default)'
-                              if amp is None else f'unique + cache + autocast {amp}'))
-        if compile: vs.append(StepVariant('default+compile', amp=amp or 'auto', compile=True, description='default + torch.compile of the trainable parts'))
+        variants.append(StepVariant('cache', amp='none',
+                                    description='unique items + frozen-prefix cache, fp32'))
+        default_amp = str(resolve_amp(amp or 'auto', device)).replace("torch.", "")
+        description = (f'unique + cache + autocast {default_amp} (trainer default)' if amp is None
+                       else f'unique + cache + autocast {amp}')
+        variants.append(StepVariant('default', amp=amp or 'auto', description=description))
+        if compile:
+            variants.append(StepVariant('default+compile', amp=amp or 'auto', compile=True,
+                                        description='default + torch.compile of the trainable parts'))
     else:
-        vs.append(StepVariant('default', amp='auto', description='unique items + frozen-prefix cache, fp32 (trainer default on CPU)'))
+        description = 'unique items + frozen-prefix cache, fp32 (trainer default on CPU)'
+        variants.append(StepVariant('default', amp='auto', description=description))
         if amp is not None: skipped.append(dict(option=f'--amp {amp}', reason=CPU_ONLY_SKIPS['amp']))
         if compile: skipped.append(dict(option='--compile', reason=CPU_ONLY_SKIPS['compile']))
-    return vs, skipped
+    return variants, skipped
 
 # %% ../nbs/09_bench.ipynb #c024
 def _autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
+# %% ../nbs/09_bench.ipynb #b038
 def variant_loss(model, batch: Batch, content, variant: StepVariant):
     "The loss of `batch` computed the way `variant` says (reference: every occurrence; else `model.loss`)."
     return reference_loss(model, batch, content) if variant.every_occurrence else model.loss(batch, content)
 
+# %% ../nbs/09_bench.ipynb #b041
 def weights_sha1(model) -> str:
     "SHA-1 of all parameters and buffers of `model` (names and values): equal hashes = same weights."
-    h = hashlib.sha1()
-    for k, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f'{k}{tuple(t.shape)}{t.dtype}'.encode()); h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
-    return h.hexdigest()
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f'{name}{tuple(tensor.shape)}{tensor.dtype}'.encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b'')
+    return digest.hexdigest()
 
-def _forward_flops_by_part(fc) -> dict:
+# %% ../nbs/09_bench.ipynb #b044
+def _forward_flops_by_part(flop_counter) -> dict:
     "Forward FLOPs of the text and image encoders (and in all) from a FlopCounterMode."
-    counts = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
-    text = counts.get('ItemTower.text', counts.get('TextEncoder', 0))      # via the tower, or called directly (reference)
+    counts = {name: sum(per_op.values()) for name, per_op in flop_counter.get_flop_counts().items()}
+    # via the tower, or called directly (reference)
+    text = counts.get('ItemTower.text', counts.get('TextEncoder', 0))
     image = counts.get('ItemTower.image', counts.get('ImageEncoder', 0))
-    return dict(total=int(fc.get_total_flops()), text=int(text), image=int(image))
+    return dict(total=int(flop_counter.get_total_flops()), text=int(text), image=int(image))
 
+# %% ../nbs/09_bench.ipynb #b047
 def measure_train_step(model, ds, batch: Batch, variant: StepVariant, steps: int = 3, warmup: int = 1,
                        seed: int = 0, count_flops: bool = True, ceiling_n: int | None = None) -> dict:
     "Time and memory of `variant`'s optimiser step on `batch` (see above); `model` is trained in place."
@@ -231,56 +279,70 @@ def measure_train_step(model, ds, batch: Batch, variant: StepVariant, steps: int
     device, cfg = model.device, model.cfg
     amp_dtype = resolve_amp(variant.amp, device)
     content = make_content(cfg, ds, prefix_cache=variant.prefix_cache)
-    tc = TrainConfig()
-    out = dict(variant=variant.name, description=variant.description, every_occurrence=variant.every_occurrence,
-               prefix_cache=variant.prefix_cache, amp={None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[amp_dtype],
-               compile=variant.compile, n_sequences=len(batch), n_occurrences=int(batch.mask.sum()) * (1 + batch.neg.shape[-1]),
-               n_unique=len(batch.items), weights_sha1=weights_sha1(model))
+    train_cfg = TrainConfig()
+    amp_name = {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[amp_dtype]
+    out = dict(variant=variant.name, description=variant.description,
+               every_occurrence=variant.every_occurrence, prefix_cache=variant.prefix_cache, amp=amp_name,
+               compile=variant.compile, n_sequences=len(batch),
+               n_occurrences=int(batch.mask.sum()) * (1 + batch.neg.shape[-1]), n_unique=len(batch.items),
+               weights_sha1=weights_sha1(model))
     out['n_encoded'] = out['n_occurrences'] if variant.every_occurrence else out['n_unique']
-    mod = content.modality[batch.items]                                  # tokenise / decode once: data loading, not the step
-    if (mod == 0).any(): content.tokens(batch.items[mod == 0])
-    if (mod == 1).any(): content.pixels(batch.items[mod == 1])
-    if variant.prefix_cache:                                             # warm cache = steady state after the first epoch
-        with torch.no_grad(): model.eval(); model.item_vectors(batch.items, content)
+    modality = content.modality[batch.items]           # tokenise / decode once: data loading, not the step
+    if (modality == 0).any(): content.tokens(batch.items[modality == 0])
+    if (modality == 1).any(): content.pixels(batch.items[modality == 1])
+    if variant.prefix_cache:                           # warm cache = steady state after the first epoch
+        with torch.no_grad():
+            model.eval()
+            model.item_vectors(batch.items, content)
     model.eval()
-    fc = FlopCounterMode(display=False, depth=3)
-    with torch.no_grad(), _autocast(device, amp_dtype), (fc if count_flops else contextlib.nullcontext()):
+    flop_counter = FlopCounterMode(display=False, depth=3)
+    counting = flop_counter if count_flops else contextlib.nullcontext()
+    with torch.no_grad(), _autocast(device, amp_dtype), counting:
         out['initial_loss'] = float(variant_loss(model, batch, content, variant)[0])
-    if count_flops: out['forward_flops'] = _forward_flops_by_part(fc)
+    if count_flops: out['forward_flops'] = _forward_flops_by_part(flop_counter)
     model.train()
     if variant.compile:
-        if not hasattr(model, 'compile_parts'): raise ValueError(f"{type(model).__name__} has no compile_parts(): cannot compile")
-        model.compile_parts(); warmup = max(warmup, 2)                    # first calls compile
-    opt = make_optimizer(model, tc)
-    params = [p for g in opt.param_groups for p in g['params']]
+        if not hasattr(model, 'compile_parts'):
+            raise ValueError(f"{type(model).__name__} has no compile_parts(): cannot compile")
+        model.compile_parts()
+        warmup = max(warmup, 2)                                  # first calls compile
+    opt = make_optimizer(model, train_cfg)
+    params = [p for group in opt.param_groups for p in group['params']]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     def step():
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with _autocast(device, amp_dtype): loss, _ = variant_loss(model, batch, content, variant)
-        sync(device); t1 = time.perf_counter()
+        sync(device)
+        t1 = time.perf_counter()
         scaler.scale(loss.float()).backward()
-        sync(device); t2 = time.perf_counter()
-        scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
-        scaler.step(opt); scaler.update()
-        sync(device); t3 = time.perf_counter()
+        sync(device)
+        t2 = time.perf_counter()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, train_cfg.clip_grad)
+        scaler.step(opt)
+        scaler.update()
+        sync(device)
+        t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
     seed_everything(seed)
-    with PeakMemory(device) as pm:
+    with PeakMemory(device) as peak:
         for i in range(warmup):
             if i == 0 and count_flops and not variant.compile:
-                fc = FlopCounterMode(display=False)
-                with fc: step()
-                out['step_flops'] = int(fc.get_total_flops())
+                flop_counter = FlopCounterMode(display=False)
+                with flop_counter: step()
+                out['step_flops'] = int(flop_counter.get_total_flops())
             else: step()
         phases = np.array([step() for _ in range(steps)])
     total = phases.sum(1)
-    med = float(np.median(total))
-    out.update(step_s=med, step_times_s=[float(t) for t in total], seq_per_s=len(batch) / med,
-               phases_s=dict(zip(('forward', 'backward', 'optimizer'), (float(x) for x in np.median(phases, 0)))),
-               peak_mem_mb=pm.peak_mb, mem_method=pm.method, trainable_params=sum(p.numel() for p in params))
-    if out.get('step_flops'):                       # share of the matmul ceiling measured now, in the same conditions
-        out['achieved_flops_per_s'] = out['step_flops'] / med
+    median = float(np.median(total))
+    phase_medians = (float(x) for x in np.median(phases, 0))
+    out.update(step_s=median, step_times_s=[float(t) for t in total], seq_per_s=len(batch) / median,
+               phases_s=dict(zip(('forward', 'backward', 'optimizer'), phase_medians)),
+               peak_mem_mb=peak.peak_mb, mem_method=peak.method,
+               trainable_params=sum(p.numel() for p in params))
+    if out.get('step_flops'):              # share of the matmul ceiling measured now, in the same conditions
+        out['achieved_flops_per_s'] = out['step_flops'] / median
         out['peak_flops'] = matmul_flops(device, amp_dtype or torch.float32, n=ceiling_n)
         out['share_of_peak'] = out['achieved_flops_per_s'] / out['peak_flops']
     return out
@@ -289,17 +351,18 @@ def measure_train_step(model, ds, batch: Batch, variant: StepVariant, steps: int
 _CHILDREN = ('train', 'eval', 'scale', 'gpu')
 
 def run_isolated(kind: str, spec: dict, timeout: float | None = None) -> dict:
-    "Run `_child_KIND(spec)` (`kind` in 'train', 'eval', 'scale', 'gpu') in a fresh Python process; its result."
+    "Run `_child_KIND(spec)` (`kind` in 'train', 'eval', 'scale', 'gpu') in a fresh Python process."
     if kind not in _CHILDREN: raise ValueError(f"kind={kind!r}: use one of {_CHILDREN}")
-    with tempfile.TemporaryDirectory(prefix='transrec-bench-') as d:
-        sp, op = Path(d)/'spec.json', Path(d)/'out.json'
-        sp.write_text(json.dumps(spec))
-        cmd = [sys.executable, '-m', 'transrec.bench', '--child', kind, str(sp), str(op)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if r.returncode != 0 or not op.exists():
-            raise RuntimeError(f"benchmark child process failed (exit {r.returncode}) for {kind} {spec}:\n"
-                               f"{(r.stderr or '')[-3000:]}\nreproduce with: {' '.join(cmd[:-2])} SPEC.json OUT.json")
-        return json.loads(op.read_text())
+    with tempfile.TemporaryDirectory(prefix='transrec-bench-') as tmp:
+        spec_path, out_path = Path(tmp)/'spec.json', Path(tmp)/'out.json'
+        spec_path.write_text(json.dumps(spec))
+        cmd = [sys.executable, '-m', 'transrec.bench', '--child', kind, str(spec_path), str(out_path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not out_path.exists():
+            raise RuntimeError(f"benchmark child process failed (exit {proc.returncode}) for {kind} {spec}:\n"
+                               f"{(proc.stderr or '')[-3000:]}\n"
+                               f"reproduce with: {' '.join(cmd[:-2])} SPEC.json OUT.json")
+        return json.loads(out_path.read_text())
 
 # %% ../nbs/09_bench.ipynb #c029
 @dataclass
@@ -319,6 +382,7 @@ class TrainSpec:
     count_flops: bool = True
     ceiling_n: int | None = None
 
+# %% ../nbs/09_bench.ipynb #b104
 def _prepare_train(spec: TrainSpec):
     if spec.threads: torch.set_num_threads(spec.threads)
     from transrec.model import build_model
@@ -329,54 +393,69 @@ def _prepare_train(spec: TrainSpec):
     model = build_model(cfg).to(resolve_device(spec.device))
     return ds, batch, model
 
+# %% ../nbs/09_bench.ipynb #b107
 def _child_train(spec: dict) -> dict:
     "One (data, variant) measurement in this process, from scratch (model built with the seed)."
-    s = TrainSpec(**spec)
-    ds, batch, model = _prepare_train(s)
-    r = measure_train_step(model, ds, batch, StepVariant(**s.variant), s.steps, s.warmup, s.seed, s.count_flops, s.ceiling_n)
-    return dict(r, data=s.data, dataset=ds.name, n_items=ds.n_items, threads=torch.get_num_threads())
+    train_spec = TrainSpec(**spec)
+    ds, batch, model = _prepare_train(train_spec)
+    result = measure_train_step(model, ds, batch, StepVariant(**train_spec.variant), train_spec.steps,
+                                train_spec.warmup, train_spec.seed, train_spec.count_flops,
+                                train_spec.ceiling_n)
+    return dict(result, data=train_spec.data, dataset=ds.name, n_items=ds.n_items,
+                threads=torch.get_num_threads())
 
+# %% ../nbs/09_bench.ipynb #b110
 def loss_check(rows: list[dict], tol: float = 1e-4, amp_tol: float = 3e-2) -> dict:
     "Whether all variants of one data set computed the same initial loss (same weights, batch and work)."
-    ref = next(r for r in rows if r['variant'] == 'reference')['initial_loss']
-    diffs = {r['variant']: abs(r['initial_loss'] - ref) for r in rows}
-    ok = all(d <= (tol if r['amp'] == 'fp32' else amp_tol) * max(1.0, abs(ref)) for r, d in zip(rows, diffs.values()))
-    same_w = len({r['weights_sha1'] for r in rows}) == 1
-    return dict(reference_loss=ref, abs_diff=diffs, same_weights=same_w, ok=bool(ok and same_w))
+    ref = next(row for row in rows if row['variant'] == 'reference')['initial_loss']
+    diffs = {row['variant']: abs(row['initial_loss'] - ref) for row in rows}
+    ok = all(diff <= (tol if row['amp'] == 'fp32' else amp_tol) * max(1.0, abs(ref))
+             for row, diff in zip(rows, diffs.values()))
+    same_weights = len({row['weights_sha1'] for row in rows}) == 1
+    return dict(reference_loss=ref, abs_diff=diffs, same_weights=same_weights, ok=bool(ok and same_weights))
 
-def bench_training(data=('text', 'image', 'mixed'), device='cpu', amp: str | None = None, compile: bool = False,
-                   model_config: ModelConfig | None = None, root=None, scale: float = 0.25, seed: int = 0,
-                   batch_size: int = 64, steps: int = 3, warmup: int = 1, threads: int | None = None,
-                   isolate: bool = True, count_flops: bool = True, progress: bool = True, ceiling_n: int | None = None) -> dict:
+# %% ../nbs/09_bench.ipynb #b113
+def bench_training(data=('text', 'image', 'mixed'), device='cpu', amp: str | None = None,
+                   compile: bool = False, model_config: ModelConfig | None = None, root=None,
+                   scale: float = 0.25, seed: int = 0, batch_size: int = 64, steps: int = 3, warmup: int = 1,
+                   threads: int | None = None, isolate: bool = True, count_flops: bool = True,
+                   progress: bool = True, ceiling_n: int | None = None) -> dict:
     "Training-step throughput and memory of each variant of `step_variants` on each kind of batch in `data`."
     device = resolve_device(device)
     variants, skipped = step_variants(device, amp, compile)
     cfg = model_config or ModelConfig()
-    for kind in data: bench_dataset(kind, root, scale, seed)        # build the data sets once, before the children
+    for kind in data: bench_dataset(kind, root, scale, seed)     # build the data sets once, before children
     rows, checks = [], {}
     for kind in data:
-        specs = [TrainSpec(kind, asdict(v), cfg.to_dict(), None if root is None else str(root), scale, seed, batch_size,
-                           steps, warmup, str(device), threads, count_flops, ceiling_n) for v in variants]
-        if isolate: res = []
-        else:
-            ds, batch, model = _prepare_train(specs[0]); init = copy.deepcopy(model.state_dict()); res = []
-        for s, v in zip(specs, variants):
+        specs = [TrainSpec(kind, asdict(v), cfg.to_dict(), None if root is None else str(root), scale, seed,
+                           batch_size, steps, warmup, str(device), threads, count_flops, ceiling_n)
+                 for v in variants]
+        results = []
+        if not isolate:
+            ds, batch, model = _prepare_train(specs[0])
+            init = copy.deepcopy(model.state_dict())
+        for spec, variant in zip(specs, variants):
             t0 = time.time()
-            if isolate: r = run_isolated('train', asdict(s))
+            if isolate: result = run_isolated('train', asdict(spec))
             else:
                 model.load_state_dict(init)
-                r = dict(measure_train_step(model, ds, batch, v, steps, warmup, seed, count_flops, ceiling_n), data=kind, dataset=ds.name,
-                         n_items=ds.n_items, threads=torch.get_num_threads())
-            res.append(r)
-            if progress: log.info(f"bench train {kind:<5} {v.name:<16} {r['seq_per_s']:8.2f} seq/s  peak {r['peak_mem_mb']:7.1f} MB  ({time.time() - t0:.0f}s)")
-        ref = next(r for r in res if r['variant'] == 'reference')
-        for r in res: r['speedup'] = r['seq_per_s'] / ref['seq_per_s']
-        checks[kind] = loss_check(res)
-        rows += res
+                result = measure_train_step(model, ds, batch, variant, steps, warmup, seed, count_flops,
+                                            ceiling_n)
+                result = dict(result, data=kind, dataset=ds.name, n_items=ds.n_items,
+                              threads=torch.get_num_threads())
+            results.append(result)
+            if progress:
+                log.info(f"bench train {kind:<5} {variant.name:<16} {result['seq_per_s']:8.2f} seq/s  "
+                         f"peak {result['peak_mem_mb']:7.1f} MB  ({time.time() - t0:.0f}s)")
+        ref = next(result for result in results if result['variant'] == 'reference')
+        for result in results: result['speedup'] = result['seq_per_s'] / ref['seq_per_s']
+        checks[kind] = loss_check(results)
+        rows += results
     return dict(rows=rows, loss_check=checks, skipped=skipped, variants=[asdict(v) for v in variants])
 
 # %% ../nbs/09_bench.ipynb #c033
-def eval_chunk_size(n_items: int, budget_mb: float = 256, max_rows: int = 1024, tile_items: int | None = None) -> int:
+def eval_chunk_size(n_items: int, budget_mb: float = 256, max_rows: int = 1024,
+                    tile_items: int | None = None) -> int:
     "Users per scoring chunk so that `rows x min(tile_items, n_items)` fp32 scores fit in `budget_mb`."
     width = max(1, min(n_items, tile_items or n_items))
     return int(max(1, min(max_rows, budget_mb * 2**20 // (4 * width))))
@@ -399,210 +478,270 @@ class EvalSpec:
     min_time_s: float = 1.0
     ceiling_n: int | None = None
 
+# %% ../nbs/09_bench.ipynb #b117
 def _timed(fn, device, reps: int, min_time: float) -> float:
     "Median wall time of `fn()`, repeated up to `reps` times until `min_time` seconds are spent."
-    ts = []
-    while len(ts) < reps and (not ts or sum(ts) < min_time):
-        sync(device); t = time.perf_counter(); fn(); sync(device); ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    seconds = []
+    while len(seconds) < reps and (not seconds or sum(seconds) < min_time):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
 
+# %% ../nbs/09_bench.ipynb #b120
 def measure_eval(spec: EvalSpec) -> dict:
-    "Users/s and peak memory of `full_rank_metrics` (tiled and untiled), `topk_items` and the bare tile matmuls."
+    "Users/s and peak memory of `full_rank_metrics` (tiled and untiled), `topk_items`, the bare tile matmuls."
     from transrec.metrics import full_rank_metrics, topk_items, default_tile_items, _scores_tile, _tile_starts
-    s = spec
-    if s.threads: torch.set_num_threads(s.threads)
-    device = resolve_device(s.device)
-    g = torch.Generator().manual_seed(s.seed)
-    items = torch.randn(s.n_items, s.dim, generator=g).to(device)
-    users = torch.randn(s.n_users, s.dim, generator=g).to(device)
-    rng = np.random.default_rng(s.seed)
-    targets = rng.integers(0, s.n_items, s.n_users)
-    exclude = list(rng.integers(0, s.n_items, (s.n_users, s.hist_len)))           # a history to mask per user
-    tile = min(s.n_items, s.tile_items or default_tile_items(s.n_items, device))
-    chunk, chunk_untiled = eval_chunk_size(s.n_items, s.chunk_mb, tile_items=tile), eval_chunk_size(s.n_items, s.chunk_mb)
-    flops = matmul_flops(device, n=s.ceiling_n)                 # the ceiling, measured in the same conditions
-    w = min(s.n_users, 32)
-    full_rank_metrics(users[:w], items, targets[:w], exclude[:w], chunk_size=chunk, tile_items=tile)   # warm-up
+    if spec.threads: torch.set_num_threads(spec.threads)
+    device = resolve_device(spec.device)
+    gen = torch.Generator().manual_seed(spec.seed)
+    items = torch.randn(spec.n_items, spec.dim, generator=gen).to(device)
+    users = torch.randn(spec.n_users, spec.dim, generator=gen).to(device)
+    rng = np.random.default_rng(spec.seed)
+    targets = rng.integers(0, spec.n_items, spec.n_users)
+    exclude = list(rng.integers(0, spec.n_items, (spec.n_users, spec.hist_len)))  # a history to mask per user
+    tile = min(spec.n_items, spec.tile_items or default_tile_items(spec.n_items, device))
+    chunk = eval_chunk_size(spec.n_items, spec.chunk_mb, tile_items=tile)
+    chunk_untiled = eval_chunk_size(spec.n_items, spec.chunk_mb)
+    flops = matmul_flops(device, n=spec.ceiling_n)             # the ceiling, measured in the same conditions
+    n_warm = min(spec.n_users, 32)
+    full_rank_metrics(users[:n_warm], items, targets[:n_warm], exclude[:n_warm], chunk_size=chunk,
+                      tile_items=tile)                                                  # warm-up
     def gemm():
-        for a in range(0, s.n_users, chunk):
-            for b in _tile_starts(s.n_items, tile): _scores_tile(users[a:a + chunk], items, b, b + tile)
-    out = dict(n_items=s.n_items, n_users=s.n_users, dim=s.dim, hist_len=s.hist_len, chunk_size=chunk, tile_items=tile,
-               chunk_size_untiled=chunk_untiled, device=str(device), matmul_flops=flops)
-    variants = (('metrics', lambda: full_rank_metrics(users, items, targets, exclude, chunk_size=chunk, tile_items=tile)),
-                ('untiled', lambda: full_rank_metrics(users, items, targets, exclude, chunk_size=chunk_untiled,
-                                                      tile_items=s.n_items)),
-                ('topk', lambda: topk_items(users, items, exclude, s.k, chunk_size=chunk)), ('gemm', gemm))
+        for user_start in range(0, spec.n_users, chunk):
+            for item_start in _tile_starts(spec.n_items, tile):
+                _scores_tile(users[user_start:user_start + chunk], items, item_start, item_start + tile)
+    out = dict(n_items=spec.n_items, n_users=spec.n_users, dim=spec.dim, hist_len=spec.hist_len,
+               chunk_size=chunk, tile_items=tile, chunk_size_untiled=chunk_untiled, device=str(device),
+               matmul_flops=flops)
+    variants = (('metrics', lambda: full_rank_metrics(users, items, targets, exclude, chunk_size=chunk,
+                                                      tile_items=tile)),
+                ('untiled', lambda: full_rank_metrics(users, items, targets, exclude,
+                                                      chunk_size=chunk_untiled, tile_items=spec.n_items)),
+                ('topk', lambda: topk_items(users, items, exclude, spec.k, chunk_size=chunk)),
+                ('gemm', gemm))
     for name, fn in variants:
-        with PeakMemory(device) as pm: t = _timed(fn, device, s.reps, s.min_time_s)
-        out[f'{name}_s'], out[f'{name}_users_per_s'], out[f'{name}_peak_mb'] = t, s.n_users / t, pm.peak_mb
-    out['mem_method'] = pm.method
+        with PeakMemory(device) as peak: seconds = _timed(fn, device, spec.reps, spec.min_time_s)
+        out[f'{name}_s'], out[f'{name}_users_per_s'] = seconds, spec.n_users / seconds
+        out[f'{name}_peak_mb'] = peak.peak_mb
+    out['mem_method'] = peak.method
     return out
 
+# %% ../nbs/09_bench.ipynb #b123
 def _child_eval(spec: dict) -> dict: return measure_eval(EvalSpec(**spec))
 
+# %% ../nbs/09_bench.ipynb #b126
 def bench_eval(n_items=(10_000, 100_000, 1_000_000), n_users=(1000, 4000), dim: int = 64, device='cpu',
-               threads: int | None = None, chunk_mb: float = 256, flops: float | None = None, isolate: bool = True,
-               progress: bool = True, **kw) -> dict:
-    "Full-ranking users/s and peak memory per catalogue size x user count, against the matmul ceiling (`flops`, else measured per row)."
+               threads: int | None = None, chunk_mb: float = 256, flops: float | None = None,
+               isolate: bool = True, progress: bool = True, **kw) -> dict:
+    """Full-ranking users/s and peak memory per catalogue size x user count, against the matmul ceiling
+    (`flops`, else measured per row)."""
     device = resolve_device(device)
     if threads: torch.set_num_threads(threads)
     rows = []
     for n in n_items:
-        for u in n_users:
-            s = EvalSpec(n_items=n, n_users=u, dim=dim, device=str(device), threads=threads, chunk_mb=chunk_mb, **kw)
+        for n_u in n_users:
+            spec = EvalSpec(n_items=n, n_users=n_u, dim=dim, device=str(device), threads=threads,
+                            chunk_mb=chunk_mb, **kw)
             t0 = time.time()
-            r = run_isolated('eval', asdict(s)) if isolate else measure_eval(s)
-            if flops: r['matmul_flops'] = flops
-            ideal = r['matmul_flops'] / (2 * n * dim)
-            r.update(ideal_users_per_s=ideal, **{f'ideal_over_{v}': ideal / r[f'{v}_users_per_s']
-                                                 for v in ('metrics', 'untiled', 'topk', 'gemm')})
-            rows.append(r)
-            if progress: log.info(f"bench eval {n:>9,} items {u:>6} users: metrics {r['metrics_users_per_s']:9.0f} users/s "
-                                  f"(ideal/achieved {r['ideal_over_metrics']:.1f}x, untiled {r['ideal_over_untiled']:.1f}x), "
-                                  f"peak {r['metrics_peak_mb']:.0f} MB ({time.time() - t0:.0f}s)")
+            row = run_isolated('eval', asdict(spec)) if isolate else measure_eval(spec)
+            if flops: row['matmul_flops'] = flops
+            ideal = row['matmul_flops'] / (2 * n * dim)
+            row.update(ideal_users_per_s=ideal, **{f'ideal_over_{v}': ideal / row[f'{v}_users_per_s']
+                                                   for v in ('metrics', 'untiled', 'topk', 'gemm')})
+            rows.append(row)
+            if progress:
+                log.info(f"bench eval {n:>9,} items {n_u:>6} users: "
+                         f"metrics {row['metrics_users_per_s']:9.0f} users/s "
+                         f"(ideal/achieved {row['ideal_over_metrics']:.1f}x, "
+                         f"untiled {row['ideal_over_untiled']:.1f}x), "
+                         f"peak {row['metrics_peak_mb']:.0f} MB ({time.time() - t0:.0f}s)")
     big = max(n_items)
-    peaks = {r['n_users']: r['metrics_peak_mb'] for r in rows if r['n_items'] == big}
-    topk_peaks = {r['n_users']: r['topk_peak_mb'] for r in rows if r['n_items'] == big}
+    peaks = {row['n_users']: row['metrics_peak_mb'] for row in rows if row['n_items'] == big}
+    topk_peaks = {row['n_users']: row['topk_peak_mb'] for row in rows if row['n_items'] == big}
     return dict(dim=dim, chunk_mb=chunk_mb, rows=rows,
                 memory_vs_users=dict(n_items=big, metrics_peak_mb=peaks, topk_peak_mb=topk_peaks))
 
 # %% ../nbs/09_bench.ipynb #c038
 QUICK = dict(model_config=dict(dim=16, n_layers=1, n_heads=2, max_len=6, image_size=32, text_max_tokens=16),
-             scale=0.05, batch_size=8, steps=1, warmup=1, n_items=(2000, 20_000), n_users=(64, 256), chunk_mb=1)
+             scale=0.05, batch_size=8, steps=1, warmup=1, n_items=(2000, 20_000), n_users=(64, 256),
+             chunk_mb=1)
 
+# %% ../nbs/09_bench.ipynb #b129
 # Datasheet dense bf16 tensor-core peaks (FLOP/s) of a few GPUs, for reference next to the measured ceiling.
-DATASHEET_BF16 = {'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12, 'L4': 121e12}
+DATASHEET_BF16 = {'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12,
+                  'L4': 121e12}
 
 def datasheet_bf16(gpu_name: str) -> float | None:
     "Datasheet dense bf16 peak of GPU `gpu_name` if listed in `DATASHEET_BF16` (most specific name first)."
-    for k in sorted(DATASHEET_BF16, key=len, reverse=True):
-        if all(w in gpu_name for w in k.split()): return DATASHEET_BF16[k]
+    for name in sorted(DATASHEET_BF16, key=len, reverse=True):
+        if all(word in gpu_name for word in name.split()): return DATASHEET_BF16[name]
     return None
 
+# %% ../nbs/09_bench.ipynb #b132
 def _datasheet_shares(train: dict, datasheet: float | None) -> None:
     "Add to each bf16 training row the share of the GPU's datasheet bf16 peak that the step reached."
-    for r in train['rows']:
-        if datasheet and r.get('achieved_flops_per_s') and r['amp'] == 'bf16':
-            r['share_of_datasheet_bf16'] = r['achieved_flops_per_s'] / datasheet
+    for row in train['rows']:
+        if datasheet and row.get('achieved_flops_per_s') and row['amp'] == 'bf16':
+            row['share_of_datasheet_bf16'] = row['achieved_flops_per_s'] / datasheet
 
+# %% ../nbs/09_bench.ipynb #b135
+def check_targets(res: dict) -> dict:
+    """The speed targets: default step >= 5x reference on the mixed batch on CPU; evaluation
+    (`full_rank_metrics`) within 2x of the ceiling at every size; its peak memory independent of the number of
+    users. (Top-K lists are reported, not targeted.)"""
+    out = {}
+    training = res.get('training')
+    if training:
+        for row in training['rows']:
+            if row['variant'] == 'default' and row['data'] == 'mixed':
+                out['train_default_vs_reference_mixed'] = dict(target=5.0, measured=row['speedup'],
+                                                               met=row['speedup'] >= 5.0,
+                                                               applies=res['settings']['device'] == 'cpu')
+    evaluation = res.get('evaluation')
+    if evaluation:
+        worst = max(evaluation['rows'], key=lambda row: row['ideal_over_metrics'])
+        out['eval_metrics_within_2x_of_ceiling'] = dict(
+            target=2.0, measured_worst=worst['ideal_over_metrics'],
+            at=dict(n_items=worst['n_items'], n_users=worst['n_users']),
+            met=worst['ideal_over_metrics'] <= 2.0)
+        peaks = list(evaluation['memory_vs_users']['metrics_peak_mb'].values())
+        if len(peaks) > 1:
+            out['eval_memory_independent_of_users'] = dict(
+                peaks_mb=evaluation['memory_vs_users']['metrics_peak_mb'],
+                met=max(peaks) <= 1.25 * min(peaks) + 16)
+    return out
+
+# %% ../nbs/09_bench.ipynb #b138
 def run_bench(quick: bool = False, parts=('train', 'eval'), data=('text', 'image', 'mixed'), device='cpu',
-              amp: str | None = None, compile: bool = False, steps: int | None = None, warmup: int | None = None,
-              batch_size: int | None = None, n_items=None, n_users=None, scale: float | None = None, root=None,
-              seed: int = 0, threads: int | None = None, isolate: bool = True, chunk_mb: float | None = None,
-              progress: bool = True) -> dict:
+              amp: str | None = None, compile: bool = False, steps: int | None = None,
+              warmup: int | None = None, batch_size: int | None = None, n_items=None, n_users=None,
+              scale: float | None = None, root=None, seed: int = 0, threads: int | None = None,
+              isolate: bool = True, chunk_mb: float | None = None, progress: bool = True) -> dict:
     "The whole benchmark as a JSON-able dict: machine, settings, training rows, evaluation rows, targets."
     device = resolve_device(device)
     if threads: torch.set_num_threads(threads)
-    q = QUICK if quick else {}
-    chunk_mb = chunk_mb or q.get('chunk_mb', 256)
-    cfg = ModelConfig.from_dict(q.get('model_config', {}))
-    st = dict(quick=quick, device=str(device), steps=steps or q.get('steps', 3), warmup=warmup if warmup is not None else q.get('warmup', 1),
-              batch_size=batch_size or q.get('batch_size', 64), scale=scale or q.get('scale', 0.25), seed=seed,
-              n_items=list(n_items or q.get('n_items', (10_000, 100_000, 1_000_000))), n_users=list(n_users or q.get('n_users', (1000, 4000))),
-              data=list(data), amp=amp, compile=compile, isolate=isolate, chunk_mb=chunk_mb, threads=torch.get_num_threads(),
-              model_config=cfg.to_dict(), eval_dim=cfg.dim, root=str(data_root(root)))
-    n = 1024 if quick else None
-    ceilings = {'fp32': matmul_flops(device, n=n)}
+    sizes = QUICK if quick else {}
+    chunk_mb = chunk_mb or sizes.get('chunk_mb', 256)
+    cfg = ModelConfig.from_dict(sizes.get('model_config', {}))
+    settings = dict(quick=quick, device=str(device), steps=steps or sizes.get('steps', 3),
+                    warmup=warmup if warmup is not None else sizes.get('warmup', 1),
+                    batch_size=batch_size or sizes.get('batch_size', 64),
+                    scale=scale or sizes.get('scale', 0.25), seed=seed,
+                    n_items=list(n_items or sizes.get('n_items', (10_000, 100_000, 1_000_000))),
+                    n_users=list(n_users or sizes.get('n_users', (1000, 4000))), data=list(data), amp=amp,
+                    compile=compile, isolate=isolate, chunk_mb=chunk_mb, threads=torch.get_num_threads(),
+                    model_config=cfg.to_dict(), eval_dim=cfg.dim, root=str(data_root(root)))
+    ceiling_n = 1024 if quick else None
+    ceilings = {'fp32': matmul_flops(device, n=ceiling_n)}
     if device.type == 'cuda':
-        if torch.cuda.is_bf16_supported(): ceilings['bf16'] = matmul_flops(device, torch.bfloat16, n=n)
-        ceilings['fp16'] = matmul_flops(device, torch.float16, n=n)
-    res = dict(machine=machine_info(device), settings=st, ceilings=ceilings, skipped=[])
+        if torch.cuda.is_bf16_supported():
+            ceilings['bf16'] = matmul_flops(device, torch.bfloat16, n=ceiling_n)
+        ceilings['fp16'] = matmul_flops(device, torch.float16, n=ceiling_n)
+    res = dict(machine=machine_info(device), settings=settings, ceilings=ceilings, skipped=[])
     if device.type == 'cuda':
         res['datasheet_bf16_flops'] = datasheet_bf16(torch.cuda.get_device_name(device))
     if 'train' in parts:
-        tr = bench_training(data, device, amp, compile, cfg, root, st['scale'], seed, st['batch_size'], st['steps'], st['warmup'],
-                            threads, isolate, progress=progress, ceiling_n=n)
-        _datasheet_shares(tr, res.get('datasheet_bf16_flops'))
-        res['training'], res['skipped'] = tr, tr['skipped']
+        training = bench_training(data, device, amp, compile, cfg, root, settings['scale'], seed,
+                                  settings['batch_size'], settings['steps'], settings['warmup'], threads,
+                                  isolate, progress=progress, ceiling_n=ceiling_n)
+        _datasheet_shares(training, res.get('datasheet_bf16_flops'))
+        res['training'], res['skipped'] = training, training['skipped']
     elif amp or compile: res['skipped'] = step_variants(device, amp, compile)[1]
     if 'eval' in parts:
-        res['evaluation'] = bench_eval(st['n_items'], st['n_users'], cfg.dim, device, threads, chunk_mb, None, isolate, progress,
-                                       ceiling_n=n)
+        res['evaluation'] = bench_eval(settings['n_items'], settings['n_users'], cfg.dim, device, threads,
+                                       chunk_mb, None, isolate, progress, ceiling_n=ceiling_n)
     res['targets'] = check_targets(res)
     return res
-
-def check_targets(res: dict) -> dict:
-    """The speed targets: default step >= 5x reference on the mixed batch on CPU; evaluation (`full_rank_metrics`) within 2x
-    of the ceiling at every size; its peak memory independent of the number of users. (Top-K lists are reported, not targeted.)"""
-    out = {}
-    tr = res.get('training')
-    if tr:
-        for r in tr['rows']:
-            if r['variant'] == 'default' and r['data'] == 'mixed':
-                out['train_default_vs_reference_mixed'] = dict(target=5.0, measured=r['speedup'], met=r['speedup'] >= 5.0,
-                                                               applies=res['settings']['device'] == 'cpu')
-    ev = res.get('evaluation')
-    if ev:
-        worst = max(ev['rows'], key=lambda r: r['ideal_over_metrics'])
-        out['eval_metrics_within_2x_of_ceiling'] = dict(target=2.0, measured_worst=worst['ideal_over_metrics'],
-                                                        at=dict(n_items=worst['n_items'], n_users=worst['n_users']),
-                                                        met=worst['ideal_over_metrics'] <= 2.0)
-        p = list(ev['memory_vs_users']['metrics_peak_mb'].values())
-        if len(p) > 1:
-            out['eval_memory_independent_of_users'] = dict(peaks_mb=ev['memory_vs_users']['metrics_peak_mb'],
-                                                           met=max(p) <= 1.25 * min(p) + 16)
-    return out
 
 # %% ../nbs/09_bench.ipynb #c039
 def _fmt_flops(x): return '-' if not x else f'{x / 1e12:.2f}T' if x >= 1e12 else f'{x / 1e9:.1f}G'
 
+# %% ../nbs/09_bench.ipynb #b141
 def render(res: dict) -> str:
     "Human-readable tables of a `run_bench` result."
-    m, st = res['machine'], res['settings']
-    L = [f"TransRec benchmark on {m['device']}" + (f" ({m['gpu']})" if m.get('gpu') else '') +
-         f": {m['cpu_count']} CPUs, {st['threads']} torch threads, torch {m['torch']}, load average {m.get('load_average')}",
-         'matmul ceiling at start: ' + ', '.join(f'{k} {_fmt_flops(v)}FLOP/s' for k, v in res['ceilings'].items()) +
-         (f", datasheet bf16 {_fmt_flops(res['datasheet_bf16_flops'])}FLOP/s" if res.get('datasheet_bf16_flops') else '')]
-    load = (m.get('load_average') or [0])[0]
-    if st['device'] == 'cpu' and st['threads'] > 1 and load + st['threads'] > m['cpu_count'] + 0.5:
-        L.append(f"note: load average {load:.1f} on {m['cpu_count']} CPUs with {st['threads']} torch threads: the machine is "
-                 "oversubscribed, so every parallel operator may wait for a descheduled thread; this penalises steps made of "
-                 "many small operators (ours) far more than big ones (the reference). Compare with --threads 1.")
-    tr = res.get('training')
-    if tr:
-        r0 = tr['rows'][0]
-        L += ['', f"Training step: batch of {r0['n_sequences']} sequences, median of {st['steps']} steps after {st['warmup']} warm-up; "
-                  f"model {'quick' if st['quick'] else 'ModelConfig defaults'} (dim {st['model_config']['dim']}, text "
-                  f"{st['model_config']['text_model']} top {st['model_config']['text_trainable_blocks']} blocks, "
-                  f"{st['model_config']['image_model']} at {st['model_config']['image_size']}px); data scale {st['scale']}",
-              f"{'data':<6}{'variant':<16}{'amp':<6}{'encoded':>8}{'seq/s':>9}{'x ref':>7}{'step ms':>9}{'fwd':>8}{'bwd':>8}"
-              f"{'optim':>8}{'peak MB':>9}{'GFLOP':>8}{'FLOP/s':>8}{'%peak':>7}{'loss@init':>11}"]
-        for r in tr['rows']:
-            p = r['phases_s']
-            L.append(f"{r['data']:<6}{r['variant']:<16}{r['amp']:<6}{r['n_encoded']:>8}{r['seq_per_s']:>9.2f}{r['speedup']:>7.2f}"
-                     f"{1e3 * r['step_s']:>9.0f}{1e3 * p['forward']:>8.0f}{1e3 * p['backward']:>8.0f}{1e3 * p['optimizer']:>8.0f}"
-                     f"{r['peak_mem_mb']:>9.1f}{(r.get('step_flops') or 0) / 1e9:>8.1f}{_fmt_flops(r.get('achieved_flops_per_s')):>8}"
-                     f"{100 * r['share_of_peak'] if r.get('share_of_peak') else float('nan'):>7.1f}{r['initial_loss']:>11.5f}")
-        L.append('encoded = items run through the encoders per step (every occurrence for the reference, unique items otherwise; '
-                 'batches: ' + ', '.join(f"{r['data']} {r['n_occurrences']} occurrences / {r['n_unique']} unique"
-                                         for r in tr['rows'] if r['variant'] == 'reference') + ')')
-        L.append('loss check (same weights, batch, initial loss): ' +
-                 ', '.join(f"{k} {'ok' if v['ok'] else 'MISMATCH'} (max diff {max(v['abs_diff'].values()):.1e})" for k, v in tr['loss_check'].items()))
-    for s in res.get('skipped', []): L.append(f"skipped {s['option']}: {s['reason']}")
-    ev = res.get('evaluation')
-    if ev:
-        L += ['', f"Full-ranking evaluation: random vectors, dim {ev['dim']}, {ev['rows'][0]['hist_len']} history items masked per user, "
-                  f"chunks of <= {ev['chunk_mb']:g} MiB of scores; ideal users/s = matmul FLOP/s (measured in each row) / (2 x items x dim); "
-                  "x = ideal / achieved",
-              f"{'items':>10}{'users':>7}{'chunk':>6}{'tile':>6}{'FLOP/s':>8}{'ideal u/s':>11}{'metrics u/s':>12}{'x':>6}"
-              f"{'untiled u/s':>12}{'x':>6}{'topk u/s':>10}{'x':>6}{'gemm u/s':>10}{'x':>6}{'peak MB metrics':>16}{'untiled':>8}{'topk':>7}"]
-        for r in ev['rows']:
-            L.append(f"{r['n_items']:>10,}{r['n_users']:>7}{r['chunk_size']:>6}{r.get('tile_items', r['n_items']):>6}"
-                     f"{_fmt_flops(r['matmul_flops']):>8}{r['ideal_users_per_s']:>11.0f}{r['metrics_users_per_s']:>12.0f}"
-                     f"{r['ideal_over_metrics']:>6.2f}{r['untiled_users_per_s']:>12.0f}{r['ideal_over_untiled']:>6.2f}"
-                     f"{r['topk_users_per_s']:>10.0f}{r['ideal_over_topk']:>6.2f}{r['gemm_users_per_s']:>10.0f}{r['ideal_over_gemm']:>6.2f}"
-                     f"{r['metrics_peak_mb']:>16.0f}{r['untiled_peak_mb']:>8.0f}{r['topk_peak_mb']:>7.0f}")
+    machine, settings = res['machine'], res['settings']
+    gpu = f" ({machine['gpu']})" if machine.get('gpu') else ''
+    ceilings = ', '.join(f'{k} {_fmt_flops(v)}FLOP/s' for k, v in res['ceilings'].items())
+    datasheet = (f", datasheet bf16 {_fmt_flops(res['datasheet_bf16_flops'])}FLOP/s"
+                 if res.get('datasheet_bf16_flops') else '')
+    lines = [f"TransRec benchmark on {machine['device']}{gpu}: {machine['cpu_count']} CPUs, "
+             f"{settings['threads']} torch threads, torch {machine['torch']}, "
+             f"load average {machine.get('load_average')}",
+             f'matmul ceiling at start: {ceilings}{datasheet}']
+    load = (machine.get('load_average') or [0])[0]
+    threads = settings['threads']
+    if settings['device'] == 'cpu' and threads > 1 and load + threads > machine['cpu_count'] + 0.5:
+        lines.append(f"note: load average {load:.1f} on {machine['cpu_count']} CPUs with {threads} torch "
+                     "threads: the machine is oversubscribed, so every parallel operator may wait for a "
+                     "descheduled thread; this penalises steps made of many small operators (ours) far more "
+                     "than big ones (the reference). Compare with --threads 1.")
+    training = res.get('training')
+    if training:
+        first, model_cfg = training['rows'][0], settings['model_config']
+        model_name = 'quick' if settings['quick'] else 'ModelConfig defaults'
+        lines += ['', f"Training step: batch of {first['n_sequences']} sequences, "
+                      f"median of {settings['steps']} steps after {settings['warmup']} warm-up; "
+                      f"model {model_name}"
+                      f" (dim {model_cfg['dim']}, text {model_cfg['text_model']} top "
+                      f"{model_cfg['text_trainable_blocks']} blocks, {model_cfg['image_model']} at "
+                      f"{model_cfg['image_size']}px); data scale {settings['scale']}",
+                  f"{'data':<6}{'variant':<16}{'amp':<6}{'encoded':>8}{'seq/s':>9}{'x ref':>7}{'step ms':>9}"
+                  f"{'fwd':>8}{'bwd':>8}{'optim':>8}{'peak MB':>9}{'GFLOP':>8}{'FLOP/s':>8}{'%peak':>7}"
+                  f"{'loss@init':>11}"]
+        for row in training['rows']:
+            phases = row['phases_s']
+            share = 100 * row['share_of_peak'] if row.get('share_of_peak') else float('nan')
+            lines.append(f"{row['data']:<6}{row['variant']:<16}{row['amp']:<6}{row['n_encoded']:>8}"
+                         f"{row['seq_per_s']:>9.2f}{row['speedup']:>7.2f}{1e3 * row['step_s']:>9.0f}"
+                         f"{1e3 * phases['forward']:>8.0f}{1e3 * phases['backward']:>8.0f}"
+                         f"{1e3 * phases['optimizer']:>8.0f}{row['peak_mem_mb']:>9.1f}"
+                         f"{(row.get('step_flops') or 0) / 1e9:>8.1f}"
+                         f"{_fmt_flops(row.get('achieved_flops_per_s')):>8}"
+                         f"{share:>7.1f}{row['initial_loss']:>11.5f}")
+        lines.append('encoded = items run through the encoders per step (every occurrence for the reference, '
+                     'unique items otherwise; batches: ' +
+                     ', '.join(f"{row['data']} {row['n_occurrences']} occurrences / {row['n_unique']} unique"
+                               for row in training['rows'] if row['variant'] == 'reference') + ')')
+        lines.append('loss check (same weights, batch, initial loss): ' +
+                     ', '.join(f"{k} {'ok' if v['ok'] else 'MISMATCH'} "
+                               f"(max diff {max(v['abs_diff'].values()):.1e})"
+                               for k, v in training['loss_check'].items()))
+    for skip in res.get('skipped', []): lines.append(f"skipped {skip['option']}: {skip['reason']}")
+    evaluation = res.get('evaluation')
+    if evaluation:
+        lines += ['', f"Full-ranking evaluation: random vectors, dim {evaluation['dim']}, "
+                      f"{evaluation['rows'][0]['hist_len']} history items masked per user, chunks of <= "
+                      f"{evaluation['chunk_mb']:g} MiB of scores; ideal users/s = matmul FLOP/s (measured in "
+                      "each row) / (2 x items x dim); x = ideal / achieved",
+                  f"{'items':>10}{'users':>7}{'chunk':>6}{'tile':>6}{'FLOP/s':>8}{'ideal u/s':>11}"
+                  f"{'metrics u/s':>12}{'x':>6}{'untiled u/s':>12}{'x':>6}{'topk u/s':>10}{'x':>6}"
+                  f"{'gemm u/s':>10}{'x':>6}"
+                  f"{'peak MB metrics':>16}{'untiled':>8}{'topk':>7}"]
+        for row in evaluation['rows']:
+            lines.append(f"{row['n_items']:>10,}{row['n_users']:>7}{row['chunk_size']:>6}"
+                         f"{row.get('tile_items', row['n_items']):>6}{_fmt_flops(row['matmul_flops']):>8}"
+                         f"{row['ideal_users_per_s']:>11.0f}{row['metrics_users_per_s']:>12.0f}"
+                         f"{row['ideal_over_metrics']:>6.2f}{row['untiled_users_per_s']:>12.0f}"
+                         f"{row['ideal_over_untiled']:>6.2f}{row['topk_users_per_s']:>10.0f}"
+                         f"{row['ideal_over_topk']:>6.2f}{row['gemm_users_per_s']:>10.0f}"
+                         f"{row['ideal_over_gemm']:>6.2f}{row['metrics_peak_mb']:>16.0f}"
+                         f"{row['untiled_peak_mb']:>8.0f}{row['topk_peak_mb']:>7.0f}")
     if res.get('targets'):
-        L.append('')
+        lines.append('')
         for k, v in res['targets'].items():
-            meas = v.get('measured', v.get('measured_worst'))
-            L.append(f"target {k}: " + (f"{meas:.2f} vs {v['target']}" if meas is not None else str(v.get('peaks_mb'))) +
-                     f" -> {'met' if v['met'] else 'NOT met'}" + ('' if v.get('applies', True) else ' (target is for CPU)'))
-    return '\n'.join(L)
+            measured = v.get('measured', v.get('measured_worst'))
+            lines.append(f"target {k}: " + (f"{measured:.2f} vs {v['target']}" if measured is not None
+                                            else str(v.get('peaks_mb'))) +
+                         f" -> {'met' if v['met'] else 'NOT met'}" + ('' if v.get('applies', True) else
+                                                                      ' (target is for CPU)'))
+    return '\n'.join(lines)
 
 # %% ../nbs/09_bench.ipynb #sc01
 def fit_exponent(sizes, costs) -> float | None:
-    "Least-squares slope of log(cost) vs log(size), i.e. `b` in cost ~ a * size**b (None with < 2 distinct sizes)."
+    "Least-squares slope of log(cost) vs log(size): `b` in cost ~ a * size**b (None with < 2 distinct sizes)."
     x, y = np.asarray(sizes, dtype=float), np.asarray(costs, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"fit_exponent: {len(x)} sizes and {len(y)} costs: give one cost per size")
@@ -612,13 +751,14 @@ def fit_exponent(sizes, costs) -> float | None:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 # %% ../nbs/09_bench.ipynb #sc04
-SCALE_SOURCE = 'qb_mixed'
-
 def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob('*') if p.is_file()) if Path(path).exists() else 0
 
+# %% ../nbs/09_bench.ipynb #b203
+SCALE_SOURCE = 'qb_mixed'
+
 def scale_data(work_dir, scale: float, seed: int = 0) -> dict:
-    "Build (or reuse) the synthetic source at `scale` under `work_dir`: path, build time, reused or not, sizes on disk."
+    "Build (or reuse) the synthetic source at `scale` under `work_dir`: path, build time, reuse, disk sizes"
     from transrec.sources import build_source, SOURCES, _read_meta
     from transrec.sim import generator_params, domain_spec
     from transrec.core import atomic_write
@@ -628,7 +768,8 @@ def scale_data(work_dir, scale: float, seed: int = 0) -> dict:
     expected = generator_params(domain_spec(SOURCES[SCALE_SOURCE].synthetic), scale, seed)
     try: rec = json.loads(record.read_text())
     except (OSError, ValueError): rec = {}
-    reused = (out/'items.tsv').is_file() and _read_meta(out).get('generator') == expected and rec.get('generator') == expected
+    reused = ((out/'items.tsv').is_file() and _read_meta(out).get('generator') == expected
+              and rec.get('generator') == expected)
     if not reused:
         t0 = time.perf_counter()
         build_source(SCALE_SOURCE, out, scale, seed, force=out.exists())
@@ -643,7 +784,7 @@ def scale_data(work_dir, scale: float, seed: int = 0) -> dict:
 from .encoders import ItemContent, make_content
 
 class PremadeContent(ItemContent):
-    "`ItemContent` whose pixels were decoded beforehand (`premake(items)`): the model step without any image decoding."
+    "`ItemContent` whose pixels were decoded beforehand (`premake(items)`): a model step without decoding."
     def premake(self, items) -> None:
         "Decode the pixels of the image items among `items` now (and tokenise the catalogue's texts)."
         self._ready = getattr(self, '_ready', {})
@@ -655,9 +796,11 @@ class PremadeContent(ItemContent):
     def pixels(self, items) -> torch.Tensor:
         items = torch.as_tensor(items).cpu()
         missing = [int(i) for i in items if int(i) not in getattr(self, '_ready', {})]
-        if missing: raise KeyError(f"PremadeContent: items {missing[:5]} were not premade: call premake(items) first")
-        S = self.cfg.image_size
-        return torch.stack([self._ready[int(i)] for i in items]) if len(items) else torch.zeros(0, 3, S, S)
+        if missing:
+            raise KeyError(f"PremadeContent: items {missing[:5]} were not premade: call premake(items) first")
+        size = self.cfg.image_size
+        if not len(items): return torch.zeros(0, 3, size, size)
+        return torch.stack([self._ready[int(i)] for i in items])
 
 # %% ../nbs/09_bench.ipynb #sc09
 class _BatchImages(torch.utils.data.Dataset):
@@ -666,25 +809,29 @@ class _BatchImages(torch.utils.data.Dataset):
     def __len__(self): return len(self.item_lists)
     def __getitem__(self, i): return self.content.pixels(self.item_lists[i])
 
+# %% ../nbs/09_bench.ipynb #b207
 def pixel_source() -> str:
     "Where the bench's image pipeline reads pixels: the pixel store if `transrec.data.prepare_images` exists."
     import transrec.data
-    return ('pixel store (transrec.data.prepare_images, uint8 memmap)' if getattr(transrec.data, 'prepare_images', None)
+    return ('pixel store (transrec.data.prepare_images, uint8 memmap)'
+            if getattr(transrec.data, 'prepare_images', None)
             else 'decode on the fly (PNG decode + resize per image, no pixel store)')
 
+# %% ../nbs/09_bench.ipynb #b210
 def pipeline_images_per_s(ds, cfg: ModelConfig, batches: list, workers: int = 2) -> dict:
-    "Images/s the loader delivers for the image items of `batches` with `workers` processes (no model, no pixel cache)."
-    content = make_content(cfg, ds, prefix_cache=False, pixel_cache_max_bytes=0)       # every image decoded each time
-    lists = [b.items[content.modality[b.items] == 1] for b in batches]
+    "Images/s the loader delivers for the image items of `batches` with `workers` processes (no model)."
+    # no pixel cache: every image decoded each time
+    content = make_content(cfg, ds, prefix_cache=False, pixel_cache_max_bytes=0)
+    lists = [batch.items[content.modality[batch.items] == 1] for batch in batches]
     loader = torch.utils.data.DataLoader(_BatchImages(content, lists), batch_size=None, num_workers=workers)
     n_images, t0, t_first, n_first = 0, time.perf_counter(), None, 0
-    for x in loader:
-        n_images += len(x)
-        if t_first is None: t_first, n_first = time.perf_counter(), n_images     # steady state: after the first batch
+    for pixels in loader:
+        n_images += len(pixels)
+        if t_first is None: t_first, n_first = time.perf_counter(), n_images    # steady state: after batch 1
     t_end = time.perf_counter()
     timed_n, timed_s = (n_images - n_first, t_end - t_first) if len(lists) > 1 else (n_images, t_end - t0)
-    return dict(images=n_images, seconds=t_end - t0, images_per_s=timed_n / max(timed_s, 1e-9), workers=workers,
-                startup_s=t_first - t0, source=pixel_source())
+    return dict(images=n_images, seconds=t_end - t0, images_per_s=timed_n / max(timed_s, 1e-9),
+                workers=workers, startup_s=t_first - t0, source=pixel_source())
 
 # %% ../nbs/09_bench.ipynb #sc12
 def measure_scale_training(ds, cfg: ModelConfig, steps: int = 20, batch_size: int = 16, workers: int = 2,
@@ -692,40 +839,46 @@ def measure_scale_training(ds, cfg: ModelConfig, steps: int = 20, batch_size: in
     "Training throughput on `steps` distinct batches (pixels premade), the loader alone, and their ratio."
     from transrec.model import build_model, train_seq_len
     from transrec.train import make_optimizer
-    if steps < 1 or batch_size < 1: raise ValueError(f"steps={steps} and batch_size={batch_size} must be >= 1")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps={steps} and batch_size={batch_size} must be >= 1")
     device = resolve_device(device)
-    batches = list(itertools.islice(train_batches(ds, batch_size, train_seq_len(cfg), cfg.n_neg, seed, 0), steps + 1))
-    if len(batches) < 2: raise ValueError(f"data set {ds.name!r} has too few users for 2 batches of {batch_size}")
+    batches = list(itertools.islice(train_batches(ds, batch_size, train_seq_len(cfg), cfg.n_neg, seed, 0),
+                                    steps + 1))
+    if len(batches) < 2:
+        raise ValueError(f"data set {ds.name!r} has too few users for 2 batches of {batch_size}")
     seed_everything(seed)
     model = build_model(cfg).to(device)
     content = PremadeContent(cfg, ds, prefix_cache=False, pixel_cache_max_bytes=0)
     t0 = time.perf_counter()
-    for b in batches: content.premake(b.items)
+    for batch in batches: content.premake(batch.items)
     premake_s = time.perf_counter() - t0
-    tc = TrainConfig()
-    opt = make_optimizer(model, tc)
-    params = [p for g in opt.param_groups for p in g['params']]
+    train_cfg = TrainConfig()
+    opt = make_optimizer(model, train_cfg)
+    params = [p for group in opt.param_groups for p in group['params']]
     model.train()
-    def step(b):
+    def step(batch):
         opt.zero_grad(set_to_none=True)
-        loss, _ = model.loss(b.to(device), content)
+        loss, _ = model.loss(batch.to(device), content)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
+        torch.nn.utils.clip_grad_norm_(params, train_cfg.clip_grad)
         opt.step()
         return float(loss.detach())
     step(batches[0])                                                             # warm-up, not timed
     timed = batches[1:]
-    sync(device); t0 = time.perf_counter()
-    losses = [step(b) for b in timed]
-    sync(device); train_s = time.perf_counter() - t0
-    n_seq = sum(len(b) for b in timed)
-    n_inter = sum(int(b.mask.sum()) for b in timed)
-    n_img = sum(int((content.modality[b.items] == 1).sum()) for b in timed)
+    sync(device)
+    t0 = time.perf_counter()
+    losses = [step(batch) for batch in timed]
+    sync(device)
+    train_s = time.perf_counter() - t0
+    n_seq = sum(len(batch) for batch in timed)
+    n_inter = sum(int(batch.mask.sum()) for batch in timed)
+    n_img = sum(int((content.modality[batch.items] == 1).sum()) for batch in timed)
     pipe = pipeline_images_per_s(ds, cfg, timed, workers)
     model_ips = n_img / train_s
     return dict(image_size=cfg.image_size, steps=len(timed), batch_size=batch_size, train_s=train_s,
-                seq_per_s=n_seq / train_s, interactions_per_s=n_inter / train_s, s_per_interaction=train_s / n_inter,
-                interactions=n_inter, images_consumed=n_img, model_images_per_s=model_ips, premake_s=premake_s,
+                seq_per_s=n_seq / train_s, interactions_per_s=n_inter / train_s,
+                s_per_interaction=train_s / n_inter, interactions=n_inter, images_consumed=n_img,
+                model_images_per_s=model_ips, premake_s=premake_s,
                 pipeline_images_per_s=pipe['images_per_s'], pipeline=pipe,
                 pipeline_ratio=pipe['images_per_s'] / model_ips if model_ips else None,
                 final_loss=losses[-1], losses_finite=bool(np.isfinite(losses).all()))
@@ -746,33 +899,39 @@ class ScaleSpec:
     model_config: dict = field(default_factory=lambda: dict(SCALE_MODEL))
     device: str = 'cpu'
 
+# %% ../nbs/09_bench.ipynb #b213
 def measure_scale_point(spec: ScaleSpec) -> dict:
     "Load, train at each image size, evaluate in full: times, throughputs and peak RSS of this process."
     from transrec.data import load_dataset
     from transrec.model import build_model
     from transrec.metrics import evaluate
-    s = spec
-    if s.threads: torch.set_num_threads(s.threads)
+    if spec.threads: torch.set_num_threads(spec.threads)
     base = max_rss_bytes()
-    t0 = time.perf_counter(); ds = load_dataset(s.path); load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ds = load_dataset(spec.path)
+    load_s = time.perf_counter() - t0
     out = dict(n_users=ds.n_users, n_items=ds.n_items, n_interactions=int(ds._lens.sum()), load_s=load_s,
                base_rss_mb=base / 2**20, load_peak_rss_mb=max_rss_bytes() / 2**20, train={})
-    cfg = ModelConfig.from_dict(s.model_config)
-    for size in s.sizes:
-        out['train'][str(size)] = measure_scale_training(ds, cfg.replace(image_size=int(size)), s.steps, s.batch_size,
-                                                         s.workers, s.seed, s.device)
-    ecfg = cfg.replace(kind='id_sasrec')
-    seed_everything(s.seed)
-    model = build_model(ecfg, ds).to(resolve_device(s.device))
-    content = make_content(ecfg, ds, prefix_cache=False)
-    sync(s.device); t0 = time.perf_counter()
+    cfg = ModelConfig.from_dict(spec.model_config)
+    for size in spec.sizes:
+        out['train'][str(size)] = measure_scale_training(ds, cfg.replace(image_size=int(size)), spec.steps,
+                                                         spec.batch_size, spec.workers, spec.seed,
+                                                         spec.device)
+    eval_cfg = cfg.replace(kind='id_sasrec')
+    seed_everything(spec.seed)
+    model = build_model(eval_cfg, ds).to(resolve_device(spec.device))
+    content = make_content(eval_cfg, ds, prefix_cache=False)
+    sync(spec.device)
+    t0 = time.perf_counter()
     evaluate(model, ds, content, split='test')
-    sync(s.device); out['eval_s'] = time.perf_counter() - t0
+    sync(spec.device)
+    out['eval_s'] = time.perf_counter() - t0
     out['eval_users'] = ds.n_users
     out['peak_rss_mb'] = max_rss_bytes() / 2**20
     out['threads'] = torch.get_num_threads()
     return out
 
+# %% ../nbs/09_bench.ipynb #b215
 def _child_scale(spec: dict) -> dict: return measure_scale_point(ScaleSpec(**spec))
 
 # %% ../nbs/09_bench.ipynb #sc18
@@ -782,34 +941,39 @@ SCALE_EXPONENTS = {'load_s': 'load_s', 'eval_s': 'eval_s', 'peak_rss_mb': 'peak_
 def scale_exponents(points: list[dict]) -> dict:
     "Fitted exponent of each cost vs n_interactions across `points` (see `fit_exponent`)."
     n = [p['n_interactions'] for p in points]
-    out = {k: fit_exponent(n, [p[key] for p in points]) for k, key in SCALE_EXPONENTS.items()}
+    out = {name: fit_exponent(n, [p[key] for p in points]) for name, key in SCALE_EXPONENTS.items()}
     for size in points[0]['train']:
-        out[f'train_s_per_interaction_{size}px'] = fit_exponent(n, [p['train'][size]['s_per_interaction'] for p in points])
+        out[f'train_s_per_interaction_{size}px'] = fit_exponent(n, [p['train'][size]['s_per_interaction']
+                                                                    for p in points])
     return out
 
+# %% ../nbs/09_bench.ipynb #b219
 def scale_targets(points: list[dict], exponents: dict) -> dict:
-    "Targets of the cost curve: training cost per interaction grows <= 1.3x; pipeline >= model at 224 px (largest scale)."
+    "Targets of the cost curve: training cost per interaction grows <= 1.3x; pipeline >= model at 224 px."
     out = {}
-    small, big = points[0], points[-1]
-    for size in big['train']:
-        growth = big['train'][size]['s_per_interaction'] / small['train'][size]['s_per_interaction']
+    smallest, largest = points[0], points[-1]
+    for size in largest['train']:
+        growth = largest['train'][size]['s_per_interaction'] / smallest['train'][size]['s_per_interaction']
+        exponent = exponents.get(f'train_s_per_interaction_{size}px')
         out[f'train_cost_per_interaction_growth_{size}px'] = dict(
-            target=1.3, measured=growth, met=growth <= 1.3, exponent_total=None if exponents.get(
-                f'train_s_per_interaction_{size}px') is None else 1 + exponents[f'train_s_per_interaction_{size}px'])
-    if '224' in big['train']:
-        r = big['train']['224']['pipeline_ratio']
-        out['pipeline_ratio_224px'] = dict(target=1.0, measured=r, met=r is not None and r >= 1.0)
+            target=1.3, measured=growth, met=growth <= 1.3,
+            exponent_total=None if exponent is None else 1 + exponent)
+    if '224' in largest['train']:
+        ratio = largest['train']['224']['pipeline_ratio']
+        out['pipeline_ratio_224px'] = dict(target=1.0, measured=ratio, met=ratio is not None and ratio >= 1.0)
     return out
 
+# %% ../nbs/09_bench.ipynb #b221
 def bench_scale(scales=(1, 10, 100), steps: int = 20, sizes=(64, 224), batch_size: int = 16, workers: int = 2,
                 work_dir=None, seed: int = 0, threads: int | None = None, model_config: dict | None = None,
                 progress: bool = True) -> dict:
-    "The cost curve: each scale built (or reused) under `work_dir`, measured in a fresh process; exponents and targets."
+    "The cost curve: each scale built (or reused) under `work_dir`, measured in a fresh process; exponents."
     import transrec.data
-    if not scales or any(not s > 0 for s in scales): raise ValueError(f"scales={list(scales)}: give scales > 0")
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"scales={list(scales)}: give scales > 0")
     work_dir = Path(work_dir or Path(tempfile.gettempdir())/'transrec-bench-scale')
     prepare = getattr(transrec.data, 'prepare_images', None)
-    mc = dict(model_config or SCALE_MODEL)
+    model_cfg = dict(model_config or SCALE_MODEL)
     points = []
     for scale in sorted(scales):
         t0 = time.time()
@@ -817,49 +981,61 @@ def bench_scale(scales=(1, 10, 100), steps: int = 20, sizes=(64, 224), batch_siz
         store = {}
         if prepare is not None:
             for size in sizes:
-                t1 = time.perf_counter(); prepare(data['path'], int(size)); store[str(size)] = time.perf_counter() - t1
-        spec = ScaleSpec(data['path'], tuple(int(x) for x in sizes), steps, batch_size, workers, seed, threads, mc)
-        p = dict(data, **run_isolated('scale', asdict(spec)), pixel_store_s=store)
-        points.append(p)
-        if progress: log.info(f"bench scale {scale:g}: {p['n_users']} users, {p['n_interactions']} interactions, "
-                              f"build {p['build_s']:.0f}s{' (reused)' if p['reused'] else ''}, load {p['load_s']:.1f}s, "
-                              f"eval {p['eval_s']:.1f}s, peak {p['peak_rss_mb']:.0f} MB ({time.time() - t0:.0f}s)")
-    ex = scale_exponents(points)
+                start = time.perf_counter()
+                prepare(data['path'], int(size))
+                store[str(size)] = time.perf_counter() - start
+        spec = ScaleSpec(data['path'], tuple(int(x) for x in sizes), steps, batch_size, workers, seed,
+                         threads, model_cfg)
+        point = dict(data, **run_isolated('scale', asdict(spec)), pixel_store_s=store)
+        points.append(point)
+        if progress:
+            log.info(f"bench scale {scale:g}: {point['n_users']} users, "
+                     f"{point['n_interactions']} interactions, "
+                     f"build {point['build_s']:.0f}s{' (reused)' if point['reused'] else ''}, "
+                     f"load {point['load_s']:.1f}s, eval {point['eval_s']:.1f}s, "
+                     f"peak {point['peak_rss_mb']:.0f} MB ({time.time() - t0:.0f}s)")
+    exponents = scale_exponents(points)
     ratio = {size: points[-1]['train'][size]['pipeline_ratio'] for size in points[-1]['train']}
     settings = dict(scales=sorted(float(s) for s in scales), steps=steps, sizes=[int(x) for x in sizes],
-                    batch_size=batch_size, workers=workers, seed=seed, work_dir=str(work_dir), model_config=mc,
-                    source=SCALE_SOURCE, rendered_px=64, pixel_source=pixel_source(),
+                    batch_size=batch_size, workers=workers, seed=seed, work_dir=str(work_dir),
+                    model_config=model_cfg, source=SCALE_SOURCE, rendered_px=64, pixel_source=pixel_source(),
                     resize='images rendered at 64 px; larger sizes are resized by the pipeline (bilinear)',
                     eval_model='id_sasrec with the same user tower (ranking all users x all items)')
-    return dict(machine=machine_info('cpu'), settings=settings, points=points, exponents=ex, pipeline_ratio=ratio,
-                targets=scale_targets(points, ex))
+    return dict(machine=machine_info('cpu'), settings=settings, points=points, exponents=exponents,
+                pipeline_ratio=ratio, targets=scale_targets(points, exponents))
 
 # %% ../nbs/09_bench.ipynb #sc20
 def render_scale(res: dict) -> str:
     "Human-readable table of a `bench_scale` result."
-    st, m = res['settings'], res['machine']
-    L = [f"Cost curve of {st['source']} on {m['device']}: {m['cpu_count']} CPUs, load average {m.get('load_average')}; "
-         f"model dims {st['model_config']}, batch {st['batch_size']}, {st['steps']} timed steps, {st['workers']} loader workers",
-         f"pixels: {st['pixel_source']}; {st['resize']}; evaluation: {st['eval_model']}"]
-    sizes = [str(s) for s in st['sizes']]
-    head = f"{'scale':>6}{'users':>8}{'items':>8}{'inter':>10}{'build s':>9}{'disk MB':>9}{'load s':>8}{'loadRSS':>8}"
+    settings, machine = res['settings'], res['machine']
+    lines = [f"Cost curve of {settings['source']} on {machine['device']}: {machine['cpu_count']} CPUs, "
+             f"load average {machine.get('load_average')}; model dims {settings['model_config']}, "
+             f"batch {settings['batch_size']}, {settings['steps']} timed steps, "
+             f"{settings['workers']} loader workers",
+             f"pixels: {settings['pixel_source']}; {settings['resize']}; "
+             f"evaluation: {settings['eval_model']}"]
+    sizes = [str(s) for s in settings['sizes']]
+    head = (f"{'scale':>6}{'users':>8}{'items':>8}{'inter':>10}{'build s':>9}{'disk MB':>9}{'load s':>8}"
+            f"{'loadRSS':>8}")
     for s in sizes: head += f"{f'seq/s@{s}':>10}{f'int/s@{s}':>10}{f'pipe/s@{s}':>11}{f'model/s@{s}':>12}"
-    L.append(head + f"{'eval s':>8}{'peakRSS':>8}")
-    for p in res['points']:
-        row = (f"{p['scale']:>6g}{p['n_users']:>8}{p['n_items']:>8}{p['n_interactions']:>10}{p['build_s']:>9.1f}"
-               f"{p['disk_mb']:>9.1f}{p['load_s']:>8.2f}{p['load_peak_rss_mb']:>8.0f}")
+    lines.append(head + f"{'eval s':>8}{'peakRSS':>8}")
+    for point in res['points']:
+        row = (f"{point['scale']:>6g}{point['n_users']:>8}{point['n_items']:>8}{point['n_interactions']:>10}"
+               f"{point['build_s']:>9.1f}{point['disk_mb']:>9.1f}{point['load_s']:>8.2f}"
+               f"{point['load_peak_rss_mb']:>8.0f}")
         for s in sizes:
-            t = p['train'][s]
-            row += (f"{t['seq_per_s']:>10.1f}{t['interactions_per_s']:>10.1f}{t['pipeline_images_per_s']:>11.1f}"
-                    f"{t['model_images_per_s']:>12.1f}")
-        L.append(row + f"{p['eval_s']:>8.2f}{p['peak_rss_mb']:>8.0f}")
-    L.append('exponents vs interactions: ' + ', '.join(f"{k} {'-' if v is None else f'{v:.2f}'}"
-                                                      for k, v in res['exponents'].items()))
-    L.append('pipeline ratio (delivered / consumed images/s, largest scale): ' +
-             ', '.join(f"{k}px {v:.2f}" for k, v in res['pipeline_ratio'].items() if v is not None))
+            train = point['train'][s]
+            row += (f"{train['seq_per_s']:>10.1f}{train['interactions_per_s']:>10.1f}"
+                    f"{train['pipeline_images_per_s']:>11.1f}{train['model_images_per_s']:>12.1f}")
+        lines.append(row + f"{point['eval_s']:>8.2f}{point['peak_rss_mb']:>8.0f}")
+    lines.append('exponents vs interactions: ' + ', '.join(f"{k} {'-' if v is None else f'{v:.2f}'}"
+                                                          for k, v in res['exponents'].items()))
+    lines.append('pipeline ratio (delivered / consumed images/s, largest scale): ' +
+                 ', '.join(f"{k}px {v:.2f}" for k, v in res['pipeline_ratio'].items() if v is not None))
     for k, v in res['targets'].items():
-        L.append(f"target {k}: {v['measured']:.2f} vs {v['target']} -> {'met' if v['met'] else 'NOT met'}")
-    return '\n'.join(L)
+        lines.append(f"target {k}: {v['measured']:.2f} vs {v['target']} -> "
+                     f"{'met' if v['met'] else 'NOT met'}")
+    return '\n'.join(lines)
 
 # %% ../nbs/09_bench.ipynb #sc23
 GPU_CHECKS = ('bf16_autocast', 'compile', 'ddp_nccl', 'pipeline_224')
@@ -878,21 +1054,28 @@ def _gpu_step_check(path: str, compile_: bool) -> dict:
         if compile_ and name == 'bf16': model.compile_parts()
         content = make_content(cfg, ds)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        ts, losses = [], []
+        step_times, losses = [], []
         for _ in range(4):
-            sync('cuda'); t0 = time.perf_counter()
+            sync('cuda')
+            t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             with _autocast(torch.device('cuda'), resolve_amp(amp, torch.device('cuda'))):
                 loss, _ = model.loss(batch.to('cuda'), content)
-            loss.float().backward(); opt.step()
-            sync('cuda'); ts.append(time.perf_counter() - t0); losses.append(float(loss))
-        out[name] = dict(first_step_s=ts[0], step_s=float(np.median(ts[1:])), loss=losses[0])
+            loss.float().backward()
+            opt.step()
+            sync('cuda')
+            step_times.append(time.perf_counter() - t0)
+            losses.append(float(loss))
+        out[name] = dict(first_step_s=step_times[0], step_s=float(np.median(step_times[1:])), loss=losses[0])
     diff = abs(out['bf16']['loss'] - out['fp32']['loss'])
-    ok = all(np.isfinite(v['loss']) for v in out.values()) and diff <= 0.05 * max(1.0, abs(out['fp32']['loss']))
+    finite = all(np.isfinite(v['loss']) for v in out.values())
+    ok = finite and diff <= 0.05 * max(1.0, abs(out['fp32']['loss']))
     what = 'torch.compile + bf16' if compile_ else 'bf16 autocast'
     return dict(ok=bool(ok), detail=f"{what}: step {1e3 * out['bf16']['step_s']:.0f} ms vs fp32 eager "
-                f"{1e3 * out['fp32']['step_s']:.0f} ms (first {out['bf16']['first_step_s']:.1f}s), loss diff {diff:.1e}", **out)
+                f"{1e3 * out['fp32']['step_s']:.0f} ms (first {out['bf16']['first_step_s']:.1f}s), "
+                f"loss diff {diff:.1e}", **out)
 
+# %% ../nbs/09_bench.ipynb #b303
 def _ddp_worker(rank: int, port: int, result_dir: str) -> None:
     import torch.distributed as dist
     dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
@@ -901,21 +1084,26 @@ def _ddp_worker(rank: int, port: int, result_dir: str) -> None:
     net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(64, 8).cuda(rank), device_ids=[rank])
     x = torch.randn(32, 64, generator=torch.Generator().manual_seed(rank)).cuda(rank)
     net(x).square().mean().backward()
-    g = net.module.weight.grad.detach().clone()
-    Path(result_dir, f'{rank}.json').write_text(json.dumps(g.flatten().tolist()))
+    grad = net.module.weight.grad.detach().clone()
+    Path(result_dir, f'{rank}.json').write_text(json.dumps(grad.flatten().tolist()))
     dist.destroy_process_group()
 
+# %% ../nbs/09_bench.ipynb #b304
 def _ddp_check() -> dict:
     if torch.cuda.device_count() < 2:
         return dict(ok=None, detail=f'skipped: {torch.cuda.device_count()} GPU(s), the DDP check needs 2')
     import socket
-    with socket.socket() as sock: sock.bind(('127.0.0.1', 0)); port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as d:
-        torch.multiprocessing.spawn(_ddp_worker, args=(port, d), nprocs=2)
-        g0, g1 = (np.array(json.loads(Path(d, f'{r}.json').read_text())) for r in (0, 1))
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as result_dir:
+        torch.multiprocessing.spawn(_ddp_worker, args=(port, result_dir), nprocs=2)
+        g0, g1 = (np.array(json.loads(Path(result_dir, f'{rank}.json').read_text())) for rank in (0, 1))
     diff = float(np.abs(g0 - g1).max())
-    return dict(ok=diff <= 1e-6, detail=f'2-process NCCL DDP step: max gradient difference between ranks {diff:.1e}')
+    return dict(ok=diff <= 1e-6,
+                detail=f'2-process NCCL DDP step: max gradient difference between ranks {diff:.1e}')
 
+# %% ../nbs/09_bench.ipynb #b307
 def _child_gpu(spec: dict) -> dict:
     "One GPU readiness check (`spec['check']` in GPU_CHECKS) in this process."
     check, path = spec['check'], spec['path']
@@ -924,11 +1112,16 @@ def _child_gpu(spec: dict) -> dict:
     if check == 'ddp_nccl': return _ddp_check()
     if check == 'pipeline_224':
         from transrec.data import load_dataset
-        r = measure_scale_training(load_dataset(path), ModelConfig.from_dict(dict(SCALE_MODEL, image_size=224)),
-                                   steps=10, batch_size=32, workers=2, device='cuda')
-        return dict(ok=r['losses_finite'], detail=f"224 px: pipeline {r['pipeline_images_per_s']:.0f} images/s vs model "
-                    f"{r['model_images_per_s']:.0f} images/s (ratio {r['pipeline_ratio']:.2f}, {r['pipeline']['source']})",
-                    **{k: r[k] for k in ('pipeline_images_per_s', 'model_images_per_s', 'pipeline_ratio', 'seq_per_s')})
+        cfg = ModelConfig.from_dict(dict(SCALE_MODEL, image_size=224))
+        result = measure_scale_training(load_dataset(path), cfg, steps=10, batch_size=32, workers=2,
+                                        device='cuda')
+        return dict(ok=result['losses_finite'],
+                    detail=f"224 px: pipeline {result['pipeline_images_per_s']:.0f} images/s vs model "
+                           f"{result['model_images_per_s']:.0f} images/s "
+                           f"(ratio {result['pipeline_ratio']:.2f}, "
+                           f"{result['pipeline']['source']})",
+                    **{k: result[k] for k in ('pipeline_images_per_s', 'model_images_per_s', 'pipeline_ratio',
+                                              'seq_per_s')})
     raise ValueError(f"unknown GPU check {check!r}: choose from {GPU_CHECKS}")
 
 # %% ../nbs/09_bench.ipynb #sc24
@@ -939,29 +1132,34 @@ def gpu_readiness(work_dir=None, timeout: float = 120, checks=GPU_CHECKS) -> dic
     rows = []
     for check in checks:
         t0 = time.perf_counter()
-        try: r = run_isolated('gpu', dict(check=check, path=data['path']), timeout=timeout)
-        except subprocess.TimeoutExpired: r = dict(ok=False, detail=f'timed out after {timeout:.0f}s')
-        except RuntimeError as e: r = dict(ok=False, detail=f'failed: {str(e).strip().splitlines()[-1][:300]}')
-        rows.append(dict(check=check, seconds=time.perf_counter() - t0, **r))
+        try: row = run_isolated('gpu', dict(check=check, path=data['path']), timeout=timeout)
+        except subprocess.TimeoutExpired: row = dict(ok=False, detail=f'timed out after {timeout:.0f}s')
+        except RuntimeError as e:
+            row = dict(ok=False, detail=f'failed: {str(e).strip().splitlines()[-1][:300]}')
+        rows.append(dict(check=check, seconds=time.perf_counter() - t0, **row))
     return dict(skipped=False, machine=machine_info('cuda'), rows=rows)
 
+# %% ../nbs/09_bench.ipynb #b311
 def render_gpu(res: dict) -> str:
     "The GPU readiness table (or the one line saying it needs CUDA)."
     if res['skipped']: return res['reason']
-    L = [f"GPU readiness on {res['machine'].get('gpu')} (torch {res['machine']['torch']}, CUDA {res['machine'].get('cuda_version')})",
-         f"{'check':<15}{'result':<8}{'s':>6}  detail"]
-    for r in res['rows']:
-        ok = 'skip' if r['ok'] is None else 'ok' if r['ok'] else 'FAIL'
-        L.append(f"{r['check']:<15}{ok:<8}{r['seconds']:>6.0f}  {r['detail']}")
-    return '\n'.join(L)
+    machine = res['machine']
+    lines = [f"GPU readiness on {machine.get('gpu')} "
+             f"(torch {machine['torch']}, CUDA {machine.get('cuda_version')})",
+             f"{'check':<15}{'result':<8}{'s':>6}  detail"]
+    for row in res['rows']:
+        ok = 'skip' if row['ok'] is None else 'ok' if row['ok'] else 'FAIL'
+        lines.append(f"{row['check']:<15}{ok:<8}{row['seconds']:>6.0f}  {row['detail']}")
+    return '\n'.join(lines)
 
 # %% ../nbs/09_bench.ipynb #sc27
-def _positive_float(s: str) -> float:
-    try: x = float(s)
+def _positive_float(text: str) -> float:
+    try: x = float(text)
     except ValueError: x = float('nan')
-    if not x > 0: raise argparse.ArgumentTypeError(f"{s!r}: give a number > 0")
+    if not x > 0: raise argparse.ArgumentTypeError(f"{text!r}: give a number > 0")
     return x
 
+# %% ../nbs/09_bench.ipynb #b315
 def _write_result(res: dict, path) -> None:
     if path:
         from transrec.core import atomic_write
@@ -969,95 +1167,122 @@ def _write_result(res: dict, path) -> None:
         atomic_write(Path(path), json.dumps(res, indent=1))
         print(f'wrote {path}')
 
+
+
+# %% ../nbs/09_bench.ipynb #b318
 def main_scale(argv: list[str]) -> int:
     "`transrec-bench scale`: the cost curve (see `bench_scale`)."
-    p = argparse.ArgumentParser(prog='transrec-bench scale', description='Costs of building, loading, training and '
-                                'evaluating the synthetic source at several scales, and their exponents vs data size.',
-                                epilog='example: transrec-bench scale --scales 1 10 100 --steps 5 --json bench-scale.json')
-    p.add_argument('--scales', nargs='+', type=_positive_float, default=[1.0, 10.0, 100.0],
-                   help='data scales (1 = 2,000 users; default 1 10 100)')
-    p.add_argument('--steps', type=int, default=20, help='timed training steps per scale and image size (default 20)')
-    p.add_argument('--sizes', nargs='+', type=int, default=[64, 224], help='image sizes in px (default 64 224)')
-    p.add_argument('--batch-size', type=int, default=16, help='sequences per batch (default 16)')
-    p.add_argument('--workers', type=int, default=2, help='loader processes of the pipeline measurement (default 2)')
-    p.add_argument('--work-dir', default=None, help='where the data sets are built and reused (default: a temp folder)')
-    p.add_argument('--threads', type=int, default=None, help='torch threads in each scale process')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
-    a = p.parse_args(argv)
-    for nm in ('steps', 'batch_size'):
-        if getattr(a, nm) < 1: p.error(f"--{nm.replace('_', '-')} must be >= 1")
-    if a.workers < 0: p.error('--workers must be >= 0')
-    if any(s < 16 for s in a.sizes): p.error('--sizes must be >= 16 px')
-    res = bench_scale(a.scales, a.steps, a.sizes, a.batch_size, a.workers, a.work_dir, a.seed, a.threads)
+    parser = argparse.ArgumentParser(
+        prog='transrec-bench scale', description='Costs of building, loading, training and evaluating the '
+        'synthetic source at several scales, and their exponents vs data size.',
+        epilog='example: transrec-bench scale --scales 1 10 100 --steps 5 --json bench-scale.json')
+    parser.add_argument('--scales', nargs='+', type=_positive_float, default=[1.0, 10.0, 100.0],
+                        help='data scales (1 = 2,000 users; default 1 10 100)')
+    parser.add_argument('--steps', type=int, default=20,
+                        help='timed training steps per scale and image size (default 20)')
+    parser.add_argument('--sizes', nargs='+', type=int, default=[64, 224],
+                        help='image sizes in px (default 64 224)')
+    parser.add_argument('--batch-size', type=int, default=16, help='sequences per batch (default 16)')
+    parser.add_argument('--workers', type=int, default=2,
+                        help='loader processes of the pipeline measurement (default 2)')
+    parser.add_argument('--work-dir', default=None,
+                        help='where the data sets are built and reused (default: a temp folder)')
+    parser.add_argument('--threads', type=int, default=None, help='torch threads in each scale process')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
+    args = parser.parse_args(argv)
+    for name in ('steps', 'batch_size'):
+        if getattr(args, name) < 1: parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.workers < 0: parser.error('--workers must be >= 0')
+    if any(s < 16 for s in args.sizes): parser.error('--sizes must be >= 16 px')
+    res = bench_scale(args.scales, args.steps, args.sizes, args.batch_size, args.workers, args.work_dir,
+                      args.seed, args.threads)
     print(render_scale(res))
-    _write_result(res, a.json)
+    _write_result(res, args.json)
     return 0
 
+# %% ../nbs/09_bench.ipynb #b321
 def main_gpu(argv: list[str]) -> int:
-    "`transrec-bench gpu`: the GPU readiness checks (see `gpu_readiness`); exit 0 without CUDA, 1 if a check failed."
-    p = argparse.ArgumentParser(prog='transrec-bench gpu', description='GPU readiness: bf16 autocast, torch.compile, '
-                                '2-process NCCL DDP (with 2 GPUs), 224 px pipeline vs model throughput.')
-    p.add_argument('--timeout', type=float, default=120, help='seconds per check (default 120)')
-    p.add_argument('--work-dir', default=None, help='where the small data set is built and reused')
-    p.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
-    a = p.parse_args(argv)
-    res = gpu_readiness(a.work_dir, a.timeout)
+    "`transrec-bench gpu`: GPU readiness checks (`gpu_readiness`); exit 0 without CUDA, 1 if a check failed."
+    parser = argparse.ArgumentParser(prog='transrec-bench gpu', description='GPU readiness: bf16 autocast, '
+                                     'torch.compile, 2-process NCCL DDP (with 2 GPUs), 224 px pipeline vs '
+                                     'model throughput.')
+    parser.add_argument('--timeout', type=float, default=120, help='seconds per check (default 120)')
+    parser.add_argument('--work-dir', default=None, help='where the small data set is built and reused')
+    parser.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
+    args = parser.parse_args(argv)
+    res = gpu_readiness(args.work_dir, args.timeout)
     print(render_gpu(res))
-    _write_result(res, a.json)
-    return 0 if res['skipped'] or all(r['ok'] is not False for r in res['rows']) else 1
+    _write_result(res, args.json)
+    return 0 if res['skipped'] or all(row['ok'] is not False for row in res['rows']) else 1
 
 # %% ../nbs/09_bench.ipynb #c042
-def _ints(s: str) -> list[int]:
-    try: return [int(float(x)) for x in s.replace(',', ' ').split()]
-    except ValueError: raise argparse.ArgumentTypeError(f"{s!r}: give numbers separated by commas, e.g. 10000,100000")
+def _ints(text: str) -> list[int]:
+    try: return [int(float(x)) for x in text.replace(',', ' ').split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas, e.g. 10000,100000")
+
+# %% ../nbs/09_bench.ipynb #b325
+_CHILD_RUNNERS = {'train': _child_train, 'eval': _child_eval, 'scale': _child_scale, 'gpu': _child_gpu}
 
 def main(argv: list[str] | None = None) -> int:
     "Console command `transrec-bench` (and `python -m transrec.bench`); returns the exit status."
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ['--child']:                      # internal: one measurement in a fresh process
-        kind, spec, out = argv[1:4]
-        fn = {'train': _child_train, 'eval': _child_eval, 'scale': _child_scale, 'gpu': _child_gpu}[kind]
-        Path(out).write_text(json.dumps(fn(json.loads(Path(spec).read_text()))))
+        kind, spec_path, out_path = argv[1:4]
+        Path(out_path).write_text(json.dumps(_CHILD_RUNNERS[kind](json.loads(Path(spec_path).read_text()))))
         return 0
     if argv[:1] == ['scale']: return main_scale(argv[1:])
     if argv[:1] == ['gpu']: return main_gpu(argv[1:])
-    p = argparse.ArgumentParser(prog='transrec-bench', epilog='example: transrec-bench --json reports/bench.json '
-                                '(about 3.5 minutes on 2 cores); on a GPU add --device cuda --amp bf16 --compile. '
-                                'Subcommands: transrec-bench scale --help (cost curve), transrec-bench gpu (GPU readiness)',
-                                description='Training-step and evaluation throughput / memory benchmarks '
-                                '(reference-style step vs ours, full ranking vs the matmul ceiling).')
-    p.add_argument('--quick', action='store_true', help='tiny sizes (seconds), for tests')
-    p.add_argument('--parts', nargs='+', default=['train', 'eval'], choices=['train', 'eval'], help='what to run (default both)')
-    p.add_argument('--data', nargs='+', default=['text', 'image', 'mixed'], choices=list(BENCH_DATA), help='kinds of training batch')
-    p.add_argument('--steps', type=int, default=None, help='timed training steps per variant (default 3; quick 1)')
-    p.add_argument('--warmup', type=int, default=None, help='warm-up steps before timing (default 1)')
-    p.add_argument('--batch-size', type=int, default=None, help='sequences per training batch (default 64; quick 8)')
-    p.add_argument('--scale', type=float, default=None, help='size of the synthetic data sets (default 0.25; quick 0.05)')
-    p.add_argument('--items', type=_ints, default=None, help='catalogue sizes for evaluation (default 10000,100000,1000000)')
-    p.add_argument('--users', type=_ints, default=None, help='user counts for evaluation (default 1000,4000)')
-    p.add_argument('--chunk-mb', type=float, default=None, help='memory budget of one scoring chunk in MiB (default 256; quick 1)')
-    p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N' or 'auto'")
-    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
-    p.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='add a mixed-precision variant (CUDA only)')
-    p.add_argument('--compile', action='store_true', help='add a torch.compile variant (CUDA only)')
-    p.add_argument('--root', default=None, help='data root for the synthetic data sets (default $TRANSREC_DATA or data/)')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--no-isolate', action='store_true', help='measure in this process instead of one fresh process per configuration')
-    p.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
-    a = p.parse_args(argv)
-    for nm in ('steps', 'batch_size', 'threads'):
-        if getattr(a, nm) is not None and getattr(a, nm) < 1: p.error(f"--{nm.replace('_', '-')} must be >= 1")
-    if a.scale is not None and a.scale <= 0: p.error('--scale must be > 0')
+    parser = argparse.ArgumentParser(
+        prog='transrec-bench', epilog='example: transrec-bench --json reports/bench.json '
+        '(about 3.5 minutes on 2 cores); on a GPU add --device cuda --amp bf16 --compile. '
+        'Subcommands: transrec-bench scale --help (cost curve), transrec-bench gpu (GPU readiness)',
+        description='Training-step and evaluation throughput / memory benchmarks '
+        '(reference-style step vs ours, full ranking vs the matmul ceiling).')
+    add = parser.add_argument
+    add('--quick', action='store_true', help='tiny sizes (seconds), for tests')
+    add('--parts', nargs='+', default=['train', 'eval'], choices=['train', 'eval'],
+        help='what to run (default both)')
+    add('--data', nargs='+', default=['text', 'image', 'mixed'], choices=list(BENCH_DATA),
+        help='kinds of training batch')
+    add('--steps', type=int, default=None, help='timed training steps per variant (default 3; quick 1)')
+    add('--warmup', type=int, default=None, help='warm-up steps before timing (default 1)')
+    add('--batch-size', type=int, default=None, help='sequences per training batch (default 64; quick 8)')
+    add('--scale', type=float, default=None,
+        help='size of the synthetic data sets (default 0.25; quick 0.05)')
+    add('--items', type=_ints, default=None,
+        help='catalogue sizes for evaluation (default 10000,100000,1000000)')
+    add('--users', type=_ints, default=None, help='user counts for evaluation (default 1000,4000)')
+    add('--chunk-mb', type=float, default=None,
+        help='memory budget of one scoring chunk in MiB (default 256; quick 1)')
+    add('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N' or 'auto'")
+    add('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    add('--amp', choices=['bf16', 'fp16'], default=None, help='add a mixed-precision variant (CUDA only)')
+    add('--compile', action='store_true', help='add a torch.compile variant (CUDA only)')
+    add('--root', default=None,
+        help='data root for the synthetic data sets (default $TRANSREC_DATA or data/)')
+    add('--seed', type=int, default=0)
+    add('--no-isolate', action='store_true',
+        help='measure in this process instead of one fresh process per configuration')
+    add('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
+    args = parser.parse_args(argv)
+    for name in ('steps', 'batch_size', 'threads'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.scale is not None and args.scale <= 0: parser.error('--scale must be > 0')
     try:
-        res = run_bench(a.quick, tuple(a.parts), tuple(a.data), a.device, a.amp, a.compile, a.steps, a.warmup, a.batch_size,
-                        a.items, a.users, a.scale, a.root, a.seed, a.threads, not a.no_isolate, a.chunk_mb)
+        res = run_bench(args.quick, tuple(args.parts), tuple(args.data), args.device, args.amp, args.compile,
+                        args.steps, args.warmup, args.batch_size, args.items, args.users, args.scale,
+                        args.root, args.seed, args.threads, not args.no_isolate, args.chunk_mb)
     except ValueError as e:
-        print(f'error: {e}', file=sys.stderr); return 2
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     print(render(res))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True); Path(a.json).write_text(json.dumps(res, indent=1))
-        print(f'wrote {a.json}')
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f'wrote {args.json}')
     return 0
 
 # %% ../nbs/09_bench.ipynb #c043
