@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
 from .core import (ModelConfig, TrainConfig, resolve_device, resolve_amp, seed_everything, log,
-                           environment_info, atomic_write, atomic_dir, write_json, clean_stale_temporaries)
+                           environment_info, atomic_write, atomic_dir, jsonable, write_json,
+                           clean_stale_temporaries)
 from .metrics import evaluate, flatten_metrics
 
 # %% auto #0
@@ -48,7 +49,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = 'c
     if schedule == 'linear': return 1.0 - decayed
     raise ValueError(f"schedule={schedule!r}: choose 'cosine', 'linear' or 'constant'")
 
-# %% ../nbs/08_train.ipynb #xaa54be4
+# %% ../nbs/08_train.ipynb #x5c38aa7
 def make_scheduler(opt, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     "LambdaLR applying `lr_factor` with the config's warmup and schedule."
     return torch.optim.lr_scheduler.LambdaLR(
@@ -83,7 +84,7 @@ class LoopState:
     metrics_offset: int = 0            # size of metrics.jsonl when this state was saved
     history: list = field(default_factory=list)
 
-# %% ../nbs/08_train.ipynb #x07946e1
+# %% ../nbs/08_train.ipynb #xa7229e3
 def rng_state() -> dict:
     "RNG states of torch (CPU, CUDA), NumPy and Python as tensors / plain values."
     np_state = np.random.get_state()
@@ -93,7 +94,7 @@ def rng_state() -> dict:
     if torch.cuda.is_available(): state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
-# %% ../nbs/08_train.ipynb #xbba4d97
+# %% ../nbs/08_train.ipynb #xb2de865
 def set_rng_state(state: dict):
     "Restore what `rng_state` returned."
     torch.set_rng_state(state['torch'])
@@ -111,11 +112,11 @@ def _save_weights(model: nn.Module, folder: Path):
     from transrec.model import save_model
     save_model(model, folder)
 
-# %% ../nbs/08_train.ipynb #x82eeab8
+# %% ../nbs/08_train.ipynb #x777cd51
 class CheckpointError(ValueError):
     "A checkpoint file cannot be read: truncated, overwritten, or not what it should be."
 
-# %% ../nbs/08_train.ipynb #x7477619
+# %% ../nbs/08_train.ipynb #xe928a2f
 def _read(path: Path, expected: str, read):
     "`read()`, or a `CheckpointError` naming `path` and what it should hold."
     try: return read()
@@ -124,7 +125,7 @@ def _read(path: Path, expected: str, read):
         problem = f"{path} is unreadable ({type(error).__name__}: {why}); expected {expected}"
         raise CheckpointError(problem) from error
 
-# %% ../nbs/08_train.ipynb #xb5ed48f
+# %% ../nbs/08_train.ipynb #x88c2cb5
 def _load_weights(model: nn.Module, folder: Path, device):
     from safetensors.torch import load_file
     weights_file = Path(folder)/'model.safetensors'
@@ -137,16 +138,16 @@ def _load_weights(model: nn.Module, folder: Path, device):
                          f"unexpected {sorted(unexpected)[:5]}; was this checkpoint written by a different "
                          "model config?")
 
-# %% ../nbs/08_train.ipynb #x7f14483
+# %% ../nbs/08_train.ipynb #x113485e
 def _step_of(path: Path) -> int:
     try: return int(path.name.split('-', 1)[1])
     except (IndexError, ValueError): return -1
 
-# %% ../nbs/08_train.ipynb #x0e572ee
+# %% ../nbs/08_train.ipynb #x7cbcc17
 def _is_complete(path: Path) -> bool:
     return path.is_dir() and (path/CKPT_STATE).exists() and (path/'model.safetensors').exists()
 
-# %% ../nbs/08_train.ipynb #xc5c3aff
+# %% ../nbs/08_train.ipynb #xedfdaf9
 def save_checkpoint(root, model: nn.Module, state: dict, step: int, keep: int = 2) -> Path:
     "Write `root/step-{step:06d}/` atomically, point `root/latest` at it, keep the newest `keep` of them."
     root = Path(root)
@@ -160,7 +161,7 @@ def save_checkpoint(root, model: nn.Module, state: dict, step: int, keep: int = 
         if old != path: shutil.rmtree(old, ignore_errors=True)
     return path
 
-# %% ../nbs/08_train.ipynb #x7f93ac6
+# %% ../nbs/08_train.ipynb #x9751850
 def latest_checkpoint(root) -> Path | None:
     "The checkpoint `root/latest` names; else the newest complete `step-*` directory (with a warning)."
     root = Path(root)
@@ -172,7 +173,7 @@ def latest_checkpoint(root) -> Path | None:
     steps = sorted((path for path in root.glob('step-*') if _is_complete(path)), key=_step_of)
     return steps[-1] if steps else None
 
-# %% ../nbs/08_train.ipynb #xaae2dd4
+# %% ../nbs/08_train.ipynb #xc70e440
 def load_checkpoint(path, model: nn.Module, device='cpu') -> dict:
     "Load the weights of checkpoint `path` into `model`; return its `state.pt` content."
     path = Path(path)
@@ -235,7 +236,7 @@ class MetricsLog:
         line = json.dumps(jsonable(dict(event=event, time=time.time(), **values)))
         with open(self.path, 'a') as file: file.write(line + '\n')
 
-# %% ../nbs/08_train.ipynb #x5941a76
+# %% ../nbs/08_train.ipynb #xc842529
 def read_metrics(path) -> list[dict]:
     "The events of a `metrics.jsonl` file (or of `out_dir/metrics.jsonl`)."
     path = Path(path)
@@ -258,7 +259,7 @@ class DistInfo:
     @property
     def distributed(self) -> bool: return self.world_size > 1
 
-# %% ../nbs/08_train.ipynb #x6fb77f7
+# %% ../nbs/08_train.ipynb #x384ab0a
 def init_distributed(device='auto') -> DistInfo:
     "Rank/world/device from an initialised process group or torchrun's environment (else a single process)."
     device = resolve_device(device)
@@ -275,11 +276,11 @@ def init_distributed(device='auto') -> DistInfo:
         return DistInfo(rank, world, local_rank, device, created)
     return DistInfo(device=device)
 
-# %% ../nbs/08_train.ipynb #x7df559f
+# %% ../nbs/08_train.ipynb #x154b142
 def _collective_device(dist_info: DistInfo) -> torch.device:
     return dist_info.device if dist_info.distributed and dist.get_backend() == 'nccl' else torch.device('cpu')
 
-# %% ../nbs/08_train.ipynb #xd97066d
+# %% ../nbs/08_train.ipynb #x4d66988
 def all_reduce_sum(x: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
     "Sum of `x` over ranks (identity in a single process)."
     if not dist_info.distributed: return x
@@ -287,7 +288,7 @@ def all_reduce_sum(x: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
     dist.all_reduce(reduced)
     return reduced.to(x.device)
 
-# %% ../nbs/08_train.ipynb #x6cfa067
+# %% ../nbs/08_train.ipynb #xf47fb75
 def broadcast_object(obj, dist_info: DistInfo):
     "Rank 0's `obj` on every rank."
     if not dist_info.distributed: return obj
@@ -295,7 +296,7 @@ def broadcast_object(obj, dist_info: DistInfo):
     dist.broadcast_object_list(box, src=0, device=_collective_device(dist_info))
     return box[0]
 
-# %% ../nbs/08_train.ipynb #x721051e
+# %% ../nbs/08_train.ipynb #x4f4b31a
 def gather_objects(obj, dist_info: DistInfo) -> list:
     "`[obj of rank 0, obj of rank 1, ...]` on every rank."
     if not dist_info.distributed: return [obj]
@@ -303,7 +304,7 @@ def gather_objects(obj, dist_info: DistInfo) -> list:
     dist.all_gather_object(gathered, obj)
     return gathered
 
-# %% ../nbs/08_train.ipynb #xf8ff2d5
+# %% ../nbs/08_train.ipynb #xc8a9849
 def gather_group(model: nn.Module, dist_info: DistInfo):
     "The process group of the softmax candidates' all-gather (None: one process, or `model.loss` takes none)."
     loss = getattr(getattr(model, 'cfg', None), 'loss', None)
@@ -311,7 +312,7 @@ def gather_group(model: nn.Module, dist_info: DistInfo):
     if 'group' not in inspect.signature(model.loss).parameters: return None
     return dist.new_group(list(range(dist_info.world_size)))
 
-# %% ../nbs/08_train.ipynb #x7c0a0f4
+# %% ../nbs/08_train.ipynb #x425929c
 class LossModule(nn.Module):
     "`forward(batch, content) = model.loss(batch, content[, group])`, so that DDP sees the loss computation."
     def __init__(self, model: nn.Module, group=None):
@@ -330,10 +331,10 @@ class LossModule(nn.Module):
 class NonFiniteLossError(RuntimeError):
     "The training loss became NaN or infinite."
 
-# %% ../nbs/08_train.ipynb #xde4b6f7
+# %% ../nbs/08_train.ipynb #xecf0865
 def _rows(batch) -> int: return 0 if batch is None else int(batch.seq.shape[0])
 
-# %% ../nbs/08_train.ipynb #x7702e7a
+# %% ../nbs/08_train.ipynb #x960cfcb
 def _n_terms(batch, info: dict) -> float:
     n_pairs = info.get('n_pairs') if isinstance(info, dict) else None
     return float(n_pairs) if n_pairs is not None else float(_rows(batch))
@@ -375,25 +376,25 @@ class FitResult:
 def _autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
-# %% ../nbs/08_train.ipynb #xec2503a
+# %% ../nbs/08_train.ipynb #x5a915cd
 def _evaluate(model, ds, content, split, device, amp_dtype, users=None) -> dict:
     with _autocast(device, amp_dtype):
         return evaluate(model, ds, content, split=split, device=device, users=users)
 
-# %% ../nbs/08_train.ipynb #x266ea9e
+# %% ../nbs/08_train.ipynb #xa00f425
 def _write_best(model, out_dir: Path, info: dict) -> Path:
     def write(tmp):
         _save_weights(model, tmp)
         write_json(tmp/'train_state.json', info)
     return atomic_dir(out_dir/'best', write)
 
-# %% ../nbs/08_train.ipynb #xf775cca
+# %% ../nbs/08_train.ipynb #x04c2e53
 def _eval_user_sample(ds, cfg: TrainConfig):
     "The fixed sample of users validated during training (None = all)."
     if cfg.eval_users is None or cfg.eval_users >= ds.n_users: return None
     return np.sort(np.random.default_rng([cfg.seed, 7]).choice(ds.n_users, cfg.eval_users, replace=False))
 
-# %% ../nbs/08_train.ipynb #x31780bc
+# %% ../nbs/08_train.ipynb #xce5e877
 class TrainingRun:
     "State and pieces of one `fit` call on a trainable model (see the methods below)."
     def __init__(self, model, ds, cfg: TrainConfig, out_dir: Path, content, dist_info: DistInfo,
@@ -438,7 +439,7 @@ class TrainingRun:
 def _config_diff(old: dict, new: dict) -> dict:
     return {key: (old.get(key), value) for key, value in new.items() if old.get(key) != value}
 
-# %% ../nbs/08_train.ipynb #x5e68968
+# %% ../nbs/08_train.ipynb #xdfd32fd
 @patch
 def start(self: TrainingRun, resume: bool = True):
     "Resume from `checkpoints/latest` (if `resume` and one exists) or start afresh; wrap for DDP."
@@ -493,7 +494,7 @@ def checkpoint(self: TrainingRun) -> Path:
     self.last_ckpt = broadcast_object(self.last_ckpt, self.dist_info)
     return self.last_ckpt
 
-# %% ../nbs/08_train.ipynb #xfbdfbee
+# %% ../nbs/08_train.ipynb #xe0bafea
 @patch
 def nonfinite(self: TrainingRun, what: str):
     "Log and raise `NonFiniteLossError` naming the step, the epoch and the last good checkpoint."
@@ -606,7 +607,7 @@ def validate(self: TrainingRun) -> dict:
                             self.eval_users)
     return broadcast_object(metrics, self.dist_info)
 
-# %% ../nbs/08_train.ipynb #x772a09a
+# %% ../nbs/08_train.ipynb #xa8bb134
 @patch
 def end_epoch(self: TrainingRun):
     "Validate if due, update best/ and early stopping, record the epoch, checkpoint."
@@ -641,7 +642,7 @@ def end_epoch(self: TrainingRun):
     loop.epoch_steps = 0
     self.checkpoint()
 
-# %% ../nbs/08_train.ipynb #x539f170
+# %% ../nbs/08_train.ipynb #x0385233
 @patch
 def validate_start(self: TrainingRun):
     "Epoch 0: validate the weights before any training and keep them as `best/` unless an epoch beats them."
@@ -670,7 +671,7 @@ def run(self: TrainingRun) -> str:
             return 'max_steps'
         self.end_epoch()
 
-# %% ../nbs/08_train.ipynb #xd8db9c6
+# %% ../nbs/08_train.ipynb #xdf0d919
 @patch
 def final_against_start(self: TrainingRun):
     "Validate the final weights and keep them as `best/` if they beat epoch 0's."
@@ -682,7 +683,7 @@ def final_against_start(self: TrainingRun):
             _write_best(self.model, self.out_dir, dict(step=loop.step, epoch=loop.epoch + 1, valid=metrics))
     if self.dist_info.distributed: dist.barrier()
 
-# %% ../nbs/08_train.ipynb #xb067dba
+# %% ../nbs/08_train.ipynb #x4840664
 @patch
 def finish(self: TrainingRun, stopped: str, start_time: float) -> FitResult:
     "Load the best weights, evaluate them on valid and test (rank 0), write best/metrics.json; the result."
@@ -726,7 +727,7 @@ def _prepare_out_dir(out_dir: Path, resume: bool, dist_info: DistInfo):
                     shutil.rmtree(previous)
     if dist_info.distributed: dist.barrier()
 
-# %% ../nbs/08_train.ipynb #x4c227b1
+# %% ../nbs/08_train.ipynb #x3afdbe7
 def _evaluate_only(model, ds, content, cfg, out_dir, dist_info, metrics_log, start_time) -> FitResult:
     "Models with `trainable == False` (Popularity): evaluate, write best/, no optimisation."
     amp_dtype, valid, test = resolve_amp(cfg.amp, dist_info.device), None, None
@@ -745,7 +746,7 @@ def _evaluate_only(model, ds, content, cfg, out_dir, dist_info, metrics_log, sta
                      wall_time=time.time() - start_time, sequences_per_s=0.0, stopped='not_trainable',
                      model=model)
 
-# %% ../nbs/08_train.ipynb #xc4f1f8e
+# %% ../nbs/08_train.ipynb #x6c6239d
 def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: bool = True,
         progress: bool = True, checkpoint_every: int | None = None, keep_checkpoints: int = 2,
         validate_start: bool = False) -> FitResult:
@@ -795,7 +796,7 @@ def _config_arg(cls, value, flag: str):
     try: return cls.from_dict(settings)
     except (ValueError, TypeError) as error: raise ValueError(f"{flag}: {error}") from None
 
-# %% ../nbs/08_train.ipynb #x4f3d462
+# %% ../nbs/08_train.ipynb #x1b14ce9
 def main(argv=None) -> FitResult:
     "CLI entry point: `python -m transrec.train --data NAME_OR_PATH --out DIR [...]`."
     parser = argparse.ArgumentParser(prog='python -m transrec.train',
