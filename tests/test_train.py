@@ -229,7 +229,10 @@ def test_crash_while_writing_a_checkpoint_keeps_latest(ds, tmp_path, monkeypatch
     assert latest_checkpoint(root).name == 'step-000002'
     assert not [p for p in root.iterdir() if p.name.startswith('.')]          # the half-written dir was removed
     # a hard crash (no cleanup) leaves a temporary directory: the next start removes it and resumes
-    junk = root/'.tmp-step-000004-999'; junk.mkdir(); (junk/'model.safetensors').write_bytes(b'x')
+    # (core.atomic_dir's temporary name, written by a process id that is not running)
+    junk = root/f'.step-000004.tmp-{2**22 + 12345}-0123abcd'
+    junk.mkdir()
+    (junk/'model.safetensors').write_bytes(b'x')
     res = fit(new_model(cfg, seed=5), ds, train_cfg(), out, content='no-content', progress=False)
     assert not junk.exists() and res.resumed_from.endswith('step-000002') and res.steps == 9
     uninterrupted = fit(new_model(cfg), ds, train_cfg(), tmp_path/'ref', content='no-content', progress=False)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #c002
 from __future__ import annotations
-import os, re, sys, json, math, time, random, shutil, threading, queue, argparse, contextlib, inspect
+import os, re, sys, json, math, time, random, shutil, argparse, contextlib, inspect
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
 from .core import (ModelConfig, TrainConfig, resolve_device, resolve_amp, seed_everything, log,
-                           environment_info, atomic_write, atomic_dir, jsonable, clean_stale_temporaries)
+                           environment_info, atomic_write, atomic_dir, jsonable, write_json,
+                           clean_stale_temporaries)
 from .metrics import evaluate, flatten_metrics
 
 # %% auto #0
@@ -30,10 +31,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     else:
         from transrec.model import param_groups
         groups = param_groups(model, cfg.lr, cfg.encoder_lr, cfg.weight_decay)
-    groups = [g for g in groups if g['params']]
-    if not groups: raise ValueError(f"{type(model).__name__} has no trainable parameters; give it trainable = False "
-                                    "to evaluate it without training")
-    # the fused kernel updates every tensor in one pass: ~6x faster than the per-tensor loop on CPU, same maths
+    groups = [group for group in groups if group['params']]
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters; give it trainable = False "
+                         "to evaluate it without training")
+    # the fused kernel updates every tensor in one pass: ~6x faster than the per-tensor loop on CPU,
+    # same maths
     return torch.optim.AdamW(groups, fused=True)
 
 # %% ../nbs/08_train.ipynb #c009
@@ -41,21 +44,22 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = 'c
     "Multiplier of the base learning rate at optimiser step `step` (0-based)."
     if warmup_steps > 0 and step < warmup_steps: return (step + 1) / warmup_steps
     if schedule == 'constant': return 1.0
-    p = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
-    if schedule == 'cosine': return 0.5 * (1.0 + math.cos(math.pi * p))
-    if schedule == 'linear': return 1.0 - p
+    decayed = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))  # 0 -> 1
+    if schedule == 'cosine': return 0.5 * (1.0 + math.cos(math.pi * decayed))
+    if schedule == 'linear': return 1.0 - decayed
     raise ValueError(f"schedule={schedule!r}: choose 'cosine', 'linear' or 'constant'")
 
+# %% ../nbs/08_train.ipynb #x5c38aa7
 def make_scheduler(opt, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     "LambdaLR applying `lr_factor` with the config's warmup and schedule."
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
+        opt, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.schedule))
 
 # %% ../nbs/08_train.ipynb #c012
 TEMPORARY_NAME = re.compile(r'\.(.+)\.(tmp|old)-\d+-[0-9a-f]+')
 
 def clean_temporaries(root: Path):
-    "Remove the half-written files and folders in `root` that crashed processes left (`core.atomic_dir`'s temporaries)."
+    "Remove what crashed processes left half-written in `root` (`core.atomic_dir`'s temporaries)."
     root = Path(root)
     if not root.is_dir(): return
     for path in list(root.iterdir()):
@@ -80,109 +84,136 @@ class LoopState:
     metrics_offset: int = 0            # size of metrics.jsonl when this state was saved
     history: list = field(default_factory=list)
 
+# %% ../nbs/08_train.ipynb #xa7229e3
 def rng_state() -> dict:
     "RNG states of torch (CPU, CUDA), NumPy and Python as tensors / plain values."
     np_state = np.random.get_state()
-    st = dict(torch=torch.get_rng_state(), numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                    int(np_state[2]), int(np_state[3]), float(np_state[4])],
-              python=random.getstate())
-    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
-    return st
+    numpy_state = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                   int(np_state[3]), float(np_state[4])]
+    state = dict(torch=torch.get_rng_state(), numpy=numpy_state, python=random.getstate())
+    if torch.cuda.is_available(): state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
 
-def set_rng_state(st: dict):
+# %% ../nbs/08_train.ipynb #xb2de865
+def set_rng_state(state: dict):
     "Restore what `rng_state` returned."
-    torch.set_rng_state(st['torch'])
-    n = st['numpy']; np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    py = st['python']; random.setstate((py[0], tuple(py[1]), py[2]))
-    if 'cuda' in st and torch.cuda.is_available() and len(st['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(st['cuda'])
+    torch.set_rng_state(state['torch'])
+    numpy_state = state['numpy']
+    np.random.set_state((numpy_state[0], numpy_state[1].numpy().astype(np.uint32), *numpy_state[2:5]))
+    python_state = state['python']
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
 
 # %% ../nbs/08_train.ipynb #c017
 CKPT_STATE = 'state.pt'
 
-def _save_weights(model: nn.Module, d: Path):
+def _save_weights(model: nn.Module, folder: Path):
     from transrec.model import save_model
-    save_model(model, d)
+    save_model(model, folder)
 
+# %% ../nbs/08_train.ipynb #x777cd51
 class CheckpointError(ValueError):
     "A checkpoint file cannot be read: truncated, overwritten, or not what it should be."
 
+# %% ../nbs/08_train.ipynb #xe928a2f
 def _read(path: Path, expected: str, read):
     "`read()`, or a `CheckpointError` naming `path` and what it should hold."
     try: return read()
-    except Exception as e:
-        why = (str(e).strip().splitlines() or [''])[0][:200]
-        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {why}); expected {expected}") from e
+    except Exception as error:
+        why = (str(error).strip().splitlines() or [''])[0][:200]
+        problem = f"{path} is unreadable ({type(error).__name__}: {why}); expected {expected}"
+        raise CheckpointError(problem) from error
 
-def _load_weights(model: nn.Module, d: Path, device):
+# %% ../nbs/08_train.ipynb #x88c2cb5
+def _load_weights(model: nn.Module, folder: Path, device):
     from safetensors.torch import load_file
-    f = Path(d)/'model.safetensors'
-    sd = _read(f, 'the safetensors weights written by save_model', lambda: load_file(str(f), device=str(device)))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    weights_file = Path(folder)/'model.safetensors'
+    weights = _read(weights_file, 'the safetensors weights written by save_model',
+                    lambda: load_file(str(weights_file), device=str(device)))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(f"weights in {d} do not fit {type(model).__name__}: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}; was this checkpoint written by a different model config?")
+        raise ValueError(f"weights in {folder} do not fit {type(model).__name__}: "
+                         f"missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}; was this checkpoint written by a different "
+                         "model config?")
 
-def _step_of(p: Path) -> int:
-    try: return int(p.name.split('-', 1)[1])
+# %% ../nbs/08_train.ipynb #x113485e
+def _step_of(path: Path) -> int:
+    try: return int(path.name.split('-', 1)[1])
     except (IndexError, ValueError): return -1
 
+# %% ../nbs/08_train.ipynb #x7cbcc17
+def _is_complete(path: Path) -> bool:
+    return path.is_dir() and (path/CKPT_STATE).exists() and (path/'model.safetensors').exists()
+
+# %% ../nbs/08_train.ipynb #xedfdaf9
 def save_checkpoint(root, model: nn.Module, state: dict, step: int, keep: int = 2) -> Path:
-    "Write `root/step-{step:06d}/` atomically, point `root/latest` at it, keep the newest `keep` step checkpoints."
+    "Write `root/step-{step:06d}/` atomically, point `root/latest` at it, keep the newest `keep` of them."
     root = Path(root)
     def write(tmp):
         _save_weights(model, tmp)
         torch.save(state, tmp/CKPT_STATE)
     path = atomic_dir(root/f'step-{step:06d}', write)
     atomic_write(root/'latest', path.name + '\n')
-    steps = sorted((p for p in root.glob('step-*') if p.is_dir()), key=_step_of)
+    steps = sorted((step_dir for step_dir in root.glob('step-*') if step_dir.is_dir()), key=_step_of)
     for old in steps[:-keep] if keep > 0 else []:
         if old != path: shutil.rmtree(old, ignore_errors=True)
     return path
 
+# %% ../nbs/08_train.ipynb #x9751850
 def latest_checkpoint(root) -> Path | None:
-    "The checkpoint `root/latest` names; falls back to the newest complete `step-*` directory (with a warning)."
+    "The checkpoint `root/latest` names; else the newest complete `step-*` directory (with a warning)."
     root = Path(root)
-    ok = lambda p: p.is_dir() and (p/CKPT_STATE).exists() and (p/'model.safetensors').exists()
     if (root/'latest').exists():
-        p = root/(root/'latest').read_text().strip()
-        if ok(p): return p
-        log.warning(f"{root/'latest'} names {p.name!r}, which is missing or incomplete; looking for another checkpoint")
-    steps = sorted((p for p in root.glob('step-*') if ok(p)), key=_step_of)
+        named = root/(root/'latest').read_text().strip()
+        if _is_complete(named): return named
+        log.warning(f"{root/'latest'} names {named.name!r}, which is missing or incomplete; "
+                    "looking for another checkpoint")
+    steps = sorted((path for path in root.glob('step-*') if _is_complete(path)), key=_step_of)
     return steps[-1] if steps else None
 
+# %% ../nbs/08_train.ipynb #xc70e440
 def load_checkpoint(path, model: nn.Module, device='cpu') -> dict:
     "Load the weights of checkpoint `path` into `model`; return its `state.pt` content."
     path = Path(path)
-    from transrec.core import ModelConfig
     saved = _read(path/'config.json', 'a ModelConfig JSON file', lambda: ModelConfig.load(path/'config.json'))
     if hasattr(model, 'cfg') and saved != model.cfg:
-        diff = {k: (v, getattr(model.cfg, k)) for k, v in saved.to_dict().items() if getattr(model.cfg, k) != v}
-        raise ValueError(f"checkpoint {path} was written for another model config (checkpoint vs model: {diff}); "
+        diff = {key: (value, getattr(model.cfg, key)) for key, value in saved.to_dict().items()
+                if getattr(model.cfg, key) != value}
+        raise ValueError(f"checkpoint {path} was written for another model config "
+                         f"(checkpoint vs model: {diff}); "
                          "use a fresh out_dir or resume=False")
     _load_weights(model, path, device)
-    return _read(path/CKPT_STATE, 'the training state of save_checkpoint (plain tensors, loaded with weights_only=True)',
+    return _read(path/CKPT_STATE,
+                 'the training state of save_checkpoint (plain tensors, loaded with weights_only=True)',
                  lambda: torch.load(path/CKPT_STATE, map_location='cpu', weights_only=True))
 
 # %% ../nbs/08_train.ipynb #r002
-def resume_checkpoint(root, model: nn.Module, device='cpu', set_aside: bool = True) -> tuple[Path | None, dict | None]:
-    "Load the newest readable checkpoint of `root` into `model`: (its path, its state), or (None, None) if none."
+def resume_checkpoint(root, model: nn.Module, device='cpu',
+                      set_aside: bool = True) -> tuple[Path | None, dict | None]:
+    "Load the newest readable checkpoint of `root` into `model`: (its path, its state), or (None, None)."
     root = Path(root)
     first = latest_checkpoint(root)
     if first is None: return None, None
-    ok = lambda p: p.is_dir() and (p/CKPT_STATE).exists() and (p/'model.safetensors').exists()
-    older = sorted((p for p in root.glob('step-*') if ok(p) and _step_of(p) < _step_of(first)), key=_step_of, reverse=True)
+    older = sorted((path for path in root.glob('step-*')
+                    if _is_complete(path) and _step_of(path) < _step_of(first)), key=_step_of, reverse=True)
     problems, broken = [], []
-    for p in (first, *older):
-        try: state = load_checkpoint(p, model, device)
-        except CheckpointError as e:
-            problems.append(str(e)); broken.append(p)
-            log.warning(f'checkpoint {p} cannot be loaded: {e}; falling back to the previous checkpoint')
+    for candidate in (first, *older):
+        try: state = load_checkpoint(candidate, model, device)
+        except CheckpointError as error:
+            problems.append(str(error))
+            broken.append(candidate)
+            log.warning(f'checkpoint {candidate} cannot be loaded: {error}; '
+                        'falling back to the previous checkpoint')
             continue
-        for b in broken if set_aside else []:        # kept for inspection, no longer picked
-            if b.exists(): os.replace(b, b.with_name(f'broken-{b.name}-{int(time.time())}'))
-        if broken: log.warning(f'resuming from the older checkpoint {p}: the newer one(s) were unreadable')
-        return p, state
+        for broken_path in broken if set_aside else []:        # kept for inspection, no longer picked
+            if broken_path.exists():
+                aside = broken_path.with_name(f'broken-{broken_path.name}-{int(time.time())}')
+                os.replace(broken_path, aside)
+        if broken:
+            log.warning(f'resuming from the older checkpoint {candidate}: the newer one(s) were unreadable')
+        return candidate, state
     raise CheckpointError(f"cannot resume the run in {root.parent}: no checkpoint in {root} is readable "
                           f"({'; '.join(problems)}). Start that run over with fit(..., resume=False) "
                           "(papermill: -p resume fresh), which removes these checkpoints")
@@ -191,82 +222,108 @@ def resume_checkpoint(root, model: nn.Module, device='cpu', set_aside: bool = Tr
 class MetricsLog:
     "Append-only JSON-lines event log (a no-op on non-zero ranks)."
     def __init__(self, path, enabled: bool = True): self.path, self.enabled = Path(path), enabled
+
     @property
     def offset(self) -> int: return self.path.stat().st_size if self.enabled and self.path.exists() else 0
+
     def truncate(self, offset: int = 0):
         if not self.enabled: return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, 'a+b') as f: f.truncate(offset)
-    def write(self, event: str, **kw):
-        if not self.enabled: return
-        with open(self.path, 'a') as f: f.write(json.dumps(jsonable(dict(event=event, time=time.time(), **kw))) + '\n')
+        with open(self.path, 'a+b') as file: file.truncate(offset)
 
+    def write(self, event: str, **values):
+        if not self.enabled: return
+        line = json.dumps(jsonable(dict(event=event, time=time.time(), **values)))
+        with open(self.path, 'a') as file: file.write(line + '\n')
+
+# %% ../nbs/08_train.ipynb #xc842529
 def read_metrics(path) -> list[dict]:
     "The events of a `metrics.jsonl` file (or of `out_dir/metrics.jsonl`)."
-    path = Path(path); path = path/'metrics.jsonl' if path.is_dir() else path
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    path = Path(path)
+    path = path/'metrics.jsonl' if path.is_dir() else path
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 # %% ../nbs/08_train.ipynb #c022
 @dataclass
 class DistInfo:
+    "This process's place in the run: rank, world size, local rank and device."
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device('cpu')
     created: bool = False              # True when fit() created the process group (and must destroy it)
+
     @property
     def is_main(self) -> bool: return self.rank == 0
+
     @property
     def distributed(self) -> bool: return self.world_size > 1
 
+# %% ../nbs/08_train.ipynb #x384ab0a
 def init_distributed(device='auto') -> DistInfo:
     "Rank/world/device from an initialised process group or torchrun's environment (else a single process)."
-    dev = resolve_device(device)
+    device = resolve_device(device)
     created = False
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get('WORLD_SIZE', '1')) > 1:
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo'); created = True
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        created = True
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get('LOCAL_RANK', rank))
-        if dev.type == 'cuda' and world > 1:
-            dev = torch.device('cuda', local_rank % torch.cuda.device_count()); torch.cuda.set_device(dev)
-        return DistInfo(rank, world, local_rank, dev, created)
-    return DistInfo(device=dev)
+        if device.type == 'cuda' and world > 1:
+            device = torch.device('cuda', local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)
+        return DistInfo(rank, world, local_rank, device, created)
+    return DistInfo(device=device)
 
-def _collective_device(di: DistInfo) -> torch.device:
-    return di.device if di.distributed and dist.get_backend() == 'nccl' else torch.device('cpu')
+# %% ../nbs/08_train.ipynb #x154b142
+def _collective_device(dist_info: DistInfo) -> torch.device:
+    return dist_info.device if dist_info.distributed and dist.get_backend() == 'nccl' else torch.device('cpu')
 
-def all_reduce_sum(x: torch.Tensor, di: DistInfo) -> torch.Tensor:
+# %% ../nbs/08_train.ipynb #x4d66988
+def all_reduce_sum(x: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
     "Sum of `x` over ranks (identity in a single process)."
-    if not di.distributed: return x
-    y = x.to(_collective_device(di)); dist.all_reduce(y); return y.to(x.device)
+    if not dist_info.distributed: return x
+    reduced = x.to(_collective_device(dist_info))
+    dist.all_reduce(reduced)
+    return reduced.to(x.device)
 
-def broadcast_object(obj, di: DistInfo):
+# %% ../nbs/08_train.ipynb #xf47fb75
+def broadcast_object(obj, dist_info: DistInfo):
     "Rank 0's `obj` on every rank."
-    if not di.distributed: return obj
-    box = [obj]; dist.broadcast_object_list(box, src=0, device=_collective_device(di)); return box[0]
+    if not dist_info.distributed: return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_collective_device(dist_info))
+    return box[0]
 
-def gather_objects(obj, di: DistInfo) -> list:
+# %% ../nbs/08_train.ipynb #x4f4b31a
+def gather_objects(obj, dist_info: DistInfo) -> list:
     "`[obj of rank 0, obj of rank 1, ...]` on every rank."
-    if not di.distributed: return [obj]
-    out = [None] * di.world_size; dist.all_gather_object(out, obj); return out
+    if not dist_info.distributed: return [obj]
+    gathered = [None] * dist_info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
-def gather_group(model: nn.Module, di: DistInfo):
+# %% ../nbs/08_train.ipynb #xc8a9849
+def gather_group(model: nn.Module, dist_info: DistInfo):
     "The process group of the softmax candidates' all-gather (None: one process, or `model.loss` takes none)."
-    if not di.distributed or getattr(getattr(model, 'cfg', None), 'loss', None) != 'softmax': return None
+    loss = getattr(getattr(model, 'cfg', None), 'loss', None)
+    if not dist_info.distributed or loss != 'softmax': return None
     if 'group' not in inspect.signature(model.loss).parameters: return None
-    return dist.new_group(list(range(di.world_size)))
+    return dist.new_group(list(range(dist_info.world_size)))
 
+# %% ../nbs/08_train.ipynb #x425929c
 class LossModule(nn.Module):
     "`forward(batch, content) = model.loss(batch, content[, group])`, so that DDP sees the loss computation."
     def __init__(self, model: nn.Module, group=None):
         super().__init__()
         self.model, self.group = model, group
+
     def forward(self, batch, content):
         if batch is None:                                  # empty slice: a zero loss through every parameter
             if self.group is not None: raise RuntimeError('LossModule: an empty slice cannot all-gather')
-            ps = [p for p in self.model.parameters() if p.requires_grad]
-            return sum(p.sum() for p in ps) * 0.0, {}
+            params = [param for param in self.model.parameters() if param.requires_grad]
+            return sum(param.sum() for param in params) * 0.0, {}
         if self.group is None: return self.model.loss(batch, content)
         return self.model.loss(batch, content, group=self.group)
 
@@ -274,15 +331,17 @@ class LossModule(nn.Module):
 class NonFiniteLossError(RuntimeError):
     "The training loss became NaN or infinite."
 
+# %% ../nbs/08_train.ipynb #xecf0865
 def _rows(batch) -> int: return 0 if batch is None else int(batch.seq.shape[0])
 
+# %% ../nbs/08_train.ipynb #x960cfcb
 def _n_terms(batch, info: dict) -> float:
-    n = info.get('n_pairs') if isinstance(info, dict) else None
-    return float(n) if n is not None else float(_rows(batch))
+    n_pairs = info.get('n_pairs') if isinstance(info, dict) else None
+    return float(n_pairs) if n_pairs is not None else float(_rows(batch))
 
 # %% ../nbs/08_train.ipynb #c026
 def loader_settings(cfg: TrainConfig, device) -> dict:
-    "`num_workers`, `pin_memory`, `prefetch_factor` of the training loader from `cfg` (None: chosen for the machine)."
+    "`num_workers`, `pin_memory`, `prefetch_factor` of the training loader (None in `cfg`: for the machine)."
     from transrec.data import default_num_workers
     device = torch.device(device)
     workers = default_num_workers(device) if cfg.num_workers is None else cfg.num_workers
@@ -292,6 +351,7 @@ def loader_settings(cfg: TrainConfig, device) -> dict:
 # %% ../nbs/08_train.ipynb #c029
 @dataclass
 class FitResult:
+    "What `fit` returns: history, metrics of the best weights, where they are, and how the run went."
     history: list                    # per-epoch dicts: epoch, step, train_loss, lr, valid_* metrics
     best_valid: dict                 # full validation metrics of the best weights
     test: dict                       # test metrics of the best weights
@@ -306,93 +366,111 @@ class FitResult:
     stopped: str = ''                # 'epochs' | 'early_stop' | 'max_steps' | 'not_trainable'
     resumed_from: str | None = None
     model: nn.Module | None = field(default=None, repr=False)
+
     def summary(self) -> dict:
         "JSON-able summary (everything but the model)."
-        return jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != 'model'})
+        return jsonable({fit_field.name: getattr(self, fit_field.name) for fit_field in fields(self)
+                         if fit_field.name != 'model'})
 
 # %% ../nbs/08_train.ipynb #c031
 def _autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
+# %% ../nbs/08_train.ipynb #x5a915cd
 def _evaluate(model, ds, content, split, device, amp_dtype, users=None) -> dict:
     with _autocast(device, amp_dtype):
         return evaluate(model, ds, content, split=split, device=device, users=users)
 
+# %% ../nbs/08_train.ipynb #xa00f425
 def _write_best(model, out_dir: Path, info: dict) -> Path:
     def write(tmp):
         _save_weights(model, tmp)
-        (tmp/'train_state.json').write_text(json.dumps(jsonable(info), indent=2))
+        write_json(tmp/'train_state.json', info)
     return atomic_dir(out_dir/'best', write)
 
+# %% ../nbs/08_train.ipynb #x04c2e53
 def _eval_user_sample(ds, cfg: TrainConfig):
     "The fixed sample of users validated during training (None = all)."
     if cfg.eval_users is None or cfg.eval_users >= ds.n_users: return None
     return np.sort(np.random.default_rng([cfg.seed, 7]).choice(ds.n_users, cfg.eval_users, replace=False))
 
+# %% ../nbs/08_train.ipynb #xce5e877
 class TrainingRun:
     "State and pieces of one `fit` call on a trainable model (see the methods below)."
-    def __init__(self, model, ds, cfg: TrainConfig, out_dir: Path, content, di: DistInfo, mlog: MetricsLog,
-                 progress: bool = True, checkpoint_every: int | None = None, keep_checkpoints: int = 2):
+    def __init__(self, model, ds, cfg: TrainConfig, out_dir: Path, content, dist_info: DistInfo,
+                 metrics_log: MetricsLog, progress: bool = True, checkpoint_every: int | None = None,
+                 keep_checkpoints: int = 2):
         from transrec.model import train_seq_len, train_stride
-        world = di.world_size
+        from transrec.data import n_batches_per_epoch
+        world = dist_info.world_size
         if cfg.batch_size % (cfg.grad_accum * world):
-            raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by grad_accum x world_size = "
-                             f"{cfg.grad_accum} x {world}")
+            raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by grad_accum x "
+                             f"world_size = {cfg.grad_accum} x {world}")
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={checkpoint_every} must be >= 1 (or None)")
-        self.model, self.ds, self.cfg, self.out_dir, self.content, self.di, self.mlog = model, ds, cfg, out_dir, content, di, mlog
-        self.device, self.amp_dtype = di.device, resolve_amp(cfg.amp, di.device)
-        self.show, self.checkpoint_every, self.keep = progress and di.is_main, checkpoint_every, keep_checkpoints
+        self.model, self.ds, self.cfg, self.out_dir, self.content = model, ds, cfg, out_dir, content
+        self.dist_info, self.metrics_log = dist_info, metrics_log
+        self.device, self.amp_dtype = dist_info.device, resolve_amp(cfg.amp, dist_info.device)
+        self.show = progress and dist_info.is_main
+        self.checkpoint_every, self.keep = checkpoint_every, keep_checkpoints
         self.ckpt_root = out_dir/'checkpoints'
         self.micro_bs = cfg.batch_size // cfg.grad_accum                       # global micro-batch
-        from transrec.data import n_batches_per_epoch
-        self.stride = train_stride(model.cfg)                              # None: each user's newest window
+        self.stride = train_stride(model.cfg)                            # None: each user's newest window
         self.n_micro = n_batches_per_epoch(ds, self.micro_bs, self.stride)
         self.steps_per_epoch = math.ceil(self.n_micro / cfg.grad_accum)
-        self.total_steps = cfg.epochs * self.steps_per_epoch                  # schedule horizon (not max_steps)
+        self.total_steps = cfg.epochs * self.steps_per_epoch             # schedule horizon (not max_steps)
         self.seq_len = train_seq_len(model.cfg)
-        self.n_neg = model.cfg.n_neg if model.cfg.loss == 'bce' else 0   # softmax: the batch's items are the negatives
+        # softmax: the batch's items are the negatives
+        self.n_neg = model.cfg.n_neg if model.cfg.loss == 'bce' else 0
         if cfg.compile:
             if hasattr(model, 'compile_parts') and self.device.type == 'cuda': model.compile_parts()
-            else: log.warning('TrainConfig.compile=True: the model has no compile_parts() hook (or no CUDA); running eagerly')
+            else: log.warning('TrainConfig.compile=True: the model has no compile_parts() hook (or no CUDA); '
+                              'running eagerly')
         self.opt = make_optimizer(model, cfg)
         self.sched = make_scheduler(self.opt, cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.params = [p for g in self.opt.param_groups for p in g['params']]
+        self.params = [param for group in self.opt.param_groups for param in group['params']]
         self.eval_users = _eval_user_sample(ds, cfg)
-        self.st, self.resumed_from, self.last_ckpt = LoopState(), None, None
+        self.loop, self.resumed_from, self.last_ckpt = LoopState(), None, None
         self.train_time, self.seqs_this_call = 0.0, 0
-        self.net = LossModule(model, gather_group(model, di))
+        self.net = LossModule(model, gather_group(model, dist_info))
 
 # %% ../nbs/08_train.ipynb #c033
+def _config_diff(old: dict, new: dict) -> dict:
+    return {key: (old.get(key), value) for key, value in new.items() if old.get(key) != value}
+
+# %% ../nbs/08_train.ipynb #xdfd32fd
 @patch
 def start(self: TrainingRun, resume: bool = True):
     "Resume from `checkpoints/latest` (if `resume` and one exists) or start afresh; wrap for DDP."
-    model, cfg, di, st = self.model, self.cfg, self.di, self.st
-    seed_everything(cfg.seed + di.rank)
-    latest, saved = resume_checkpoint(self.ckpt_root, model, self.device, di.is_main) if resume else (None, None)
+    model, cfg, dist_info, events = self.model, self.cfg, self.dist_info, self.metrics_log
+    seed_everything(cfg.seed + dist_info.rank)
+    latest, saved = (resume_checkpoint(self.ckpt_root, model, self.device, dist_info.is_main) if resume
+                     else (None, None))
     rng = None
     if latest is not None:
-        self.opt.load_state_dict(saved['optimizer']); self.sched.load_state_dict(saved['scheduler'])
+        self.opt.load_state_dict(saved['optimizer'])
+        self.sched.load_state_dict(saved['scheduler'])
         self.scaler.load_state_dict(saved['scaler'])
-        self.st = st = LoopState(**saved['loop'])
-        if len(saved['rng']) == di.world_size: rng = saved['rng'][di.rank]
-        else: log.warning(f"resuming with world_size={di.world_size} from a run with {len(saved['rng'])} processes: "
-                          "RNG streams reseeded")
+        self.loop = loop = LoopState(**saved['loop'])
+        if len(saved['rng']) == dist_info.world_size: rng = saved['rng'][dist_info.rank]
+        else: log.warning(f"resuming with world_size={dist_info.world_size} from a run with "
+                          f"{len(saved['rng'])} processes: RNG streams reseeded")
         diff = _config_diff(saved['train_config'], cfg.to_dict())
         if diff: log.warning(f'resuming {latest} with changed training settings (saved, now): {diff}')
-        self.mlog.truncate(st.metrics_offset)
-        self.mlog.write('resume', checkpoint=str(latest), step=st.step, epoch=st.epoch, pos=st.pos, changed=diff)
+        events.truncate(loop.metrics_offset)
+        events.write('resume', checkpoint=str(latest), step=loop.step, epoch=loop.epoch, pos=loop.pos,
+                     changed=diff)
         self.resumed_from = self.last_ckpt = latest
-        log.info(f'resumed from {latest} (epoch {st.epoch + 1}, step {st.step})')
+        log.info(f'resumed from {latest} (epoch {loop.epoch + 1}, step {loop.step})')
     else:
-        self.mlog.truncate(0)
-        self.mlog.write('start', model=type(model).__name__, model_config=model.cfg.to_dict(), train_config=cfg.to_dict(),
-                        world_size=di.world_size, device=str(self.device), amp=str(self.amp_dtype),
-                        n_users=self.ds.n_users, n_items=self.ds.n_items, steps_per_epoch=self.steps_per_epoch,
-                        total_steps=self.total_steps, synthetic=getattr(self.ds, 'synthetic', None),
-                        environment=environment_info())
-    if di.distributed:
+        events.truncate(0)
+        events.write('start', model=type(model).__name__, model_config=model.cfg.to_dict(),
+                     train_config=cfg.to_dict(), world_size=dist_info.world_size, device=str(self.device),
+                     amp=str(self.amp_dtype), n_users=self.ds.n_users, n_items=self.ds.n_items,
+                     steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                     synthetic=getattr(self.ds, 'synthetic', None), environment=environment_info())
+    if dist_info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
         # content models run one encoder per modality: a rank's slice may hold no image (or no text) item
         unused = getattr(model.cfg, 'kind', '') in ('transrec', 'frozen')
@@ -400,64 +478,75 @@ def start(self: TrainingRun, resume: bool = True):
                        find_unused_parameters=unused)
     if rng is not None: set_rng_state(rng)
 
-def _config_diff(old: dict, new: dict) -> dict:
-    return {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
-
 # %% ../nbs/08_train.ipynb #c035
 @patch
 def checkpoint(self: TrainingRun) -> Path:
     "Write `checkpoints/step-N` (rank 0) with everything needed to continue this run."
-    st, rngs = self.st, gather_objects(rng_state(), self.di)
-    if self.di.is_main:
-        self.mlog.write('checkpoint', step=st.step, epoch=st.epoch, pos=st.pos, path=str(self.ckpt_root/f'step-{st.step:06d}'))
-        st.metrics_offset = self.mlog.offset          # a resume keeps the log up to and including that line
-        state = dict(loop=asdict(st), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+    loop, rngs = self.loop, gather_objects(rng_state(), self.dist_info)
+    if self.dist_info.is_main:
+        self.metrics_log.write('checkpoint', step=loop.step, epoch=loop.epoch, pos=loop.pos,
+                               path=str(self.ckpt_root/f'step-{loop.step:06d}'))
+        loop.metrics_offset = self.metrics_log.offset   # a resume keeps the log up to and including that line
+        state = dict(loop=asdict(loop), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                      scaler=self.scaler.state_dict(), rng=rngs, train_config=self.cfg.to_dict(),
-                     world_size=self.di.world_size)
-        self.last_ckpt = save_checkpoint(self.ckpt_root, self.model, state, st.step, keep=self.keep)
-    self.last_ckpt = broadcast_object(self.last_ckpt, self.di)
+                     world_size=self.dist_info.world_size)
+        self.last_ckpt = save_checkpoint(self.ckpt_root, self.model, state, loop.step, keep=self.keep)
+    self.last_ckpt = broadcast_object(self.last_ckpt, self.dist_info)
     return self.last_ckpt
 
+# %% ../nbs/08_train.ipynb #xe0bafea
 @patch
 def nonfinite(self: TrainingRun, what: str):
     "Log and raise `NonFiniteLossError` naming the step, the epoch and the last good checkpoint."
-    st, where = self.st, self.last_ckpt or 'none (no checkpoint written yet)'
-    msg = (f"training {what} became NaN/inf at step {st.step + 1} (epoch {st.epoch + 1}, micro-batch {st.pos + 1}); "
-           f"stopping. Last good checkpoint: {where}. Lower the learning rate, enable clip_grad, or try "
-           f"amp='bf16'/'none', then resume from it (fit(..., resume=True) continues from checkpoints/latest).")
-    self.mlog.write('error', step=st.step + 1, epoch=st.epoch + 1, message=msg, last_checkpoint=where)
-    raise NonFiniteLossError(msg)
+    loop, where = self.loop, self.last_ckpt or 'none (no checkpoint written yet)'
+    message = (f"training {what} became NaN/inf at step {loop.step + 1} (epoch {loop.epoch + 1}, "
+               f"micro-batch {loop.pos + 1}); stopping. Last good checkpoint: {where}. "
+               "Lower the learning rate, enable clip_grad, or try amp='bf16'/'none', then resume from it "
+               "(fit(..., resume=True) continues from checkpoints/latest).")
+    self.metrics_log.write('error', step=loop.step + 1, epoch=loop.epoch + 1, message=message,
+                           last_checkpoint=where)
+    raise NonFiniteLossError(message)
 
 # %% ../nbs/08_train.ipynb #c037
 @patch
 def optimiser_step(self: TrainingRun, group: list) -> tuple[float, int, float]:
     "Forward/backward the micro-batches of `group`, then one AdamW step: (mean loss, sequences, grad norm)."
-    model, dev, di = self.model, self.device, self.di
-    model.train(); self.opt.zero_grad(set_to_none=True)
-    loss_sum, bad, n_sum, rows = torch.zeros((), device=dev), torch.zeros((), device=dev), 0.0, 0
-    for i, b in enumerate(group):
-        b = b if _rows(b) > 0 else None
-        ctx = self.net.no_sync() if di.distributed and i < len(group) - 1 else contextlib.nullcontext()
-        b = b.to(dev, non_blocking=True) if b is not None else None
-        staged = getattr(self.content, 'staged', None)      # the batch's tokens and pixels, made by the loader
-        with ctx, (staged(b) if staged is not None and b is not None else contextlib.nullcontext()):
-            with _autocast(dev, self.amp_dtype):
-                loss, info = self.net(b, self.content)
-            loss = loss.float(); n = _n_terms(b, info)
-            self.scaler.scale(loss * n).backward()
-        loss_sum += loss.detach() * n; n_sum += n; rows += _rows(b)
-        bad += (~torch.isfinite(loss.detach())).float()
-    stats = torch.stack([loss_sum, torch.tensor(n_sum, device=dev), bad, torch.tensor(float(rows), device=dev)])
-    loss_total, n_total, n_bad, rows_total = all_reduce_sum(stats.double(), di).tolist()
+    device, dist_info = self.device, self.dist_info
+    self.model.train()
+    self.opt.zero_grad(set_to_none=True)
+    loss_sum, n_nonfinite = torch.zeros((), device=device), torch.zeros((), device=device)
+    n_terms_sum, rows = 0.0, 0
+    staged = getattr(self.content, 'staged', None)      # the batch's tokens and pixels, made by the loader
+    for i, batch in enumerate(group):
+        batch = batch.to(device, non_blocking=True) if _rows(batch) > 0 else None
+        last = i == len(group) - 1
+        sync = self.net.no_sync() if dist_info.distributed and not last else contextlib.nullcontext()
+        inputs = staged(batch) if staged is not None and batch is not None else contextlib.nullcontext()
+        with sync, inputs:
+            with _autocast(device, self.amp_dtype):
+                loss, info = self.net(batch, self.content)
+            loss = loss.float()
+            n_terms = _n_terms(batch, info)
+            self.scaler.scale(loss * n_terms).backward()
+        loss_sum += loss.detach() * n_terms
+        n_terms_sum += n_terms
+        rows += _rows(batch)
+        n_nonfinite += (~torch.isfinite(loss.detach())).float()
+    stats = torch.stack([loss_sum, torch.tensor(n_terms_sum, device=device), n_nonfinite,
+                         torch.tensor(float(rows), device=device)])
+    loss_total, n_total, n_bad, rows_total = all_reduce_sum(stats.double(), dist_info).tolist()
     if n_bad > 0 or not math.isfinite(loss_total): self.nonfinite('loss')
     self.scaler.unscale_(self.opt)
-    scale = di.world_size / max(n_total, 1e-12)          # DDP averaged over ranks; we want the mean over all terms
-    for p in self.params:
-        if p.grad is not None: p.grad.mul_(scale)
-    gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad or float('inf')).item()
-    if not math.isfinite(gnorm) and not self.scaler.is_enabled(): self.nonfinite('gradient norm')
-    self.scaler.step(self.opt); self.scaler.update(); self.sched.step()
-    return loss_total / max(n_total, 1e-12), int(rows_total), gnorm
+    # DDP averaged over ranks; we want the mean over all terms
+    scale = dist_info.world_size / max(n_total, 1e-12)
+    for param in self.params:
+        if param.grad is not None: param.grad.mul_(scale)
+    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad or float('inf')).item()
+    if not math.isfinite(grad_norm) and not self.scaler.is_enabled(): self.nonfinite('gradient norm')
+    self.scaler.step(self.opt)
+    self.scaler.update()
+    self.sched.step()
+    return loss_total / max(n_total, 1e-12), int(rows_total), grad_norm
 
 # %% ../nbs/08_train.ipynb #c039
 @patch
@@ -465,33 +554,45 @@ def train_epoch(self: TrainingRun) -> bool:
     "Run the rest of the current epoch; True if `max_steps` was reached."
     from transrec.data import train_loader
     from tqdm.auto import tqdm
-    st, cfg = self.st, self.cfg
+    loop, cfg = self.loop, self.cfg
     content = self.content if hasattr(self.model, 'item_tower') else None    # only content models read it
-    batches = train_loader(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=st.epoch,
-                           rank=self.di.rank, world_size=self.di.world_size, skip=st.pos, stride=self.stride,
-                           content=content, **loader_settings(cfg, self.device))
-    bar = tqdm(total=self.n_micro, initial=st.pos, desc=f'epoch {st.epoch + 1}/{cfg.epochs}', disable=not self.show,
-               leave=False, dynamic_ncols=True)
-    group, win = [], dict(loss=0.0, steps=0, seqs=0, time=0.0)
+    batches = train_loader(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=loop.epoch,
+                           rank=self.dist_info.rank, world_size=self.dist_info.world_size, skip=loop.pos,
+                           stride=self.stride, content=content, **loader_settings(cfg, self.device))
+    bar = tqdm(total=self.n_micro, initial=loop.pos, desc=f'epoch {loop.epoch + 1}/{cfg.epochs}',
+               disable=not self.show, leave=False, dynamic_ncols=True)
+    group, window = [], dict(loss=0.0, steps=0, seqs=0, time=0.0)    # what the next 'train' event averages
     tick = time.perf_counter()
     try:
-        for b in batches:
-            group.append(b)
-            if len(group) < cfg.grad_accum and st.pos + len(group) < self.n_micro: continue
-            loss, rows, gnorm = self.optimiser_step(group)
-            st.pos += len(group); st.step += 1; st.epoch_loss_sum += loss; st.epoch_steps += 1; st.sequences += rows
-            bar.update(len(group)); group = []
-            dt = time.perf_counter() - tick
-            self.train_time += dt; self.seqs_this_call += rows
-            win['loss'] += loss; win['steps'] += 1; win['seqs'] += rows; win['time'] += dt
-            if st.step % max(1, cfg.log_every) == 0:
-                rec = dict(step=st.step, epoch=st.epoch + 1, loss=win['loss'] / win['steps'], grad_norm=gnorm,
-                           seq_per_s=win['seqs'] / max(win['time'], 1e-9), lr={g['name']: g['lr'] for g in self.opt.param_groups})
-                self.mlog.write('train', **rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", seq_s=f"{rec['seq_per_s']:.0f}")
-                win = dict(loss=0.0, steps=0, seqs=0, time=0.0)
-            if cfg.max_steps is not None and st.step >= cfg.max_steps: return True
-            if self.checkpoint_every and st.step % self.checkpoint_every == 0 and st.pos < self.n_micro: self.checkpoint()
+        for batch in batches:
+            group.append(batch)
+            if len(group) < cfg.grad_accum and loop.pos + len(group) < self.n_micro: continue
+            loss, rows, grad_norm = self.optimiser_step(group)
+            loop.pos += len(group)
+            loop.step += 1
+            loop.epoch_loss_sum += loss
+            loop.epoch_steps += 1
+            loop.sequences += rows
+            bar.update(len(group))
+            group = []
+            seconds = time.perf_counter() - tick
+            self.train_time += seconds
+            self.seqs_this_call += rows
+            window['loss'] += loss
+            window['steps'] += 1
+            window['seqs'] += rows
+            window['time'] += seconds
+            if loop.step % max(1, cfg.log_every) == 0:
+                record = dict(step=loop.step, epoch=loop.epoch + 1, loss=window['loss'] / window['steps'],
+                              grad_norm=grad_norm, seq_per_s=window['seqs'] / max(window['time'], 1e-9),
+                              lr={param_group['name']: param_group['lr']
+                                  for param_group in self.opt.param_groups})
+                self.metrics_log.write('train', **record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", seq_s=f"{record['seq_per_s']:.0f}")
+                window = dict(loss=0.0, steps=0, seqs=0, time=0.0)
+            if cfg.max_steps is not None and loop.step >= cfg.max_steps: return True
+            if self.checkpoint_every and loop.step % self.checkpoint_every == 0 and loop.pos < self.n_micro:
+                self.checkpoint()
             tick = time.perf_counter()
     finally: bar.close()
     return False
@@ -500,188 +601,234 @@ def train_epoch(self: TrainingRun) -> bool:
 @patch
 def validate(self: TrainingRun) -> dict:
     "Validation metrics, computed on the main process and shared with every rank."
-    metrics = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype, self.eval_users) \
-        if self.di.is_main else None
-    return broadcast_object(metrics, self.di)
+    metrics = None
+    if self.dist_info.is_main:
+        metrics = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype,
+                            self.eval_users)
+    return broadcast_object(metrics, self.dist_info)
 
+# %% ../nbs/08_train.ipynb #xa8bb134
 @patch
 def end_epoch(self: TrainingRun):
     "Validate if due, update best/ and early stopping, record the epoch, checkpoint."
-    st, cfg, di = self.st, self.cfg, self.di
-    rec = dict(epoch=st.epoch + 1, step=st.step, train_loss=st.epoch_loss_sum / max(1, st.epoch_steps),
-               **{('lr' if g['name'] == 'head' else f"{g['name']}_lr"): g['lr'] for g in self.opt.param_groups
-                  if not g['name'].endswith('no_decay')})
-    if (st.epoch + 1) % max(1, cfg.eval_every) == 0 or st.epoch + 1 == cfg.epochs:
-        m = self.validate()
-        rec.update(flatten_metrics(m, 'valid_'))
-        if st.best_metric is None or m['NDCG@10'] > st.best_metric:
-            st.best_metric, st.best_step, st.best_epoch, st.bad_evals = m['NDCG@10'], st.step, st.epoch + 1, 0
-            if di.is_main: _write_best(self.model, self.out_dir, dict(step=st.step, epoch=st.epoch + 1, valid=m))
-        else: st.bad_evals += 1
-        if cfg.patience > 0 and st.bad_evals >= cfg.patience:
-            st.stopped_early = True
-            self.mlog.write('early_stop', epoch=st.epoch + 1, step=st.step, best_epoch=st.best_epoch, best=st.best_metric)
-    st.history.append(rec); self.mlog.write('epoch', **rec)
-    if self.show: log.info(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()
-                                    if k in ('epoch', 'step', 'train_loss', 'valid_HR@10', 'valid_NDCG@10')))
-    st.epoch += 1; st.pos = 0; st.epoch_loss_sum = 0.0; st.epoch_steps = 0
+    loop, cfg = self.loop, self.cfg
+    train_loss = loop.epoch_loss_sum / max(1, loop.epoch_steps)
+    record = dict(epoch=loop.epoch + 1, step=loop.step, train_loss=train_loss,
+                  **{('lr' if group['name'] == 'head' else f"{group['name']}_lr"): group['lr']
+                     for group in self.opt.param_groups if not group['name'].endswith('no_decay')})
+    if (loop.epoch + 1) % max(1, cfg.eval_every) == 0 or loop.epoch + 1 == cfg.epochs:
+        metrics = self.validate()
+        record.update(flatten_metrics(metrics, 'valid_'))
+        if loop.best_metric is None or metrics['NDCG@10'] > loop.best_metric:
+            loop.best_metric, loop.best_step, loop.best_epoch = metrics['NDCG@10'], loop.step, loop.epoch + 1
+            loop.bad_evals = 0
+            if self.dist_info.is_main:
+                best_info = dict(step=loop.step, epoch=loop.epoch + 1, valid=metrics)
+                _write_best(self.model, self.out_dir, best_info)
+        else: loop.bad_evals += 1
+        if cfg.patience > 0 and loop.bad_evals >= cfg.patience:
+            loop.stopped_early = True
+            self.metrics_log.write('early_stop', epoch=loop.epoch + 1, step=loop.step,
+                                   best_epoch=loop.best_epoch, best=loop.best_metric)
+    loop.history.append(record)
+    self.metrics_log.write('epoch', **record)
+    if self.show:
+        shown = ('epoch', 'step', 'train_loss', 'valid_HR@10', 'valid_NDCG@10')
+        log.info(' '.join(f'{key}={value:.4g}' if isinstance(value, float) else f'{key}={value}'
+                          for key, value in record.items() if key in shown))
+    loop.epoch += 1
+    loop.pos = 0
+    loop.epoch_loss_sum = 0.0
+    loop.epoch_steps = 0
     self.checkpoint()
 
+# %% ../nbs/08_train.ipynb #x0385233
 @patch
 def validate_start(self: TrainingRun):
     "Epoch 0: validate the weights before any training and keep them as `best/` unless an epoch beats them."
-    st, di = self.st, self.di
-    m = self.validate()
-    st.best_metric, st.best_step, st.best_epoch, st.bad_evals = m['NDCG@10'], 0, 0, 0
-    if di.is_main: _write_best(self.model, self.out_dir, dict(step=0, epoch=0, valid=m))
-    rec = dict(epoch=0, step=0, **flatten_metrics(m, 'valid_'))
-    st.history.append(rec); self.mlog.write('epoch', **rec)
-    if self.show: log.info(f"epoch=0 (before training) valid_NDCG@10={m['NDCG@10']:.4g}")
+    loop = self.loop
+    metrics = self.validate()
+    loop.best_metric, loop.best_step, loop.best_epoch, loop.bad_evals = metrics['NDCG@10'], 0, 0, 0
+    if self.dist_info.is_main: _write_best(self.model, self.out_dir, dict(step=0, epoch=0, valid=metrics))
+    record = dict(epoch=0, step=0, **flatten_metrics(metrics, 'valid_'))
+    loop.history.append(record)
+    self.metrics_log.write('epoch', **record)
+    if self.show: log.info(f"epoch=0 (before training) valid_NDCG@10={metrics['NDCG@10']:.4g}")
 
 # %% ../nbs/08_train.ipynb #c043
 @patch
 def run(self: TrainingRun) -> str:
     "Train until early stopping, `max_steps` or `epochs`; returns why it stopped."
-    st, cfg = self.st, self.cfg
+    loop, cfg = self.loop, self.cfg
     while True:
-        if st.stopped_early: return 'early_stop'
-        if cfg.max_steps is not None and st.step >= cfg.max_steps: return 'max_steps'
-        if st.epoch >= cfg.epochs: return 'epochs'
+        if loop.stopped_early: return 'early_stop'
+        if cfg.max_steps is not None and loop.step >= cfg.max_steps: return 'max_steps'
+        if loop.epoch >= cfg.epochs: return 'epochs'
         if self.train_epoch():
             self.checkpoint()
-            log.info(f'max_steps={cfg.max_steps} reached in epoch {st.epoch + 1}; checkpoint {self.last_ckpt}')
+            log.info(f'max_steps={cfg.max_steps} reached in epoch {loop.epoch + 1}; '
+                     f'checkpoint {self.last_ckpt}')
             return 'max_steps'
         self.end_epoch()
 
+# %% ../nbs/08_train.ipynb #xdf0d919
 @patch
 def final_against_start(self: TrainingRun):
     "Validate the final weights and keep them as `best/` if they beat epoch 0's."
-    st, di = self.st, self.di
-    m = self.validate()
-    if m['NDCG@10'] > st.best_metric:
-        st.best_metric, st.best_step, st.best_epoch = m['NDCG@10'], st.step, st.epoch + 1
-        if di.is_main: _write_best(self.model, self.out_dir, dict(step=st.step, epoch=st.epoch + 1, valid=m))
-    if di.distributed: dist.barrier()
+    loop = self.loop
+    metrics = self.validate()
+    if metrics['NDCG@10'] > loop.best_metric:
+        loop.best_metric, loop.best_step, loop.best_epoch = metrics['NDCG@10'], loop.step, loop.epoch + 1
+        if self.dist_info.is_main:
+            _write_best(self.model, self.out_dir, dict(step=loop.step, epoch=loop.epoch + 1, valid=metrics))
+    if self.dist_info.distributed: dist.barrier()
 
+# %% ../nbs/08_train.ipynb #x4840664
 @patch
-def finish(self: TrainingRun, stopped: str, t0: float) -> FitResult:
-    "Load the best weights, evaluate them on valid and test (rank 0), write best/metrics.json, build the result."
-    st, di, out = self.st, self.di, self.out_dir
-    if di.distributed: dist.barrier()
-    if st.best_step is None:                     # never validated: the final weights are the best we have
-        if di.is_main: _write_best(self.model, out, dict(step=st.step, epoch=st.epoch, valid=None))
-        if di.distributed: dist.barrier()
+def finish(self: TrainingRun, stopped: str, start_time: float) -> FitResult:
+    "Load the best weights, evaluate them on valid and test (rank 0), write best/metrics.json; the result."
+    loop, dist_info, out_dir = self.loop, self.dist_info, self.out_dir
+    if dist_info.distributed: dist.barrier()
+    if loop.best_step is None:                     # never validated: the final weights are the best we have
+        if dist_info.is_main:
+            _write_best(self.model, out_dir, dict(step=loop.step, epoch=loop.epoch, valid=None))
+        if dist_info.distributed: dist.barrier()
     else:
-        if stopped == 'max_steps' and st.best_epoch == 0 and st.step > 0:   # stopped before its first validation:
-            self.final_against_start()                                     # the trained weights still compete
-        _load_weights(self.model, out/'best', self.device)
+        # stopped before its first validation: the trained weights still compete
+        if stopped == 'max_steps' and loop.best_epoch == 0 and loop.step > 0: self.final_against_start()
+        _load_weights(self.model, out_dir/'best', self.device)
     valid = test = None
-    sps = self.seqs_this_call / max(self.train_time, 1e-9)
-    if di.is_main:
+    sequences_per_s = self.seqs_this_call / max(self.train_time, 1e-9)
+    if dist_info.is_main:
         valid = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype)
         test = _evaluate(self.model, self.ds, self.content, 'test', self.device, self.amp_dtype)
-        atomic_write(out/'best'/'metrics.json', json.dumps(jsonable(dict(valid=valid, test=test, step=st.best_step,
-                                                                             epoch=st.best_epoch)), indent=2))
-        self.mlog.write('final', valid=valid, test=test, stopped=stopped, best_epoch=st.best_epoch, best_step=st.best_step,
-                        steps=st.step, sequences_per_s=sps, wall_time=time.time() - t0)
-    valid, test = broadcast_object((valid, test), di)
-    return FitResult(history=st.history, best_valid=valid, test=test, out_dir=out, best_dir=out/'best',
-                     wall_time=time.time() - t0, sequences_per_s=sps, steps=st.step, epochs=st.epoch,
-                     best_epoch=st.best_epoch, best_step=st.best_step, stopped=stopped,
+        write_json(out_dir/'best'/'metrics.json', dict(valid=valid, test=test, step=loop.best_step,
+                                                      epoch=loop.best_epoch))
+        self.metrics_log.write('final', valid=valid, test=test, stopped=stopped, best_epoch=loop.best_epoch,
+                               best_step=loop.best_step, steps=loop.step, sequences_per_s=sequences_per_s,
+                               wall_time=time.time() - start_time)
+    valid, test = broadcast_object((valid, test), dist_info)
+    return FitResult(history=loop.history, best_valid=valid, test=test, out_dir=out_dir,
+                     best_dir=out_dir/'best', wall_time=time.time() - start_time,
+                     sequences_per_s=sequences_per_s, steps=loop.step,
+                     epochs=loop.epoch, best_epoch=loop.best_epoch, best_step=loop.best_step, stopped=stopped,
                      resumed_from=str(self.resumed_from) if self.resumed_from else None, model=self.model)
 
 # %% ../nbs/08_train.ipynb #c045
-def _prepare_out_dir(out_dir: Path, resume: bool, di: DistInfo):
-    if di.is_main:
+def _prepare_out_dir(out_dir: Path, resume: bool, dist_info: DistInfo):
+    if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(out_dir/'checkpoints'); clean_temporaries(out_dir)
+        clean_temporaries(out_dir/'checkpoints')
+        clean_temporaries(out_dir)
         if not resume:
-            for p in (out_dir/'checkpoints', out_dir/'best'):
-                if p.exists(): log.info(f"resume=False: removing the previous run's {p}"); shutil.rmtree(p)
-    if di.distributed: dist.barrier()
+            for previous in (out_dir/'checkpoints', out_dir/'best'):
+                if previous.exists():
+                    log.info(f"resume=False: removing the previous run's {previous}")
+                    shutil.rmtree(previous)
+    if dist_info.distributed: dist.barrier()
 
-def _evaluate_only(model, ds, content, cfg, out_dir, di, mlog, t0) -> FitResult:
+# %% ../nbs/08_train.ipynb #x3afdbe7
+def _evaluate_only(model, ds, content, cfg, out_dir, dist_info, metrics_log, start_time) -> FitResult:
     "Models with `trainable == False` (Popularity): evaluate, write best/, no optimisation."
-    amp_dtype, valid, test = resolve_amp(cfg.amp, di.device), None, None
-    if di.is_main:
-        mlog.truncate(0)
-        mlog.write('start', trainable=False, model=type(model).__name__, model_config=model.cfg.to_dict(),
-                   train_config=cfg.to_dict(), environment=environment_info())
-        valid = _evaluate(model, ds, content, 'valid', di.device, amp_dtype)
-        test = _evaluate(model, ds, content, 'test', di.device, amp_dtype)
+    amp_dtype, valid, test = resolve_amp(cfg.amp, dist_info.device), None, None
+    if dist_info.is_main:
+        metrics_log.truncate(0)
+        metrics_log.write('start', trainable=False, model=type(model).__name__,
+                          model_config=model.cfg.to_dict(), train_config=cfg.to_dict(),
+                          environment=environment_info())
+        valid = _evaluate(model, ds, content, 'valid', dist_info.device, amp_dtype)
+        test = _evaluate(model, ds, content, 'test', dist_info.device, amp_dtype)
         best = _write_best(model, out_dir, dict(step=0, epoch=0, valid=valid, test=test))
-        atomic_write(best/'metrics.json', json.dumps(jsonable(dict(valid=valid, test=test)), indent=2))
-        mlog.write('final', valid=valid, test=test, stopped='not_trainable')
-    valid, test = broadcast_object((valid, test), di)
+        write_json(best/'metrics.json', dict(valid=valid, test=test))
+        metrics_log.write('final', valid=valid, test=test, stopped='not_trainable')
+    valid, test = broadcast_object((valid, test), dist_info)
     return FitResult(history=[], best_valid=valid, test=test, out_dir=out_dir, best_dir=out_dir/'best',
-                     wall_time=time.time() - t0, sequences_per_s=0.0, stopped='not_trainable', model=model)
+                     wall_time=time.time() - start_time, sequences_per_s=0.0, stopped='not_trainable',
+                     model=model)
 
-def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: bool = True, progress: bool = True,
-        checkpoint_every: int | None = None, keep_checkpoints: int = 2, validate_start: bool = False) -> FitResult:
+# %% ../nbs/08_train.ipynb #x6c6239d
+def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: bool = True,
+        progress: bool = True, checkpoint_every: int | None = None, keep_checkpoints: int = 2,
+        validate_start: bool = False) -> FitResult:
     "Train `model` on `ds` with `cfg`, writing checkpoints, `best/` and `metrics.jsonl` under `out_dir`."
-    t0, out_dir = time.time(), Path(out_dir)
-    di, done = init_distributed(cfg.device), False
+    start_time, out_dir = time.time(), Path(out_dir)
+    dist_info, done = init_distributed(cfg.device), False
     try:
-        _prepare_out_dir(out_dir, resume, di)
-        mlog = MetricsLog(out_dir/'metrics.jsonl', enabled=di.is_main)
+        _prepare_out_dir(out_dir, resume, dist_info)
+        metrics_log = MetricsLog(out_dir/'metrics.jsonl', enabled=dist_info.is_main)
         if hasattr(model, 'fit_data'): model.fit_data(ds)
-        model.to(di.device)
+        model.to(dist_info.device)
         if content is None:
             from transrec.encoders import make_content
             content = make_content(model.cfg, ds, prefix_cache=cfg.prefix_cache)
-        if not getattr(model, 'trainable', True): res = _evaluate_only(model, ds, content, cfg, out_dir, di, mlog, t0)
+        if not getattr(model, 'trainable', True):
+            result = _evaluate_only(model, ds, content, cfg, out_dir, dist_info, metrics_log, start_time)
         else:
-            run = TrainingRun(model, ds, cfg, out_dir, content, di, mlog, progress, checkpoint_every, keep_checkpoints)
+            run = TrainingRun(model, ds, cfg, out_dir, content, dist_info, metrics_log, progress,
+                              checkpoint_every, keep_checkpoints)
             run.start(resume)
             if validate_start and run.resumed_from is None: run.validate_start()   # epoch 0 is a candidate
-            res = run.finish(run.run(), t0)
+            result = run.finish(run.run(), start_time)
         done = True
-        return res
+        return result
     finally:
-        if di.created and dist.is_initialized():
-            if done: dist.barrier()          # let every rank finish its last collective before tearing down (gloo)
+        if dist_info.created and dist.is_initialized():
+            # let every rank finish its last collective before tearing down (gloo)
+            if done: dist.barrier()
             dist.destroy_process_group()
 
 # %% ../nbs/08_train.ipynb #c060
 def _config_arg(cls, value, flag: str):
-    "A config from None (defaults), a JSON file path, or an inline JSON object; ValueError naming `flag` if bad."
+    "A config from None (defaults), a JSON file path or an inline JSON object; a ValueError naming `flag`."
     if value is None: return cls()
     text = value.strip()
     if not text.startswith('{'):
-        p = Path(value)
-        if not p.is_file(): raise ValueError(f"{flag}: {value!r} is neither an inline JSON object nor an existing JSON file")
-        text = p.read_text()
-    try: d = json.loads(text)
-    except json.JSONDecodeError as e: raise ValueError(f"{flag}: invalid JSON in {value!r} ({e})") from None
-    if not isinstance(d, dict): raise ValueError(f"{flag}: expected a JSON object of {cls.__name__} settings, got {type(d).__name__}")
-    try: return cls.from_dict(d)
-    except (ValueError, TypeError) as e: raise ValueError(f"{flag}: {e}") from None
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(f"{flag}: {value!r} is neither an inline JSON object nor an existing JSON file")
+        text = path.read_text()
+    try: settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{flag}: invalid JSON in {value!r} ({error})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{flag}: expected a JSON object of {cls.__name__} settings, "
+                         f"got {type(settings).__name__}")
+    try: return cls.from_dict(settings)
+    except (ValueError, TypeError) as error: raise ValueError(f"{flag}: {error}") from None
 
+# %% ../nbs/08_train.ipynb #x1b14ce9
 def main(argv=None) -> FitResult:
     "CLI entry point: `python -m transrec.train --data NAME_OR_PATH --out DIR [...]`."
-    p = argparse.ArgumentParser(prog='python -m transrec.train', description='Train a TransRec Workbench model.')
-    p.add_argument('--data', required=True, help='named source (transrec.sources) or path to a MoM data set folder')
-    p.add_argument('--out', required=True, help='output directory (checkpoints, best/, metrics.jsonl)')
-    p.add_argument('--model-config', help='ModelConfig as a JSON file or inline JSON object')
-    p.add_argument('--train-config', help='TrainConfig as a JSON file or inline JSON object')
-    p.add_argument('--root', help='data root for named sources (default: $TRANSREC_DATA or data/)')
-    p.add_argument('--scale', type=float, default=1.0, help='size of a synthetic stand-in')
-    p.add_argument('--data-seed', type=int, default=0, help='seed of a synthetic stand-in')
-    p.add_argument('--min-seq-len', type=int, default=None, help='drop users with fewer interactions')
-    p.add_argument('--checkpoint-every', type=int, default=None, help='also checkpoint every N optimiser steps')
-    p.add_argument('--no-resume', action='store_true', help='start afresh even if out/checkpoints exists')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
-    a = p.parse_args(argv)
-    try: mcfg, tcfg = _config_arg(ModelConfig, a.model_config, '--model-config'), _config_arg(TrainConfig, a.train_config, '--train-config')
-    except ValueError as e: p.error(str(e))
+    parser = argparse.ArgumentParser(prog='python -m transrec.train',
+                                     description='Train a TransRec Workbench model.')
+    parser.add_argument('--data', required=True,
+                        help='named source (transrec.sources) or path to a MoM data set folder')
+    parser.add_argument('--out', required=True, help='output directory (checkpoints, best/, metrics.jsonl)')
+    parser.add_argument('--model-config', help='ModelConfig as a JSON file or inline JSON object')
+    parser.add_argument('--train-config', help='TrainConfig as a JSON file or inline JSON object')
+    parser.add_argument('--root', help='data root for named sources (default: $TRANSREC_DATA or data/)')
+    parser.add_argument('--scale', type=float, default=1.0, help='size of a synthetic stand-in')
+    parser.add_argument('--data-seed', type=int, default=0, help='seed of a synthetic stand-in')
+    parser.add_argument('--min-seq-len', type=int, default=None, help='drop users with fewer interactions')
+    parser.add_argument('--checkpoint-every', type=int, default=None,
+                        help='also checkpoint every N optimiser steps')
+    parser.add_argument('--no-resume', action='store_true',
+                        help='start afresh even if out/checkpoints exists')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+    try:
+        model_cfg = _config_arg(ModelConfig, args.model_config, '--model-config')
+        train_cfg = _config_arg(TrainConfig, args.train_config, '--train-config')
+    except ValueError as error: parser.error(str(error))
     from transrec.sources import load_source
     from transrec.model import build_model
-    kw = {} if a.min_seq_len is None else dict(min_seq_len=a.min_seq_len)
-    ds = load_source(a.data, root=a.root, scale=a.scale, seed=a.data_seed, **kw)
-    seed_everything(tcfg.seed)
-    model = build_model(mcfg, ds)
-    res = fit(model, ds, tcfg, a.out, resume=not a.no_resume, progress=not a.quiet, checkpoint_every=a.checkpoint_every)
-    if int(os.environ.get('RANK', '0')) == 0: print(json.dumps(res.summary(), indent=2))
-    return res
+    source_options = {} if args.min_seq_len is None else dict(min_seq_len=args.min_seq_len)
+    ds = load_source(args.data, root=args.root, scale=args.scale, seed=args.data_seed, **source_options)
+    seed_everything(train_cfg.seed)
+    model = build_model(model_cfg, ds)
+    result = fit(model, ds, train_cfg, args.out, resume=not args.no_resume, progress=not args.quiet,
+                 checkpoint_every=args.checkpoint_every)
+    if int(os.environ.get('RANK', '0')) == 0: print(json.dumps(result.summary(), indent=2))
+    return result
 
 if __name__ == '__main__' and '__file__' in globals(): main()
