@@ -1094,19 +1094,8 @@ def _build_sequences(inter: dict, min_seq_len: int | None, name: str, probs: lis
 class MoMDataset:
     "A loaded mixture-of-modality data set: item table, per-user chronological sequences, lazy images."
 
-    def __init__(
-        self,
-        item_ids,
-        modality,
-        texts,
-        image_refs,
-        user_ids,
-        seqs,
-        path=None,
-        meta: dict | None = None,
-        problems: list | None = None,
-        image_store: str = 'files',
-    ):
+    def __init__(self, item_ids, modality, texts, image_refs, user_ids, seqs, path=None,
+                 meta: dict | None = None, problems: list | None = None, image_store: str = 'files'):
         lens = np.array([len(s) for s in seqs], dtype=np.int64)
         flat = (
             np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
@@ -1118,54 +1107,16 @@ class MoMDataset:
         )
 
     @classmethod
-    def from_flat(
-        cls,
-        flat,
-        lens,
-        item_ids,
-        modality,
-        texts,
-        image_refs,
-        user_ids,
-        path=None,
-        meta=None,
-        problems=None,
-        image_store='files',
-        _item_index=None,
-    ) -> 'MoMDataset':
+    def from_flat(cls, flat, lens, item_ids, modality, texts, image_refs, user_ids, path=None, meta=None,
+                  problems=None, image_store='files', _item_index=None) -> 'MoMDataset':
         "Build from one flat item array (users one after the other) and the sequence length of each user."
         ds = cls.__new__(cls)
-        ds._setup(
-            item_ids,
-            modality,
-            texts,
-            image_refs,
-            user_ids,
-            flat,
-            lens,
-            path,
-            meta,
-            problems,
-            image_store,
-            _item_index,
-        )
+        ds._setup(item_ids, modality, texts, image_refs, user_ids, flat, lens, path, meta, problems,
+                  image_store, _item_index)
         return ds
 
-    def _setup(
-        self,
-        item_ids,
-        modality,
-        texts,
-        image_refs,
-        user_ids,
-        flat,
-        lens,
-        path,
-        meta,
-        problems,
-        image_store,
-        item_index=None,
-    ):
+    def _setup(self, item_ids, modality, texts, image_refs, user_ids, flat, lens, path, meta, problems,
+               image_store, item_index=None):
         self.item_ids = np.asarray(item_ids, dtype=str)
         self.modality = np.asarray(modality, dtype=np.int64)
         self.texts, self.image_refs = list(texts), list(image_refs)
