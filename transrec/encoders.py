@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import ModelConfig, log, banner, atomic_write
+from .core import ModelConfig, log, banner, atomic_write, write_json
 from .data import MODALITIES, _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted
 from .data import pixel_store_dir
 
@@ -399,7 +399,7 @@ class PrefixCache:
             self._filled_path.unlink(missing_ok=True)      # a stale mask of another layout must not be merged
             self.filled = np.zeros(n, bool)
             self._save_filled()
-            if key is not None: path.with_suffix('.json').write_text(json.dumps(key, indent=1))
+            if key is not None: write_json(path.with_suffix('.json'), key)            # what the rows are of
 
     @property
     def _filled_path(self): return self.path.with_suffix('.filled.npy')
