@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transrec.core import ModelConfig, seed_everything
 from transrec.data import load_dataset
-from transrec.encoders import (text_model_path, TextEncoder, ImageEncoder, ItemTower, ItemContent, PrefixCache, make_content,
+from transrec.encoders import (text_model_path, TextEncoder, ImageEncoder, ItemTower, ItemContent, make_content,
                                count_parameters, dataset_item_key, dataset_content_key, load_image_weights)
 from transrec.data import tiny_mom
 
@@ -118,22 +118,6 @@ def test_pixels_resize_crop_normalise(tmp_path):
     x = (torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255 - torch.tensor(CFG.image_mean)[:, None, None]) / torch.tensor(CFG.image_std)[:, None, None]
     torch.testing.assert_close(px[0], x)
     with pytest.raises(ValueError, match='are not image items'): c.pixels(text_items(d)[:1])
-
-
-def test_prefix_cache_fills_once_and_persists(tmp_path):
-    calls = []
-    def compute(pos): calls.append(len(pos)); return torch.as_tensor(rows[pos], dtype=torch.float32)[:, None, None].expand(-1, 2, 2)
-    c = PrefixCache(6, (2, 2))
-    rows = np.array([5, 0, 5, 3]); out = c.get(rows, compute)
-    assert out[:, 0, 0].tolist() == [5, 0, 5, 3] and calls == [3]
-    rows = np.array([3, 0]); c.get(rows, compute); assert calls == [3]
-    d = PrefixCache(6, (2, 2), 'float16', path=tmp_path/'p.npy')
-    rows = np.array([1, 2]); d.get(rows, compute)
-    again = PrefixCache(6, (2, 2), 'float16', path=tmp_path/'p.npy')
-    assert again.n_filled == 2 and again.get(np.array([2]), compute)[0, 0, 0].item() == 2.0 and calls == [3, 2]
-    other_shape = PrefixCache(6, (3,), 'float16', path=tmp_path/'p.npy')        # stale file of another shape: rebuilt
-    assert other_shape.n_filled == 0
-    with pytest.raises(ValueError, match='float32'): PrefixCache(2, (1,), 'bfloat16')
 
 
 def test_cache_on_off_same_vectors_and_invalidation(ds, text_enc, image_enc):

