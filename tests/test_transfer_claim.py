@@ -6,6 +6,13 @@ once (seeded) into fine-tune and held-out users; the pre-trained model and a scr
 settings and seed train on the same fine-tune users, and the paired test compares their NDCG@10 on the same
 held-out users. Run it with `python -m pytest -q -m slow tests/test_transfer_claim.py` (minutes on a CPU);
 `TRANSREC_CLAIM_SEED` picks another seed for the training runs and the user split.
+
+Measured at these settings (2-core CPU, 2026-11-30): the claim does NOT hold yet. On `shift_000` seed 1 gave
+pre-trained 0.0282 vs scratch 0.0203 NDCG@10 (p = 0.52) and seed 0 0.0281 vs 0.0397 (scratch ahead, p = 0.10);
+a significant gain appeared only when scratch got a handful of optimiser steps (5 epochs of one batch), which
+is an unfair comparison. The pre-trained model here is weak (source test NDCG@10 about 0.035 after 3 epochs on
+500 users); a larger source / longer pre-training is the next thing to try. The assertions stay as the claim
+states them: a failure here is the finding, not a test to loosen.
 """
 import os
 from pathlib import Path
@@ -20,9 +27,9 @@ SOURCE_SCALE, TARGET_SCALE = 0.25, 0.5          # 500 source users; 400 users pe
 FINETUNE_FRACTION = 0.1                         # 40 fine-tune users, 360 held-out users per target
 MODEL = ModelConfig(dim=32, n_layers=1, n_heads=1, max_len=10, image_size=32, text_max_tokens=16,
                     text_trainable_blocks=0, image_trainable_blocks=0)
-PRETRAIN = TrainConfig(epochs=3, batch_size=64, warmup_steps=10, patience=2, device='cpu', amp='none', num_workers=0,
-                       seed=SEED)
-# 40 fine-tune users: small batches so that scratch gets a few optimiser steps per epoch, early stopping on them
+PRETRAIN = TrainConfig(epochs=3, batch_size=64, warmup_steps=10, patience=2, device='cpu', amp='none',
+                       num_workers=0, seed=SEED)
+# 40 fine-tune users: small batches so that scratch gets several optimiser steps per epoch
 FINETUNE = PRETRAIN.replace(epochs=20, batch_size=16, lr=3e-3, warmup_steps=5, patience=4)
 ALPHA = 0.05
 
@@ -45,12 +52,13 @@ def pretrained(world) -> Path:
 
 
 def compare(world, pretrained, target: str) -> dict:
-    "Fine-tune from `pretrained` and from scratch on the same users of `target`; the paired test on held-out users."
+    "Fine-tune from `pretrained` and from scratch on the same users of `target`; paired test, held-out users."
     runs = {}
     for name, init in (('pretrained', pretrained), ('scratch', None)):
-        runs[name] = run_experiment(target, world/target/name, MODEL, FINETUNE, init=init, fraction=FINETUNE_FRACTION,
-                                    scale=TARGET_SCALE, experiment='finetune', progress=False)
-    assert runs['pretrained']['users'] == runs['scratch']['users']          # the same fine-tune / held-out split
+        runs[name] = run_experiment(target, world/target/name, MODEL, FINETUNE, init=init,
+                                    fraction=FINETUNE_FRACTION, scale=TARGET_SCALE, experiment='finetune',
+                                    progress=False)
+    assert runs['pretrained']['users'] == runs['scratch']['users']      # the same fine-tune / held-out split
     assert runs['pretrained']['users']['held_out'] > 100
     assert runs['pretrained']['test_users'] == runs['scratch']['test_users'] == 'cold'
     cell = paired_cell([world/target/'pretrained'], [world/target/'scratch'])
