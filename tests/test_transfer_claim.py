@@ -7,13 +7,14 @@ settings and seed train on the same fine-tune users, and the paired test compare
 held-out users. Run it with `python -m pytest -q -m slow tests/test_transfer_claim.py` (minutes on a CPU);
 `TRANSREC_CLAIM_SEED` picks another seed for the training runs and the user split.
 
-Measured at these settings (2-core CPU, 2026-11-30): the claim does NOT hold yet. On `shift_000` seed 1 gave
-pre-trained 0.0282 vs scratch 0.0203 NDCG@10 (p = 0.52) and seed 0 0.0281 vs 0.0397 (scratch ahead, p = 0.10);
-`qb_text` seed 0 0.0837 vs 0.0933 (p = 0.27); and the negative control `nc_mixed` seed 1 gave a significant gain
-(0.0332 vs 0.0207, p = 0.001), seed 0 none (0.0089 vs 0.0104, p = 0.5). A significant gain on `shift_000`
-appeared only when scratch got a handful of optimiser steps (5 epochs of one batch): an unfair comparison. The pre-trained model here is weak (source test NDCG@10 about 0.035 after 3 epochs on
-500 users); a larger source / longer pre-training is the next thing to try. The assertions stay as the claim
-states them: a failure here is the finding, not a test to loosen.
+Measured at these settings (2-core CPU, 2026-11-30): the claim does NOT hold yet. Held-out NDCG@10,
+pre-trained vs scratch: `shift_000` seed 1 0.0282 vs 0.0203 (p = 0.52), seed 0 0.0281 vs 0.0397 (p = 0.10);
+`qb_text` seed 0 0.0837 vs 0.0933 (p = 0.27); the negative control `nc_mixed` seed 1 0.0332 vs 0.0207
+(p = 0.001, a significant gain), seed 0 0.0089 vs 0.0104 (p = 0.5). A significant gain on `shift_000`
+appeared only when scratch got a handful of optimiser steps (5 epochs of one batch): an unfair comparison.
+The pre-trained model here is weak (source test NDCG@10 about 0.035 after 3 epochs on 500 users); a larger
+source / longer pre-training is the next thing to try. The assertions stay as the claim states them: a
+failure here is the finding, not a test to loosen.
 """
 import os
 from pathlib import Path
