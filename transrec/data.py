@@ -63,14 +63,8 @@ def _encode_image(img) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/01_data.ipynb #c006s1
-def write_dataset(
-    path,
-    items: pd.DataFrame,
-    interactions: pd.DataFrame,
-    meta: dict,
-    images: dict | None = None,
-    image_store: str = 'files',
-) -> Path:
+def write_dataset(path, items: pd.DataFrame, interactions: pd.DataFrame, meta: dict,
+                  images: dict | None = None, image_store: str = 'files') -> Path:
     """Write a MoM data set folder at `path`; `images` maps each item's `image` value to a PIL image,
     bytes or a file path."""
     path = Path(path)
@@ -1773,19 +1767,8 @@ class TrainBatches(torch.utils.data.Dataset):
     `batch_content(items) -> dict`, e.g. `encoders.ItemContent`), each batch also carries its items' content.
     """
 
-    def __init__(
-        self,
-        ds: MoMDataset,
-        batch_size: int,
-        seq_len: int,
-        n_neg: int,
-        seed: int,
-        epoch: int,
-        rank: int = 0,
-        world_size: int = 1,
-        stride: int | None = None,
-        content=None,
-    ):
+    def __init__(self, ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
+                 rank: int = 0, world_size: int = 1, stride: int | None = None, content=None):
         for nm, v, lo in (
             ('batch_size', batch_size, 1),
             ('seq_len', seq_len, 1),
@@ -1857,19 +1840,9 @@ class TrainBatches(torch.utils.data.Dataset):
         return batch if fill is None else Batch(**{**vars(batch), **fill(batch.items.numpy())})
 
 # %% ../nbs/01_data.ipynb #c040s8
-def train_batches(
-    ds: MoMDataset,
-    batch_size: int,
-    seq_len: int,
-    n_neg: int,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-    skip: int = 0,
-    stride: int | None = None,
-    content=None,
-) -> Iterator[Batch]:
+def train_batches(ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
+                  rank: int = 0, world_size: int = 1, skip: int = 0, stride: int | None = None,
+                  content=None) -> Iterator[Batch]:
     "One epoch of `Batch`es (this rank's share of each global batch of windows), determined by (seed, epoch)."
     if not isinstance(skip, (int, np.integer)) or skip < 0:
         raise ValueError(f'train_batches: skip={skip!r} must be an int >= 0')
@@ -1934,22 +1907,10 @@ def _init_worker(worker_id: int):
     torch.set_num_threads(1)  # the workers share the cores with the training process
 
 # %% ../nbs/01_data.ipynb #p004
-def train_loader(
-    ds: MoMDataset,
-    batch_size: int,
-    seq_len: int,
-    n_neg: int,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-    skip: int = 0,
-    stride: int | None = None,
-    content=None,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    prefetch_factor: int = 2,
-) -> torch.utils.data.DataLoader:
+def train_loader(ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
+                 rank: int = 0, world_size: int = 1, skip: int = 0, stride: int | None = None, content=None,
+                 num_workers: int = 0, pin_memory: bool = False,
+                 prefetch_factor: int = 2) -> torch.utils.data.DataLoader:
     """The batches of `train_batches(...)` from a `DataLoader` with `num_workers` processes, starting at
     batch `skip`."""
     for nm, v, lo in (
