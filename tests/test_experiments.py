@@ -117,22 +117,6 @@ def test_rerun_with_other_parameters_never_continues_the_old_run(env, pretrained
     assert [h['epoch'] for h in json.loads((pretrained/'metrics.json').read_text())['history']] == [1, 2]   # resumed: done
 
 
-@pytest.mark.parametrize('params, msg', [
-    (dict(source='no_such_set'), 'Available'),
-    (dict(device='tpu'), "device='tpu'"),
-    (dict(source_fraction=0), 'source_fraction=0'),
-    (dict(readout='first'), "readout='first'"),
-    (dict(model={'dimm': 16}), "unknown setting 'dimm'; did you mean 'dim'?"),
-    (dict(train={'lr': -1}), 'parameter train.lr=-1: expected a number in (0, 10]'),
-    (dict(dim=16), "parameter dim is given twice, as -p dim and in model: give it once, -y 'model: {dim: 16}'"),
-])
-def test_pretrain_rejects_bad_parameters_at_once(env, params, msg):
-    with pytest.raises(pm.PapermillExecutionError) as e:
-        run('pretrain', env/'bad.ipynb', **{**TINY, 'out_dir': str(env/'bad'), **params})
-    assert msg in str(e.value)
-    assert not (env/'bad'/'metrics.json').exists()
-
-
 def test_finetune_rejects_missing_checkpoint(env):
     with pytest.raises(pm.PapermillExecutionError) as e:
         run('finetune', env/'bad2.ipynb', **{**TINY, 'init': str(env/'nowhere'), 'out_dir': str(env/'bad2')})

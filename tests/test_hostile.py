@@ -437,6 +437,13 @@ def run(nb, out_nb, **params):
     (dict(lr=-1), 'parameter train.lr=-1: expected a number in (0, 10]'),
     (dict(train={'lr': -1}), 'parameter train.lr=-1: expected a number in (0, 10]'),
     (dict(image_size=0), 'parameter model.image_size=0: expected an integer in [16, 2048]'),
+    (dict(source='no_such_set'), 'Available'),
+    (dict(device='tpu'), "device='tpu'"),
+    (dict(source_fraction=0), 'source_fraction=0'),
+    (dict(readout='first'), "readout='first'"),
+    (dict(model={'dimm': 16}), "unknown setting 'dimm'; did you mean 'dim'?"),
+    (dict(model={'dim': 16}), "parameter dim is given twice, as -p dim and in model: give it once, "
+                              "-y 'model: {dim: 16}'"),
 ])
 def test_class9_bad_parameter_names_and_ranges_fail_before_any_work(env, params, msg):
     with pytest.raises(pm.PapermillExecutionError) as e:

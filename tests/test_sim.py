@@ -52,10 +52,12 @@ def test_domains_are_disjoint_but_share_the_world():
 def test_the_shift_dial_is_off_for_the_original_domains():
     for n in ('qb_mixed', 'qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image'):
         spec = sim.SYNTHETIC_DOMAINS[n]
-        assert (spec.transition_divergence, spec.other_vocab_share, spec.style_shift, spec.topic_overlap) \
-            == (0.0, 0.0, None, 1.0), n
+        dials = (spec.transition_divergence, spec.other_vocab_share, spec.style_shift, spec.topic_overlap,
+                 spec.content_link)
+        assert dials == (0.0, 0.0, None, 1.0, 1.0), n
         d = sim.simulate(n, scale=SMALL, seed=2, render_images=False)
         np.testing.assert_array_equal(d.world.content_topic, np.arange(16))
+        np.testing.assert_array_equal(d.item_content_topic, d.item_topic)
 
 
 def test_negative_control_moves_every_topic_and_habit():
@@ -63,10 +65,14 @@ def test_negative_control_moves_every_topic_and_habit():
     world = sim.make_world(seed=2)
     assert (d.world.content_topic != np.arange(16)).all()
     assert np.diag(d.world.transition).mean() < np.diag(world.transition).mean() / 2
-    for text, k in zip(d.items['text'], d.item_topic):      # captions wear the moved topic's words
+    # each item wears a random topic's content, moved once more by content_topic: not its own topic's
+    assert (d.item_content_topic == d.item_topic).mean() < 0.2
+    for text, k in zip(d.items['text'], d.item_content_topic):
         if text:
             worn = set(sum(sim.topic_vocabulary(d.world.topics[d.world.content_topic[k]], 'tn'), []))
             assert sum(w in worn for w in text.split()) >= 2
+    truth = d.truth()
+    assert truth['item_content_topic'] == d.item_content_topic.tolist()
 
 
 @pytest.mark.parametrize('name', ['qb_mixed', 'tn_text'])

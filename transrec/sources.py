@@ -34,7 +34,8 @@ SOURCES: dict[str, Source] = {source.name: source for source in [
            'tn_mixed'),
     Source('tn_text', 'target', 'text-only target from another platform: other vocabulary', 'tn_text'),
     Source('tn_image', 'target', 'image-only target from another platform: other image style', 'tn_image'),
-    Source('nc_mixed', 'target', 'negative control: topics and transitions unrelated to the source',
+    Source('nc_mixed', 'target',
+           'negative control: transitions unrelated to the source, content unrelated to clicks',
            'nc_mixed'),
     *[Source(f'shift_{percent:03d}', 'target', f'shift ladder: every shift dial at {percent / 100} (0: the '
              "source's world, 1: unrelated to it)", f'shift_{percent:03d}')
