@@ -34,19 +34,19 @@ _NEEDS_QUOTES = re.compile('[\t\r\n"]')
 def _tsv_field(value) -> str:
     """`value` as one TSV field: as it is, or in double quotes (inner quotes doubled) if it holds a tab,
     line break or quote."""
-    s = (
+    text = (
         ''
         if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
         else str(value)
     )
-    return '"' + s.replace('"', '""') + '"' if _NEEDS_QUOTES.search(s) else s
+    return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text
 
 # %% ../nbs/01_data.ipynb #t002s1
 def _write_tsv(file: Path, df: pd.DataFrame) -> None:
     """Write `df` (header + rows, missing values empty) as a UTF-8 TSV with `\\n` line ends and the
     quoting rule above."""
-    cols = [df[c].astype(object).where(df[c].notna(), '').tolist() for c in df.columns]
-    lines = ['\t'.join(_tsv_field(c) for c in df.columns)] + [
+    cols = [df[column].astype(object).where(df[column].notna(), '').tolist() for column in df.columns]
+    lines = ['\t'.join(_tsv_field(column) for column in df.columns)] + [
         '\t'.join(map(_tsv_field, row)) for row in zip(*cols)
     ]
     file.write_text('\n'.join(lines) + '\n', encoding='utf-8', newline='')
@@ -195,9 +195,9 @@ class DataError(ValueError):
 
     def __init__(self, problems, path=None, max_shown: int = 20):
         self.problems, self.path = list(problems), path
-        fatal = [p for p in self.problems if p.fatal] or self.problems
+        fatal = [problem for problem in self.problems if problem.fatal] or self.problems
         head = f'data set {str(path)!r} is not usable' if path is not None else 'data problem'
-        lines = [f'{head}: {len(fatal)} problem(s)'] + ['  ' + str(p) for p in fatal[:max_shown]]
+        lines = [f'{head}: {len(fatal)} problem(s)'] + ['  ' + str(problem) for problem in fatal[:max_shown]]
         if len(fatal) > max_shown:
             lines.append(
                 f'  ... and {len(fatal) - max_shown} more: run `python -m transrec.data validate {path}` for'
@@ -214,8 +214,8 @@ def _add_rows(probs: list, file: str, rows, kind: str, messages, fix: str, fatal
     then a summary."""
     rows = np.asarray(rows).tolist()
     messages = list(messages)
-    for r, m in zip(rows[:MAX_ROWS_PER_KIND], messages[:MAX_ROWS_PER_KIND]):
-        probs.append(Problem(file, int(r), kind, m, fix, fatal))
+    for row, message in zip(rows[:MAX_ROWS_PER_KIND], messages[:MAX_ROWS_PER_KIND]):
+        probs.append(Problem(file, int(row), kind, message, fix, fatal))
     if len(rows) > MAX_ROWS_PER_KIND:
         rest = rows[MAX_ROWS_PER_KIND:]
         probs.append(
@@ -275,12 +275,12 @@ def _non_utf8_problems(raw: bytes, df: pd.DataFrame, name: str, bom: int, probs:
     "One problem per row holding bytes that are not UTF-8, with the byte offset of the row's first bad byte."
     text = raw.decode('utf-8', 'surrogateescape')
     offsets, nbytes, last = [], bom, 0  # file byte offset of every bad byte, in file order
-    for m in _SURROGATE.finditer(text):
-        nbytes += len(text[last : m.start()].encode('utf-8'))
+    for match in _SURROGATE.finditer(text):
+        nbytes += len(text[last : match.start()].encode('utf-8'))
         offsets.append(nbytes)
         nbytes += 1
-        last = m.end()
-    n_header = sum(len(_SURROGATE.findall(str(c))) for c in df.columns)
+        last = match.end()
+    n_header = sum(len(_SURROGATE.findall(str(column))) for column in df.columns)
     if n_header:
         probs.append(
             Problem(
@@ -294,18 +294,18 @@ def _non_utf8_problems(raw: bytes, df: pd.DataFrame, name: str, bom: int, probs:
         )
     cols = list(df.columns)
     counts = np.stack(
-        [df[c].astype(str).str.count(_SURROGATE.pattern).to_numpy(dtype=np.int64) for c in cols], 1
+        [df[column].astype(str).str.count(_SURROGATE.pattern).to_numpy(dtype=np.int64) for column in cols], 1
     )
     before_row = n_header + np.concatenate([[0], np.cumsum(counts.sum(1))[:-1]])
     rows = np.flatnonzero(counts.sum(1))
     msgs = []
-    for r in rows[:MAX_ROWS_PER_KIND]:
-        c = int(np.flatnonzero(counts[r])[0])
-        k = int(before_row[r] + counts[r, :c].sum())
+    for row in rows[:MAX_ROWS_PER_KIND]:
+        column_index = int(np.flatnonzero(counts[row])[0])
+        k = int(before_row[row] + counts[row, :column_index].sum())
         off = offsets[k]
         msgs.append(
-            f"column '{cols[c]}' has bytes that are not valid UTF-8 (first bad byte 0x{raw[off - bom]:02X} at"
-            f" byte offset {off} of the file, 0-based)"
+            f"column '{cols[column_index]}' has bytes that are not valid UTF-8"
+            f" (first bad byte 0x{raw[off - bom]:02X} at byte offset {off} of the file, 0-based)"
         )
     _add_rows(
         probs,
@@ -362,7 +362,7 @@ def _tsv_frame(text: str, name: str, required: tuple, probs: list) -> pd.DataFra
         )
         return None
     (_, header), body = records[0], records[1:]
-    dup = sorted({c for c in header if header.count(c) > 1})
+    dup = sorted({column for column in header if header.count(column) > 1})
     if dup:
         probs.append(
             Problem(
@@ -375,22 +375,24 @@ def _tsv_frame(text: str, name: str, required: tuple, probs: list) -> pd.DataFra
         )
         return None
     width = len(header)
-    long = [(line - 1, len(f)) for line, f in body if len(f) > width]
+    long = [(line - 1, len(row_fields)) for line, row_fields in body if len(row_fields) > width]
     if long:
         _add_rows(
             probs,
             name,
-            [r for r, _ in long],
+            [row for row, _ in long],
             'malformed_row',
             [f'{n} tab-separated fields, the header has {width}' for _, n in long],
             _MALFORMED_FIX,
         )
         return None
     rows = np.array([line - 1 for line, _ in body], dtype=np.int64)
-    fields = [f + [''] * (width - len(f)) for _, f in body]  # short rows: missing trailing fields are empty
+    # short rows: missing trailing fields are empty
+    fields = [row_fields + [''] * (width - len(row_fields)) for _, row_fields in body]
     columns = list(zip(*fields)) if fields else [()] * width
     return pd.DataFrame(
-        {c: np.array(v, dtype=object) for c, v in zip(header, columns)}, index=pd.Index(rows, name='row')
+        {column: np.array(values, dtype=object) for column, values in zip(header, columns)},
+        index=pd.Index(rows, name='row'),
     )
 
 # %% ../nbs/01_data.ipynb #c012s2
@@ -399,11 +401,11 @@ def _read_table(
 ) -> tuple[pd.DataFrame | None, str]:
     """Read `stem`.tsv (or .parquet) as strings indexed by data row; problems for a
     missing/empty/malformed file or columns."""
-    tsv, pq = path / f'{stem}.tsv', path / f'{stem}.parquet'
-    if not tsv.exists() and pq.exists():
-        name = pq.name
+    tsv, parquet_file = path / f'{stem}.tsv', path / f'{stem}.parquet'
+    if not tsv.exists() and parquet_file.exists():
+        name = parquet_file.name
         try:
-            df = pd.read_parquet(pq)
+            df = pd.read_parquet(parquet_file)
         except ImportError as e:
             probs.append(
                 Problem(
@@ -443,7 +445,7 @@ def _read_table(
             return None, name
         if not utf8:
             _non_utf8_problems(raw, df, name, bom, probs)
-    missing = [c for c in required if c not in df.columns]
+    missing = [column for column in required if column not in df.columns]
     if missing:
         probs.append(
             Problem(
@@ -455,7 +457,7 @@ def _read_table(
             )
         )
         return None, name
-    extra = [c for c in df.columns if known and c not in known]
+    extra = [column for column in df.columns if known and column not in known]
     if extra:
         probs.append(
             Problem(
@@ -483,10 +485,11 @@ def _lmdb_meta(raw: bytes, offset: int) -> tuple[int, int, int] | None:
     is not one."""
     if len(raw) < offset + _LMDB_PAGE_HEADER + 136:
         return None
-    m = offset + _LMDB_PAGE_HEADER
-    magic, version = struct.unpack_from('<II', raw, m)
-    page_size = struct.unpack_from('<I', raw, m + 24)[0]  # mm_dbs[FREE_DBI].md_pad holds the page size
-    last_page, txn_id = struct.unpack_from('<QQ', raw, m + 120)
+    meta_start = offset + _LMDB_PAGE_HEADER
+    magic, version = struct.unpack_from('<II', raw, meta_start)
+    # mm_dbs[FREE_DBI].md_pad holds the page size
+    page_size = struct.unpack_from('<I', raw, meta_start + 24)[0]
+    last_page, txn_id = struct.unpack_from('<QQ', raw, meta_start + 120)
     if magic != _LMDB_MAGIC or version != 1 or page_size < 512 or page_size & (page_size - 1):
         return None
     return page_size, last_page, txn_id
@@ -508,7 +511,7 @@ def _lmdb_file_problem(lmdb_dir: Path) -> Problem | None:
     with open(data, 'rb') as f:
         head = f.read(64 * 1024 + 256)
     first = _lmdb_meta(head, 0)
-    metas = [m for m in (first, _lmdb_meta(head, first[0]) if first else None) if m is not None]
+    metas = [meta for meta in (first, _lmdb_meta(head, first[0]) if first else None) if meta is not None]
     if not metas:
         return Problem(
             where,
@@ -517,7 +520,7 @@ def _lmdb_file_problem(lmdb_dir: Path) -> Problem | None:
             f'{data} ({size} bytes) is not an LMDB file (no valid meta page)',
             _LMDB_FIX,
         )
-    page_size, last_page, _ = max(metas, key=lambda m: m[2])
+    page_size, last_page, _ = max(metas, key=lambda meta: meta[2])
     need = (last_page + 1) * page_size
     if size < need:
         return Problem(
@@ -545,16 +548,19 @@ def _image_file(folder: Path, ref: str) -> Path | None:
 # %% ../nbs/01_data.ipynb #t011s1
 def _image_size_problem(size: tuple[int, int]) -> str | None:
     "Why an image of `size` (width, height) from its header is refused, or None."
-    w, h = size
-    if w < 1 or h < 1:
-        return f'its header gives a size of {w} x {h} pixels'
-    if w * h > MAX_IMAGE_PIXELS:
+    width, height = size
+    if width < 1 or height < 1:
+        return f'its header gives a size of {width} x {height} pixels'
+    if width * height > MAX_IMAGE_PIXELS:
         return (
-            f'its header gives {w} x {h} = {w * h:,} pixels, more than MAX_IMAGE_PIXELS ='
+            f'its header gives {width} x {height} = {width * height:,} pixels, more than MAX_IMAGE_PIXELS ='
             f' {MAX_IMAGE_PIXELS:,}'
         )
-    if max(w, h) / min(w, h) > MAX_IMAGE_ASPECT:
-        return f'its header gives {w} x {h} pixels, a side ratio above MAX_IMAGE_ASPECT = {MAX_IMAGE_ASPECT}'
+    if max(width, height) / min(width, height) > MAX_IMAGE_ASPECT:
+        return (
+            f'its header gives {width} x {height} pixels, a side ratio above MAX_IMAGE_ASPECT ='
+            f' {MAX_IMAGE_ASPECT}'
+        )
     return None
 
 # %% ../nbs/01_data.ipynb #t014
@@ -646,12 +652,12 @@ def _decode_check(data_or_file) -> tuple[str, str] | None:
 
     src = (lambda: io.BytesIO(data_or_file)) if isinstance(data_or_file, bytes) else (lambda: data_or_file)
     try:
-        with Image.open(src()) as im:
-            if (why := _image_size_problem(im.size)) is not None:
+        with Image.open(src()) as image:
+            if (why := _image_size_problem(image.size)) is not None:
                 return 'image_too_large', why
-            im.verify()
-        with Image.open(src()) as im:
-            im.load()
+            image.verify()
+        with Image.open(src()) as image:
+            image.load()
         return None
     except Image.DecompressionBombError as e:
         return 'image_too_large', str(e)
@@ -685,11 +691,11 @@ def _check_images(
         try:
             with _lmdb_env(path).begin() as txn:
                 cur = txn.cursor()
-                for r in uniq:
-                    if not cur.set_key(r.encode()):
-                        found[r] = ('missing_image', 'does not exist')
+                for ref in uniq:
+                    if not cur.set_key(ref.encode()):
+                        found[ref] = ('missing_image', 'does not exist')
                     elif decode and (bad := _decode_check(bytes(cur.value()))):
-                        found[r] = bad
+                        found[ref] = bad
         except DataError as e:
             probs.extend(e.problems)
             return
@@ -707,10 +713,10 @@ def _check_images(
         if not was_open:
             release_images(path)  # loading leaves nothing open: image reads open it lazily
     else:
-        for r in uniq:
-            f = _image_file(path, r)
+        for ref in uniq:
+            f = _image_file(path, ref)
             if f is None:
-                found[r] = (
+                found[ref] = (
                     'image_outside_folder',
                     (
                         f'lies outside the data set folder {path} (absolute path, '
@@ -718,9 +724,9 @@ def _check_images(
                     ),
                 )
             elif not f.is_file():
-                found[r] = ('missing_image', 'does not exist')
+                found[ref] = ('missing_image', 'does not exist')
             elif decode and (bad := _decode_check(f)):
-                found[r] = bad
+                found[ref] = bad
     where = 'images.lmdb key' if store == 'lmdb' else 'image file'
     fixes = dict(
         missing_image=f'add the image (under {path}) or fix the image column of the row',
@@ -734,7 +740,7 @@ def _check_images(
         corrupt_image='replace it with a valid PNG/JPEG file',
     )
     for kind, fix in fixes.items():
-        m = np.array([found.get(r, ('',))[0] == kind for r in refs.tolist()], dtype=bool)
+        of_kind = np.array([found.get(ref, ('',))[0] == kind for ref in refs.tolist()], dtype=bool)
         what = (
             'cannot be decoded ({})'
             if kind == 'corrupt_image'
@@ -743,11 +749,11 @@ def _check_images(
         _add_rows(
             probs,
             'items.tsv',
-            rows[m],
+            rows[of_kind],
             kind,
             [
-                f"{where} {r!r} of image item {i!r} " + what.format(found[r][1])
-                for r, i in zip(refs[m], ids[m])
+                f"{where} {ref!r} of image item {i!r} " + what.format(found[ref][1])
+                for ref, i in zip(refs[of_kind], ids[of_kind])
             ],
             fix,
         )
@@ -767,7 +773,10 @@ def _check_items(
             Problem(name, None, 'no_items', f'{name} has no item rows', 'add the items, one row each')
         )
     code = (
-        pd.Series(mod_raw).map({m: i for i, m in enumerate(MODALITIES)}).fillna(-1).to_numpy(dtype=np.int64)
+        pd.Series(mod_raw)
+        .map({modality: i for i, modality in enumerate(MODALITIES)})
+        .fillna(-1)
+        .to_numpy(dtype=np.int64)
     )
     for col, mcode in (('text', 0), ('image', 1)):
         if col not in df.columns and (code == mcode).any():
@@ -810,21 +819,21 @@ def _check_items(
         rows[bad],
         'unknown_modality',
         [
-            f'modality {m!r} of item {i!r} is not one of {list(MODALITIES)}'
-            for m, i in zip(mod_raw[bad], ids[bad])
+            f'modality {modality!r} of item {i!r} is not one of {list(MODALITIES)}'
+            for modality, i in zip(mod_raw[bad], ids[bad])
         ],
         "write 'text' or 'image' (lower case, no spaces)",
     )
-    et = (code == 0) & (pd.Series(texts, dtype=object).str.strip().str.len().to_numpy() == 0)
+    empty_text = (code == 0) & (pd.Series(texts, dtype=object).str.strip().str.len().to_numpy() == 0)
     if 'text' in df.columns:
         _add_rows(
             probs,
             name,
-            rows[et],
+            rows[empty_text],
             'empty_text',
             [
                 f'text item {i!r} has empty text (it stays in the data set, encoded from an empty string)'
-                for i in ids[et]
+                for i in ids[empty_text]
             ],
             'fill in its text (e.g. the title) or drop the item',
             fatal=False,
@@ -837,9 +846,9 @@ def _check_items(
         rows[ignored],
         'ignored_image',
         [
-            f'text item {i!r} has an image value {r!r}: ignored (never read; '
+            f'text item {i!r} has an image value {ref!r}: ignored (never read; '
             'a text item is encoded from its text)'
-            for i, r in zip(ids[ignored], refs[ignored])
+            for i, ref in zip(ids[ignored], refs[ignored])
         ],
         "empty the image column of text items, or make the item modality 'image'",
         fatal=False,
@@ -869,44 +878,48 @@ _YEAR_2100 = 4_102_444_800.0  # 2100-01-01 in Unix seconds
 _ISO_DATE = re.compile(r'\d{4}-\d{2}-\d{2}')  # date-times must start like one (no 'now', 'today')
 
 
-def _timestamp_units(ts: np.ndarray) -> np.ndarray:
+def _timestamp_units(timestamps: np.ndarray) -> np.ndarray:
     """Index into `TIMESTAMP_UNITS` of each value's plausible unit (1970..2100 in it; 's' from 0 up), -1
     if none (or NaN)."""
-    unit = np.full(len(ts), -1, np.int64)
+    unit = np.full(len(timestamps), -1, np.int64)
     with np.errstate(invalid='ignore'):
         for k, scale in enumerate(TIMESTAMP_UNITS.values()):
             low = 0.0 if k == 0 else 1e8 * scale  # ms/us/ns start at 1973, so the bands never touch
-            unit[(ts >= low) & (ts <= _YEAR_2100 * scale) & (unit < 0)] = k
+            unit[(timestamps >= low) & (timestamps <= _YEAR_2100 * scale) & (unit < 0)] = k
     return unit
 
 # %% ../nbs/01_data.ipynb #c017s1
-def _parse_timestamps(s: pd.Series, name: str, rows: np.ndarray, probs: list) -> np.ndarray:
+def _parse_timestamps(strings: pd.Series, name: str, rows: np.ndarray, probs: list) -> np.ndarray:
     """Float timestamps (NaN = empty) from numbers or ISO-8601 date-times; bad, implausible or mixed-unit
     values are fatal."""
-    s = s.str.strip()
-    empty = (s == '').to_numpy()
-    ts = pd.to_numeric(s.where(~empty), errors='coerce').to_numpy(
+    strings = strings.str.strip()
+    empty = (strings == '').to_numpy()
+    timestamps = pd.to_numeric(strings.where(~empty), errors='coerce').to_numpy(
         dtype=np.float64, copy=True
     )  # writable (copy-on-write)
-    other = ~empty & np.isnan(ts)
-    other[other] = s[other].str.match(_ISO_DATE.pattern).to_numpy(dtype=bool)
+    other = ~empty & np.isnan(timestamps)
+    other[other] = strings[other].str.match(_ISO_DATE.pattern).to_numpy(dtype=bool)
     if other.any():
-        dt = pd.to_datetime(s[other], errors='coerce', utc=True, format='ISO8601')
+        datetimes = pd.to_datetime(strings[other], errors='coerce', utc=True, format='ISO8601')
         try:
-            ts[other] = ((dt - pd.Timestamp(0, tz='UTC')) / pd.Timedelta(1, 's')).to_numpy(dtype=np.float64)
+            timestamps[other] = ((datetimes - pd.Timestamp(0, tz='UTC')) / pd.Timedelta(1, 's')).to_numpy(
+                dtype=np.float64
+            )
         except (pd.errors.OutOfBoundsDatetime, OverflowError):  # a date far outside 1677..2262: one at a time
-            ts[other] = [np.nan if d is pd.NaT else d.timestamp() for d in dt]
-    values = s.to_numpy()
-    word = ~empty & np.isnan(ts)
+            timestamps[other] = [
+                np.nan if date_time is pd.NaT else date_time.timestamp() for date_time in datetimes
+            ]
+    values = strings.to_numpy()
+    word = ~empty & np.isnan(timestamps)
     _add_rows(
         probs,
         name,
         rows[word],
         'bad_timestamp',
-        [f'timestamp {v!r} is neither a number nor an ISO-8601 date-time' for v in values[word]],
+        [f'timestamp {value!r} is neither a number nor an ISO-8601 date-time' for value in values[word]],
         "write a number (e.g. Unix seconds) or a date-time like '2024-05-01T12:00:00', or leave it empty",
     )
-    unit = _timestamp_units(ts)
+    unit = _timestamp_units(timestamps)
     iso_late = other & (unit != 0)  # a date-time converts to seconds: it must fall in 1970..2100 itself
     unit[iso_late] = -1
     odd = ~empty & ~word & (unit < 0)
@@ -916,9 +929,9 @@ def _parse_timestamps(s: pd.Series, name: str, rows: np.ndarray, probs: list) ->
         rows[odd],
         'bad_timestamp',
         [
-            f'timestamp {v!r} is not a plausible time: not finite, negative, or '
+            f'timestamp {value!r} is not a plausible time: not finite, negative, or '
             'outside 1970..2100 in seconds, milliseconds, microseconds and nanoseconds'
-            for v in values[odd]
+            for value in values[odd]
         ],
         'write Unix time (all rows in one unit), an ISO-8601 date-time in 1970..2100, or an order index 0, 1,'
         ' 2, ...',
@@ -935,14 +948,15 @@ def _parse_timestamps(s: pd.Series, name: str, rows: np.ndarray, probs: list) ->
             rows[minority],
             'mixed_timestamp_units',
             [
-                f'timestamp {v!r} reads as {names[k]}, but most '
+                f'timestamp {value!r} reads as {names[k]}, but most '
                 f'rows are in {names[main_unit]} ({mix}): the order of the sequence would be wrong'
-                for v, k in zip(values[minority], unit[minority])
+                for value, k in zip(values[minority], unit[minority])
             ],
             f'write every timestamp of {name} in one unit (e.g. convert them all to {names[main_unit]})',
         )
-    ts[~empty & (unit < 0)] = np.nan  # never sort by a refused value (the data set is unusable anyway)
-    return ts
+    # never sort by a refused value (the data set is unusable anyway)
+    timestamps[~empty & (unit < 0)] = np.nan
+    return timestamps
 
 # %% ../nbs/01_data.ipynb #c017s2
 def _check_interactions(df: pd.DataFrame, name: str, item_ids: np.ndarray, probs: list) -> dict:
@@ -955,13 +969,13 @@ def _check_interactions(df: pd.DataFrame, name: str, item_ids: np.ndarray, probs
         )
     users = df['user_id'].to_numpy(dtype=object)
     items = df['item_id'].to_numpy(dtype=object)
-    eu = users == ''
+    empty_user = users == ''
     _add_rows(
         probs,
         name,
-        rows[eu],
+        rows[empty_user],
         'empty_id',
-        ['user_id is empty'] * eu.sum(),
+        ['user_id is empty'] * empty_user.sum(),
         'give every interaction its user_id',
     )
     first = pd.Series(np.arange(len(item_ids)), index=item_ids)
@@ -982,17 +996,18 @@ def _check_interactions(df: pd.DataFrame, name: str, item_ids: np.ndarray, probs
         'add the item to items.tsv or delete the interaction row',
     )
     if 'timestamp' in df.columns:
-        ts = _parse_timestamps(df['timestamp'], name, rows, probs)
-        miss = np.isnan(ts)
+        timestamps = _parse_timestamps(df['timestamp'], name, rows, probs)
+        miss = np.isnan(timestamps)
         if miss.any() and not miss.all():
-            r = rows[miss]
+            missing_rows = rows[miss]
             probs.append(
                 Problem(
                     name,
                     None,
                     'partial_timestamps',
                     f'{miss.sum()} of {n} rows have no timestamp (rows'
-                    f' {", ".join(map(str, r[:10]))}{" ..." if len(r) > 10 else ""}); each is placed right'
+                    f' {", ".join(map(str, missing_rows[:10]))}{" ..." if len(missing_rows) > 10 else ""});'
+                    ' each is placed right'
                     ' after the row before it of the same user',
                     'give every row a timestamp, or none (then file order is used)',
                     fatal=False,
@@ -1000,7 +1015,7 @@ def _check_interactions(df: pd.DataFrame, name: str, item_ids: np.ndarray, probs
             )
         dcols = ['user_id', 'item_id', 'timestamp']
     else:
-        ts, dcols = np.full(n, np.nan), ['user_id', 'item_id']
+        timestamps, dcols = np.full(n, np.nan), ['user_id', 'item_id']
     dup = df.duplicated(subset=dcols, keep='first').to_numpy()
     if dup.any():
         first = df.assign(_row=rows).groupby(dcols, sort=False)['_row'].transform('min').to_numpy()
@@ -1009,39 +1024,46 @@ def _check_interactions(df: pd.DataFrame, name: str, item_ids: np.ndarray, probs
             name,
             rows[dup],
             'duplicate_interaction',
-            [f'same {"/".join(dcols)} as row {f}; kept as a repeated interaction' for f in first[dup]],
+            [
+                f'same {"/".join(dcols)} as row {first_row}; kept as a repeated interaction'
+                for first_row in first[dup]
+            ],
             'delete the row if it is a logging error (pandas: drop_duplicates())',
             fatal=False,
         )
-    return dict(users=users, item=item, ts=ts, ok=~(unk | eu), rows=rows)
+    return dict(users=users, item=item, ts=timestamps, ok=~(unk | empty_user), rows=rows)
 
 # %% ../nbs/01_data.ipynb #c019
 def _build_sequences(inter: dict, min_seq_len: int | None, name: str, probs: list) -> dict:
     """Flat chronological item array + offsets per user from the valid interaction rows; short users
     reported/excluded."""
-    ok = inter['ok']
-    rows = np.flatnonzero(ok)
-    ucode, uids = pd.factorize(inter['users'][ok])
-    ts = inter['ts'][ok]
-    miss = np.isnan(ts)
+    valid = inter['ok']
+    rows = np.flatnonzero(valid)
+    ucode, uids = pd.factorize(inter['users'][valid])
+    timestamps = inter['ts'][valid]
+    miss = np.isnan(timestamps)
     if miss.all():
-        ts = np.zeros(len(ts))
+        timestamps = np.zeros(len(timestamps))
     elif miss.any():
-        ts = pd.Series(ts).groupby(ucode).ffill().fillna(-np.inf).to_numpy()
-    order = np.lexsort((rows, ts, ucode))
-    flat, rows_sorted = inter['item'][ok][order], inter['rows'][ok][order]
+        timestamps = pd.Series(timestamps).groupby(ucode).ffill().fillna(-np.inf).to_numpy()
+    order = np.lexsort((rows, timestamps, ucode))
+    flat, rows_sorted = inter['item'][valid][order], inter['rows'][valid][order]
     lens = np.bincount(ucode, minlength=len(uids))
     offsets = np.concatenate([[0], np.cumsum(lens)])
     need = 3 if min_seq_len is None else min_seq_len
     short = lens < need
     if short.any():
         hist = pd.Series(lens[short]).value_counts().sort_index()
-        by = ', '.join(
-            f'{k} item{"s" if k > 1 else ""}: {v} user{"s" if v > 1 else ""}' for k, v in hist.items()
+        by_length = ', '.join(
+            f'{length} item{"s" if length > 1 else ""}: {n_users} user{"s" if n_users > 1 else ""}'
+            for length, n_users in hist.items()
         )
-        u0 = int(np.flatnonzero(short)[0])
-        r0 = rows_sorted[offsets[u0] : offsets[u0 + 1]]
-        eg = f"e.g. user {uids[u0]!r} on row{'s' if len(r0) > 1 else ''} {', '.join(map(str, r0))}"
+        first_short = int(np.flatnonzero(short)[0])
+        first_short_rows = rows_sorted[offsets[first_short] : offsets[first_short + 1]]
+        example = (
+            f"e.g. user {uids[first_short]!r} on row{'s' if len(first_short_rows) > 1 else ''}"
+            f" {', '.join(map(str, first_short_rows))}"
+        )
         if min_seq_len is None:
             probs.append(
                 Problem(
@@ -1049,7 +1071,7 @@ def _build_sequences(inter: dict, min_seq_len: int | None, name: str, probs: lis
                     None,
                     'short_user',
                     f'{short.sum()} of {len(lens)} users have fewer than 3 interactions '
-                    f'and cannot be split into train/valid/test ({by}; {eg})',
+                    f'and cannot be split into train/valid/test ({by_length}; {example})',
                     'pass min_seq_len=3 to load_dataset (CLI: --min-seq-len 3) to exclude them, or add their'
                     ' interactions',
                 )
@@ -1061,7 +1083,7 @@ def _build_sequences(inter: dict, min_seq_len: int | None, name: str, probs: lis
                     None,
                     'short_user',
                     f'{short.sum()} of {len(lens)} users with fewer than min_seq_len='
-                    f'{min_seq_len} interactions were excluded ({by}; {eg})',
+                    f'{min_seq_len} interactions were excluded ({by_length}; {example})',
                     'nothing to do if intended; lower min_seq_len (>= 3) to keep more users',
                     fatal=False,
                 )
@@ -1090,9 +1112,9 @@ class MoMDataset:
 
     def __init__(self, item_ids, modality, texts, image_refs, user_ids, seqs, path=None,
                  meta: dict | None = None, problems: list | None = None, image_store: str = 'files'):
-        lens = np.array([len(s) for s in seqs], dtype=np.int64)
+        lens = np.array([len(seq) for seq in seqs], dtype=np.int64)
         flat = (
-            np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
+            np.concatenate([np.asarray(seq, dtype=np.int64) for seq in seqs])
             if len(seqs)
             else np.zeros(0, np.int64)
         )
@@ -1104,10 +1126,10 @@ class MoMDataset:
     def from_flat(cls, flat, lens, item_ids, modality, texts, image_refs, user_ids, path=None, meta=None,
                   problems=None, image_store='files', _item_index=None) -> 'MoMDataset':
         "Build from one flat item array (users one after the other) and the sequence length of each user."
-        ds = cls.__new__(cls)
-        ds._setup(item_ids, modality, texts, image_refs, user_ids, flat, lens, path, meta, problems,
+        dataset = cls.__new__(cls)
+        dataset._setup(item_ids, modality, texts, image_refs, user_ids, flat, lens, path, meta, problems,
                   image_store, _item_index)
-        return ds
+        return dataset
 
     def _setup(self, item_ids, modality, texts, image_refs, user_ids, flat, lens, path, meta, problems,
                image_store, item_index=None):
@@ -1136,7 +1158,9 @@ class MoMDataset:
         self.problems = list(problems or [])
         self.image_store = image_store
         self.item_index = (
-            item_index if item_index is not None else {s: i for i, s in enumerate(self.item_ids.tolist())}
+            item_index
+            if item_index is not None
+            else {item_id: i for i, item_id in enumerate(self.item_ids.tolist())}
         )
         self._touched = None
 
@@ -1146,10 +1170,11 @@ class MoMDataset:
     seq_lens = property(lambda self: self._lens, doc='number of interactions per user (int64 [n_users])')
 
     def __repr__(self):
-        mc = np.bincount(self.modality, minlength=len(MODALITIES))
+        modality_counts = np.bincount(self.modality, minlength=len(MODALITIES))
         return (
             f"MoMDataset({self.name!r}{' SYNTHETIC' if self.synthetic else ''}: {self.n_users} users,"
-            f" {self.n_items} items ({', '.join(f'{c} {m}' for m, c in zip(MODALITIES, mc))}),"
+            f" {self.n_items} items ("
+            f"{', '.join(f'{count} {modality}' for modality, count in zip(MODALITIES, modality_counts))}),"
             f" {self.n_interactions} interactions)"
         )
 
@@ -1211,10 +1236,11 @@ class MoMDataset:
                     'add the file or fix the image column',
                 )
         try:
-            with Image.open(src) as im:
-                if (why := _image_size_problem(im.size)) is not None:  # from the header: nothing decoded yet
+            with Image.open(src) as image:
+                # from the header: nothing decoded yet
+                if (why := _image_size_problem(image.size)) is not None:
                     raise fail('image_too_large', f'image {ref!r} is refused: {why}', 'shrink the image')
-                return _to_rgb(im)
+                return _to_rgb(image)
         except DataError:
             raise
         except Image.DecompressionBombError as e:
@@ -1266,16 +1292,16 @@ class MoMDataset:
         """Sorted unique `user * n_items + item` of every (user, item) pair in the sequences (for negative
         sampling)."""
         if self._touched is None:
-            u = np.repeat(np.arange(self.n_users, dtype=np.int64), self._lens)
-            self._touched = np.unique(u * self.n_items + self._flat)
+            users = np.repeat(np.arange(self.n_users, dtype=np.int64), self._lens)
+            self._touched = np.unique(users * self.n_items + self._flat)
         return self._touched
 
 # %% ../nbs/01_data.ipynb #c021s1
 def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     "Concatenation of `arange(s, s + l)` for each pair, vectorised."
     tot = int(lens.sum())
-    cs = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    return np.repeat(starts - cs, lens) + np.arange(tot, dtype=np.int64)
+    out_starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    return np.repeat(starts - out_starts, lens) + np.arange(tot, dtype=np.int64)
 
 # %% ../nbs/01_data.ipynb #t017
 META_SCHEMA = {
@@ -1432,7 +1458,10 @@ def _scan(path, min_seq_len: int | None = None, decode_images: bool = False) -> 
     actual = (
         {}
         if items is None
-        else dict(items=len(items), **{f'{m}_items': int((items['modality'] == m).sum()) for m in MODALITIES})
+        else dict(
+            items=len(items),
+            **{f'{modality}_items': int((items['modality'] == modality).sum()) for modality in MODALITIES},
+        )
     )
     if inter is not None:
         actual.update(interactions=len(inter), users=int(inter['user_id'].nunique()))
@@ -1452,32 +1481,32 @@ def load_dataset(path, min_seq_len: int | None = None) -> MoMDataset:
     """Load the MoM folder `path`; `DataError` listing problems by file/row/fix if unusable. `min_seq_len`
     (>= 3) excludes short users."""
     parts, probs = _scan(path, min_seq_len)
-    if any(p.fatal for p in probs):
+    if any(problem.fatal for problem in probs):
         raise DataError(probs, parts['path'])
     shown = {}
-    for p in probs:  # at most 3 log lines per kind; all of them stay in ds.problems
-        shown[p.kind] = shown.get(p.kind, 0) + 1
-        if shown[p.kind] <= 3:
-            log.warning(str(p))
+    for problem in probs:  # at most 3 log lines per kind; all of them stay in ds.problems
+        shown[problem.kind] = shown.get(problem.kind, 0) + 1
+        if shown[problem.kind] <= 3:
+            log.warning(str(problem))
     for k, n in shown.items():
         if n > 3:
             log.warning(
                 f'... {n - 3} more [{k}] warnings: see ds.problems or `python -m transrec.data validate'
                 f' {parts["path"]}`'
             )
-    it, sq = parts['items'], parts['seqs']
+    item_parts, sequences = parts['items'], parts['seqs']
     return MoMDataset.from_flat(
-        sq['flat'],
-        np.diff(sq['offsets']),
-        it['item_ids'],
-        it['modality'],
-        it['texts'],
-        it['image_refs'],
-        sq['user_ids'],
+        sequences['flat'],
+        np.diff(sequences['offsets']),
+        item_parts['item_ids'],
+        item_parts['modality'],
+        item_parts['texts'],
+        item_parts['image_refs'],
+        sequences['user_ids'],
         parts['path'],
         parts['meta'],
         probs,
-        it['image_store'],
+        item_parts['image_store'],
     )
 
 # %% ../nbs/01_data.ipynb #c025
@@ -1494,50 +1523,60 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
-        return not any(p.fatal for p in self.problems)
+        return not any(problem.fatal for problem in self.problems)
 
     @property
     def errors(self) -> list:
-        return [p for p in self.problems if p.fatal]
+        return [problem for problem in self.problems if problem.fatal]
 
     @property
     def warnings(self) -> list:
-        return [p for p in self.problems if not p.fatal]
+        return [problem for problem in self.problems if not problem.fatal]
 
     def render(self) -> str:
-        c, s = self.counts, self.seq_len
+        counts, stats = self.counts, self.seq_len
         out = [f'MoM data set {self.path}' + (f'  ({self.settings})' if self.settings else '')]
-        if c:
+        if counts:
             out.append(
-                f"  items: {c.get('items', 0)}  ("
-                + ', '.join(f"{m} {c.get(m + '_items', 0)}" for m in MODALITIES)
+                f"  items: {counts.get('items', 0)}  ("
+                + ', '.join(f"{modality} {counts.get(modality + '_items', 0)}" for modality in MODALITIES)
                 + (
-                    f", unknown modality {c['unknown_modality_items']}"
-                    if c.get('unknown_modality_items')
+                    f", unknown modality {counts['unknown_modality_items']}"
+                    if counts.get('unknown_modality_items')
                     else ''
                 )
                 + ')'
             )
             out.append(
-                f"  interactions: {c.get('interactions', 0)}  ("
-                + ', '.join(f"{m} {c.get(m + '_interactions', 0)}" for m in MODALITIES)
+                f"  interactions: {counts.get('interactions', 0)}  ("
+                + ', '.join(
+                    f"{modality} {counts.get(modality + '_interactions', 0)}" for modality in MODALITIES
+                )
                 + ')'
-                + (f", {c['invalid_interactions']} rows invalid" if c.get('invalid_interactions') else '')
+                + (
+                    f", {counts['invalid_interactions']} rows invalid"
+                    if counts.get('invalid_interactions')
+                    else ''
+                )
             )
             out.append(
-                f"  users: {c.get('users', 0)}"
-                + (f"  ({c['users_excluded']} excluded by min_seq_len)" if c.get('users_excluded') else '')
+                f"  users: {counts.get('users', 0)}"
+                + (
+                    f"  ({counts['users_excluded']} excluded by min_seq_len)"
+                    if counts.get('users_excluded')
+                    else ''
+                )
             )
-        if s:
+        if stats:
             out.append(
-                f"  sequence length (valid rows, all users): min {s['min']}  median {s['median']:g}  mean"
-                f" {s['mean']:.2f}  max {s['max']}"
+                f"  sequence length (valid rows, all users): min {stats['min']}  median {stats['median']:g}"
+                f"  mean {stats['mean']:.2f}  max {stats['max']}"
             )
         out.append(
             f'  problems: {len(self.errors)} error(s), {len(self.warnings)} warning(s)'
             + ('' if self.problems else ' - none')
         )
-        out += ['  ' + str(p) for p in self.problems]
+        out += ['  ' + str(problem) for problem in self.problems]
         out.append('  => ' + ('OK: usable' if self.ok else 'NOT USABLE: fix the errors above'))
         return '\n'.join(out)
 
@@ -1556,23 +1595,32 @@ def validate(path, min_seq_len: int | None = None, check_images: bool = True) ->
     if 'items' in parts:
         mod = parts['items']['modality']
         counts.update(
-            items=len(mod), **{f'{m}_items': int((mod == i).sum()) for i, m in enumerate(MODALITIES)}
+            items=len(mod),
+            **{f'{modality}_items': int((mod == i).sum()) for i, modality in enumerate(MODALITIES)},
         )
         if (mod < 0).any():
             counts['unknown_modality_items'] = int((mod < 0).sum())
     if 'inter' in parts:
-        x, sq = parts['inter'], parts['seqs']
+        x, sequences = parts['inter'], parts['seqs']
         valid_items = x['item'][x['ok']]
         counts.update(
             interactions=int(len(valid_items)),
             invalid_interactions=int((~x['ok']).sum()),
-            **{f'{m}_interactions': int((mod[valid_items] == i).sum()) for i, m in enumerate(MODALITIES)},
-            users=int(len(sq['user_ids'])),
-            users_excluded=int(len(parts['all_lens']) - len(sq['user_ids'])),
+            **{
+                f'{modality}_interactions': int((mod[valid_items] == i).sum())
+                for i, modality in enumerate(MODALITIES)
+            },
+            users=int(len(sequences['user_ids'])),
+            users_excluded=int(len(parts['all_lens']) - len(sequences['user_ids'])),
         )
-        L = parts['all_lens']
-        if len(L):
-            stats = dict(min=int(L.min()), median=float(np.median(L)), mean=float(L.mean()), max=int(L.max()))
+        lengths = parts['all_lens']
+        if len(lengths):
+            stats = dict(
+                min=int(lengths.min()),
+                median=float(np.median(lengths)),
+                mean=float(lengths.mean()),
+                max=int(lengths.max()),
+            )
     return ValidationReport(
         Path(path), counts, stats, probs, dict(min_seq_len=min_seq_len) if min_seq_len else {}
     )
@@ -1598,46 +1646,50 @@ def history_and_target(seq: np.ndarray, split: str) -> tuple[np.ndarray, int]:
     return seq[:-k], int(seq[-k])
 
 # %% ../nbs/01_data.ipynb #c037s3
-def _users(ds, users) -> np.ndarray:
+def _users(dataset, users) -> np.ndarray:
     if users is None:
-        return np.arange(ds.n_users, dtype=np.int64)
-    u = np.asarray(users, dtype=np.int64).reshape(-1)
-    if len(u) and (u.min() < 0 or u.max() >= ds.n_users):
-        raise IndexError(f'users must be in 0..{ds.n_users - 1}')
-    return u
+        return np.arange(dataset.n_users, dtype=np.int64)
+    user_indices = np.asarray(users, dtype=np.int64).reshape(-1)
+    if len(user_indices) and (user_indices.min() < 0 or user_indices.max() >= dataset.n_users):
+        raise IndexError(f'users must be in 0..{dataset.n_users - 1}')
+    return user_indices
 
 # %% ../nbs/01_data.ipynb #c037s4
-def split_targets(ds: MoMDataset, split: str, users=None) -> np.ndarray:
+def split_targets(dataset: MoMDataset, split: str, users=None) -> np.ndarray:
     "The target item (int64) of every user (or of `users`) for `split`."
     k = _check_split(split)
-    u = _users(ds, users)
-    return ds._flat[ds._offsets[u + 1] - k]
+    user_indices = _users(dataset, users)
+    return dataset._flat[dataset._offsets[user_indices + 1] - k]
 
 # %% ../nbs/01_data.ipynb #c037s5
-def history_items(ds: MoMDataset, split: str, users=None) -> list[np.ndarray]:
+def history_items(dataset: MoMDataset, split: str, users=None) -> list[np.ndarray]:
     """Per user: the sorted unique items of the history before the `split` target, minus the target (to
     mask in full ranking)."""
     k = _check_split(split)
-    u = _users(ds, users)
-    hl = ds._lens[u] - k
-    items = ds._flat[_ranges(ds._offsets[u], hl)]
-    row = np.repeat(np.arange(len(u), dtype=np.int64), hl)
-    keep = items != ds._flat[ds._offsets[u + 1] - k][row]
-    key = np.unique(row[keep] * ds.n_items + items[keep])
-    return np.split(key % ds.n_items, np.cumsum(np.bincount(key // ds.n_items, minlength=len(u)))[:-1])
+    user_indices = _users(dataset, users)
+    history_lengths = dataset._lens[user_indices] - k
+    items = dataset._flat[_ranges(dataset._offsets[user_indices], history_lengths)]
+    row = np.repeat(np.arange(len(user_indices), dtype=np.int64), history_lengths)
+    keep = items != dataset._flat[dataset._offsets[user_indices + 1] - k][row]
+    key = np.unique(row[keep] * dataset.n_items + items[keep])
+    return np.split(
+        key % dataset.n_items,
+        np.cumsum(np.bincount(key // dataset.n_items, minlength=len(user_indices)))[:-1],
+    )
 
 # %% ../nbs/01_data.ipynb #c039x
-def window_ends(ds: MoMDataset, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def window_ends(dataset: MoMDataset, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     "(user, end) of every training window, `end` one past its newest flat item; `stride=None`: the newest."
     if stride is not None and (not isinstance(stride, (int, np.integer)) or stride < 1):
         raise ValueError(f'window_ends: stride={stride!r} must be an int >= 1 (or None: the newest window)')
-    users = np.arange(ds.n_users, dtype=np.int64)
-    end = ds._offsets[:-1] + ds._lens - 2  # one past the last train item
+    users = np.arange(dataset.n_users, dtype=np.int64)
+    end = dataset._offsets[:-1] + dataset._lens - 2  # one past the last train item
     if stride is None:
         return users, end
-    per_user = -(-np.maximum(ds._lens - 3, 0) // stride)  # ceil((train items - 1) / stride)
+    per_user = -(-np.maximum(dataset._lens - 3, 0) // stride)  # ceil((train items - 1) / stride)
     win_users = np.repeat(users, per_user)
-    back = _ranges(np.zeros(ds.n_users, np.int64), per_user)  # 0 = a user's newest window, 1 the one before
+    # 0 = a user's newest window, 1 the one before
+    back = _ranges(np.zeros(dataset.n_users, np.int64), per_user)
     return win_users, end[win_users] - back * stride
 
 # %% ../nbs/01_data.ipynb #c040
@@ -1665,11 +1717,14 @@ class Batch:
     pixels: torch.Tensor | None = None
 
     def to(self, device, non_blocking: bool = False) -> 'Batch':
-        return type(self)(**{k: _to(v, device, non_blocking) for k, v in vars(self).items()})
+        return type(self)(**{k: _to(value, device, non_blocking) for k, value in vars(self).items()})
 
     def pin_memory(self) -> 'Batch':
         return type(self)(
-            **{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+            **{
+                k: value.pin_memory() if isinstance(value, torch.Tensor) else value
+                for k, value in vars(self).items()
+            }
         )
 
     @property
@@ -1687,18 +1742,18 @@ class Batch:
 
 # %% ../nbs/01_data.ipynb #c040s2
 def sample_negatives(
-    ds: MoMDataset, users: np.ndarray, rng: np.random.Generator, max_rounds: int = 100
+    dataset: MoMDataset, users: np.ndarray, rng: np.random.Generator, max_rounds: int = 100
 ) -> np.ndarray:
     """One item per entry of `users`, uniform over the items that user never touched (vectorised rejection
     sampling)."""
     users = np.asarray(users, dtype=np.int64)
-    n = ds.n_items
-    keys = ds.touched_keys()
+    n = dataset.n_items
+    keys = dataset.touched_keys()
 
-    def touched(u, i):
-        k = u * n + i
-        p = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
-        return keys[p] == k
+    def touched(user, item):
+        key = user * n + item
+        position = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+        return keys[position] == key
 
     neg = rng.integers(0, n, size=len(users), dtype=np.int64)
     todo = np.flatnonzero(touched(users, neg))
@@ -1711,23 +1766,23 @@ def sample_negatives(
         free = np.setdiff1d(np.arange(n), keys[(keys // n) == users[j]] % n)
         if not len(free):
             raise ValueError(
-                f'user {users[j]} ({str(ds.user_ids[users[j]])!r}) interacted with all {n} items: no negative'
-                ' exists; use n_neg=0 (in-batch softmax) or more items'
+                f'user {users[j]} ({str(dataset.user_ids[users[j]])!r}) interacted with all {n} items:'
+                ' no negative exists; use n_neg=0 (in-batch softmax) or more items'
             )
         neg[j] = rng.choice(free)
     return neg
 
 # %% ../nbs/01_data.ipynb #c040s3
-def n_batches_per_epoch(ds: MoMDataset, batch_size: int, stride: int | None = None) -> int:
-    "Global batches per epoch: `batch_size` windows of `window_ends(ds, stride)` each (the last: fewer)."
-    return -(-len(window_ends(ds, stride)[0]) // batch_size)
+def n_batches_per_epoch(dataset: MoMDataset, batch_size: int, stride: int | None = None) -> int:
+    "Global batches per epoch: `batch_size` windows of `window_ends(dataset, stride)` each (the last: fewer)."
+    return -(-len(window_ends(dataset, stride)[0]) // batch_size)
 
 # %% ../nbs/01_data.ipynb #c040s4
-def _train_windows(ds: MoMDataset, users: np.ndarray, ends: np.ndarray, seq_len: int) -> tuple:
+def _train_windows(dataset: MoMDataset, users: np.ndarray, ends: np.ndarray, seq_len: int) -> tuple:
     "GLOBAL items [B, T] of the `seq_len` items of `users` before flat index `ends` (left-padded: 0); mask."
     pos = ends[:, None] - seq_len + np.arange(seq_len)
-    mask = pos >= ds._offsets[users][:, None]
-    return np.where(mask, ds._flat[np.where(mask, pos, 0)], 0), mask
+    mask = pos >= dataset._offsets[users][:, None]
+    return np.where(mask, dataset._flat[np.where(mask, pos, 0)], 0), mask
 
 # %% ../nbs/01_data.ipynb #c040s5
 def _make_batch(seq_g, mask, neg_g, users) -> Batch:
@@ -1737,9 +1792,13 @@ def _make_batch(seq_g, mask, neg_g, users) -> Batch:
     seq[mask] = inv[:k]
     neg = np.zeros(neg_g.shape, np.int64)
     neg[mask] = inv[k:].reshape(k, neg_g.shape[-1])
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    as_tensor = lambda array: torch.from_numpy(np.ascontiguousarray(array))
     return Batch(
-        items=t(items.astype(np.int64)), seq=t(seq), mask=t(mask), neg=t(neg), users=t(users.astype(np.int64))
+        items=as_tensor(items.astype(np.int64)),
+        seq=as_tensor(seq),
+        mask=as_tensor(mask),
+        neg=as_tensor(neg),
+        users=as_tensor(users.astype(np.int64)),
     )
 
 # %% ../nbs/01_data.ipynb #c040s6
@@ -1753,9 +1812,9 @@ class _Batches:
         return self
 
     def __next__(self):
-        b = next(self._gen)
+        batch = next(self._gen)
         self._n -= 1
-        return b
+        return batch
 
     def __len__(self):
         return max(self._n, 0)
@@ -1767,9 +1826,9 @@ class TrainBatches(torch.utils.data.Dataset):
     `batch_content(items) -> dict`, e.g. `encoders.ItemContent`), each batch also carries its items' content.
     """
 
-    def __init__(self, ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
+    def __init__(self, dataset: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
                  rank: int = 0, world_size: int = 1, stride: int | None = None, content=None):
-        for nm, v, lo in (
+        for param, value, minimum in (
             ('batch_size', batch_size, 1),
             ('seq_len', seq_len, 1),
             ('n_neg', n_neg, 0),
@@ -1777,8 +1836,8 @@ class TrainBatches(torch.utils.data.Dataset):
             ('epoch', epoch, 0),
             ('world_size', world_size, 1),
         ):
-            if not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f'train_batches: {nm}={v!r} must be an int >= {lo}')
+            if not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f'train_batches: {param}={value!r} must be an int >= {minimum}')
         if batch_size % world_size:
             raise ValueError(
                 f'train_batches: batch_size={batch_size} must be divisible by world_size={world_size}'
@@ -1790,14 +1849,14 @@ class TrainBatches(torch.utils.data.Dataset):
                 f'train_batches: stride={stride} must be < seq_len={seq_len}, '
                 'or the items between windows are never targets'
             )
-        if ds.n_users == 0:
+        if dataset.n_users == 0:
             raise ValueError('train_batches: the data set has no users')
-        if (ds._lens < 3).any():
+        if (dataset._lens < 3).any():
             raise ValueError(
-                f'train_batches: {(ds._lens < 3).sum()} users have < 3 items; '
+                f'train_batches: {(dataset._lens < 3).sum()} users have < 3 items; '
                 'load with min_seq_len=3 to exclude them'
             )
-        self.win_users, self.win_ends = window_ends(ds, stride)
+        self.win_users, self.win_ends = window_ends(dataset, stride)
         if not len(self.win_users):
             raise ValueError(
                 "train_batches: no training window: every user has a single training item "
@@ -1805,7 +1864,7 @@ class TrainBatches(torch.utils.data.Dataset):
                 "use users with >= 4 items or train_windows='last'"
             )
         self.ds, self.batch_size, self.seq_len, self.n_neg, self.seed, self.epoch = (
-            ds,
+            dataset,
             batch_size,
             seq_len,
             n_neg,
@@ -1822,32 +1881,34 @@ class TrainBatches(torch.utils.data.Dataset):
     def __len__(self):
         return self.n
 
-    def __getitem__(self, b: int) -> Batch:
-        if not 0 <= b < self.n:
-            raise IndexError(f'batch {b} of an epoch of {self.n} batches')
-        ds, n_neg, per = self.ds, self.n_neg, self.batch_size // self.world_size
-        rows = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+    def __getitem__(self, batch_index: int) -> Batch:
+        if not 0 <= batch_index < self.n:
+            raise IndexError(f'batch {batch_index} of an epoch of {self.n} batches')
+        dataset, n_neg, per = self.ds, self.n_neg, self.batch_size // self.world_size
+        rows = self.order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
         users = self.win_users[rows]
-        seq_g, mask = _train_windows(ds, users, self.win_ends[rows], self.seq_len)
+        seq_g, mask = _train_windows(dataset, users, self.win_ends[rows], self.seq_len)
         neg_g = np.zeros(seq_g.shape + (n_neg,), np.int64)
         if n_neg:
-            rng = np.random.default_rng([self.seed, self.epoch, b, NEG_STREAM])
-            r, c = np.nonzero(mask)
-            neg_g[r, c] = sample_negatives(ds, np.repeat(users[r], n_neg), rng).reshape(len(r), n_neg)
-        sl = slice(self.rank * per, (self.rank + 1) * per) if self.world_size > 1 else slice(None)
-        batch = _make_batch(seq_g[sl], mask[sl], neg_g[sl], users[sl])
+            rng = np.random.default_rng([self.seed, self.epoch, batch_index, NEG_STREAM])
+            window_rows, positions = np.nonzero(mask)
+            neg_g[window_rows, positions] = sample_negatives(
+                dataset, np.repeat(users[window_rows], n_neg), rng
+            ).reshape(len(window_rows), n_neg)
+        rank_slice = slice(self.rank * per, (self.rank + 1) * per) if self.world_size > 1 else slice(None)
+        batch = _make_batch(seq_g[rank_slice], mask[rank_slice], neg_g[rank_slice], users[rank_slice])
         fill = getattr(self.content, 'batch_content', None)
         return batch if fill is None else Batch(**{**vars(batch), **fill(batch.items.numpy())})
 
 # %% ../nbs/01_data.ipynb #c040s8
-def train_batches(ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
+def train_batches(dataset: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
                   rank: int = 0, world_size: int = 1, skip: int = 0, stride: int | None = None,
                   content=None) -> Iterator[Batch]:
     "One epoch of `Batch`es (this rank's share of each global batch of windows), determined by (seed, epoch)."
     if not isinstance(skip, (int, np.integer)) or skip < 0:
         raise ValueError(f'train_batches: skip={skip!r} must be an int >= 0')
-    plan = TrainBatches(ds, batch_size, seq_len, n_neg, seed, epoch, rank, world_size, stride, content)
-    return _Batches((plan[b] for b in range(skip, len(plan))), len(plan) - skip)
+    plan = TrainBatches(dataset, batch_size, seq_len, n_neg, seed, epoch, rank, world_size, stride, content)
+    return _Batches((plan[batch_index] for batch_index in range(skip, len(plan))), len(plan) - skip)
 
 # %% ../nbs/01_data.ipynb #c045
 @dataclass
@@ -1861,35 +1922,40 @@ class EvalBatch:
     target: torch.Tensor
 
     def to(self, device, non_blocking: bool = False) -> 'EvalBatch':
-        return type(self)(**{k: _to(v, device, non_blocking) for k, v in vars(self).items()})
+        return type(self)(**{k: _to(value, device, non_blocking) for k, value in vars(self).items()})
 
     def __len__(self):
         return len(self.users)
 
 # %% ../nbs/01_data.ipynb #c045s1
 def eval_batches(
-    ds: MoMDataset, split: str = 'valid', batch_size: int = 256, max_len: int = 20, users=None
+    dataset: MoMDataset, split: str = 'valid', batch_size: int = 256, max_len: int = 20, users=None
 ) -> Iterator[EvalBatch]:
     "`EvalBatch`es over all users (or `users`, in that order) for `split` in ('valid', 'test')."
     k = _check_split(split)
-    u = _users(ds, users)
+    user_indices = _users(dataset, users)
     if batch_size < 1 or max_len < 1:
         raise ValueError(f'eval_batches: batch_size={batch_size} and max_len={max_len} must be >= 1')
-    if len(u) and (ds._lens[u] < 3).any():
+    if len(user_indices) and (dataset._lens[user_indices] < 3).any():
         raise ValueError('eval_batches: some users have < 3 items; load with min_seq_len=3 to exclude them')
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    as_tensor = lambda array: torch.from_numpy(np.ascontiguousarray(array))
 
     def gen():
-        for i in range(0, len(u), batch_size):
-            b = u[i : i + batch_size]
-            start = ds._offsets[b]
-            end = ds._offsets[b + 1] - k
+        for i in range(0, len(user_indices), batch_size):
+            batch_users = user_indices[i : i + batch_size]
+            start = dataset._offsets[batch_users]
+            end = dataset._offsets[batch_users + 1] - k
             pos = end[:, None] - max_len + np.arange(max_len)
             mask = pos >= start[:, None]
-            hist = np.where(mask, ds._flat[np.where(mask, pos, 0)], 0)
-            yield EvalBatch(users=t(b), hist=t(hist), mask=t(mask), target=t(ds._flat[end]))
+            hist = np.where(mask, dataset._flat[np.where(mask, pos, 0)], 0)
+            yield EvalBatch(
+                users=as_tensor(batch_users),
+                hist=as_tensor(hist),
+                mask=as_tensor(mask),
+                target=as_tensor(dataset._flat[end]),
+            )
 
-    return _Batches(gen(), -(-len(u) // batch_size))
+    return _Batches(gen(), -(-len(user_indices) // batch_size))
 
 # %% ../nbs/01_data.ipynb #p002
 def default_num_workers(device='cpu') -> int:
@@ -1907,20 +1973,20 @@ def _init_worker(worker_id: int):
     torch.set_num_threads(1)  # the workers share the cores with the training process
 
 # %% ../nbs/01_data.ipynb #p004
-def train_loader(ds: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
+def train_loader(dataset: MoMDataset, batch_size: int, seq_len: int, n_neg: int, seed: int, epoch: int,
                  rank: int = 0, world_size: int = 1, skip: int = 0, stride: int | None = None, content=None,
                  num_workers: int = 0, pin_memory: bool = False,
                  prefetch_factor: int = 2) -> torch.utils.data.DataLoader:
     """The batches of `train_batches(...)` from a `DataLoader` with `num_workers` processes, starting at
     batch `skip`."""
-    for nm, v, lo in (
+    for param, value, minimum in (
         ('skip', skip, 0),
         ('num_workers', num_workers, 0),
         ('prefetch_factor', prefetch_factor, 1),
     ):
-        if not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f'train_loader: {nm}={v!r} must be an int >= {lo}')
-    plan = TrainBatches(ds, batch_size, seq_len, n_neg, seed, epoch, rank, world_size, stride, content)
+        if not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f'train_loader: {param}={value!r} must be an int >= {minimum}')
+    plan = TrainBatches(dataset, batch_size, seq_len, n_neg, seed, epoch, rank, world_size, stride, content)
     if num_workers:
         os.environ.setdefault(
             'TOKENIZERS_PARALLELISM', 'false'
@@ -1943,9 +2009,9 @@ def _resize_crop(img, size: int) -> np.ndarray:
     "PIL RGB image -> uint8 [3, size, size]: the centred square of the shorter side, resized to `size`."
     from PIL import Image
 
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
     # crop first, then resize only that box: memory is the output's, whatever the shape (a 40000 x 1 image
     # resized shorter-side-first would become 8,960,000 x 224 pixels)
     out = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
@@ -1966,23 +2032,25 @@ def pixel_store_dir(path, size: int) -> Path:
     return Path(path) / f'pixels-{int(size)}'
 
 # %% ../nbs/01_data.ipynb #p009s2
-def _image_items(ds) -> np.ndarray:
-    return np.flatnonzero(np.asarray(ds.modality) == MODALITIES.index('image'))
+def _image_items(dataset) -> np.ndarray:
+    return np.flatnonzero(np.asarray(dataset.modality) == MODALITIES.index('image'))
 
 # %% ../nbs/01_data.ipynb #p009s3
-def _pixel_manifest(ds, size: int) -> dict:
-    """What a valid store of `ds` at `size` says: layout, a hash of its image items, a checksum of their
+def _pixel_manifest(dataset, size: int) -> dict:
+    """What a valid store of `dataset` at `size` says: layout, a hash of its image items, a checksum of their
     sources."""
     import hashlib
 
-    rows, items, source = _image_items(ds), hashlib.sha1(), hashlib.sha1()
-    enc = lambda s: s.encode('utf-8', 'surrogatepass')
+    rows, items, source = _image_items(dataset), hashlib.sha1(), hashlib.sha1()
+    enc = lambda text: text.encode('utf-8', 'surrogatepass')
     for i in rows:
-        items.update(enc(f'{ds.item_ids[i]}\t{ds.image_refs[i]}\n'))
-    if ds.image_store == 'lmdb':
-        files = [(f.name, f) for f in sorted((ds.path / 'images.lmdb').glob('*.mdb'))]
+        items.update(enc(f'{dataset.item_ids[i]}\t{dataset.image_refs[i]}\n'))
+    if dataset.image_store == 'lmdb':
+        files = [(f.name, f) for f in sorted((dataset.path / 'images.lmdb').glob('*.mdb'))]
     else:
-        files = [(str(ds.image_refs[i]), _image_file(ds.path, str(ds.image_refs[i]))) for i in rows]
+        files = [
+            (str(dataset.image_refs[i]), _image_file(dataset.path, str(dataset.image_refs[i]))) for i in rows
+        ]
     for name, f in files:
         stat = f.stat() if f is not None and f.is_file() else None
         source.update(enc(f'{name}\t{stat.st_size if stat else -1}\t{stat.st_mtime_ns if stat else -1}\n'))
@@ -1999,11 +2067,11 @@ def _pixel_manifest(ds, size: int) -> dict:
     )
 
 # %% ../nbs/01_data.ipynb #p009s4
-def open_pixel_store(ds, size: int) -> np.ndarray | None:
-    "The valid pixel store of `ds` at `size` (read-only uint8 memmap [n_image_items, 3, S, S]), or None."
-    if getattr(ds, 'path', None) is None:
+def open_pixel_store(dataset, size: int) -> np.ndarray | None:
+    "The valid pixel store of `dataset` at `size` (read-only uint8 memmap [n_image_items, 3, S, S]), or None."
+    if getattr(dataset, 'path', None) is None:
         return None
-    folder = pixel_store_dir(ds.path, size)
+    folder = pixel_store_dir(dataset.path, size)
     data, man = folder / 'pixels.u8', folder / 'manifest.json'
     if not (data.is_file() and man.is_file()):
         return None
@@ -2012,7 +2080,7 @@ def open_pixel_store(ds, size: int) -> np.ndarray | None:
     except (OSError, ValueError) as e:
         log.warning(f'pixel store {folder}: unreadable manifest ({e}); not used')
         return None
-    want = _pixel_manifest(ds, size)
+    want = _pixel_manifest(dataset, size)
     if saved != want:
         changed = [k for k in want if not isinstance(saved, dict) or saved.get(k) != want[k]]
         log.info(f'pixel store {folder} is stale ({", ".join(changed)} changed); not used')
@@ -2033,24 +2101,25 @@ def prepare_images(path, size: int = 224, force: bool = False) -> Path:
     its folder."""
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f'prepare_images: size={size!r} must be an int >= 1')
-    ds = path if isinstance(path, MoMDataset) else load_dataset(path, min_seq_len=3)
-    if ds.path is None:
+    dataset = path if isinstance(path, MoMDataset) else load_dataset(path, min_seq_len=3)
+    if dataset.path is None:
         raise ValueError('prepare_images: the data set has no folder (load it with load_dataset)')
-    folder = pixel_store_dir(ds.path, size)
-    if not force and open_pixel_store(ds, size) is not None:
+    folder = pixel_store_dir(dataset.path, size)
+    if not force and open_pixel_store(dataset, size) is not None:
         return folder
-    want, rows = _pixel_manifest(ds, size), _image_items(ds)  # sources as they are before reading them
+    # sources as they are before reading them
+    want, rows = _pixel_manifest(dataset, size), _image_items(dataset)
 
     def write(tmp: Path):
         out = np.memmap(tmp / 'pixels.u8', np.uint8, 'w+', shape=tuple(want['shape'])) if len(rows) else None
         probs = []
-        for r, i in enumerate(rows):
+        for slot, i in enumerate(rows):
             try:
-                out[r] = _resize_crop(ds.load_image(i), size)
+                out[slot] = _resize_crop(dataset.load_image(i), size)
             except DataError as e:
                 probs.extend(e.problems)
         if probs:
-            raise DataError(probs, ds.path)  # nothing written: the old store (if any) stays
+            raise DataError(probs, dataset.path)  # nothing written: the old store (if any) stays
         if out is None:
             (tmp / 'pixels.u8').write_bytes(b'')
         else:
@@ -2070,37 +2139,41 @@ def prepare_images(path, size: int = 224, force: bool = False) -> Path:
 # %% ../nbs/01_data.ipynb #c048
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `python -m transrec.data`; returns the exit status."
-    p = argparse.ArgumentParser(prog='transrec-data', description='Tools for MoM data set folders.')
-    sub = p.add_subparsers(dest='command', required=True)
-    v = sub.add_parser('validate', help='check a data set folder and list every problem (exit 0 = usable)')
-    v.add_argument(
+    parser = argparse.ArgumentParser(prog='transrec-data', description='Tools for MoM data set folders.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    validate_parser = sub.add_parser(
+        'validate', help='check a data set folder and list every problem (exit 0 = usable)'
+    )
+    validate_parser.add_argument(
         'path', help='the data set folder (items.tsv, interactions.tsv, meta.json, images/ or images.lmdb)'
     )
-    v.add_argument(
+    validate_parser.add_argument(
         '--min-seq-len',
         type=int,
         default=None,
         help='exclude users with fewer interactions (>= 3); without it, users with < 3 are an error',
     )
-    v.add_argument('--skip-image-decode', action='store_true', help='only check that images exist (faster)')
-    pi = sub.add_parser(
+    validate_parser.add_argument(
+        '--skip-image-decode', action='store_true', help='only check that images exist (faster)'
+    )
+    prepare_parser = sub.add_parser(
         'prepare-images', help='decode and resize every image once into PATH/pixels-SIZE/ (a uint8 memmap)'
     )
-    pi.add_argument('path', help='the data set folder')
-    pi.add_argument(
+    prepare_parser.add_argument('path', help='the data set folder')
+    prepare_parser.add_argument(
         '--size', type=int, default=224, help='image side in pixels (ModelConfig.image_size; default 224)'
     )
-    pi.add_argument('--force', action='store_true', help='rebuild even if the store is valid')
-    a = p.parse_args(argv)
-    if a.command == 'prepare-images':
+    prepare_parser.add_argument('--force', action='store_true', help='rebuild even if the store is valid')
+    args = parser.parse_args(argv)
+    if args.command == 'prepare-images':
         try:
-            print(prepare_images(a.path, a.size, force=a.force))
+            print(prepare_images(args.path, args.size, force=args.force))
         except ValueError as e:
             print(f'error: {e}', file=sys.stderr)
             return 2
         return 0
     try:
-        rep = validate(a.path, min_seq_len=a.min_seq_len, check_images=not a.skip_image_decode)
+        rep = validate(args.path, min_seq_len=args.min_seq_len, check_images=not args.skip_image_decode)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
