@@ -11,7 +11,8 @@ from transrec.core import ModelConfig, seed_everything
 from transrec.encoders import make_content
 from transrec.model import build_model
 import transrec.dashboard as dash
-from test_dashboard import make_tiny, TINY_CFG
+from transrec.data import load_dataset, tiny_mom
+from test_dashboard import TINY_CFG
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT/'reports'/'screenshots'/'dashboard-test.png'   # git-ignored; dashboard.png is a trained model's page
@@ -37,11 +38,11 @@ def chromium(url, tmp, *args, timeout=120):
 def page(tmp_path_factory):
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp('dash-browser')
-    ds = make_tiny(d/'tiny', n_users=8)
+    ds = load_dataset(tiny_mom(d/'tiny', n_image=9, n_users=8, image_wh=(20, 20), seq_len=(4, 10)))
     cfg = ModelConfig(**TINY_CFG)
     seed_everything(0); a = build_model(cfg, ds)
     seed_everything(1); b = build_model(cfg, ds)
-    users = ['user2', 'user5', 'user6']
+    users = ['u2', 'u5', 'u6']
     out = dash.export_html({'pretrained': a, 'scratch': b}, ds, d/'dashboard.html', users=users, k=K, content=make_content(cfg, ds))
     return dict(dir=d, ds=ds, out=out, users=users)
 
@@ -56,7 +57,7 @@ def sections(dom):
     return out
 
 
-@pytest.mark.parametrize('pick', [None, 'user5'])
+@pytest.mark.parametrize('pick', [None, 'u5'])
 def test_rendered_dom(page, tmp_path, pick):
     url = page['out'].resolve().as_uri() + (f'#user={pick}' if pick else '')
     dom = chromium(url, tmp_path/'profile', '--dump-dom')

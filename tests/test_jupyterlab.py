@@ -10,7 +10,8 @@ import torch
 from transrec.core import ModelConfig, TrainConfig, seed_everything
 from transrec.model import build_model
 from transrec.train import fit
-from test_dashboard import make_tiny, TINY_CFG
+from transrec.data import load_dataset, tiny_mom
+from test_dashboard import TINY_CFG
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT/'reports'/'screenshots'/'jupyterlab-test.png'      # git-ignored (*-test.png)
@@ -36,7 +37,7 @@ def workdir(tmp_path_factory):
     "A folder with a tiny data set, a model trained on it for one epoch, and explore.ipynb set to use them."
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp('lab')
-    ds = make_tiny(d/'tiny', n_users=12)
+    ds = load_dataset(tiny_mom(d/'tiny', n_image=9, n_users=12, image_wh=(20, 20), seq_len=(4, 10)))
     seed_everything(0)
     model = build_model(ModelConfig(**TINY_CFG), ds)
     fit(model, ds, TrainConfig(epochs=1, batch_size=8, patience=0), d/'run', progress=False)
@@ -143,7 +144,7 @@ def test_explorer_in_jupyterlab(lab, workdir):
             assert before['history'] and len(before['recs']) == 5, before
             # the hit-rate bars, the item map and the score distribution, each drawn by plotly in the page
             assert before['plots'] >= 3 and before['svgs'] >= 2 * before['plots'], before
-            other = next(f'user{u}' for u in range(12) if f'user{u}' != before['user'])
+            other = next(f'u{u}' for u in range(12) if f'u{u}' != before['user'])
             box = page.locator('.trx-root input[list]')   # ipywidgets' Combobox: a text input with a datalist
             box.fill(other)
             box.press('Enter')
