@@ -22,8 +22,9 @@ def cell_output(nb_path) -> str:
 
 
 def run(nb, out_nb, **params):
-    "Like the papermill CLI with --inject-paths (in-process papermill has no command line to find the output in)."
-    return pm.execute_notebook(str(NBS/f'{nb}.ipynb'), str(out_nb), parameters={**params, 'PAPERMILL_OUTPUT_PATH': str(out_nb)},
+    "Like the papermill CLI with --inject-paths, which adds both PAPERMILL_INPUT_PATH and PAPERMILL_OUTPUT_PATH."
+    injected = dict(PAPERMILL_INPUT_PATH=str(NBS/f'{nb}.ipynb'), PAPERMILL_OUTPUT_PATH=str(out_nb))
+    return pm.execute_notebook(str(NBS/f'{nb}.ipynb'), str(out_nb), parameters={**params, **injected},
                                kernel_name='python3', progress_bar=False, cwd=str(NBS))
 
 
@@ -72,7 +73,7 @@ def test_yaml_spelling_on_the_command_line(env):
     "`papermill -y 'model: {...}'` fills the model dict (here an invalid pair, so it stops before any work)."
     out = env/'yaml-bad'
     done = subprocess.run([sys.executable, '-m', 'papermill', str(NBS/'pretrain.ipynb'), str(env/'yaml.ipynb'),
-                           '--cwd', str(NBS), '-p', 'out_dir', str(out), '-p', 'device', 'cpu',
+                           '--cwd', str(NBS), '--inject-paths', '-p', 'out_dir', str(out), '-p', 'device', 'cpu',
                            '-y', 'model: {dim: 30, n_heads: 4}', '-y', 'train: {lr: 1e-4}'],
                           capture_output=True, text=True)
     assert done.returncode != 0 and 'divisible by n_heads' in done.stdout + done.stderr

@@ -409,6 +409,7 @@ def test_cli_argparse_exit_codes_and_help(tmp_path, capsys):
 # Hostile input to runs, checkpoints and parameters (issue #10): each case fails fast with a message that says what to do.
 
 NBS = ROOT/'nbs'
+from test_experiments import run      # papermill in-process, with the paths `--inject-paths` adds
 
 TINY = dict(scale=0.1, epochs=1, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
             image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=64, device='cpu', progress=False)
@@ -421,11 +422,6 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv('TRANSREC_DATA', str(tmp_path/'data'))
     monkeypatch.setenv('TRANSREC_REPORTS', str(tmp_path/'reports'))
     return tmp_path
-
-
-def run(nb, out_nb, **params):
-    return pm.execute_notebook(str(NBS/f'{nb}.ipynb'), str(out_nb), parameters={**params, 'PAPERMILL_OUTPUT_PATH': str(out_nb)},
-                               kernel_name='python3', progress_bar=False, cwd=str(NBS))
 
 
 # --- class 9: parameter names and ranges ------------------------------------------------------------------------

@@ -309,9 +309,9 @@ def fold_old_spellings(experiment: str, given: dict) -> dict:
 
 # %% ../nbs/11_experiment.ipynb #pa17
 IPYTHON_NAMES = ('In', 'Out', 'get_ipython', 'exit', 'quit')
-NOTEBOOK_NAMES = ('PAPERMILL_OUTPUT_PATH', 'params', 'experiment', 'out', 'm', 'fig', 'summary', 'res',
-                  'figs')
-# set by papermill or by the notebooks' own cells
+NOTEBOOK_NAMES = ('PAPERMILL_INPUT_PATH', 'PAPERMILL_OUTPUT_PATH', 'params', 'experiment', 'out', 'm', 'fig',
+                  'summary', 'res', 'figs')
+# set by papermill (`--inject-paths` sets both paths) or by the notebooks' own cells
 
 def _user_names(namespace: dict) -> list:
     "The names in a notebook's `namespace` that can be parameters."
