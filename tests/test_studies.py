@@ -117,12 +117,14 @@ def test_gain_vs_shift_has_one_point_per_target_at_its_domain_shift(tmp_path, no
     assert set(points) == {'qb_text', 'nc_mixed'}
     for target, point in points.items():
         assert point['domain_shift'] == sim.domain_shift(sim.domain_spec(target))
-        gain = saved['table'][target]['gain_NDCG@10']
-        assert point['mean'] == gain['mean'] and point['half_width'] == gain['half_width'] and point['n'] == 2
+        diff = saved['table'][target]['diff_NDCG@10']
+        assert point['mean'] == diff['mean'] and point['half_width'] == diff['half_width'] and point['n'] == 2
+        assert point['relative_gain'] == saved['table'][target]['gain_NDCG@10']['mean']
         runs = saved['results'][target]
-        by_hand = [(p['NDCG@10'] - s['NDCG@10']) / s['NDCG@10'] for p, s in zip(runs['transrec-pretrained'],
-                                                                                  runs['transrec'])]
-        assert point['mean'] == pytest.approx(np.mean(by_hand))
+        pairs = list(zip(runs['transrec-pretrained'], runs['transrec']))
+        assert point['mean'] == pytest.approx(np.mean([p['NDCG@10'] - s['NDCG@10'] for p, s in pairs]))
+        relative = [(p['NDCG@10'] - s['NDCG@10']) / s['NDCG@10'] for p, s in pairs]
+        assert point['relative_gain'] == pytest.approx(np.mean(relative))
     html = (out/'gain_vs_shift.html').read_text()
     assert 'domain shift' in html and 'nc_mixed' in html
 

@@ -23,10 +23,11 @@ __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTI
            'write_metrics', 'read_run_json', 'write_run_params', 'resume_run', 'data_fingerprint', 'data_changes',
            'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
            'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook', 'seed_interval',
-           'interval_excludes_zero', 'gain_interval', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell',
-           'format_interval', 'table_markdown', 'results_frame', 'target_shift', 'gain_vs_shift', 'gain_shift_figure',
-           'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study', 'markdown_table_html',
-           'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_study', 'scaling_figures']
+           'interval_excludes_zero', 'gain_interval', 'difference_interval', 'aggregate_seeds', 'load_per_user',
+           'paired_users', 'paired_cell', 'format_interval', 'table_markdown', 'results_frame', 'target_shift',
+           'gain_vs_shift', 'gain_shift_figure', 'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds',
+           'transfer_study', 'markdown_table_html', 'transfer_figure', 'write_transfer_reports', 'curve_band',
+           'scaling_study', 'scaling_figures']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -800,6 +801,15 @@ def gain_interval(pretrained, scratch) -> dict | None:
     interval = mean_interval(gains)
     return {**interval, 'significant': interval_excludes_zero(interval)}
 
+# %% ../nbs/11_experiment.ipynb #xe005570
+def difference_interval(pretrained, scratch) -> dict | None:
+    "Absolute difference p - s of `pretrained` over `scratch` per seed, with interval and significance."
+    from transrec.metrics import mean_interval
+    diffs = [pre - base for pre, base in zip(pretrained, scratch) if pre is not None and base is not None]
+    if not diffs: return None
+    interval = mean_interval(diffs)
+    return {**interval, 'significant': interval_excludes_zero(interval)}
+
 # %% ../nbs/11_experiment.ipynb #c028
 def aggregate_seeds(results: dict, metrics=('NDCG@10', 'HR@10')) -> dict:
     "`results[target][method]`: one metrics dict per seed -> rows of intervals over seeds and the gain."
@@ -808,7 +818,9 @@ def aggregate_seeds(results: dict, metrics=('NDCG@10', 'HR@10')) -> dict:
         row = {method: {name: seed_interval([(run or {}).get(name) for run in runs]) for name in metrics}
                for method, runs in by_method.items()}
         ndcg = {method: [(run or {}).get('NDCG@10') for run in runs] for method, runs in by_method.items()}
-        row['gain_NDCG@10'] = gain_interval(ndcg.get('transrec-pretrained', []), ndcg.get('transrec', []))
+        pretrained, scratch = ndcg.get('transrec-pretrained', []), ndcg.get('transrec', [])
+        row['gain_NDCG@10'] = gain_interval(pretrained, scratch)
+        row['diff_NDCG@10'] = difference_interval(pretrained, scratch)
         rows[target] = row
     return rows
 
@@ -878,10 +890,11 @@ def _row_seeds(row: dict) -> int:
                 for cell in metrics.values() if cell] or [0])
 
 # %% ../nbs/11_experiment.ipynb #x7c90ed5
-def _gain_text(gain: dict | None) -> str:
+def _gain_text(gain: dict | None, percent: bool = True) -> str:
     if gain is None: return ''
     mark = {False: ' (n.s.)', None: ' (one seed: no interval)'}.get(gain.get('significant'), '')
-    return format_interval(gain, percent=True) + mark
+    sign = '+' if not percent and gain['mean'] >= 0 else ''
+    return sign + format_interval(gain, percent=percent) + mark
 
 # %% ../nbs/11_experiment.ipynb #x89a37fb
 def _p_text(paired: dict | None) -> str:
@@ -893,14 +906,17 @@ def table_markdown(rows: dict, metric: str = 'NDCG@10', shifts: dict | None = No
     "A markdown table of `aggregate_seeds` rows: intervals over seeds, the gain and the paired p-value."
     methods = [m for m in METHOD_LABELS if any(m in row for row in rows.values())]
     head = ('| target | shift | seeds | ' + ' | '.join(f'{METHOD_LABELS[m]} {metric}' for m in methods)
-            + f' | gain {metric} (pre-trained vs scratch) | p (paired, users) |')
-    lines = [head, '|' + '---|' * (5 + len(methods))]
+            + f' | gain {metric} (pre-trained vs scratch) | difference {metric} (pre-trained − scratch)'
+            + ' | p (paired, users) |')
+    lines = [head, '|' + '---|' * (6 + len(methods))]
     for target, row in rows.items():
         seeds, shift = _row_seeds(row), (shifts or {}).get(target)
         cells = [format_interval((row.get(m) or {}).get(metric), seeds=seeds) for m in methods]
         shift_text = '' if shift is None else f'{shift:.2f}'
         lines.append(f"| {target} | {shift_text} | {seeds} | " + ' | '.join(cells)
-                     + f" | {_gain_text(row.get('gain_NDCG@10'))} | {_p_text(row.get('paired_NDCG@10'))} |")
+                     + f" | {_gain_text(row.get('gain_NDCG@10'))}"
+                     + f" | {_gain_text(row.get('diff_NDCG@10'), percent=False)}"
+                     + f" | {_p_text(row.get('paired_NDCG@10'))} |")
     return '\n'.join(lines)
 
 # %% ../nbs/11_experiment.ipynb #c031
@@ -931,28 +947,29 @@ def target_shift(target: str, root=None) -> float | None:
 
 # %% ../nbs/11_experiment.ipynb #st26
 def gain_vs_shift(rows: dict, shifts: dict) -> list[dict]:
-    "One point per target with a known shift and a gain: `domain_shift`, the gain's mean, interval and n."
+    "One point per target with a known shift and a gain: `domain_shift`, the difference's mean, interval, n."
     points = []
     for target, row in rows.items():
-        gain, shift = row.get('gain_NDCG@10'), shifts.get(target)
-        if gain is None or shift is None: continue
+        diff, shift = row.get('diff_NDCG@10'), shifts.get(target)
+        if diff is None or shift is None: continue
         points.append(dict(target=target, domain_shift=shift,
-                           **{k: gain[k] for k in ('mean', 'half_width', 'low', 'high', 'n', 'significant')}))
+                           **{k: diff[k] for k in ('mean', 'half_width', 'low', 'high', 'n', 'significant')},
+                           relative_gain=(row.get('gain_NDCG@10') or {}).get('mean')))
     return sorted(points, key=lambda point: (point['domain_shift'], point['target']))
 
 # %% ../nbs/11_experiment.ipynb #st28
 def gain_shift_figure(points: list[dict], metric: str = 'NDCG@10'):
-    "Plotly: relative gain of pre-training (error bars: 95% interval over seeds) against domain shift."
+    "Plotly: the gain of pre-training, pre-trained − scratch (error bars: 95% interval over seeds), vs shift."
     import plotly.graph_objects as go
     errors = [p['half_width'] if _finite(p['half_width']) else 0 for p in points]
-    fig = go.Figure(go.Scatter(x=[p['domain_shift'] for p in points], y=[100 * p['mean'] for p in points],
-                               error_y=dict(type='data', array=[100 * e for e in errors], visible=True),
+    fig = go.Figure(go.Scatter(x=[p['domain_shift'] for p in points], y=[p['mean'] for p in points],
+                               error_y=dict(type='data', array=errors, visible=True),
                                text=[p['target'] for p in points], mode='markers+text',
                                textposition='top right', name='gain'))
     fig.add_hline(y=0, line_dash='dot', line_color='grey')
     fig.update_layout(title=f'Gain of pre-training in {metric} vs domain shift (mean ± 95% interval, seeds)',
                       xaxis_title='domain shift (0 = source world, 1 = unrelated)',
-                      yaxis_title=f'relative gain in {metric} (%)', template='plotly_white', height=420)
+                      yaxis_title=f'{metric}: pre-trained − scratch', template='plotly_white', height=420)
     return fig
 
 # %% ../nbs/11_experiment.ipynb #c034
