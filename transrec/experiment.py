@@ -959,13 +959,21 @@ def gain_vs_shift(rows: dict, shifts: dict) -> list[dict]:
 
 # %% ../nbs/11_experiment.ipynb #st28
 def gain_shift_figure(points: list[dict], metric: str = 'NDCG@10'):
-    "Plotly: the gain of pre-training, pre-trained − scratch (error bars: 95% interval over seeds), vs shift."
+    "Plotly: pre-trained − scratch (error bars: 95% interval over seeds) against domain shift, per target."
     import plotly.graph_objects as go
-    errors = [p['half_width'] if _finite(p['half_width']) else 0 for p in points]
-    fig = go.Figure(go.Scatter(x=[p['domain_shift'] for p in points], y=[p['mean'] for p in points],
-                               error_y=dict(type='data', array=errors, visible=True),
-                               text=[p['target'] for p in points], mode='markers+text',
-                               textposition='top right', name='gain'))
+    fig = go.Figure()
+    ladder = [p for p in points if p['target'].startswith('shift_')]
+    if len(ladder) > 1:
+        fig.add_trace(go.Scatter(x=[p['domain_shift'] for p in ladder], y=[p['mean'] for p in ladder],
+                                 mode='lines', line=dict(color='lightgrey'), name='shift ladder',
+                                 hoverinfo='skip'))
+    for point in points:
+        same_shift = [p['target'] for p in points if p['domain_shift'] == point['domain_shift']]
+        offset = 0.015 * (same_shift.index(point['target']) - (len(same_shift) - 1) / 2)   # side by side
+        error = point['half_width'] if _finite(point['half_width']) else 0
+        fig.add_trace(go.Scatter(x=[point['domain_shift'] + offset], y=[point['mean']], mode='markers',
+                                 error_y=dict(type='data', array=[error], visible=True), name=point['target'],
+                                 hovertemplate=f"{point['target']}: %{{y:.4f}}<extra></extra>"))
     fig.add_hline(y=0, line_dash='dot', line_color='grey')
     fig.update_layout(title=f'Gain of pre-training in {metric} vs domain shift (mean ± 95% interval, seeds)',
                       xaxis_title='domain shift (0 = source world, 1 = unrelated)',
