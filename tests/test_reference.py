@@ -27,7 +27,7 @@ REFERENCE_MODEL = [('kind', 'transrec'), ('dim', 256), ('n_layers', 4), ('n_head
                    ('image_model', 'resnet18'), ('image_size', 224), ('image_trainable_blocks', 2),
                    ('image_mean', (0.485, 0.456, 0.406)), ('image_std', (0.229, 0.224, 0.225)), ('text_model', 'minilm')]
 REFERENCE_TRAIN = [('lr', 1e-4), ('encoder_lr', 1e-4), ('weight_decay', 0.0), ('schedule', 'constant'), ('warmup_steps', 0),
-                   ('batch_size', 128), ('epochs', 50), ('amp', 'none')]
+                   ('batch_size', 128), ('epochs', 50), ('patience', 0), ('amp', 'none')]
 
 
 @pytest.fixture(scope='module')

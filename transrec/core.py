@@ -189,9 +189,9 @@ class TrainConfig(JSONConfig):
 
     @classmethod
     def reference(cls, **overrides):
-        "The reference code's training: Adam 1e-4 for all parameters, no decay, constant lr, batch 128, fp32."
+        "The reference code's training: Adam 1e-4 everywhere, no decay, constant lr, batch 128, 50 epochs, fp32."
         settings = dict(lr=1e-4, encoder_lr=1e-4, weight_decay=0.0, schedule='constant', warmup_steps=0,
-                        batch_size=128, epochs=50, amp='none', clip_grad=None)
+                        batch_size=128, epochs=50, patience=0, amp='none', clip_grad=None)
         return cls(**{**settings, **overrides})
 
     def __post_init__(self):
