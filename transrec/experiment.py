@@ -793,22 +793,21 @@ def interval_excludes_zero(interval: dict | None) -> bool | None:
     return not interval['low'] <= 0 <= interval['high']
 
 # %% ../nbs/11_experiment.ipynb #st06
+def _significant_interval(values) -> dict | None:
+    "`seed_interval` of `values` with its `significant` flag; None without values."
+    interval = seed_interval(values)
+    return None if interval is None else {**interval, 'significant': interval_excludes_zero(interval)}
+
 def gain_interval(pretrained, scratch) -> dict | None:
     "Relative gain (p - s) / s of `pretrained` over `scratch` per seed, with interval and significance."
-    from transrec.metrics import mean_interval
-    gains = [(pre - base) / base for pre, base in zip(pretrained, scratch) if pre is not None and base]
-    if not gains: return None
-    interval = mean_interval(gains)
-    return {**interval, 'significant': interval_excludes_zero(interval)}
+    return _significant_interval([(pre - base) / base for pre, base in zip(pretrained, scratch)
+                                  if pre is not None and base])
 
 # %% ../nbs/11_experiment.ipynb #xe005570
 def difference_interval(pretrained, scratch) -> dict | None:
     "Absolute difference p - s of `pretrained` over `scratch` per seed, with interval and significance."
-    from transrec.metrics import mean_interval
-    diffs = [pre - base for pre, base in zip(pretrained, scratch) if pre is not None and base is not None]
-    if not diffs: return None
-    interval = mean_interval(diffs)
-    return {**interval, 'significant': interval_excludes_zero(interval)}
+    return _significant_interval([pre - base for pre, base in zip(pretrained, scratch)
+                                  if pre is not None and base is not None])
 
 # %% ../nbs/11_experiment.ipynb #c028
 def aggregate_seeds(results: dict, metrics=('NDCG@10', 'HR@10')) -> dict:
