@@ -158,5 +158,6 @@ def test_scaling(env, pretrained):
     assert r['source_scaling']['1.0']['source_users'] > r['source_scaling']['0.5']['source_users']
     assert r['source_scaling']['1.0']['finetuned']['n'] == 1
     assert all((out/f'{n}.html').exists() for n in ('source_scaling', 'target_scaling', 'convergence'))
+    assert '| difference (pre-trained − scratch) |' in (out/'scaling.md').read_text()
     assert set(r['convergence']) == {'0.5', '1.0', 'scratch'}
     assert all(band['mean'] and None not in band['mean'] for band in r['convergence'].values())

@@ -154,8 +154,10 @@ def test_seeds_are_counted_from_seed_and_checked(tmp_path, no_training):
 
 
 def build_scaling_study(out, seeds=(0, 1)):
-    "Runs of `scaling_study(out, 'qb_mixed', 'tn_mixed', (0.5,), (0.2,), 0.2, seeds=2)`, with histories."
+    """Runs of `scaling_study(out, 'qb_mixed', 'tn_mixed', (0.5,), (0.2,), 0.2, seeds=2)`, with histories and
+    per-user ranks: the pre-trained models rank the test items higher than scratch, more so from more users."""
     rng = np.random.default_rng(1)
+    groups = ['cold'] * 40 + ['warm'] * 10
     for seed in seeds:
         for share in (0.5, 1.0):
             pre = out/f'pretrain-s{share}'/f'seed-{seed}'
@@ -166,12 +168,12 @@ def build_scaling_study(out, seeds=(0, 1)):
             fake_run(out/f'finetune-s{share}-t0.2'/f'seed-{seed}',
                      dict(target='tn_mixed', init=str((pre/'best').resolve()), target_fraction=0.2,
                           **{**FINETUNE, 'seed': seed}),
-                     test={'NDCG@10': float(0.2 + 0.1 * share + 0.01 * rng.random())},
+                     user_ranks(rng, len(groups), 6 if share == 1.0 else 10), groups,
                      zero_shot={'NDCG@10': 0.05 * share}, history=history, train_data={'users': 20})
         fake_run(out/'scratch-t0.2'/f'seed-{seed}',
                  dict(target='tn_mixed', init='scratch', kind='transrec', target_fraction=0.2,
                       **{**FINETUNE, 'seed': seed}),
-                 test={'NDCG@10': float(0.1 + 0.01 * rng.random())}, train_data={'users': 20},
+                 user_ranks(rng, len(groups), 60), groups, train_data={'users': 20},
                  history=[dict(epoch=e, **{'valid_NDCG@10': 0.01 * e}) for e in (1, 2)])
 
 
@@ -194,5 +196,19 @@ def test_scaling_study_reports_intervals_and_convergence_bands_per_source_size(t
     assert res['convergence']['scratch']['epoch'] == [1, 2]
     target = res['target_scaling']['0.2']
     assert target['scratch']['n'] == 2 and target['pretrained']['n'] == 2
-    assert target['gain']['significant'] is True
+    assert target['difference']['significant'] is True and target['held_out_users'] == 40
+    for row, share in ((target, 1.0), (res['source_scaling']['0.5'], 0.5), (full, 1.0)):
+        # pre-trained - scratch per seed, and the p-value recomputed from the per-user files with scipy
+        pre = [per_user_ndcg(out/f'finetune-s{share}-t0.2'/f'seed-{s}') for s in (0, 1)]
+        scratch = [per_user_ndcg(out/'scratch-t0.2'/f'seed-{s}') for s in (0, 1)]
+        assert row['difference']['mean'] == pytest.approx(
+            np.mean([np.mean(list(p.values())) - np.mean(list(b.values())) for p, b in zip(pre, scratch)]))
+        diff = [np.mean([pre[s][u] for s in (0, 1)]) - np.mean([scratch[s][u] for s in (0, 1)])
+                for u in sorted(pre[0])]
+        assert row['paired']['n_users'] == 40 and row['paired']['p_value'] == pytest.approx(
+            stats.wilcoxon(diff).pvalue)
+    assert res['source_scaling']['0.5']['scratch'] == target['scratch']     # one scratch reference
+    table = (out/'scaling.md').read_text()
+    assert '| 50 (0.5) |' in table and '| 20 (0.2) | 40 |' in table and 'held-out users' in table
+    assert f"{full['paired']['p_value']:.3g}" in table
     assert all((out/f'{name}.html').exists() for name in ('source_scaling', 'convergence', 'target_scaling'))

@@ -27,7 +27,7 @@ __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTI
            'paired_users', 'paired_cell', 'format_interval', 'table_markdown', 'results_frame', 'target_shift',
            'gain_vs_shift', 'gain_shift_figure', 'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds',
            'transfer_study', 'markdown_table_html', 'transfer_figure', 'write_transfer_reports', 'curve_band',
-           'scaling_study', 'scaling_figures']
+           'scaling_study', 'scaling_figures', 'scaling_markdown']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -1148,6 +1148,9 @@ def curve_band(histories: list, key: str = 'valid_NDCG@10') -> dict:
 def _interval_of(runs: list, split: str = 'test', metric: str = 'NDCG@10') -> dict | None:
     return seed_interval([(run.get(split) or {}).get(metric) for run in runs])
 
+def _test_ndcg(runs: list) -> list:
+    return [(run.get('test') or {}).get('NDCG@10') for run in runs]
+
 def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractions=(0.25, 0.5, 1.0),
                   target_fractions=(0.05, 0.1, 0.25), base_target_fraction: float = 0.1, seeds: int = 1,
                   pretrain_params: dict | None = None, finetune_params: dict | None = None,
@@ -1173,12 +1176,20 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
         if share == 1.0 and full_run: return full_run
         return run_or_reuse('pretrain', out_dir/f'pretrain-s{share}'/f'seed-{seed}', source=source,
                             source_fraction=share, **{**pretrain_params, 'seed': seed})
+    def run_dir(share, fraction, seed):      # share None: trained from scratch
+        name = f'finetune-s{share}-t{fraction}' if share is not None else f'scratch-t{fraction}'
+        return out_dir/name/f'seed-{seed}'
     def finetune(init, share, fraction, seed):
-        name = f'finetune-s{share}-t{fraction}' if init != 'scratch' else f'scratch-t{fraction}'
-        kind = dict(kind='transrec') if init == 'scratch' else {}
-        return run_or_reuse('finetune', out_dir/name/f'seed-{seed}', target=target, init=str(init),
+        kind = dict(kind='transrec') if share is None else {}
+        return run_or_reuse('finetune', run_dir(share, fraction, seed), target=target, init=str(init),
                             target_fraction=fraction,
                             **_with_model({**finetune_params, 'seed': seed}, **kind))
+    def versus_scratch(tuned, scratch, share, fraction):
+        "Pre-trained - scratch over seeds, and the paired test over the held-out users of those splits."
+        return dict(difference=difference_interval(_test_ndcg(tuned), _test_ndcg(scratch)),
+                    paired=paired_cell([run_dir(share, fraction, seed) for seed in seed_list],
+                                       [run_dir(None, fraction, seed) for seed in seed_list]))
+    base_scratch = [finetune('scratch', None, base_target_fraction, seed) for seed in seed_list]
     source_scaling, convergence = {}, {}
     for share in sorted(set(source_fractions) | {1.0}):
         pre = [pretrain(share, seed) for seed in seed_list]
@@ -1187,23 +1198,27 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
         source_scaling[share] = dict(source_users=float(np.mean([run['train_data']['users'] for run in pre])),
                                      source_test=_interval_of(pre),
                                      zero_shot=_interval_of(tuned, 'zero_shot'),
-                                     finetuned=_interval_of(tuned), seeds=len(seed_list))
+                                     finetuned=_interval_of(tuned), scratch=_interval_of(base_scratch),
+                                     **versus_scratch(tuned, base_scratch, share, base_target_fraction),
+                                     seeds=len(seed_list))
         convergence[share] = curve_band([run['history'] for run in tuned])
-    scratch = [finetune('scratch', 0, base_target_fraction, seed) for seed in seed_list]
-    convergence['scratch'] = curve_band([run['history'] for run in scratch])
+    convergence['scratch'] = curve_band([run['history'] for run in base_scratch])
     target_scaling = {}
     for fraction in target_fractions:
-        scratch = [finetune('scratch', 0, fraction, seed) for seed in seed_list]
+        scratch = [finetune('scratch', None, fraction, seed) for seed in seed_list]
         tuned = [finetune(pretrain(1.0, seed)['best_dir'], 1.0, fraction, seed) for seed in seed_list]
-        ndcg = lambda runs: [(run['test'] or {}).get('NDCG@10') for run in runs]
         target_users = float(np.mean([run['train_data']['users'] for run in scratch]))
-        target_scaling[fraction] = dict(target_users=target_users, scratch=_interval_of(scratch),
+        held_out_users = float(np.mean([(run.get('test') or {}).get('n_users', 0) for run in scratch]))
+        target_scaling[fraction] = dict(target_users=target_users, held_out_users=held_out_users,
+                                        scratch=_interval_of(scratch),
                                         pretrained=_interval_of(tuned),
-                                        gain=gain_interval(ndcg(tuned), ndcg(scratch)))
+                                        gain=gain_interval(_test_ndcg(tuned), _test_ndcg(scratch)),
+                                        **versus_scratch(tuned, scratch, 1.0, fraction))
     result = dict(source=source, target=target, seeds=seed_list, base_target_fraction=base_target_fraction,
                   source_scaling=source_scaling, target_scaling=target_scaling, convergence=convergence,
                   wall_time_s=time.time() - start)
     write_json(out_dir/'scaling.json', result)
+    (out_dir/'scaling.md').write_text(scaling_markdown(result) + '\n')
     for name, fig in scaling_figures(result).items(): save_figure(fig, out_dir/f'{name}.html')
     return result
 
@@ -1249,3 +1264,28 @@ def scaling_figures(result: dict) -> dict:
                                f"by source size ({seeds})", xaxis_title='epoch', yaxis_title='NDCG@10',
                          template='plotly_white')
     return {'source_scaling': by_source, 'convergence': curves, 'target_scaling': by_target}
+
+# %% ../nbs/11_experiment.ipynb #x8f2a3e1
+def _versus_scratch_text(row: dict) -> str:
+    return f"{_gain_text(row.get('difference'), percent=False)} | {_p_text(row.get('paired'))}"
+
+def scaling_markdown(result: dict) -> str:
+    "Markdown tables of a `scaling_study` result: source size and target size, each against scratch."
+    seeds = len(result.get('seeds') or [0])
+    def cells(row, *keys): return ' | '.join(format_interval(row.get(key), seeds=seeds) for key in keys)
+    versus = '| difference (pre-trained − scratch) | p (paired, users) |'
+    source = [f"| {result['source']} users (share) | source test | zero-shot | pre-trained + fine-tuned "
+              f"| scratch {versus}", '|---' * 7 + '|']
+    for share, row in result['source_scaling'].items():
+        source.append(f"| {row['source_users']:.0f} ({float(share):g}) "
+                      f"| {cells(row, 'source_test', 'zero_shot', 'finetuned', 'scratch')} "
+                      f"| {_versus_scratch_text(row)} |")
+    target = [f"| {result['target']} training users (share) | held-out users | scratch "
+              f"| pre-trained + fine-tuned {versus}", '|---' * 6 + '|']
+    for share, row in result['target_scaling'].items():
+        target.append(f"| {row['target_users']:.0f} ({float(share):g}) | {row.get('held_out_users', 0):.0f} "
+                      f"| {cells(row, 'scratch', 'pretrained')} | {_versus_scratch_text(row)} |")
+    note = (f"Test NDCG@10 on {result['target']}'s held-out users, mean ± 95% interval over seeds "
+            f"{result.get('seeds')}; n.s. = the interval includes 0. Source table: fine-tuned on "
+            f"{result.get('base_target_fraction')} of the target's users.")
+    return '\n'.join(source) + '\n\n' + '\n'.join(target) + '\n\n' + note
