@@ -1145,11 +1145,11 @@ def curve_band(histories: list, key: str = 'valid_NDCG@10') -> dict:
                 high=[c['high'] for c in cells], n=[c['n'] for c in cells])
 
 # %% ../nbs/11_experiment.ipynb #c039
-def _interval_of(runs: list, split: str = 'test', metric: str = 'NDCG@10') -> dict | None:
-    return seed_interval([(run.get(split) or {}).get(metric) for run in runs])
+def _values_of(runs: list, split: str = 'test', metric: str = 'NDCG@10') -> list:
+    return [(run.get(split) or {}).get(metric) for run in runs]
 
-def _test_ndcg(runs: list) -> list:
-    return [(run.get('test') or {}).get('NDCG@10') for run in runs]
+def _interval_of(runs: list, split: str = 'test', metric: str = 'NDCG@10') -> dict | None:
+    return seed_interval(_values_of(runs, split, metric))
 
 def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractions=(0.25, 0.5, 1.0),
                   target_fractions=(0.05, 0.1, 0.25), base_target_fraction: float = 0.1, seeds: int = 1,
@@ -1186,7 +1186,7 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
                             **_with_model({**finetune_params, 'seed': seed}, **kind))
     def versus_scratch(tuned, scratch, share, fraction):
         "Pre-trained - scratch over seeds, and the paired test over the held-out users of those splits."
-        return dict(difference=difference_interval(_test_ndcg(tuned), _test_ndcg(scratch)),
+        return dict(difference=difference_interval(_values_of(tuned), _values_of(scratch)),
                     paired=paired_cell([run_dir(share, fraction, seed) for seed in seed_list],
                                        [run_dir(None, fraction, seed) for seed in seed_list]))
     base_scratch = [finetune('scratch', None, base_target_fraction, seed) for seed in seed_list]
@@ -1212,7 +1212,7 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
         target_scaling[fraction] = dict(target_users=target_users, held_out_users=held_out_users,
                                         scratch=_interval_of(scratch),
                                         pretrained=_interval_of(tuned),
-                                        gain=gain_interval(_test_ndcg(tuned), _test_ndcg(scratch)),
+                                        gain=gain_interval(_values_of(tuned), _values_of(scratch)),
                                         **versus_scratch(tuned, scratch, 1.0, fraction))
     result = dict(source=source, target=target, seeds=seed_list, base_target_fraction=base_target_fraction,
                   source_scaling=source_scaling, target_scaling=target_scaling, convergence=convergence,
