@@ -20,7 +20,18 @@ def project_copy(dest: Path) -> Path:
     return dest
 
 
+def installed_package_dir() -> Path:
+    "Where this checkout's .venv imports `transrec` from (an editable install points at one project folder)."
+    found = subprocess.run([str(ROOT/'.venv'/'bin'/'python'), '-c', 'import transrec; print(transrec.__file__)'],
+                           cwd='/', capture_output=True, text=True, check=True).stdout
+    return Path(found.strip()).parent
+
+
 def test_quickstart_trains_the_default_model_and_reports_progress(tmp_path):
+    # The copy shares this checkout's .venv. Bring it up to date here first (at once when it is), so that the
+    # copy's setup step finds it installed: installing from the copy would point the editable install and the
+    # kernelspec at a folder that is deleted after the test.
+    subprocess.run(['bash', '.ci/setup'], cwd=ROOT, check=True, capture_output=True)
     project = project_copy(tmp_path/'project')
     env = {**os.environ, 'TRANSREC_DATA': str(project/'data'), 'TRANSREC_REPORTS': str(project/'reports'),
            'QUICKSTART_EVERY': '5'}
@@ -33,3 +44,4 @@ def test_quickstart_trains_the_default_model_and_reports_progress(tmp_path):
     metrics = json.loads((project/'reports'/'pretrain-qb_mixed'/'metrics.json').read_text())
     assert metrics['params']['source'] == 'qb_mixed' and metrics['test']['NDCG@10'] >= 0
     assert (project/'reports'/'pretrain-qb_mixed.ipynb').exists() and (project/'reports'/'index.md').exists()
+    assert installed_package_dir() == ROOT/'transrec'                           # the .venv is still ours

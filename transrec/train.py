@@ -147,12 +147,24 @@ def _step_of(path: Path) -> int:
 def _is_complete(path: Path) -> bool:
     return path.is_dir() and (path/CKPT_STATE).exists() and (path/'model.safetensors').exists()
 
+# %% ../nbs/08_train.ipynb #x9681060
+def _link_weights(source: Path, folder: Path) -> bool:
+    "Hard-link the files `save_model` wrote in `source` into `folder`; False (and nothing left) if we cannot."
+    names = ('model.safetensors', 'config.json')
+    try:
+        for name in names: os.link(source/name, folder/name)
+        return True
+    except OSError:
+        for name in names: (folder/name).unlink(missing_ok=True)
+        return False
+
 # %% ../nbs/08_train.ipynb #xedfdaf9
-def save_checkpoint(root, model: nn.Module, state: dict, step: int, keep: int = 2) -> Path:
+def save_checkpoint(root, model: nn.Module, state: dict, step: int, keep: int = 2,
+                    same_weights_as: Path | None = None) -> Path:
     "Write `root/step-{step:06d}/` atomically, point `root/latest` at it, keep the newest `keep` of them."
     root = Path(root)
     def write(tmp):
-        _save_weights(model, tmp)
+        if same_weights_as is None or not _link_weights(Path(same_weights_as), tmp): _save_weights(model, tmp)
         torch.save(state, tmp/CKPT_STATE)
     path = atomic_dir(root/f'step-{step:06d}', write)
     atomic_write(root/'latest', path.name + '\n')
@@ -490,7 +502,9 @@ def checkpoint(self: TrainingRun) -> Path:
         state = dict(loop=asdict(loop), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                      scaler=self.scaler.state_dict(), rng=rngs, train_config=self.cfg.to_dict(),
                      world_size=self.dist_info.world_size)
-        self.last_ckpt = save_checkpoint(self.ckpt_root, self.model, state, loop.step, keep=self.keep)
+        best = self.out_dir/'best' if loop.best_step == loop.step else None    # written from these weights
+        self.last_ckpt = save_checkpoint(self.ckpt_root, self.model, state, loop.step, keep=self.keep,
+                                         same_weights_as=best)
     self.last_ckpt = broadcast_object(self.last_ckpt, self.dist_info)
     return self.last_ckpt
 
