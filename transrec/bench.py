@@ -166,11 +166,10 @@ def encode_every_occurrence(model, items: torch.Tensor, content) -> torch.Tensor
     parts, order = [], []
     for code, encoder in enumerate(tower.encoders()):
         selected = torch.nonzero(modality == code).squeeze(1)
-        # TextEncoder.forward sorts texts by length into buckets (our optimisation);
-        # `encode` is one padded block, as the reference
-        run = getattr(encoder, 'encode', encoder)
+        # TextEncoder sorts texts by length into buckets (our optimisation); the reference pads one block
+        one_block = dict(bucketed=False) if encoder.modality == 'text' else {}
         if len(selected):
-            parts.append(run(items[selected], content))
+            parts.append(encoder(items[selected], content, **one_block))
             order.append(selected)
     vecs = torch.cat(parts)[torch.argsort(torch.cat(order)).to(dev)]
     if tower.modality_embedding is not None: vecs = vecs + tower.modality_embedding(modality.to(dev))

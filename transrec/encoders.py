@@ -237,9 +237,9 @@ class TextEncoder(_Fingerprinted, nn.Module):
 
     length_bucket: int = 64   # text items per length bucket (see `forward`)
 
-    def forward(self, items: torch.Tensor, content: ItemContent) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, content: ItemContent, bucketed: bool = True) -> torch.Tensor:
         "Vectors [n, cfg.dim] of text `items`: sorted by length and encoded in buckets, so padding is short."
-        if len(items) <= self.length_bucket: return self.encode(items, content)
+        if not bucketed or len(items) <= self.length_bucket: return self.encode(items, content)
         order = torch.argsort(content.tokens(items)[1].sum(1), stable=True)
         parts = [self.encode(items[bucket], content) for bucket in order.split(self.length_bucket)]
         return torch.cat(parts)[torch.argsort(order)]
