@@ -16,10 +16,10 @@ from .encoders import ItemTower, ItemContent, make_content, dataset_item_key, co
 from .data import MODALITIES
 
 # %% auto #0
-__all__ = ['bert_init_', 'UserTower', 'last_valid', 'first_occurrence', 'gather_candidates', 'train_seq_len', 'train_stride',
-           'training_pairs', 'sequence_loss', 'SequenceRecommender', 'history_modality_kw', 'TransRec', 'IDSASRec',
-           'Popularity', 'build_model', 'param_groups', 'provenance', 'save_model', 'check_model_dir', 'load_model',
-           'recommend']
+__all__ = ['MODEL_FILES', 'bert_init_', 'UserTower', 'last_valid', 'first_occurrence', 'gather_candidates', 'train_seq_len',
+           'train_stride', 'training_pairs', 'sequence_loss', 'SequenceRecommender', 'history_modality_kw', 'TransRec',
+           'IDSASRec', 'Popularity', 'build_model', 'param_groups', 'provenance', 'save_model', 'check_model_dir',
+           'load_model', 'recommend']
 
 # %% ../nbs/06_model.ipynb #c007
 def bert_init_(module: nn.Module) -> None:
@@ -409,6 +409,8 @@ def provenance(model) -> dict:
     return origin
 
 # %% ../nbs/06_model.ipynb #x4da8397
+MODEL_FILES = ('config.json', 'model.safetensors')   # what save_model writes, each by an atomic rename
+
 def save_model(model, dir) -> Path:
     "Write `dir/config.json` and `dir/model.safetensors` (all weights incl. encoders); returns `dir`."
     from safetensors.torch import save_file
@@ -435,7 +437,7 @@ def check_model_dir(dir) -> ModelConfig:
     "The config of the model saved in `dir`, after checking that both files are there and readable (headers)."
     from safetensors import safe_open
     folder = Path(dir)
-    for name in ('config.json', 'model.safetensors'):
+    for name in MODEL_FILES:
         if not (folder/name).is_file():
             raise ValueError(f"load_model({str(dir)!r}): {name} is missing; give a folder written by "
                              "save_model")

@@ -150,12 +150,12 @@ def _is_complete(path: Path) -> bool:
 # %% ../nbs/08_train.ipynb #x9681060
 def _link_weights(source: Path, folder: Path) -> bool:
     "Hard-link the files `save_model` wrote in `source` into `folder`; False (and nothing left) if we cannot."
-    names = ('model.safetensors', 'config.json')
+    from transrec.model import MODEL_FILES
     try:
-        for name in names: os.link(source/name, folder/name)
+        for name in MODEL_FILES: os.link(source/name, folder/name)
         return True
     except OSError:
-        for name in names: (folder/name).unlink(missing_ok=True)
+        for name in MODEL_FILES: (folder/name).unlink(missing_ok=True)
         return False
 
 # %% ../nbs/08_train.ipynb #xedfdaf9
