@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser,
 K = 5
 
 
-def chromium(url, tmp, *args, timeout=120):
+def chromium(url, tmp, *args, timeout=60):       # one page takes about 3 s
     cmd = [CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
            '--disable-component-update', '--disable-sync', '--no-first-run', f'--user-data-dir={tmp}',
            '--virtual-time-budget=10000', *args, url]

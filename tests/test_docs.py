@@ -29,7 +29,7 @@ def test_model_page_documents_user_tower(tmp_path):
     assert (site/'index.html').exists()
     dom = subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
                           f'--user-data-dir={tmp_path/"profile"}', '--dump-dom', (site/'06_model.html').as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+                         capture_output=True, text=True, timeout=60).stdout   # about 3 s
     heading = re.search(r'<h3[^>]*id="UserTower"[^>]*>UserTower', dom)
     assert heading, 'no API heading for UserTower on the model page'
     after = dom[heading.end():heading.end() + 4000]
