@@ -12,8 +12,12 @@ markdown, `README.md`. Where Quarto is installed, `nbdev_docs` builds the same s
     python .ci/build_docs.py --readme         # README.md only
     python .ci/build_docs.py --check-readme   # exit 1 if README.md is not what nbs/index.ipynb says
     python .ci/build_docs.py --only 06_model --out /tmp/site   # one chapter (and the front page)
+    python .ci/build_docs.py --out /tmp/site  # the whole site elsewhere; README.md is left as it is
+
+Formulas render offline (MathJax is copied into the site from the `jupyter-server-mathjax` package) and no page
+loads a script or stylesheet from the network.
 """
-import argparse, ast, configparser, html, importlib, re, sys, time
+import argparse, ast, configparser, html, importlib, importlib.resources, re, shutil, sys, time
 from pathlib import Path
 
 import nbformat
@@ -26,6 +30,11 @@ NBS = ROOT/SETTINGS['nbs_path']
 README_NB = NBS/SETTINGS['readme_nb']
 CHAPTER_RE = re.compile(r'^\d\d_.*\.ipynb$')          # the library chapters (experiment notebooks are not pages)
 DIRECTIVE_RE = re.compile(r'^\s*#\s*\|\s*(\S+)(.*)$')
+# Formulas render offline: MathJax 2 as the `jupyter-server-mathjax` package ships it is copied into the site, and
+# the pages load it from there (nbconvert's default is a CDN). They load no other script: nbconvert's require.js
+# tag (a CDN too) serves widget outputs, which the chapters do not store.
+MATHJAX_DIR = 'mathjax'
+MATHJAX_URL = f'{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe'
 
 
 def directives(source: str) -> dict:
@@ -92,10 +101,27 @@ def title_of(nb) -> str:
 
 
 def nav_html(pages: list[tuple[str, str]], current: str) -> str:
-    "The site's navigation bar: the front page, then every chapter."
-    links = ' · '.join(f'<a href="{f}"{" class=current" if f == current else ""}>{html.escape(t)}</a>' for f, t in pages)
+    "The site's navigation bar: the site's title (a link to the front page), then every chapter, each title once."
+    links = ' · '.join(f'<a href="{f}"{" class=current" if f == current else ""}>{html.escape(t)}</a>'
+                       for f, t in pages if f != 'index.html')
     return (f'<nav class="trx-docs-nav" style="font:14px sans-serif;padding:8px 16px;border-bottom:1px solid #ddd">'
-            f'<b>{html.escape(SETTINGS["title"])}</b> · {links}</nav>')
+            f'<a href="index.html"><b>{html.escape(SETTINGS["title"])}</b></a> · {links}</nav>')
+
+
+def copy_mathjax(out: Path) -> Path:
+    "MathJax's files (from the `jupyter-server-mathjax` package) into the site, so formulas render with no network."
+    source = importlib.resources.files('jupyter_server_mathjax')/'static'
+    return Path(shutil.copytree(source, out/MATHJAX_DIR, dirs_exist_ok=True))
+
+
+def offline_page(body: str, exporter) -> str:
+    "The page without nbconvert's require.js tag; fails if any script or stylesheet would still come from the web."
+    tag = f'<script src="{exporter.require_js_url}"></script>'
+    if tag not in body: raise SystemExit('nbconvert no longer writes its require.js tag as expected: update offline_page')
+    body = body.replace(tag, '')
+    remote = re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="(?:https?:)?//[^"]+"', body)
+    if remote: raise SystemExit(f'a page would load from the network: {remote[:3]}')
+    return body
 
 
 def build_site(out: Path, only: list[str] | None = None) -> list[Path]:
@@ -107,12 +133,14 @@ def build_site(out: Path, only: list[str] | None = None) -> list[Path]:
     notebooks = [(README_NB, 'index.html')] + [(p, f'{p.stem}.html') for p in chapters]
     docs = [(doc_notebook(p), f) for p, f in notebooks]
     pages = [(f, title_of(nb)) for nb, f in docs]
-    exporter = HTMLExporter(template_name='lab')
+    exporter = HTMLExporter(template_name='lab', mathjax_url=MATHJAX_URL)
     out.mkdir(parents=True, exist_ok=True)
+    copy_mathjax(out)
     written = []
     for nb, f in docs:
         body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': f'{title_of(nb)} – {SETTINGS["title"]}'}})
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + nav_html(pages, f), body, count=1)
+        body = offline_page(body, exporter)
         (out/f).write_text(body)
         written.append(out/f)
     return written
@@ -123,12 +151,13 @@ def main(argv=None) -> int:
     p.add_argument('--readme', action='store_true', help='write README.md only')
     p.add_argument('--check-readme', action='store_true', help='fail if README.md differs from nbs/index.ipynb')
     p.add_argument('--only', nargs='+', default=None, help='chapters whose file name starts with these (e.g. 06_model)')
-    p.add_argument('--out', default=str(ROOT/SETTINGS['doc_path']), help='site folder (default: _docs)')
+    p.add_argument('--out', default=None, help='site folder (default: _docs); with --out, README.md is not rewritten')
     args = p.parse_args(argv)
     text, readme = readme_text(), ROOT/'README.md'
-    if args.only:     # a partial site (tests): README.md stays as it is
-        pages = build_site(Path(args.out), args.only)
-        print(f'[docs] {len(pages)} pages in {args.out}')
+    if args.only or args.out:     # a site elsewhere or a partial one (tests): the checkout's README.md stays as it is
+        out = Path(args.out or ROOT/SETTINGS['doc_path'])
+        pages = build_site(out, args.only)
+        print(f'[docs] {len(pages)} pages in {out}')
         return 0
     if args.check_readme:
         if readme.read_text() != text:
@@ -139,8 +168,9 @@ def main(argv=None) -> int:
     readme.write_text(text)
     if args.readme: return 0
     t0 = time.time()
-    pages = build_site(Path(args.out), args.only)
-    print(f'[docs] {len(pages)} pages in {args.out} ({time.time() - t0:.0f}s); open {Path(args.out)/"index.html"}')
+    out = ROOT/SETTINGS['doc_path']
+    pages = build_site(out, args.only)
+    print(f'[docs] {len(pages)} pages in {out} ({time.time() - t0:.0f}s); open {out/"index.html"}')
     return 0
 
 

@@ -17,22 +17,40 @@ def test_readme_is_generated_from_index():
     assert readme.startswith('# TransRec Workbench\n') and '## Quick start' in readme and 'transrec-explore' in readme
 
 
+def chromium_dom(page: Path, profile: Path) -> str:
+    "The page's DOM after its scripts ran, with the network shut off (every host unresolvable, a dead proxy)."
+    return subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+                           f'--user-data-dir={profile}', '--host-resolver-rules=MAP * ~NOTFOUND',
+                           '--proxy-server=127.0.0.1:9', '--virtual-time-budget=10000', '--dump-dom', page.as_uri()],
+                          capture_output=True, text=True, timeout=60).stdout   # about 4 s
+
+
 @pytest.mark.browser
-def test_model_page_documents_user_tower(tmp_path):
+def test_site_documents_the_api_and_renders_formulas_offline(tmp_path):
     if CHROMIUM is None:
         if os.environ.get('CI', '').lower() == 'true': pytest.fail('headless Chromium is missing in CI (.ci/setup --browser)')
         pytest.skip('headless Chromium not installed (Debian: apt-get install -y chromium)')
-    site = tmp_path/'site'
-    r = subprocess.run([sys.executable, str(BUILD), '--only', '06_model', '--out', str(site)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=600)
+    site, readme = tmp_path/'site', (ROOT/'README.md').read_bytes()
+    r = subprocess.run([sys.executable, str(BUILD), '--only', '06_model', '07_metrics', '--out', str(site)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (site/'index.html').exists()
-    dom = subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-                          f'--user-data-dir={tmp_path/"profile"}', '--dump-dom', (site/'06_model.html').as_uri()],
-                         capture_output=True, text=True, timeout=60).stdout   # about 3 s
+    assert (site/'index.html').exists() and (site/'mathjax'/'MathJax.js').exists()
+    assert (ROOT/'README.md').read_bytes() == readme                                 # --out leaves README.md alone
+    for page in site.glob('*.html'):                                                 # nothing from the web
+        assert not re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="(?:https?:)?//', page.read_text()), page
+    dom = chromium_dom(site/'06_model.html', tmp_path/'profile')
     heading = re.search(r'<h3[^>]*id="UserTower"[^>]*>UserTower', dom)
     assert heading, 'no API heading for UserTower on the model page'
     after = dom[heading.end():heading.end() + 4000]
     assert 'cfg:ModelConfig' in re.sub(r'<[^>]+>', '', after), after             # the signature, rendered by show_doc
     assert 'left-padded history' in after and 'position embeddings' in after         # the docstring
-    assert re.search(r'<a href="index.html"[^>]*>TransRec Workbench</a>', dom)      # navigation to the front page
+    nav = re.search(r'<nav class="trx-docs-nav".*?</nav>', dom, re.S).group(0)
+    assert re.search(r'<a href="index.html"[^>]*><b>TransRec Workbench</b></a>', nav)  # the front page, by its title
+    assert nav.count('TransRec Workbench') == 1 and nav.count('>Metrics<') == 1, nav   # each title once
+    # the metrics chapter's formulas (a displayed rank formula, inline ones), typeset by MathJax with no network
+    math = chromium_dom(site/'07_metrics.html', tmp_path/'profile2')
+    sources = len(re.findall(r'<script type="math/tex', math))
+    rendered = len(re.findall(r'<span class="MathJax" id="MathJax-Element-\d+-Frame"', math))
+    assert sources >= 5 and rendered == sources, (sources, rendered)
+    assert 'class="MathJax_Display"' in math and 'class="MathJax_Error"' not in math
+    assert 'Math Processing Error' not in math
