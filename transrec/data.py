@@ -825,14 +825,26 @@ def _check_images(
 # spaces, line and paragraph separators, format (zero-width) and control characters
 _BLANK_CATEGORIES = frozenset(('Zs', 'Zl', 'Zp', 'Cf', 'Cc'))
 _BLANK_SYMBOLS = frozenset('\u115f\u1160\u3164\uffa0\u2800')  # Hangul fillers, the blank Braille pattern
-_VISIBLE_ASCII = re.compile('[!-~]')
+# the first character outside the common blank ones (whitespace, C0/C1 controls, frequent format characters)
+_NOT_COMMON_BLANK = re.compile(
+    '[^\\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff'
+    + ''.join(sorted(_BLANK_SYMBOLS))
+    + ']'
+)
+
+
+def _is_blank_char(char: str) -> bool:
+    return unicodedata.category(char) in _BLANK_CATEGORIES or char in _BLANK_SYMBOLS
 
 
 def _is_blank(text: str) -> bool:
     "Whether `text` shows nothing: only spaces, separators, format (zero-width) or control characters."
-    if _VISIBLE_ASCII.search(text):
+    first = _NOT_COMMON_BLANK.search(text)  # one pass in C; nearly always a visible character
+    if first is None:
+        return True
+    if not _is_blank_char(first.group()):
         return False
-    return all(unicodedata.category(char) in _BLANK_CATEGORIES or char in _BLANK_SYMBOLS for char in text)
+    return all(map(_is_blank_char, text))  # a rare blank character (e.g. U+180E): look at every one
 
 
 def _code_points(text: str, limit: int = 5) -> str:
@@ -848,9 +860,9 @@ _CONTROL = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]')
 def _control_problem(name: str, rows: np.ndarray, texts: np.ndarray) -> Problem | None:
     """A warning naming how many of `texts` (at data rows `rows`) hold control characters, and their first
     rows; None if none does."""
-    has = np.array([bool(_CONTROL.search(str(text))) for text in texts], dtype=bool)
-    if not has.any():
+    if not _CONTROL.search('\n'.join(map(str, texts))):  # the usual case, in one pass
         return None
+    has = np.array([bool(_CONTROL.search(str(text))) for text in texts], dtype=bool)
     bad_rows = rows[has]
     first = _CONTROL.search(str(texts[has][0])).group()
     listed = ', '.join(map(str, bad_rows[:10])) + (' ...' if len(bad_rows) > 10 else '')
