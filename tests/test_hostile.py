@@ -219,6 +219,8 @@ def test_i24_1_tables_that_link_outside_the_folder_are_refused_unread(tmp_path, 
     inside = folder(tmp_path/'inside')                       # a symlink that stays inside the folder is fine
     (inside/'sub').mkdir(); (inside/name).rename(inside/'sub'/name); (inside/name).symlink_to(inside/'sub'/name)
     assert validate(inside).ok and load_dataset(inside).n_items == 3
+    (tmp_path/'via-link').symlink_to(inside)                 # the folder itself reached through a symlink: fine
+    assert validate(tmp_path/'via-link').ok
 
 
 def test_i24_1_lmdb_pixel_store_and_truth_file_obey_the_folder_rule(tmp_path):
@@ -254,6 +256,12 @@ def test_i24_2_directories_fifos_sockets_and_devices_are_named_not_read(tmp_path
         load_dataset(d)
     d = folder(tmp_path/'meta'); (d/'meta.json').unlink(); (d/'meta.json').mkdir()
     assert [p.file for p in problems(d, 'not_a_file')] == ['meta.json']
+    d = folder(tmp_path/'loop'); (d/'items.tsv').unlink(); (d/'items.tsv').symlink_to('items.tsv')   # leads nowhere
+    found = problems(d, 'not_a_file')
+    assert [p.file for p in found] == ['items.tsv'] and 'symlink loop' in found[0].message
+    d = folder(tmp_path/'image-loop'); (d/'images/v1.png').unlink(); (d/'images/v1.png').symlink_to('v1.png')
+    found = problems(d, 'not_a_file')
+    assert [(p.file, p.row) for p in found] == [('items.tsv', 2)] and 'symlink loop' in found[0].message
     d = folder(tmp_path/'fifo'); make_fifo(d/'interactions.tsv'); make_fifo(d/'meta.json'); make_fifo(d/'images/v1.png')
     r = subprocess.run([sys.executable, '-m', 'transrec.data', 'validate', str(d)], capture_output=True, text=True,
                        timeout=60, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #c002
 from __future__ import annotations
-import json, io, os, re, stat, struct, sys, argparse, codecs, unicodedata
+import json, errno, io, os, re, stat, struct, sys, argparse, codecs, unicodedata
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,7 +236,10 @@ def _folder_file(folder: Path, ref: str) -> Path | None:
     """The file `ref` (an image value, or a file name of the data set) under `folder`, resolved (symlinks
     followed); None if it lies outside the folder: the folder rule of every file read from a data set."""
     root = Path(folder).resolve()
-    target = (root / ref).resolve()  # an absolute `ref` replaces root; `..` and symlinks are resolved
+    try:
+        target = (root / ref).resolve()  # an absolute `ref` replaces root; `..` and symlinks are resolved
+    except RuntimeError:  # a symlink loop (Python < 3.13): leads nowhere; `_file_type` names it
+        target = Path(os.path.normpath(root / ref))
     return target if target.is_relative_to(root) and target != root else None
 
 
@@ -259,7 +262,7 @@ def _file_type(file: Path) -> str | None:
     except (FileNotFoundError, NotADirectoryError):  # also a dangling symlink
         return None
     except OSError as e:
-        return f'unreadable ({e.strerror})'
+        return 'a symlink loop' if e.errno == errno.ELOOP else f'unreadable ({e.strerror})'
     return next((name for is_type, name in _FILE_TYPES if is_type(mode)), 'of an unknown file type')
 
 
