@@ -17,11 +17,11 @@ from .core import log
 __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
            'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SIM_TRUTH_FILE', 'SPLITS', 'NEG_STREAM',
            'PIXEL_STORE_VERSION', 'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'tiny_mom',
-           'Problem', 'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'load_dataset', 'ValidationReport',
-           'validate', 'train_part', 'history_and_target', 'split_targets', 'history_items', 'window_ends', 'Batch',
-           'sample_negatives', 'n_batches_per_epoch', 'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches',
-           'default_num_workers', 'train_loader', 'pixel_store_wanted', 'pixel_store_dir', 'open_pixel_store',
-           'prepare_images', 'main']
+           'Problem', 'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'is_synthetic', 'load_dataset',
+           'ValidationReport', 'validate', 'train_part', 'history_and_target', 'split_targets', 'history_items',
+           'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch', 'TrainBatches', 'train_batches',
+           'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader', 'pixel_store_wanted', 'pixel_store_dir',
+           'open_pixel_store', 'prepare_images', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')  # modality code = position: text = 0, image = 1
@@ -1595,6 +1595,14 @@ def _read_meta(path: Path, probs: list) -> dict:
         return {}
     probs.extend(_meta_problems(meta))
     return {key: value for key, value in meta.items() if meta_type_ok(key, value)}  # bad fields dropped
+
+# %% ../nbs/01_data.ipynb #h24c6
+def is_synthetic(path) -> bool:
+    """Whether the MoM folder `path` is synthetic by `load_dataset`'s rule: meta.json's `synthetic`, else
+    whether it holds `SIM_TRUTH_FILE` (meta.json read by the folder rule; an unusable one counts as empty)."""
+    path, ignored = Path(path), []
+    return _synthetic_label(path, _read_meta(path, ignored), ignored).get('synthetic') is True
+
 
 # %% ../nbs/01_data.ipynb #c024s1
 def _scan(path, min_seq_len: int | None = None, decode_images: bool = False) -> tuple[dict, list]:
