@@ -238,6 +238,9 @@ def test_i24_1_lmdb_pixel_store_and_truth_file_obey_the_folder_rule(tmp_path):
     assert tdata.open_pixel_store(ds, 4) is not None
     store.rename(tmp_path/'outside-pixels'); store.symlink_to(tmp_path/'outside-pixels')
     assert tdata.open_pixel_store(ds, 4) is None             # not used: it lies outside (a cache: rebuilt, not fatal)
+    tdata.prepare_images(ds, 4)                               # rebuilt inside the folder; the outside copy left alone
+    assert not store.is_symlink() and tdata.open_pixel_store(ds, 4) is not None
+    assert (tmp_path/'outside-pixels'/'pixels.u8').is_file()
     truth = tmp_path/'outside-truth.json'; truth.write_text(json.dumps({'secret': SECRET}))
     (real/'sim_truth.json').symlink_to(truth)
     with pytest.raises(DataError, match='sim_truth.json: .*outside the data set folder') as e:
