@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #c002
 from __future__ import annotations
-import json, io, os, re, struct, sys, argparse, codecs
+import json, errno, io, os, re, stat, struct, sys, argparse, codecs, unicodedata
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +15,13 @@ from .core import log
 
 # %% auto #0
 __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
-           'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SPLITS', 'NEG_STREAM', 'PIXEL_STORE_VERSION',
-           'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'tiny_mom', 'Problem', 'DataError',
-           'release_images', 'MoMDataset', 'meta_type_ok', 'load_dataset', 'ValidationReport', 'validate', 'train_part',
-           'history_and_target', 'split_targets', 'history_items', 'window_ends', 'Batch', 'sample_negatives',
-           'n_batches_per_epoch', 'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers',
-           'train_loader', 'pixel_store_wanted', 'pixel_store_dir', 'open_pixel_store', 'prepare_images', 'main']
+           'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SIM_TRUTH_FILE', 'SPLITS', 'NEG_STREAM',
+           'PIXEL_STORE_VERSION', 'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'tiny_mom',
+           'Problem', 'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'is_synthetic', 'load_dataset',
+           'ValidationReport', 'validate', 'train_part', 'history_and_target', 'split_targets', 'history_items',
+           'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch', 'TrainBatches', 'train_batches',
+           'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader', 'pixel_store_wanted', 'pixel_store_dir',
+           'open_pixel_store', 'prepare_images', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')  # modality code = position: text = 0, image = 1
@@ -230,6 +231,66 @@ def _add_rows(probs: list, file: str, rows, kind: str, messages, fix: str, fatal
             )
         )
 
+# %% ../nbs/01_data.ipynb #h24c0
+def _folder_file(folder: Path, ref: str) -> Path | None:
+    """The file `ref` (an image value, or a file name of the data set) under `folder`, resolved (symlinks
+    followed); None if it lies outside the folder: the folder rule of every file read from a data set."""
+    root = Path(folder).resolve()
+    try:
+        target = (root / ref).resolve()  # an absolute `ref` replaces root; `..` and symlinks are resolved
+    except RuntimeError:  # a symlink loop (Python < 3.13): leads nowhere; `_file_type` names it
+        target = Path(os.path.normpath(root / ref))
+    return target if target.is_relative_to(root) and target != root else None
+
+
+# %% ../nbs/01_data.ipynb #h24c1
+_FILE_TYPES = (
+    (stat.S_ISREG, 'a regular file'),
+    (stat.S_ISDIR, 'a folder'),
+    (stat.S_ISFIFO, 'a FIFO (named pipe)'),
+    (stat.S_ISSOCK, 'a socket'),
+    (stat.S_ISCHR, 'a character device'),
+    (stat.S_ISBLK, 'a block device'),
+)
+
+
+def _file_type(file: Path) -> str | None:
+    """What `file` is ('a regular file', 'a folder', 'a FIFO (named pipe)', ...) by `os.stat`, without opening
+    it; None if it does not exist."""
+    try:
+        mode = os.stat(file).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # also a dangling symlink
+        return None
+    except OSError as e:
+        return 'a symlink loop' if e.errno == errno.ELOOP else f'unreadable ({e.strerror})'
+    return next((name for is_type, name in _FILE_TYPES if is_type(mode)), 'of an unknown file type')
+
+
+# %% ../nbs/01_data.ipynb #h24c2
+def _dataset_file(
+    folder: Path, name: str, want: str = 'a regular file'
+) -> tuple[Path | None, Problem | None]:
+    """`name` in data set `folder` checked before anything opens it: (resolved path, None); (None, None) if
+    missing; (None, fatal Problem) if outside the folder or not `want` ('a regular file' or 'a folder')."""
+    target = _folder_file(folder, name)
+    if target is None:
+        return None, Problem(
+            name,
+            None,
+            'file_outside_folder',
+            f'is a symlink that leads outside the data set folder {folder}; it is not read',
+            f'replace the link by a copy of the file inside {folder} (or a link to one inside it)',
+        )
+    found = _file_type(target)
+    if found is None:
+        return None, None
+    if found != want:
+        return None, Problem(
+            name, None, 'not_a_file', f'is {found}, not {want}; it is not read', f'replace {name} by {want}'
+        )
+    return target, None
+
+
 # %% ../nbs/01_data.ipynb #t005
 _QUOTED_FIELD = re.compile(r'"((?:[^"]|"")*+)"(?=[\t\r\n]|\Z)')  # a whole well-formed quoted field
 _PLAIN_FIELD = re.compile(r'[^\t\r\n]*')
@@ -401,9 +462,15 @@ def _read_table(
 ) -> tuple[pd.DataFrame | None, str]:
     """Read `stem`.tsv (or .parquet) as strings indexed by data row; problems for a
     missing/empty/malformed file or columns."""
-    tsv, parquet_file = path / f'{stem}.tsv', path / f'{stem}.parquet'
-    if not tsv.exists() and parquet_file.exists():
-        name = parquet_file.name
+    tsv, problem = _dataset_file(path, f'{stem}.tsv')
+    parquet_file = None
+    if tsv is None and problem is None:
+        parquet_file, problem = _dataset_file(path, f'{stem}.parquet')
+    if problem is not None:
+        probs.append(problem)
+        return None, problem.file
+    if parquet_file is not None:
+        name = f'{stem}.parquet'
         try:
             df = pd.read_parquet(parquet_file)
         except ImportError as e:
@@ -419,20 +486,20 @@ def _read_table(
             return None, name
         df = df.astype(object).where(df.notna(), '').astype(str)
         df.index = pd.Index(np.arange(1, len(df) + 1), name='row')
-    elif not tsv.exists():
+    elif tsv is None:
         probs.append(
             Problem(
-                tsv.name,
+                f'{stem}.tsv',
                 None,
                 'missing_file',
-                f'{tsv.name} not found in {path}',
-                f'write the data set with transrec.data.write_dataset (needs {tsv.name} with columns'
+                f'{stem}.tsv not found in {path}',
+                f'write the data set with transrec.data.write_dataset (needs {stem}.tsv with columns'
                 f' {list(required)})',
             )
         )
-        return None, tsv.name
+        return None, f'{stem}.tsv'
     else:
-        name, raw = tsv.name, tsv.read_bytes()
+        name, raw = f'{stem}.tsv', tsv.read_bytes()
         bom = 3 if raw.startswith(codecs.BOM_UTF8) else 0
         raw = raw[bom:]
         try:
@@ -538,13 +605,6 @@ MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; a cover or thumbnail is far smalle
 MAX_IMAGE_ASPECT = 20  # longer side / shorter side
 
 
-def _image_file(folder: Path, ref: str) -> Path | None:
-    """The file of image value `ref` under `folder`, resolved (symlinks followed); None if it lies outside
-    the folder."""
-    root = Path(folder).resolve()
-    target = (root / ref).resolve()  # an absolute `ref` replaces root; `..` and symlinks are resolved
-    return target if target.is_relative_to(root) and target != root else None
-
 # %% ../nbs/01_data.ipynb #t011s1
 def _image_size_problem(size: tuple[int, int]) -> str | None:
     "Why an image of `size` (width, height) from its header is refused, or None."
@@ -612,6 +672,9 @@ def _lmdb_env(path: Path):
     if env is None or pid != os.getpid():
         import lmdb
 
+        for name, want in (('images.lmdb', 'a folder'), ('images.lmdb/data.mdb', 'a regular file')):
+            if (problem := _dataset_file(Path(path), name, want)[1]) is not None:
+                raise DataError([problem], path)  # outside the folder or not a file: never mapped
         if (problem := _lmdb_file_problem(Path(key))) is not None:
             raise DataError([problem], path)  # before mapping it
         # inherited through fork: never read through it; closing it here only drops the child's
@@ -645,24 +708,24 @@ def release_images(path) -> None:
         env.close()
 
 # %% ../nbs/01_data.ipynb #c015s3
-def _decode_check(data_or_file) -> tuple[str, str] | None:
-    """None when PIL can open, verify and fully decode the image, else (kind, why); a too large header is
-    not decoded."""
+def _decode_image(source) -> tuple[object | None, tuple[str, str] | None]:
+    """The one image decoder of `validate` and `load_image`: (8-bit RGB PIL image, None), or (None, (kind,
+    why)) when the header is too large (nothing decoded) or PIL's `verify` or the full decode fails."""
     from PIL import Image
 
-    src = (lambda: io.BytesIO(data_or_file)) if isinstance(data_or_file, bytes) else (lambda: data_or_file)
+    open_source = (lambda: io.BytesIO(source)) if isinstance(source, bytes) else (lambda: source)
     try:
-        with Image.open(src()) as image:
+        with Image.open(open_source()) as image:
             if (why := _image_size_problem(image.size)) is not None:
-                return 'image_too_large', why
+                return None, ('image_too_large', why)
             image.verify()
-        with Image.open(src()) as image:
-            image.load()
-        return None
+        with Image.open(open_source()) as image:
+            return _to_rgb(image), None
     except Image.DecompressionBombError as e:
-        return 'image_too_large', str(e)
+        return None, ('image_too_large', str(e))
     except Exception as e:
-        return 'corrupt_image', f'{type(e).__name__}: {e}'
+        return None, ('corrupt_image', f'{type(e).__name__}: {e}')
+
 
 # %% ../nbs/01_data.ipynb #c015s4
 def _check_images(
@@ -694,7 +757,7 @@ def _check_images(
                 for ref in uniq:
                     if not cur.set_key(ref.encode()):
                         found[ref] = ('missing_image', 'does not exist')
-                    elif decode and (bad := _decode_check(bytes(cur.value()))):
+                    elif decode and (bad := _decode_image(bytes(cur.value()))[1]):
                         found[ref] = bad
         except DataError as e:
             probs.extend(e.problems)
@@ -714,7 +777,7 @@ def _check_images(
             release_images(path)  # loading leaves nothing open: image reads open it lazily
     else:
         for ref in uniq:
-            f = _image_file(path, ref)
+            f = _folder_file(path, ref)
             if f is None:
                 found[ref] = (
                     'image_outside_folder',
@@ -723,9 +786,11 @@ def _check_images(
                         '`..` or a symlink leading out); it is not read'
                     ),
                 )
-            elif not f.is_file():
+            elif (found_type := _file_type(f)) is None:
                 found[ref] = ('missing_image', 'does not exist')
-            elif decode and (bad := _decode_check(f)):
+            elif found_type != 'a regular file':
+                found[ref] = ('not_a_file', f'is {found_type}, not a regular file; it is not read')
+            elif decode and (bad := _decode_image(f)[1]):
                 found[ref] = bad
     where = 'images.lmdb key' if store == 'lmdb' else 'image file'
     fixes = dict(
@@ -738,6 +803,7 @@ def _check_images(
             f'{MAX_IMAGE_ASPECT}:1'
         ),
         corrupt_image='replace it with a valid PNG/JPEG file',
+        not_a_file='replace it by a regular PNG/JPEG file',
     )
     for kind, fix in fixes.items():
         of_kind = np.array([found.get(ref, ('',))[0] == kind for ref in refs.tolist()], dtype=bool)
@@ -757,6 +823,62 @@ def _check_images(
             ],
             fix,
         )
+
+# %% ../nbs/01_data.ipynb #h24c3
+# spaces, line and paragraph separators, format (zero-width) and control characters
+_BLANK_CATEGORIES = frozenset(('Zs', 'Zl', 'Zp', 'Cf', 'Cc'))
+_BLANK_SYMBOLS = frozenset('\u115f\u1160\u3164\uffa0\u2800')  # Hangul fillers, the blank Braille pattern
+# the first character outside the common blank ones (whitespace, C0/C1 controls, frequent format characters)
+_NOT_COMMON_BLANK = re.compile(
+    '[^\\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff'
+    + ''.join(sorted(_BLANK_SYMBOLS))
+    + ']'
+)
+
+
+def _is_blank_char(char: str) -> bool:
+    return unicodedata.category(char) in _BLANK_CATEGORIES or char in _BLANK_SYMBOLS
+
+
+def _is_blank(text: str) -> bool:
+    "Whether `text` shows nothing: only spaces, separators, format (zero-width) or control characters."
+    first = _NOT_COMMON_BLANK.search(text)  # one pass in C; nearly always a visible character
+    if first is None:
+        return True
+    if not _is_blank_char(first.group()):
+        return False
+    return all(map(_is_blank_char, text))  # a rare blank character (e.g. U+180E): look at every one
+
+
+def _code_points(text: str, limit: int = 5) -> str:
+    "The distinct characters of `text` as sorted 'U+XXXX' names, at most `limit` of them."
+    return ', '.join(sorted({f'U+{ord(char):04X}' for char in text})[:limit])
+
+
+# %% ../nbs/01_data.ipynb #h24c4
+# Cc (C0, DEL, C1) but tab, newline and carriage return, which the TSV quoting carries inside a field
+_CONTROL = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]')
+
+
+def _control_problem(name: str, rows: np.ndarray, texts: np.ndarray) -> Problem | None:
+    """A warning naming how many of `texts` (at data rows `rows`) hold control characters, and their first
+    rows; None if none does."""
+    if not _CONTROL.search('\n'.join(map(str, texts))):  # the usual case, in one pass
+        return None
+    has = np.array([bool(_CONTROL.search(str(text))) for text in texts], dtype=bool)
+    bad_rows = rows[has]
+    first = _CONTROL.search(str(texts[has][0])).group()
+    listed = ', '.join(map(str, bad_rows[:10])) + (' ...' if len(bad_rows) > 10 else '')
+    return Problem(
+        name,
+        None,
+        'control_characters',
+        f'{len(bad_rows)} text items have control characters in their text (rows {listed}; '
+        f'row {bad_rows[0]} holds U+{ord(first):04X}); kept as written',
+        'remove them from the source (a binary or mis-decoded field?), or ignore this if they are intended',
+        fatal=False,
+    )
+
 
 # %% ../nbs/01_data.ipynb #c015s5
 def _check_items(
@@ -824,7 +946,7 @@ def _check_items(
         ],
         "write 'text' or 'image' (lower case, no spaces)",
     )
-    empty_text = (code == 0) & (pd.Series(texts, dtype=object).str.strip().str.len().to_numpy() == 0)
+    empty_text = (code == 0) & np.array([_is_blank(str(text)) for text in texts], dtype=bool)
     if 'text' in df.columns:
         _add_rows(
             probs,
@@ -832,12 +954,20 @@ def _check_items(
             rows[empty_text],
             'empty_text',
             [
-                f'text item {i!r} has empty text (it stays in the data set, encoded from an empty string)'
-                for i in ids[empty_text]
+                (
+                    f'text item {i!r} has empty text'
+                    if text == ''
+                    else f'text item {i!r} has only invisible characters ({_code_points(text)}), which'
+                    ' count as empty'
+                )
+                + ' (it stays in the data set, as written)'
+                for i, text in zip(ids[empty_text], texts[empty_text])
             ],
             'fill in its text (e.g. the title) or drop the item',
             fatal=False,
         )
+        if (control := _control_problem(name, rows[code == 0], texts[code == 0])) is not None:
+            probs.append(control)
     img = code == 1
     ignored = (code == 0) & (refs != '')
     _add_rows(
@@ -1181,7 +1311,6 @@ class MoMDataset:
     def load_image(self, i: int):
         """Item `i`'s image as an 8-bit RGB `PIL.Image` (`_to_rgb`), read now; `DataError` if it is
         missing, outside, too large or corrupt."""
-        from PIL import Image
         import lmdb
 
         i = int(i)
@@ -1220,37 +1349,35 @@ class MoMDataset:
                     f'key {ref!r} is not in {self.path/"images.lmdb"}',
                     'add the image to images.lmdb',
                 )
-            src = io.BytesIO(data)
+            src = data
         else:
-            src = _image_file(self.path, ref)  # resolved again now: the folder may have changed since loading
+            src = _folder_file(self.path, ref)  # resolved again: the folder may have changed since loading
             if src is None:
                 raise fail(
                     'image_outside_folder',
                     f'image {ref!r} lies outside the data set folder {self.path}; it is not read',
                     'copy the image into the folder and write its relative path',
                 )
-            if not src.is_file():
+            found_type = _file_type(src)  # by os.stat: a FIFO is never opened
+            if found_type is None:
                 raise fail(
                     'missing_image',
                     f'image file {str(src)!r} does not exist',
                     'add the file or fix the image column',
                 )
-        try:
-            with Image.open(src) as image:
-                # from the header: nothing decoded yet
-                if (why := _image_size_problem(image.size)) is not None:
-                    raise fail('image_too_large', f'image {ref!r} is refused: {why}', 'shrink the image')
-                return _to_rgb(image)
-        except DataError:
-            raise
-        except Image.DecompressionBombError as e:
-            raise fail('image_too_large', f'image {ref!r}: {e}', 'shrink the image') from e
-        except Exception as e:
-            raise fail(
-                'corrupt_image',
-                f'image {ref!r} cannot be decoded ({type(e).__name__}: {e})',
-                'replace it with a valid PNG/JPEG',
-            ) from e
+            if found_type != 'a regular file':
+                raise fail(
+                    'not_a_file',
+                    f'image file {str(src)!r} is {found_type}, not a regular file; it is not read',
+                    'replace it by a regular PNG/JPEG file',
+                )
+        image, refused = _decode_image(src)  # the decoder `validate` uses
+        if refused is None:
+            return image
+        kind, why = refused
+        if kind == 'image_too_large':
+            raise fail(kind, f'image {ref!r} is refused: {why}', 'shrink the image')
+        raise fail(kind, f'image {ref!r} cannot be decoded ({why})', 'replace it with a valid PNG/JPEG')
 
     def _train_mask(self) -> np.ndarray:
         pos = np.arange(len(self._flat)) - np.repeat(self._offsets[:-1], self._lens)
@@ -1372,16 +1499,55 @@ def _meta_count_problems(meta: dict, actual: dict) -> list[Problem]:
         if k in actual and type(counts.get(k)) is int and counts[k] != actual[k]
     ]
 
+# %% ../nbs/01_data.ipynb #h24c5
+SIM_TRUTH_FILE = 'sim_truth.json'  # the simulation's ground truth (transrec.sim): only synthetic data has one
+
+
+def _synthetic_label(path: Path, meta: dict, probs: list) -> dict:
+    """`meta` with `synthetic` true when the folder holds `SIM_TRUTH_FILE` and meta.json does not say (a
+    warning); a fatal problem if it says false."""
+    if not os.path.lexists(path / SIM_TRUTH_FILE):
+        return meta
+    if 'synthetic' not in meta:
+        probs.append(
+            Problem(
+                'meta.json',
+                None,
+                'synthetic_inferred',
+                f'no "synthetic" key, but {SIM_TRUTH_FILE} (a simulation\'s ground truth) is in the folder:'
+                ' loaded as SYNTHETIC',
+                'write "synthetic": true into meta.json',
+                fatal=False,
+            )
+        )
+        return {**meta, 'synthetic': True}
+    if meta['synthetic'] is False:
+        probs.append(
+            Problem(
+                'meta.json',
+                None,
+                'inconsistent_synthetic',
+                f'"synthetic" is false, but {SIM_TRUTH_FILE} (a simulation\'s ground truth) is in the folder',
+                f'write "synthetic": true if the data is simulated, else delete {SIM_TRUTH_FILE}',
+            )
+        )
+    return meta
+
+
 # %% ../nbs/01_data.ipynb #c024
 def _read_meta(path: Path, probs: list) -> dict:
-    f = path / 'meta.json'
-    if not f.exists():
+    f, problem = _dataset_file(path, 'meta.json')
+    if problem is not None:
+        probs.append(problem)
+        return {}
+    if f is None:
         probs.append(
             Problem(
                 'meta.json',
                 None,
                 'missing_meta',
-                'meta.json not found (name = folder name, synthetic = false assumed)',
+                f'meta.json not found (name = folder name; synthetic = false unless {SIM_TRUTH_FILE} is'
+                ' there)',
                 'write it (write_dataset does) with name, description, provenance, license, synthetic',
                 fatal=False,
             )
@@ -1430,6 +1596,14 @@ def _read_meta(path: Path, probs: list) -> dict:
     probs.extend(_meta_problems(meta))
     return {key: value for key, value in meta.items() if meta_type_ok(key, value)}  # bad fields dropped
 
+# %% ../nbs/01_data.ipynb #h24c6
+def is_synthetic(path) -> bool:
+    """Whether the MoM folder `path` is synthetic by `load_dataset`'s rule: meta.json's `synthetic`, else
+    whether it holds `SIM_TRUTH_FILE` (meta.json read by the folder rule; an unusable one counts as empty)."""
+    path, ignored = Path(path), []
+    return _synthetic_label(path, _read_meta(path, ignored), ignored).get('synthetic') is True
+
+
 # %% ../nbs/01_data.ipynb #c024s1
 def _scan(path, min_seq_len: int | None = None, decode_images: bool = False) -> tuple[dict, list]:
     "Read and check everything; returns (parts built so far, problems)."
@@ -1451,7 +1625,7 @@ def _scan(path, min_seq_len: int | None = None, decode_images: bool = False) -> 
             )
         )
         return parts, probs
-    parts['meta'] = meta = _read_meta(path, probs)
+    parts['meta'] = meta = _synthetic_label(path, _read_meta(path, probs), probs)
     items, iname = _read_table(path, 'items', ('item_id', 'modality'), probs, ITEM_COLUMNS)
     inter, xname = _read_table(path, 'interactions', ('user_id', 'item_id'), probs, INTERACTION_COLUMNS)
     parts['names'] = (iname, xname)
@@ -2049,11 +2223,12 @@ def _pixel_manifest(dataset, size: int) -> dict:
         files = [(f.name, f) for f in sorted((dataset.path / 'images.lmdb').glob('*.mdb'))]
     else:
         files = [
-            (str(dataset.image_refs[i]), _image_file(dataset.path, str(dataset.image_refs[i]))) for i in rows
+            (str(dataset.image_refs[i]), _folder_file(dataset.path, str(dataset.image_refs[i]))) for i in rows
         ]
     for name, f in files:
-        stat = f.stat() if f is not None and f.is_file() else None
-        source.update(enc(f'{name}\t{stat.st_size if stat else -1}\t{stat.st_mtime_ns if stat else -1}\n'))
+        file_stat = f.stat() if f is not None and f.is_file() else None
+        file_size, file_mtime = (file_stat.st_size, file_stat.st_mtime_ns) if file_stat else (-1, -1)
+        source.update(enc(f'{name}\t{file_size}\t{file_mtime}\n'))
     n = len(rows)
     return dict(
         version=PIXEL_STORE_VERSION,
@@ -2072,8 +2247,13 @@ def open_pixel_store(dataset, size: int) -> np.ndarray | None:
     if getattr(dataset, 'path', None) is None:
         return None
     folder = pixel_store_dir(dataset.path, size)
-    data, man = folder / 'pixels.u8', folder / 'manifest.json'
-    if not (data.is_file() and man.is_file()):
+    data, data_problem = _dataset_file(dataset.path, f'{folder.name}/pixels.u8')
+    man, manifest_problem = _dataset_file(dataset.path, f'{folder.name}/manifest.json')
+    if data_problem or manifest_problem:
+        problem = data_problem or manifest_problem
+        log.warning(f'pixel store {folder}: {problem.file} {problem.message}; not used (rebuild it)')
+        return None
+    if data is None or man is None:
         return None
     try:
         saved = json.loads(man.read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
-from .data import write_dataset
+from .data import SIM_TRUTH_FILE, DataError, _dataset_file, write_dataset
 
 # %% auto #0
 __all__ = ['TOPIC_WORDS', 'TOPICS', 'FAMILIES', 'NOISE_WORDS', 'STYLE_WORDS', 'RENDER_STYLES', 'SYNTHETIC_DOMAINS', 'SHAPES',
@@ -695,18 +695,20 @@ def build_synthetic(name: str | DomainSpec, out_dir, scale: float = 1.0, seed: i
                            f'seed={sim.seed}); '
                            'a seeded simulation, regenerable from the parameters in `generator`',
                 license='CC0-1.0 (synthetic data)', generator=sim.generator_params(),
-                truth_file='sim_truth.json')
+                truth_file=SIM_TRUTH_FILE)
     write_dataset(out_dir, sim.items, sim.interactions, meta, images=sim.images, image_store=image_store)
-    (out_dir/'sim_truth.json').write_text(json.dumps(sim.truth(), sort_keys=True) + '\n')
+    (out_dir/SIM_TRUTH_FILE).write_text(json.dumps(sim.truth(), sort_keys=True) + '\n')
     return out_dir
 
 # %% ../nbs/02_sim.ipynb #xs10b
 def load_truth(path) -> dict:
     "The ground truth of a synthetic MoM folder (`sim_truth.json`) with arrays as numpy arrays."
-    truth_file = Path(path)/'sim_truth.json'
-    if not truth_file.exists():
-        raise FileNotFoundError(f"{truth_file} not found: {path} is not a synthetic data set built by "
-                                "transrec.sim")
+    truth_file, problem = _dataset_file(Path(path), SIM_TRUTH_FILE)
+    if problem is not None:
+        raise DataError([problem], path)
+    if truth_file is None:
+        raise FileNotFoundError(f"{Path(path)/SIM_TRUTH_FILE} not found: {path} is not a synthetic data set "
+                                "built by transrec.sim")
     truth = json.loads(truth_file.read_text())
     for key in ('transition', 'topic_prior', 'item_topic', 'item_subtopic', 'item_weight'):
         truth[key] = np.asarray(truth[key])
