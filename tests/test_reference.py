@@ -185,8 +185,8 @@ def test_history_modality_embedding_changes_users_not_candidates(ds, built):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, wrong, atol=1e-3)
     with pytest.raises(ValueError, match='hist_modality'): model.user_vectors(items_after[b.hist], b.mask)
-    idx, _ = recommend(model, content, ds.seqs[0][:-1], k=3)
-    assert len(idx) == 3
+    ids, _ = recommend(model, content, ds.seqs[0][:-1], k=3)
+    assert len(ids) == 3 and set(ids) <= set(ds.item_ids)
 
 
 def test_history_modality_embedding_is_trained(ds, built):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_dashboard.ipynb #c002
 from __future__ import annotations
-import argparse, base64, builtins, html, io, json, sys, time, weakref
+import argparse, base64, builtins, copy, html, io, json, sys, time, weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,13 +137,19 @@ def _as_tensor(v) -> torch.Tensor:
 # %% ../nbs/10_dashboard.ipynb #x0186af5
 class ItemProjection:
     "A 2-D projection of item vectors, fitted once: `'pca'` (exact SVD) or `'umap'` (when `umap` imports)."
-    def __init__(self, vecs, method: str = 'pca', seed: int = 0):
+    def __init__(self, vecs, method: str = 'pca', seed: int = 0, shared_by: int = 1):
         x = _as_tensor(vecs)
-        self.method = method
+        self.method, self.shared_by = method, shared_by
         if method == 'pca': self._fit_pca(x)
         elif method == 'umap': self._fit_umap(x, seed)
         else: raise ValueError(f"projection={method!r}: use 'pca' or 'umap'")
         self.coords = self.transform(x)
+
+    def of(self, vecs) -> 'ItemProjection':
+        "The same fitted map, with `coords` of `vecs` (another model's items on a map the models share)."
+        view = copy.copy(self)
+        view.coords = self.transform(vecs)
+        return view
 
     def _fit_pca(self, x: torch.Tensor):
         self.mean = x.mean(0, keepdim=True)
@@ -174,8 +180,9 @@ class ItemProjection:
 
     @property
     def label(self) -> str:
-        if self.method == 'pca': return f'PCA, {sum(self.explained):.0%} of variance'
-        return 'UMAP'
+        shared = f' shared by {self.shared_by} models' if self.shared_by > 1 else ''
+        if self.method == 'pca': return f'PCA{shared}, {sum(self.explained):.0%} of variance'
+        return f'UMAP{shared}'
 
 # %% ../nbs/10_dashboard.ipynb #c020
 class ModelView:
@@ -261,11 +268,11 @@ text-align:left}
 .trx-table th{background:#f6f6f6;font-weight:600}
 .trx-table td.trx-num{text-align:right;font-variant-numeric:tabular-nums}
 .trx-table code{white-space:nowrap;font-size:11px}
-.trx-recs .trx-text{max-width:150px}
+.trx-recs .trx-text{max-width:24em}
 .trx-thumb{border-radius:3px;vertical-align:middle;border:1px solid #ccc}
 .trx-mod{padding:1px 6px;border-radius:8px;font-size:11px;color:#fff;white-space:nowrap}
 .trx-mod-text{background:#4C78A8}.trx-mod-image{background:#F58518}
-.trx-text{display:inline-block;max-width:190px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;\
+.trx-text{display:inline-block;max-width:32em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;\
 vertical-align:middle}
 .trx-hit-row td{background:#e3f4e6;font-weight:600}
 .trx-hit{color:#1a7f37;font-weight:600}.trx-miss{color:#b42318;font-weight:600}
@@ -510,11 +517,17 @@ def _contents_for(models: dict, ds, content) -> dict:
     return out
 
 # %% ../nbs/10_dashboard.ipynb #x111f3f8
-def _model_views(models, ds, content=None, projection='pca') -> dict:
+def _model_views(models, ds, content=None, projection='pca', shared_map: bool = True) -> dict:
     if not isinstance(models, dict): models = {'model': models}
     if not models: raise ValueError('give at least one model: models={"name": model, ...}')
     contents = _contents_for(models, ds, content)
-    return {str(n): ModelView(str(n), m, ds, contents[n], projection) for n, m in models.items()}
+    views = {str(n): ModelView(str(n), m, ds, contents[n], projection) for n, m in models.items()}
+    dims = {view.item_vecs.shape[1] for view in views.values()}
+    if shared_map and len(views) > 1 and len(dims) == 1:       # one map, fitted on every model's items
+        stacked = torch.cat([view.item_vecs for view in views.values()])
+        shared = ItemProjection(stacked, projection, shared_by=len(views))
+        for view in views.values(): view._projection = shared.of(view.item_vecs)
+    return views
 
 # %% ../nbs/10_dashboard.ipynb #x00bd277
 def _closest_hit_rate(results: dict, k: int) -> str:
@@ -529,9 +542,9 @@ class Explorer:
     def __init__(self, models: dict, ds, content=None, k: int = 10, side_by_side: bool | None = None,
                  user=None, projection: str = 'pca', hit_rates: bool = True, eval_users: int | None = None,
                  history_rows: int = 20, thumb_size: int = 40, text_chars: int = 80, max_points: int = 4000,
-                 seed: int = 0, max_user_options: int = 20000):
+                 seed: int = 0, max_user_options: int = 20000, shared_map: bool = True):
         self.ds, self.k, self.history_rows, self.max_points, self.seed = ds, k, history_rows, max_points, seed
-        self.views = _model_views(models, ds, content, projection)
+        self.views = _model_views(models, ds, content, projection, shared_map)
         self.cards = ItemCards(ds, thumb_size, text_chars)
         self.rng = np.random.default_rng(seed)
         self.timings: list[float] = []
@@ -571,13 +584,13 @@ class Explorer:
         self.modality_buttons = widgets.ToggleButtons(options=['all', *MODALITIES], value='all',
                                                       description='Show', style={'button_width': '60px'})
         self.status = widgets.HTML()
-        self.history_html = widgets.HTML(layout=Layout(width='400px'))
+        self.history_html = widgets.HTML(layout=Layout(flex='1 1 400px', min_width='360px'))
         self.recs_html = {n: widgets.HTML() for n in names}
         self.map_out = {n: widgets.Output() for n in names}
         self.score_out = {n: widgets.Output() for n in names}
         self.columns = {n: widgets.VBox([self.recs_html[n], self.map_out[n], self.score_out[n]],
-                                        layout=Layout(width='450px')) for n in names}
-        self.models_box = widgets.HBox()
+                                        layout=Layout(flex='1 1 450px', min_width='450px')) for n in names}
+        self.models_box = widgets.HBox(layout=Layout(flex='2 1 900px', flex_flow='row wrap'))
         self.hit_rate_out = widgets.Output()
         banner_html = _SYNTHETIC_BANNER if getattr(ds, 'synthetic', False) else ''
         controls = [widgets.HBox([self.user_box, self.random_button, self.k_slider]),
@@ -711,7 +724,7 @@ header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;paddin
 header h1{font-size:18px;margin:0 0 4px}
 .trx-meta{color:#555;font-size:12px}
 .trx-row{display:flex;gap:18px;align-items:flex-start;flex-wrap:wrap}
-.trx-col-history{width:400px}.trx-col-model{width:440px}
+.trx-col-history{flex:1 1 400px;min-width:360px}.trx-col-model{flex:1 1 440px;min-width:440px}
 section.trx-user h2{font-size:15px;margin:10px 0 4px}
 .trx-verdicts span{margin-right:12px}
 [hidden]{display:none !important}
@@ -828,10 +841,10 @@ took {1000 * float(np.mean(seconds)):.0f} ms on average.</footer>
 # %% ../nbs/10_dashboard.ipynb #xf8c98b5
 def export_html(models, ds, out, users=5, k: int = 10, content=None, projection: str = 'pca', seed: int = 0,
                 eval_users: int | None = None, history_rows: int = 20, max_points: int = 4000,
-                title: str | None = None) -> Path:
+                title: str | None = None, shared_map: bool = True) -> Path:
     "Write a self-contained HTML page for `users` (a count of seeded random users, or a list of ids) of `ds`."
     if isinstance(models, Explorer): return models.export_html(out, users, k, title=title)
-    views = _model_views(models, ds, content, projection)
+    views = _model_views(models, ds, content, projection, shared_map)
     eval_sample = None
     if eval_users is not None and eval_users < ds.n_users:
         eval_sample = np.sort(np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False))

@@ -473,8 +473,8 @@ def load_model(dir, map_location='cpu') -> SequenceRecommender:
 # %% ../nbs/06_model.ipynb #c033
 @torch.no_grad()
 def recommend(model, content: ItemContent, history, k: int = 10, exclude_history: bool = True,
-              item_vecs: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    "Top-`k` (item indices, scores) of `content`'s data set for a user with `history` (oldest first)."
+              item_vecs: torch.Tensor | None = None, as_indices: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    "Top-`k` (item IDs, or indices with `as_indices`; scores) of `content`'s data set for `history` (oldest first)."
     hist = list(history)
     if hist and isinstance(hist[0], str):
         missing = [item_id for item_id in hist if item_id not in content.ds.item_index]
@@ -503,4 +503,5 @@ def recommend(model, content: ItemContent, history, k: int = 10, exclude_history
         k = min(k, n_items - (len(np.unique(hist)) if exclude_history else 0))
         top_scores, top_items = torch.topk(scores, k)
     finally: model.train(was_training)
-    return top_items.cpu().numpy(), top_scores.cpu().numpy()
+    top_items = top_items.cpu().numpy()
+    return (top_items if as_indices else content.ds.item_ids[top_items]), top_scores.cpu().numpy()
