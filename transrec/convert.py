@@ -66,14 +66,15 @@ class ProblemLog:
         "`file` (relative) and line `row`, as `data.Problem.where` renders a source file's line."
         return _data.Problem(self.rel(file), row, '', '', '', line_numbers=True).where()
 
-    def add(self, kind: str, file, row, detail: str, message: str, fix: str, policy: str = 'report') -> None:
-        "Record one problem (`row`: the line number); with `policy='error'` raise `ConversionError` instead."
+    def add(self, kind: str, file, row, detail: str, message: str, fix: str, policy: str = 'report',
+            count: int = 1) -> None:
+        "Record `count` problems (`row`: the first one's line); `policy='error'` raises `ConversionError`."
         _check_choice('policy', policy, POLICIES)
         problem = _data.Problem(self.rel(file), row, kind, message, fix, fatal=policy == 'error', detail=detail,
                                 line_numbers=True)
         if problem.fatal: raise ConversionError(str(problem), problem)
         entry = self.entries.setdefault((kind, problem.file), dict(problem=problem, count=0, examples=[]))
-        entry['count'] += 1
+        entry['count'] += count
         if len(entry['examples']) < self.max_examples: entry['examples'].append(dict(row=row, detail=detail))
 
     def problems(self) -> list:
@@ -826,14 +827,20 @@ def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_
                              'Check which news.tsv is right and fix the other line.', opts['on_problem'])
     rows, unlabeled = [], 0
     for path in behavior_files:
+        file_unlabeled, first_unlabeled = 0, None   # (line, token) of the file's first one
         for line_no, line in iter_lines(path, opts['encoding_errors'], problems):
             parts = line.rstrip('\r\n').split('\t')
             if len(parts) == 1 and not parts[0].strip(): continue
-            if len(parts) != 5 or not parts[1].strip():
+            if len(parts) != 5:
                 _bad_row(problems, path, line_no, repr(line[:60]),
                          f'behaviors line has {len(parts)} tab-separated fields (expected 5)',
                          'Each line must be impression_id<TAB>user_id<TAB>time<TAB>history<TAB>impressions; '
                          'fix or delete it', opts)
+                continue
+            if not parts[1].strip():
+                _bad_row(problems, path, line_no, repr(line[:60]),
+                         'behaviors line has an empty user id (field 2)',
+                         'Fill in the user id or delete the line', opts)
                 continue
             try: time = _mind_time(parts[2])
             except ValueError:
@@ -845,7 +852,8 @@ def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_
             for token in parts[4].split():
                 news_id, dash, label = token.rpartition('-')
                 if not dash:
-                    unlabeled += 1
+                    file_unlabeled += 1
+                    first_unlabeled = first_unlabeled or (line_no, token)
                     continue
                 if label not in ('0', '1') or not news_id:
                     _bad_row(problems, path, line_no, repr(token),
@@ -856,6 +864,12 @@ def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_
                 if label == '1': clicks.append(news_id)
             if well_formed: rows.append((time, len(rows), parts[1].strip(), parts[3].split(), clicks, path,
                                          line_no))
+        if file_unlabeled:
+            unlabeled += file_unlabeled
+            problems.add('unlabeled_impression', path, first_unlabeled[0], repr(first_unlabeled[1]),
+                         'impression tokens without a -0/-1 click label (a test split?) are not clicks; '
+                         'ignored', 'Nothing to do for a test split; elsewhere write tokens as NEWSID-0 '
+                         'or NEWSID-1', count=file_unlabeled)
     rows.sort(key=lambda row: (row[0], row[1]))
     first_time = {}
     for row in rows: first_time.setdefault(row[2], row[0])
