@@ -5,7 +5,7 @@
 # %% ../nbs/03_convert.ipynb #c002
 from __future__ import annotations
 import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys
-import uuid
+import uuid, zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -101,6 +101,14 @@ class ProblemLog:
 def _open_binary(path: Path):
     return gzip.open(path, 'rb') if Path(path).suffix == '.gz' else open(path, 'rb')
 
+# %% ../nbs/03_convert.ipynb #f139d791
+_READ_ERRORS = (OSError, EOFError, zlib.error)   # what reading a damaged (.gz) file raises
+
+def _unreadable(path, error: Exception, lines_read: int, problems: ProblemLog) -> ConversionError:
+    return ConversionError(f"{problems.where(path)}: cannot be read after line {lines_read} "
+                           f"({type(error).__name__}: {error}); the file is damaged or truncated (an "
+                           f"interrupted download?): download or unpack it again")
+
 # %% ../nbs/03_convert.ipynb #x9f6b93c
 def iter_lines(path, encoding_errors: str = 'strict',
                problems: ProblemLog | None = None) -> Iterator[tuple[int, str]]:
@@ -108,8 +116,13 @@ def iter_lines(path, encoding_errors: str = 'strict',
     _check_choice('encoding_errors', encoding_errors, ('strict', 'replace'))
     path = Path(path)
     problems = problems if problems is not None else ProblemLog()
+    line_no = 0
     with _open_binary(path) as binary:
-        for line_no, raw in enumerate(binary, 1):
+        raw_lines = enumerate(binary, 1)
+        while True:
+            try: line_no, raw = next(raw_lines)
+            except StopIteration: return
+            except _READ_ERRORS as e: raise _unreadable(path, e, line_no, problems) from None
             if line_no == 1 and raw.startswith(b'\xef\xbb\xbf'): raw = raw[3:]
             try: yield line_no, raw.decode('utf-8')
             except UnicodeDecodeError as e:
@@ -129,7 +142,9 @@ def iter_lines(path, encoding_errors: str = 'strict',
 # %% ../nbs/03_convert.ipynb #xd9a770c
 def sniff_sep(path) -> str:
     "The field separator of a delimited text file: tab if its first line has one, else comma."
-    with _open_binary(Path(path)) as binary: first = binary.readline()
+    try:
+        with _open_binary(Path(path)) as binary: first = binary.readline()
+    except _READ_ERRORS as e: raise _unreadable(path, e, 0, ProblemLog()) from None
     return '\t' if b'\t' in first else ','
 
 # %% ../nbs/03_convert.ipynb #x99f2bb0
@@ -139,7 +154,14 @@ def csv_rows(path, sep: str | None = None, encoding_errors: str = 'strict',
     csv.field_size_limit(2**31 - 1)
     sep = sep or sniff_sep(path)
     reader = csv.reader((line for _, line in iter_lines(path, encoding_errors, problems)), delimiter=sep)
-    for fields in reader:
+    while True:
+        try: fields = next(reader)
+        except StopIteration: return
+        except csv.Error as e:
+            where = (problems or ProblemLog()).where(path, reader.line_num)
+            why = str(e).split(' - ')[0]        # without the csv module's advice about opening files
+            raise ConversionError(f"{where}: not a well-formed CSV line ({why}); fix the line, or re-save the "
+                                  f"file as CSV with \\n or \\r\\n line ends") from None
         if fields and any(field.strip() for field in fields): yield reader.line_num, fields
 
 # %% ../nbs/03_convert.ipynb #c011
