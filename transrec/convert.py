@@ -464,6 +464,11 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                               f"({problems.summary() or 'the source has none'}). "
                               f"Check the options (file choices, columns, modality)")
     seq_len = inter.groupby('user_id').size()
+    if not (seq_len >= 3).any():
+        raise ConversionError(f"{src}: no user has 3 or more usable interactions after conversion (at most "
+                              f"{int(seq_len.max())}), so no user can be split into train/valid/test; nothing "
+                              f"was written ({problems.summary() or 'the source has too few'}). Check the "
+                              f"options (file choices, columns, modality) and the source files")
     if (seq_len < 3).any():
         notes['users_with_fewer_than_3_items'] = int((seq_len < 3).sum())
         log.warning(f"{notes['users_with_fewer_than_3_items']} of {len(seq_len)} users have fewer than 3 "
@@ -1357,7 +1362,10 @@ def decode_lmdb_image(value: bytes, layout: str = 'auto', image_shape=None,
                              "image_shape=(H, W, 3)")
     if layout == 'encoded':
         from PIL import Image
-        with Image.open(io.BytesIO(value)) as image: return np.asarray(image.convert('RGB'))
+        try:
+            with Image.open(io.BytesIO(value)) as image: return np.asarray(image.convert('RGB'))
+        except Exception as e:           # Pillow raises many types on bad bytes (OSError, SyntaxError, ...)
+            raise ValueError(f'value is not a decodable PNG/JPEG image ({type(e).__name__}: {e})') from None
     if layout == 'raw':
         if image_shape is None: raise ValueError("image_layout='raw' needs image_shape=(H, W, C)")
         shape = tuple(int(s) for s in image_shape)
