@@ -5,7 +5,7 @@
 # %% ../nbs/03_convert.ipynb #c002
 from __future__ import annotations
 import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys
-import uuid, zlib
+import tokenize, uuid, zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -1267,7 +1267,9 @@ def _pickle_dtype(call) -> np.dtype:
             and isinstance(args, tuple) and args and isinstance(args[0], str)
             and re.fullmatch(r'[biufcSUO]\d+', args[0])):
         raise PickleRefused(f'unsupported NumPy dtype {args!r}: only bool, number, string, object are read')
-    dtype = np.dtype(call.args[0])
+    try: dtype = np.dtype(call.args[0])
+    except TypeError: raise PickleRefused(f'unknown NumPy dtype {call.args[0]!r}') from None
+    if dtype.itemsize == 0 and not dtype.hasobject: raise PickleRefused(f'NumPy dtype {dtype} has no size')
     order = call.state[1] if isinstance(call.state, tuple) and len(call.state) > 1 else '|'
     return dtype.newbyteorder(order) if order in ('<', '>') else dtype
 
@@ -1275,7 +1277,7 @@ def _pickle_dtype(call) -> np.dtype:
 def _pickle_array(raw, dtype: np.dtype, shape, order: str = 'C') -> np.ndarray:
     if not (isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
         raise PickleRefused(f'array shape {shape!r} is not a tuple of sizes')
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)                 # a Python int: no int64 overflow
     if dtype.hasobject:
         if not isinstance(raw, list) or len(raw) != size:
             raise PickleRefused(f'object array of shape {shape} without its {size} elements')
@@ -1332,6 +1334,9 @@ def load_pickle_data(data: bytes):
     "The value pickled in `data` (`read_pickle_data` + `pickle_value`): nothing is unpickled or called."
     try: return pickle_value(read_pickle_data(data))
     except RecursionError: raise PickleRefused('pickle nested too deeply (or cyclic)') from None
+    except PickleRefused: raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as e:
+        raise PickleRefused(f'malformed pickle value ({type(e).__name__}: {e})') from None
 
 # %% ../nbs/03_convert.ipynb #c046d
 def _as_hwc(array: np.ndarray) -> np.ndarray:
@@ -1436,11 +1441,15 @@ def read_npy(path) -> np.ndarray:
             fmt = np.lib.format
             header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, fortran, dtype = header(npy_file)
-        except ValueError as e:
-            raise ConversionError(f"{path}: not a NumPy .npy file ({e}); {NPY_RESAVE}") from None
+        except (ValueError, SyntaxError, tokenize.TokenError) as e:     # header text is a Python literal
+            raise ConversionError(f"{path}: not a NumPy .npy file ({type(e).__name__}: {e}); "
+                                  f"{NPY_RESAVE}") from None
         if not dtype.hasobject:
             npy_file.seek(0)
-            return np.load(npy_file, allow_pickle=False)
+            try: return np.load(npy_file, allow_pickle=False)
+            except ValueError as e:
+                raise ConversionError(f"{path}: the {shape} {dtype} array cannot be read ({e}); the file is "
+                                      f"truncated or damaged: copy it again, or {NPY_RESAVE}") from None
         payload = npy_file.read()
     try: array = load_pickle_data(payload)
     except PickleRefused as e:
