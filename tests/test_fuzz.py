@@ -339,7 +339,7 @@ def converter_tests(fmt, examples=()):
 def found(fmt, name, data, **options) -> dict:
     "An input the fuzzer found (see the fix in nbs/03_convert.ipynb): `SOURCES[fmt]` with file `name` = `data`."
     return dict(files={**SOURCES[fmt], name: data},
-                options=dict(bad_rows='error', encoding_errors='strict', on_problem='report', **options))
+                options={**dict(bad_rows='error', encoding_errors='strict', on_problem='report'), **options})
 
 
 META_GZ = SOURCES['amazon']['meta_Toys.json.gz']
@@ -347,8 +347,10 @@ NPY_HEADER = SOURCES['reference']['seqs.npy']
 # found: every user left with < 3 items (a damaged item file) wrote a folder load_dataset refuses
 test_ninerec_mutated, test_ninerec_mutated_slow = converter_tests('ninerec', examples=[
     found('ninerec', 'QB_item.csv', b''), found('ninerec', 'QB_behaviour.tsv', b'u1\tv1 v2!v3 v4\nu2\tv4 v3 v1\n')])
+# found: a huge timestamp (1e28) crashed the writer with TypeError (cannot cast to Int64)
 test_pixelrec_mutated, test_pixelrec_mutated_slow = converter_tests('pixelrec', examples=[
-    found('pixelrec', 'item_info.csv', b'')])
+    found('pixelrec', 'item_info.csv', b''), found('pixelrec', 'Pixel200K.csv', SOURCES['pixelrec']['Pixel200K.csv']
+                                                   .replace(b'u1,20', b'u1,9999999999999999999999999920'), bad_rows='report')])
 # found: a bare CR in a CSV line raised _csv.Error
 test_microlens_mutated, test_microlens_mutated_slow = converter_tests('microlens', examples=[
     found('microlens', 'MicroLens-50k_pairs.csv', b'\r' + SOURCES['microlens']['MicroLens-50k_pairs.csv'])])

@@ -626,13 +626,18 @@ def parse_time(value: str):
     if number is not None:
         if not math.isfinite(number): raise ValueError(f"timestamp {text!r} is not finite: expected "
                                                        f"{TIME_FORMATS}")
-        return int(number) if number.is_integer() else number
-    if not _ISO_DATE.fullmatch(text):
+        timestamp = int(number) if number.is_integer() else number
+    elif not _ISO_DATE.fullmatch(text):
         raise ValueError(f"timestamp {text!r} is not {TIME_FORMATS} "
                          f"(words like 'now' are refused: the clock is never used)")
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None: moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp())
+    else:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None: moment = moment.replace(tzinfo=timezone.utc)
+        timestamp = int(moment.timestamp())
+    if _data._timestamp_units(np.array([float(timestamp)]))[0] < 0:     # the loader's plausibility rule
+        raise ValueError(f"timestamp {text!r} is not a plausible time (negative, or outside 1970..2100 in "
+                         f"seconds, milliseconds, microseconds and nanoseconds): expected {TIME_FORMATS}")
+    return timestamp
 
 # %% ../nbs/03_convert.ipynb #xe322ff0
 def _header(path, opts, problems) -> list[str]:
