@@ -18,9 +18,9 @@ from .data import pixel_store_dir
 
 # %% auto #0
 __all__ = ['SAFE_WEIGHT_FILES', 'PICKLE_WEIGHT_PATTERNS', 'dataset_item_key', 'dataset_content_key', 'freeze_',
-           'count_parameters', 'text_model_path', 'UnsafeWeightsError', 'check_text_weights', 'AttentionPooling',
-           'ReferencePooling', 'TextEncoder', 'load_image_weights', 'ImageEncoder', 'PrefixCache', 'ItemContent',
-           'make_content', 'ItemTower']
+           'count_parameters', 'text_model_path', 'UnsafeWeightsError', 'check_text_weights', 'library_reason',
+           'AttentionPooling', 'ReferencePooling', 'TextEncoder', 'load_image_weights', 'ImageEncoder', 'PrefixCache',
+           'ItemContent', 'make_content', 'ItemTower']
 
 # %% ../nbs/05_encoders.ipynb #c007
 def _sha1(parts) -> str:
@@ -122,7 +122,7 @@ def check_text_weights(folder) -> None:
             "on a trusted machine, and put model.safetensors in this folder")
 
 # %% ../nbs/05_encoders.ipynb #f7cd9a55
-def _library_reason(error: Exception) -> str:
+def library_reason(error: Exception) -> str:
     "The text of a library's `error`, unless it is torch's refusal of a pickle (which advises unsafe loading)."
     text = str(error)
     if isinstance(error, pickle.UnpicklingError) or 'weights_only' in text or 'Weights only load' in text:
@@ -138,7 +138,7 @@ def _hf_load(loader: Callable, name: str, weights: bool = False, **kw):
         kw = dict(kw, use_safetensors=True)
     try: return loader(path, **kw)
     except (OSError, ValueError, pickle.UnpicklingError) as e:
-        why = f'{type(e).__name__}: {_library_reason(e)[:300]}'
+        why = f'{type(e).__name__}: {library_reason(e)[:300]}'
         raise ValueError(f"could not load text model {name!r} from {path!r} ({why}). Offline, use 'minilm' "
                          "or a local folder with config.json, weights and tokenizer files") from e
 
@@ -321,7 +321,7 @@ def load_image_weights(net: nn.Module, path, arch: str) -> None:
             state = load_file(str(file))
         else: state = torch.load(file, map_location='cpu', weights_only=True)   # refuses pickled code
     except Exception as e:
-        why = (_library_reason(e).strip().splitlines() or [''])[0][:200]
+        why = (library_reason(e).strip().splitlines() or [''])[0][:200]
         raise ValueError(f"image_weights={str(path)!r} cannot be read ({type(e).__name__}: {why}); expected "
                          f"a torchvision {arch} state_dict saved with torch.save(model.state_dict(), path) "
                          "(plain tensors only) or a .safetensors file") from e
