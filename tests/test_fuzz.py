@@ -20,12 +20,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 
 from transrec.convert import (CONVERTERS, ConversionError, PickleRefused, convert, decode_lmdb_image,
                               load_pickle_data, read_npy)
 from transrec.data import DataError, load_dataset, validate, write_dataset
 
+# Hypothesis' caches (unicode tables, constants) go to the temporary folder, not into the checkout
+if not os.environ.get('HYPOTHESIS_STORAGE_DIRECTORY'):
+    user_id = os.getuid() if hasattr(os, 'getuid') else 0
+    set_hypothesis_home_dir(Path(tempfile.gettempdir())/f'transrec-hypothesis-{user_id}')
 CI_EXAMPLES, SLOW_EXAMPLES = 25, 500
 HANG_S = 60       # seconds one call may take before it counts as hung (each call here takes well under 1 s)
 _COMMON = dict(deadline=None, database=None, print_blob=True,
@@ -37,7 +42,7 @@ CI, SLOW = settings.get_profile('transrec-ci'), settings.get_profile('transrec-s
 
 
 def ci_and_slow(prop, examples=(), **strategies):
-    "The property `prop` as two tests: CI's (fixed examples) and a slow one (random); `examples`: @example kwargs."
+    "`prop` as two tests: CI's (fixed examples) and a slow one (random); `examples`: @example keywords."
     def build(profile):
         test = given(**strategies)(prop)
         for kwargs in examples: test = example(**kwargs)(test)
@@ -183,7 +188,8 @@ def prop_meta(meta): check_mom_folder({**MOM_FILES, 'meta.json': meta})
 
 test_meta_schema, test_meta_schema_slow = ci_and_slow(
     prop_meta, meta=meta_documents(),
-    examples=[dict(meta=b'[' * 100_000), dict(meta=b'{"counts": {"users": 1e400}}'), dict(meta=b'\xef\xbb\xbf{}'),
+    examples=[dict(meta=b'[' * 100_000), dict(meta=b'{"counts": {"users": 1e400}}'),
+              dict(meta=b'\xef\xbb\xbf{}'),
               dict(meta=b'{"counts": {"users": true}, "synthetic": "yes"}')])
 
 
@@ -245,19 +251,22 @@ def py_literal_lines(rows) -> bytes:
 SOURCES = {
     'ninerec': {
         'QB_behaviour.tsv': b'u1\tv1 v2 v3 v4\nu2\tv4 v3 v1\n',
-        'QB_item.csv': 'v1,\u97e9\u56fd,Korean movie\nv2,"\u732b, \u72d7",Cats\nv3,n,"News, ""q"""\nv4,m,Music\n'
+        'QB_item.csv': ('v1,\u97e9\u56fd,Korean movie\nv2,"\u732b, \u72d7",Cats\n'
+                        'v3,n,"News, ""q"""\nv4,m,Music\n')
                        .encode(),
         'QB_cover/v2.jpg': jpg_bytes(),
     },
     'pixelrec': {
-        'Pixel200K.csv': b'item_id,user_id,timestamp\ni1,u1,30\ni2,u1,10\ni3,u1,20\ni1,u2,1\ni3,u2,2\ni2,u2,3\n',
+        'Pixel200K.csv': (b'item_id,user_id,timestamp\ni1,u1,30\ni2,u1,10\ni3,u1,20\n'
+                          b'i1,u2,1\ni3,u2,2\ni2,u2,3\n'),
         'item_info.csv': b'item_id,view_number,title,description\ni1,10,Cute cat,"a cat, sleeping"\n'
                          b'i2,5,Cooking,pasta\ni3,7,Skiing,snow\n',
         'covers/i1.jpg': jpg_bytes('blue'),
     },
     'microlens': {
-        'MicroLens-50k_pairs.csv': b'user,item,timestamp\n7,100,2023-01-03\n7,101,2023-01-01\n7,102,2023-01-02\n'
-                                   b'8,101,2023-02-01T10:00:00Z\n8,100,2023-02-02\n8,102,1675382400\n',
+        'MicroLens-50k_pairs.csv': (b'user,item,timestamp\n7,100,2023-01-03\n7,101,2023-01-01\n'
+                                    b'7,102,2023-01-02\n8,101,2023-02-01T10:00:00Z\n8,100,2023-02-02\n'
+                                    b'8,102,1675382400\n'),
         'MicroLens-50k_titles.csv': b'item,title\n100,Funny dog\n101,News today\n102,Dance\n',
     },
     'mind': {
@@ -270,9 +279,9 @@ SOURCES = {
     },
     'amazon': {
         'reviews_Toys_5.json': ''.join(json.dumps(row) + '\n' for row in [
-            dict(reviewerID='A1', asin='B2', unixReviewTime=200), dict(reviewerID='A1', asin='B1', unixReviewTime=100),
-            dict(reviewerID='A1', asin='B3', unixReviewTime=300), dict(reviewerID='A2', asin='B3', unixReviewTime=5),
-            dict(reviewerID='A2', asin='B2', unixReviewTime=6), dict(reviewerID='A2', asin='B1', unixReviewTime=7)])
+            dict(reviewerID=user, asin=item, unixReviewTime=time) for user, item, time in [
+                ('A1', 'B2', 200), ('A1', 'B1', 100), ('A1', 'B3', 300), ('A2', 'B3', 5), ('A2', 'B2', 6),
+                ('A2', 'B1', 7)]])
             .encode(),
         'meta_Toys.json.gz': gzip.compress(py_literal_lines([
             {'asin': 'B1', 'title': 'Yo-yo', 'categories': [['Toys', 'Classic']]},
@@ -283,7 +292,8 @@ SOURCES = {
         'ml.inter': b'user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t5\t978300760\n'
                     b'1\t11\t3\t978300700\n1\t12\t4\t978300800\n2\t12\t4\t1\n2\t10\t4\t2\n2\t11\t4\t3\n',
         'ml.item': b'item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n'
-                   b'10\tToy Story\t1995\tAnimation Comedy\n11\tJumanji\t1995\tAdventure\n12\tHeat\t1995\tAction\n',
+                   b'10\tToy Story\t1995\tAnimation Comedy\n11\tJumanji\t1995\tAdventure\n'
+                   b'12\tHeat\t1995\tAction\n',
     },
     'reference': {
         'seqs.npy': npy_bytes(np.array([['N1', 'N2', 'N3', ''], ['N3', 'N1', 'N2', 'N1']], dtype=object)),
@@ -346,11 +356,14 @@ META_GZ = SOURCES['amazon']['meta_Toys.json.gz']
 NPY_HEADER = SOURCES['reference']['seqs.npy']
 # found: every user left with < 3 items (a damaged item file) wrote a folder load_dataset refuses
 test_ninerec_mutated, test_ninerec_mutated_slow = converter_tests('ninerec', examples=[
-    found('ninerec', 'QB_item.csv', b''), found('ninerec', 'QB_behaviour.tsv', b'u1\tv1 v2!v3 v4\nu2\tv4 v3 v1\n')])
+    found('ninerec', 'QB_item.csv', b''),
+    found('ninerec', 'QB_behaviour.tsv', b'u1\tv1 v2!v3 v4\nu2\tv4 v3 v1\n')])
 # found: a huge timestamp (1e28) crashed the writer with TypeError (cannot cast to Int64)
 test_pixelrec_mutated, test_pixelrec_mutated_slow = converter_tests('pixelrec', examples=[
-    found('pixelrec', 'item_info.csv', b''), found('pixelrec', 'Pixel200K.csv', SOURCES['pixelrec']['Pixel200K.csv']
-                                                   .replace(b'u1,20', b'u1,9999999999999999999999999920'), bad_rows='report')])
+    found('pixelrec', 'item_info.csv', b''),
+    found('pixelrec', 'Pixel200K.csv',
+          SOURCES['pixelrec']['Pixel200K.csv'].replace(b'u1,20', b'u1,9999999999999999999999999920'),
+          bad_rows='report')])
 # found: a bare CR in a CSV line raised _csv.Error
 test_microlens_mutated, test_microlens_mutated_slow = converter_tests('microlens', examples=[
     found('microlens', 'MicroLens-50k_pairs.csv', b'\r' + SOURCES['microlens']['MicroLens-50k_pairs.csv'])])
@@ -413,7 +426,8 @@ THREE_INTS = pickle.dumps(np.arange(3, dtype='<i4'), protocol=2)
 test_pickle_reader_mutated, test_pickle_reader_mutated_slow = ci_and_slow(
     prop_pickle_mutated, data=st.sampled_from(PICKLES).flatmap(mutated), examples=[
         dict(data=THREE_INTS.replace(b'i4', b'i3')), dict(data=THREE_INTS.replace(b'i4', b'b9')),
-        dict(data=THREE_INTS.replace(b'K\x01K\x03\x85', b'K\x01\x8a\x09' + (2**70).to_bytes(9, 'little') + b'\x85')),
+        dict(data=THREE_INTS.replace(b'K\x01K\x03\x85',
+                                     b'K\x01\x8a\x09' + (2**70).to_bytes(9, 'little') + b'\x85')),
         dict(data=pickle.dumps(np.zeros((0, 0), '<i4'), protocol=2).replace(b'K\x00K\x00\x86', b'\x8a\x05'
              + (2**33).to_bytes(5, 'little') + b'\x8a\x05' + (2**33).to_bytes(5, 'little') + b'\x86')),
         dict(data=pickle.dumps(np.zeros(0, '<U1'), protocol=4).replace(b'U1', b'U0'))])
@@ -443,14 +457,15 @@ test_read_npy_mutated, test_read_npy_mutated_slow = ci_and_slow(
 def prop_lmdb_value(data, layout):
     "A cover value of a reference LMDB is an image array or a `ValueError` (`PickleRefused` is one)."
     with tempfile.TemporaryDirectory() as tmp:
-        result = guarded(lambda: decode_lmdb_image(data, layout, image_shape=(2, 3, 3)), (ValueError,), Path(tmp))
+        result = guarded(lambda: decode_lmdb_image(data, layout, image_shape=(2, 3, 3)), (ValueError,),
+                         Path(tmp))
     if not isinstance(result, ValueError): assert result.dtype == np.uint8 and result.ndim in (2, 3)
     assert not MARKER.exists(), 'a pickle ran code'
 
 
-LMDB_VALUES = [pickle.dumps(LMDB_Image(np.zeros((2, 3, 3), np.uint8), 'v1')), pickle.dumps(np.ones((3, 2, 3), np.uint8)),
-               jpg_bytes(), png_bytes(), bytes(18)]
+LMDB_VALUES = [pickle.dumps(LMDB_Image(np.zeros((2, 3, 3), np.uint8), 'v1')),
+               pickle.dumps(np.ones((3, 2, 3), np.uint8)), jpg_bytes(), png_bytes(), bytes(18)]
 test_lmdb_value_mutated, test_lmdb_value_mutated_slow = ci_and_slow(
     prop_lmdb_value, data=st.sampled_from(LMDB_VALUES).flatmap(mutated),
     layout=st.sampled_from(['auto', 'lmdb_image', 'ndarray', 'raw', 'encoded']),
-    examples=[dict(data=b'\x81' + LMDB_VALUES[0][1:], layout='encoded')])   # found: PIL's UnidentifiedImageError
+    examples=[dict(data=b'\x81' + LMDB_VALUES[0][1:], layout='encoded')])   # found: UnidentifiedImageError
