@@ -113,6 +113,20 @@ def guarded(call, allowed: tuple, root: Path, dst: Path | None = None):
         assert after == before, f'written outside {dst}: {sorted(set(after) ^ set(before))}'
 
 
+def test_the_sandbox_catches_hangs_and_writes_outside_dst(tmp_path):
+    "The harness' own checks can fail: a hung call, a file written next to DST, an error not allowed."
+    def hangs():
+        while True: pass
+    with pytest.raises(Hang), hang_bound(0.2): hangs()
+    (tmp_path/'out').mkdir()
+    with pytest.raises(AssertionError, match='written outside'):
+        guarded(lambda: (tmp_path/'out'/'stray.txt').write_text('x'), (), tmp_path, tmp_path/'out'/'dst')
+    guarded(lambda: (tmp_path/'out'/'dst').mkdir(), (), tmp_path, tmp_path/'out'/'dst')      # inside DST: fine
+    with pytest.raises(KeyError): guarded(lambda: {}['x'], (ConversionError,), tmp_path)
+    assert isinstance(guarded(lambda: convert('nope', tmp_path, tmp_path/'d'), (ConversionError,), tmp_path),
+                      ConversionError)
+
+
 # ---------------------------------------------------------------- MoM folders: validate and load_dataset
 def png_bytes(colour='red') -> bytes:
     buf = io.BytesIO()
@@ -165,9 +179,12 @@ test_mom_folder_mutated, test_mom_folder_mutated_slow = ci_and_slow(prop_mom_fol
 
 
 # meta.json: any JSON value, and the valid object with fields replaced by any JSON value
+def json_containers(children):
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+
+
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                           lambda children: st.lists(children, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), children, max_size=4), max_leaves=12)
+                           json_containers, max_leaves=12)
 META = json.loads(MOM_FILES['meta.json'])
 META_KEYS = sorted(META) + ['counts.' + key for key in META['counts']]
 
