@@ -5,7 +5,7 @@
 # %% ../nbs/03_convert.ipynb #c002
 from __future__ import annotations
 import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys
-import tokenize, uuid, zlib
+import tokenize, uuid, warnings, zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -948,7 +948,10 @@ def _json_line(line: str):
     except RecursionError: raise ValueError('JSON nested too deeply') from None
     except json.JSONDecodeError:
         if line.lstrip().startswith('{') and len(line) <= MAX_LITERAL_CHARS:
-            try: return ast.literal_eval(line.strip())
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore')      # e.g. DeprecationWarning: invalid escape sequence
+                    return ast.literal_eval(line.strip())
             except (ValueError, SyntaxError, MemoryError, RecursionError): pass
         raise
 
