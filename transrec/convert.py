@@ -310,6 +310,22 @@ class _LazyImages(Mapping):
 def _drop_event_problem(problems, kind, event, message, fix, policy):
     problems.add(kind, event[3], event[4], f"user {event[0]!r}, item {event[1]!r}", message, fix, policy)
 
+# %% ../nbs/03_convert.ipynb #f561b555
+def _one_timestamp_unit(events: list[tuple], problems: ProblemLog, opts: dict) -> list[tuple]:
+    "The `events` whose timestamp is in the unit most use; the others are bad rows (`opts['bad_rows']`)."
+    times = np.array([float(event[2]) if isinstance(event[2], (int, float)) else np.nan for event in events])
+    units = _data._timestamp_units(times)
+    used = np.bincount(units[units >= 0], minlength=len(_data.TIMESTAMP_UNITS))
+    if (used > 0).sum() <= 1: return events
+    names, main_unit = list(_data.TIMESTAMP_UNITS), int(used.argmax())
+    for event, unit in zip(events, units):
+        if unit >= 0 and unit != main_unit:
+            _bad_row(problems, event[3], event[4], f'timestamp {event[2]!r}',
+                     f'timestamp reads as {names[unit]}, but most are in {names[main_unit]} '
+                     f'({used[main_unit]} rows): the order of the sequence would be wrong',
+                     f'Write every timestamp in one unit (e.g. {names[main_unit]})', opts)
+    return [event for event, unit in zip(events, units) if unit < 0 or unit == main_unit]
+
 # %% ../nbs/03_convert.ipynb #x61a3e91
 def _timestamp_column(timestamps: pd.Series) -> pd.Series:
     "Timestamps as written: Int64 when all integral, float otherwise, empty when absent."
@@ -391,6 +407,7 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                                   'interaction dropped',
                                   unknown_fix or 'Add the item to the item files, or remove the interaction.',
                                   opts['on_problem'])
+    kept = _one_timestamp_unit(kept, problems, opts)
     # 2. modality and content of the items to write
     used = set(event[1] for event in kept)
     wanted = [i for i in catalog if opts['keep_unused_items'] or i in used]
