@@ -178,6 +178,25 @@ def prop_mom_folder(files): check_mom_folder(files)
 test_mom_folder_mutated, test_mom_folder_mutated_slow = ci_and_slow(prop_mom_folder, files=mutated_mom())
 
 
+# items.tsv / interactions.tsv written from TSV building blocks at random (headers, ids, quotes, tabs, breaks)
+TSV_PIECES = ['\t', '\n', '\r', '\r\n', '"', '""', ' ', 'item_id', 'modality', 'text', 'image', 'user_id',
+              'timestamp', 'n1', 'v1', 'u1', 'images/v1.png', '../x.png', '1', '-1', '1e400', 'nan',
+              '2024-01-01T00:00:00', '\u00e9', '\x00', '\ufeff']
+
+
+@st.composite
+def random_tables(draw):
+    name = draw(st.sampled_from(['items.tsv', 'interactions.tsv']))
+    text = ''.join(draw(st.lists(st.sampled_from(TSV_PIECES), max_size=60)))
+    return {**MOM_FILES, name: text.encode('utf-8', 'surrogatepass')}
+
+
+def prop_random_tables(files): check_mom_folder(files)
+
+
+test_tsv_random, test_tsv_random_slow = ci_and_slow(prop_random_tables, files=random_tables())
+
+
 # meta.json: any JSON value, and the valid object with fields replaced by any JSON value
 def json_containers(children):
     return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
