@@ -126,7 +126,8 @@ def library_reason(error: Exception) -> str:
     "The text of a library's `error`, unless it is torch's refusal of a pickle (which advises unsafe loading)."
     text = str(error)
     if isinstance(error, pickle.UnpicklingError) or 'weights_only' in text or 'Weights only load' in text:
-        return 'a pickle holding more than plain tensors (classes or code); refused, nothing in it was run'
+        return ('torch refused to unpickle it: not plain tensors (classes or code), or not a torch file; '
+                'nothing in it was run')
     return text
 
 # %% ../nbs/05_encoders.ipynb #x5fe7a23
