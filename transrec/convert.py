@@ -5,7 +5,7 @@
 # %% ../nbs/03_convert.ipynb #c002
 from __future__ import annotations
 import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys
-import uuid
+import tokenize, uuid, warnings, zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -66,14 +66,15 @@ class ProblemLog:
         "`file` (relative) and line `row`, as `data.Problem.where` renders a source file's line."
         return _data.Problem(self.rel(file), row, '', '', '', line_numbers=True).where()
 
-    def add(self, kind: str, file, row, detail: str, message: str, fix: str, policy: str = 'report') -> None:
-        "Record one problem (`row`: the line number); with `policy='error'` raise `ConversionError` instead."
+    def add(self, kind: str, file, row, detail: str, message: str, fix: str, policy: str = 'report',
+            count: int = 1) -> None:
+        "Record `count` problems (`row`: the first one's line); `policy='error'` raises `ConversionError`."
         _check_choice('policy', policy, POLICIES)
         problem = _data.Problem(self.rel(file), row, kind, message, fix, fatal=policy == 'error', detail=detail,
                                 line_numbers=True)
         if problem.fatal: raise ConversionError(str(problem), problem)
         entry = self.entries.setdefault((kind, problem.file), dict(problem=problem, count=0, examples=[]))
-        entry['count'] += 1
+        entry['count'] += count
         if len(entry['examples']) < self.max_examples: entry['examples'].append(dict(row=row, detail=detail))
 
     def problems(self) -> list:
@@ -100,6 +101,14 @@ class ProblemLog:
 def _open_binary(path: Path):
     return gzip.open(path, 'rb') if Path(path).suffix == '.gz' else open(path, 'rb')
 
+# %% ../nbs/03_convert.ipynb #f139d791
+_READ_ERRORS = (OSError, EOFError, zlib.error)   # what reading a damaged (.gz) file raises
+
+def _unreadable(path, error: Exception, lines_read: int, problems: ProblemLog) -> ConversionError:
+    return ConversionError(f"{problems.where(path)}: cannot be read after line {lines_read} "
+                           f"({type(error).__name__}: {error}); the file is damaged or truncated (an "
+                           f"interrupted download?): download or unpack it again")
+
 # %% ../nbs/03_convert.ipynb #x9f6b93c
 def iter_lines(path, encoding_errors: str = 'strict',
                problems: ProblemLog | None = None) -> Iterator[tuple[int, str]]:
@@ -107,8 +116,13 @@ def iter_lines(path, encoding_errors: str = 'strict',
     _check_choice('encoding_errors', encoding_errors, ('strict', 'replace'))
     path = Path(path)
     problems = problems if problems is not None else ProblemLog()
+    line_no = 0
     with _open_binary(path) as binary:
-        for line_no, raw in enumerate(binary, 1):
+        raw_lines = enumerate(binary, 1)
+        while True:
+            try: line_no, raw = next(raw_lines)
+            except StopIteration: return
+            except _READ_ERRORS as e: raise _unreadable(path, e, line_no, problems) from None
             if line_no == 1 and raw.startswith(b'\xef\xbb\xbf'): raw = raw[3:]
             try: yield line_no, raw.decode('utf-8')
             except UnicodeDecodeError as e:
@@ -128,7 +142,9 @@ def iter_lines(path, encoding_errors: str = 'strict',
 # %% ../nbs/03_convert.ipynb #xd9a770c
 def sniff_sep(path) -> str:
     "The field separator of a delimited text file: tab if its first line has one, else comma."
-    with _open_binary(Path(path)) as binary: first = binary.readline()
+    try:
+        with _open_binary(Path(path)) as binary: first = binary.readline()
+    except _READ_ERRORS as e: raise _unreadable(path, e, 0, ProblemLog()) from None
     return '\t' if b'\t' in first else ','
 
 # %% ../nbs/03_convert.ipynb #x99f2bb0
@@ -138,7 +154,14 @@ def csv_rows(path, sep: str | None = None, encoding_errors: str = 'strict',
     csv.field_size_limit(2**31 - 1)
     sep = sep or sniff_sep(path)
     reader = csv.reader((line for _, line in iter_lines(path, encoding_errors, problems)), delimiter=sep)
-    for fields in reader:
+    while True:
+        try: fields = next(reader)
+        except StopIteration: return
+        except csv.Error as e:
+            where = (problems or ProblemLog()).where(path, reader.line_num)
+            why = str(e).split(' - ')[0]        # without the csv module's advice about opening files
+            raise ConversionError(f"{where}: not a well-formed CSV line ({why}); fix the line, or re-save the "
+                                  f"file as CSV with \\n or \\r\\n line ends") from None
         if fields and any(field.strip() for field in fields): yield reader.line_num, fields
 
 # %% ../nbs/03_convert.ipynb #c011
@@ -287,6 +310,22 @@ class _LazyImages(Mapping):
 def _drop_event_problem(problems, kind, event, message, fix, policy):
     problems.add(kind, event[3], event[4], f"user {event[0]!r}, item {event[1]!r}", message, fix, policy)
 
+# %% ../nbs/03_convert.ipynb #f561b555
+def _one_timestamp_unit(events: list[tuple], problems: ProblemLog, opts: dict) -> list[tuple]:
+    "The `events` whose timestamp is in the unit most use; the others are bad rows (`opts['bad_rows']`)."
+    times = np.array([float(event[2]) if isinstance(event[2], (int, float)) else np.nan for event in events])
+    units = _data._timestamp_units(times)
+    used = np.bincount(units[units >= 0], minlength=len(_data.TIMESTAMP_UNITS))
+    if (used > 0).sum() <= 1: return events
+    names, main_unit = list(_data.TIMESTAMP_UNITS), int(used.argmax())
+    for event, unit in zip(events, units):
+        if unit >= 0 and unit != main_unit:
+            _bad_row(problems, event[3], event[4], f'timestamp {event[2]!r}',
+                     f'timestamp reads as {names[unit]}, but most are in {names[main_unit]} '
+                     f'({used[main_unit]} rows): the order of the sequence would be wrong',
+                     f'Write every timestamp in one unit (e.g. {names[main_unit]})', opts)
+    return [event for event, unit in zip(events, units) if unit < 0 or unit == main_unit]
+
 # %% ../nbs/03_convert.ipynb #x61a3e91
 def _timestamp_column(timestamps: pd.Series) -> pd.Series:
     "Timestamps as written: Int64 when all integral, float otherwise, empty when absent."
@@ -368,6 +407,7 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                                   'interaction dropped',
                                   unknown_fix or 'Add the item to the item files, or remove the interaction.',
                                   opts['on_problem'])
+    kept = _one_timestamp_unit(kept, problems, opts)
     # 2. modality and content of the items to write
     used = set(event[1] for event in kept)
     wanted = [i for i in catalog if opts['keep_unused_items'] or i in used]
@@ -441,6 +481,11 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                               f"({problems.summary() or 'the source has none'}). "
                               f"Check the options (file choices, columns, modality)")
     seq_len = inter.groupby('user_id').size()
+    if not (seq_len >= 3).any():
+        raise ConversionError(f"{src}: no user has 3 or more usable interactions after conversion (at most "
+                              f"{int(seq_len.max())}), so no user can be split into train/valid/test; nothing "
+                              f"was written ({problems.summary() or 'the source has too few'}). Check the "
+                              f"options (file choices, columns, modality) and the source files")
     if (seq_len < 3).any():
         notes['users_with_fewer_than_3_items'] = int((seq_len < 3).sum())
         log.warning(f"{notes['users_with_fewer_than_3_items']} of {len(seq_len)} users have fewer than 3 "
@@ -598,13 +643,18 @@ def parse_time(value: str):
     if number is not None:
         if not math.isfinite(number): raise ValueError(f"timestamp {text!r} is not finite: expected "
                                                        f"{TIME_FORMATS}")
-        return int(number) if number.is_integer() else number
-    if not _ISO_DATE.fullmatch(text):
+        timestamp = int(number) if number.is_integer() else number
+    elif not _ISO_DATE.fullmatch(text):
         raise ValueError(f"timestamp {text!r} is not {TIME_FORMATS} "
                          f"(words like 'now' are refused: the clock is never used)")
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None: moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp())
+    else:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None: moment = moment.replace(tzinfo=timezone.utc)
+        timestamp = int(moment.timestamp())
+    if _data._timestamp_units(np.array([float(timestamp)]))[0] < 0:     # the loader's plausibility rule
+        raise ValueError(f"timestamp {text!r} is not a plausible time (negative, or outside 1970..2100 in "
+                         f"seconds, milliseconds, microseconds and nanoseconds): expected {TIME_FORMATS}")
+    return timestamp
 
 # %% ../nbs/03_convert.ipynb #xe322ff0
 def _header(path, opts, problems) -> list[str]:
@@ -826,14 +876,20 @@ def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_
                              'Check which news.tsv is right and fix the other line.', opts['on_problem'])
     rows, unlabeled = [], 0
     for path in behavior_files:
+        file_unlabeled, first_unlabeled = 0, None   # (line, token) of the file's first one
         for line_no, line in iter_lines(path, opts['encoding_errors'], problems):
             parts = line.rstrip('\r\n').split('\t')
             if len(parts) == 1 and not parts[0].strip(): continue
-            if len(parts) != 5 or not parts[1].strip():
+            if len(parts) != 5:
                 _bad_row(problems, path, line_no, repr(line[:60]),
                          f'behaviors line has {len(parts)} tab-separated fields (expected 5)',
                          'Each line must be impression_id<TAB>user_id<TAB>time<TAB>history<TAB>impressions; '
                          'fix or delete it', opts)
+                continue
+            if not parts[1].strip():
+                _bad_row(problems, path, line_no, repr(line[:60]),
+                         'behaviors line has an empty user id (field 2)',
+                         'Fill in the user id or delete the line', opts)
                 continue
             try: time = _mind_time(parts[2])
             except ValueError:
@@ -845,7 +901,8 @@ def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_
             for token in parts[4].split():
                 news_id, dash, label = token.rpartition('-')
                 if not dash:
-                    unlabeled += 1
+                    file_unlabeled += 1
+                    first_unlabeled = first_unlabeled or (line_no, token)
                     continue
                 if label not in ('0', '1') or not news_id:
                     _bad_row(problems, path, line_no, repr(token),
@@ -856,6 +913,12 @@ def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_
                 if label == '1': clicks.append(news_id)
             if well_formed: rows.append((time, len(rows), parts[1].strip(), parts[3].split(), clicks, path,
                                          line_no))
+        if file_unlabeled:
+            unlabeled += file_unlabeled
+            problems.add('unlabeled_impression', path, first_unlabeled[0], repr(first_unlabeled[1]),
+                         'impression tokens without a -0/-1 click label (a test split?) are not clicks; '
+                         'ignored', 'Nothing to do for a test split; elsewhere write tokens as NEWSID-0 '
+                         'or NEWSID-1', count=file_unlabeled)
     rows.sort(key=lambda row: (row[0], row[1]))
     first_time = {}
     for row in rows: first_time.setdefault(row[2], row[0])
@@ -902,7 +965,10 @@ def _json_line(line: str):
     except RecursionError: raise ValueError('JSON nested too deeply') from None
     except json.JSONDecodeError:
         if line.lstrip().startswith('{') and len(line) <= MAX_LITERAL_CHARS:
-            try: return ast.literal_eval(line.strip())
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore')      # e.g. DeprecationWarning: invalid escape sequence
+                    return ast.literal_eval(line.strip())
             except (ValueError, SyntaxError, MemoryError, RecursionError): pass
         raise
 
@@ -1226,7 +1292,9 @@ def _pickle_dtype(call) -> np.dtype:
             and isinstance(args, tuple) and args and isinstance(args[0], str)
             and re.fullmatch(r'[biufcSUO]\d+', args[0])):
         raise PickleRefused(f'unsupported NumPy dtype {args!r}: only bool, number, string, object are read')
-    dtype = np.dtype(call.args[0])
+    try: dtype = np.dtype(call.args[0])
+    except TypeError: raise PickleRefused(f'unknown NumPy dtype {call.args[0]!r}') from None
+    if dtype.itemsize == 0 and not dtype.hasobject: raise PickleRefused(f'NumPy dtype {dtype} has no size')
     order = call.state[1] if isinstance(call.state, tuple) and len(call.state) > 1 else '|'
     return dtype.newbyteorder(order) if order in ('<', '>') else dtype
 
@@ -1234,7 +1302,7 @@ def _pickle_dtype(call) -> np.dtype:
 def _pickle_array(raw, dtype: np.dtype, shape, order: str = 'C') -> np.ndarray:
     if not (isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
         raise PickleRefused(f'array shape {shape!r} is not a tuple of sizes')
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)                 # a Python int: no int64 overflow
     if dtype.hasobject:
         if not isinstance(raw, list) or len(raw) != size:
             raise PickleRefused(f'object array of shape {shape} without its {size} elements')
@@ -1291,6 +1359,9 @@ def load_pickle_data(data: bytes):
     "The value pickled in `data` (`read_pickle_data` + `pickle_value`): nothing is unpickled or called."
     try: return pickle_value(read_pickle_data(data))
     except RecursionError: raise PickleRefused('pickle nested too deeply (or cyclic)') from None
+    except PickleRefused: raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as e:
+        raise PickleRefused(f'malformed pickle value ({type(e).__name__}: {e})') from None
 
 # %% ../nbs/03_convert.ipynb #c046d
 def _as_hwc(array: np.ndarray) -> np.ndarray:
@@ -1321,7 +1392,10 @@ def decode_lmdb_image(value: bytes, layout: str = 'auto', image_shape=None,
                              "image_shape=(H, W, 3)")
     if layout == 'encoded':
         from PIL import Image
-        with Image.open(io.BytesIO(value)) as image: return np.asarray(image.convert('RGB'))
+        try:
+            with Image.open(io.BytesIO(value)) as image: return np.asarray(image.convert('RGB'))
+        except Exception as e:           # Pillow raises many types on bad bytes (OSError, SyntaxError, ...)
+            raise ValueError(f'value is not a decodable PNG/JPEG image ({type(e).__name__}: {e})') from None
     if layout == 'raw':
         if image_shape is None: raise ValueError("image_layout='raw' needs image_shape=(H, W, C)")
         shape = tuple(int(s) for s in image_shape)
@@ -1392,11 +1466,15 @@ def read_npy(path) -> np.ndarray:
             fmt = np.lib.format
             header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, fortran, dtype = header(npy_file)
-        except ValueError as e:
-            raise ConversionError(f"{path}: not a NumPy .npy file ({e}); {NPY_RESAVE}") from None
+        except (ValueError, SyntaxError, tokenize.TokenError) as e:     # header text is a Python literal
+            raise ConversionError(f"{path}: not a NumPy .npy file ({type(e).__name__}: {e}); "
+                                  f"{NPY_RESAVE}") from None
         if not dtype.hasobject:
             npy_file.seek(0)
-            return np.load(npy_file, allow_pickle=False)
+            try: return np.load(npy_file, allow_pickle=False)
+            except ValueError as e:
+                raise ConversionError(f"{path}: the {shape} {dtype} array cannot be read ({e}); the file is "
+                                      f"truncated or damaged: copy it again, or {NPY_RESAVE}") from None
         payload = npy_file.read()
     try: array = load_pickle_data(payload)
     except PickleRefused as e:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_encoders.ipynb #c002
 from __future__ import annotations
-import hashlib, io, json, os, math
+import hashlib, io, json, os, math, pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -17,9 +17,10 @@ from .data import MODALITIES, _resize_crop, open_pixel_store, prepare_images, pi
 from .data import pixel_store_dir
 
 # %% auto #0
-__all__ = ['dataset_item_key', 'dataset_content_key', 'freeze_', 'count_parameters', 'text_model_path', 'AttentionPooling',
-           'ReferencePooling', 'TextEncoder', 'load_image_weights', 'ImageEncoder', 'PrefixCache', 'ItemContent',
-           'make_content', 'ItemTower']
+__all__ = ['SAFE_WEIGHT_FILES', 'PICKLE_WEIGHT_PATTERNS', 'dataset_item_key', 'dataset_content_key', 'freeze_',
+           'count_parameters', 'text_model_path', 'UnsafeWeightsError', 'check_text_weights', 'library_reason',
+           'AttentionPooling', 'ReferencePooling', 'TextEncoder', 'load_image_weights', 'ImageEncoder', 'PrefixCache',
+           'ItemContent', 'make_content', 'ItemTower']
 
 # %% ../nbs/05_encoders.ipynb #c007
 def _sha1(parts) -> str:
@@ -99,13 +100,46 @@ def text_model_path(name: str) -> str:
                          "a hub name, or 'minilm'")
     return name
 
+# %% ../nbs/05_encoders.ipynb #f74a2497
+SAFE_WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json')
+PICKLE_WEIGHT_PATTERNS = ('pytorch_model*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl', '*.pickle')
+
+class UnsafeWeightsError(ValueError):
+    "Model weights stored only as pickle files (which can run code when loaded): refused, nothing loaded."
+
+# %% ../nbs/05_encoders.ipynb #f8dcf8ee
+def check_text_weights(folder) -> None:
+    "Raise `UnsafeWeightsError` if local model `folder` has pickled weights and no safetensors weights."
+    folder = Path(folder)
+    if any((folder/name).is_file() for name in SAFE_WEIGHT_FILES): return
+    pickles = sorted({path.name for pattern in PICKLE_WEIGHT_PATTERNS for path in folder.glob(pattern)})
+    if pickles:
+        raise UnsafeWeightsError(
+            f"text model folder {str(folder)!r}: its weights ({', '.join(pickles)}) are in the unsafe pickle "
+            "format, which can run code when loaded, and there is no model.safetensors: they will not be "
+            "loaded. Download model.safetensors from the model's original publisher (most Hugging Face "
+            "models ship one), or have the weights converted to safetensors with the publisher's own tooling "
+            "on a trusted machine, and put model.safetensors in this folder")
+
+# %% ../nbs/05_encoders.ipynb #f7cd9a55
+def library_reason(error: Exception) -> str:
+    "The text of a library's `error`, unless it is torch's refusal of a pickle (which advises unsafe loading)."
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) or 'weights_only' in text or 'Weights only load' in text:
+        return ('torch refused to unpickle it: not plain tensors (classes or code), or not a torch file; '
+                'nothing in it was run')
+    return text
+
 # %% ../nbs/05_encoders.ipynb #x5fe7a23
-def _hf_load(loader: Callable, name: str, **kw):
-    "`loader(text_model_path(name), **kw)`, with an error that says what to do when it fails."
+def _hf_load(loader: Callable, name: str, weights: bool = False, **kw):
+    "`loader(text_model_path(name), **kw)` (`weights`: safetensors only), with an error that says what to do."
     path = text_model_path(name)
+    if weights:
+        if Path(path).is_dir(): check_text_weights(path)
+        kw = dict(kw, use_safetensors=True)
     try: return loader(path, **kw)
-    except (OSError, ValueError) as e:
-        why = f'{type(e).__name__}: {str(e)[:300]}'
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
+        why = f'{type(e).__name__}: {library_reason(e)[:300]}'
         raise ValueError(f"could not load text model {name!r} from {path!r} ({why}). Offline, use 'minilm' "
                          "or a local folder with config.json, weights and tokenizer files") from e
 
@@ -172,7 +206,7 @@ class TextEncoder(_Fingerprinted, nn.Module):
         super().__init__()
         from transformers import AutoModel, AutoConfig
         self.cfg = cfg
-        if pretrained: self.backbone = _hf_load(AutoModel.from_pretrained, cfg.text_model)
+        if pretrained: self.backbone = _hf_load(AutoModel.from_pretrained, cfg.text_model, weights=True)
         else: self.backbone = AutoModel.from_config(_hf_load(AutoConfig.from_pretrained, cfg.text_model))
         _, layers = _find_blocks(self.backbone)
         self.n_blocks = len(layers) + 1
@@ -288,7 +322,7 @@ def load_image_weights(net: nn.Module, path, arch: str) -> None:
             state = load_file(str(file))
         else: state = torch.load(file, map_location='cpu', weights_only=True)   # refuses pickled code
     except Exception as e:
-        why = (str(e).strip().splitlines() or [''])[0][:200]
+        why = (library_reason(e).strip().splitlines() or [''])[0][:200]
         raise ValueError(f"image_weights={str(path)!r} cannot be read ({type(e).__name__}: {why}); expected "
                          f"a torchvision {arch} state_dict saved with torch.save(model.state_dict(), path) "
                          "(plain tensors only) or a .safetensors file") from e

@@ -121,7 +121,8 @@ def _read(path: Path, expected: str, read):
     "`read()`, or a `CheckpointError` naming `path` and what it should hold."
     try: return read()
     except Exception as error:
-        why = (str(error).strip().splitlines() or [''])[0][:200]
+        from transrec.encoders import library_reason   # never relays torch's advice to load unsafely
+        why = (library_reason(error).strip().splitlines() or [''])[0][:200]
         problem = f"{path} is unreadable ({type(error).__name__}: {why}); expected {expected}"
         raise CheckpointError(problem) from error
 
