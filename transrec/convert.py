@@ -234,15 +234,13 @@ def scan_covers(folder, problems: ProblemLog | None = None) -> dict[str, Path]:
 
 # %% ../nbs/03_convert.ipynb #x7f6349b
 def image_problem(cover) -> str | None:
-    "None if `cover` (a path, or a callable returning encoded bytes) decodes as an image, else the reason."
-    from PIL import Image
-    try:
-        source = io.BytesIO(cover()) if callable(cover) else cover
-        with Image.open(source) as image:
-            image.draft('RGB', (64, 64))
-            image.load()
-        return None
+    """None if `cover` (a path, or a callable returning encoded bytes) decodes as an image, else the reason.
+    The check is the data set's own (`data._decode_image`: size bounds, verify, full decode), so a cover a
+    converter keeps is one `validate` and the image loader accept."""
+    try: source = cover() if callable(cover) else cover
     except Exception as e: return f'{type(e).__name__}: {e}'
+    problem = _data._decode_image(source)[1]
+    return None if problem is None else problem[1]
 
 # %% ../nbs/03_convert.ipynb #c017
 COMMON_OPTIONS = dict(
