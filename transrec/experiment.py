@@ -453,6 +453,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     from transrec.model import build_model, check_model_dir
     from transrec.encoders import make_content
     from transrec.train import fit
+    from transrec.data import validation_views
     start = time.time()
     out_dir = Path(out_dir)
     init = check_init(init) if init is not None else None
@@ -474,12 +475,13 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     train_ds = ds if len(tune_idx) == ds.n_users else ds.subset_users(tune_idx)
     device = resolve_device(train_cfg.device)
     model = _load_init(init, model_cfg) if init is not None else build_model(model_cfg, train_ds)
-    # logQ: the training users only
-    content = make_content(model.cfg, train_ds, prefix_cache=train_cfg.prefix_cache)
+    # logQ: the training users' training items only (val_items > 1: without their extra validation targets)
+    trained_on = validation_views(train_ds, train_cfg.val_items)[0]
+    content = make_content(model.cfg, trained_on, prefix_cache=train_cfg.prefix_cache)
     headline = 'cold' if len(held_idx) else 'all'
     zero_shot = None
     if init is not None:
-        model.fit_data(train_ds)
+        model.fit_data(trained_on)
         zero_shot, _ = ranked_groups(model.to(device), ds, content, 'test', device, held_idx)
         log.info(f"zero-shot test NDCG@10 ({headline} users) = {zero_shot[headline]['NDCG@10']:.4f}")
     write_run_params(out_dir, recorded, fingerprint)
@@ -491,7 +493,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
               progress=progress, resume=resuming, validate_start=init is not None,
               heldout=(ds, held_idx) if tracked else None)
     model = res.model
-    model.to(device).fit_data(train_ds)
+    model.to(device).fit_data(trained_on)
     test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx)
     valid, _ = ranked_groups(model, ds, content, 'valid', device, held_idx)
     write_per_user(out_dir, per_user['user'], per_user['rank'], per_user['group'])

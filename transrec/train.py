@@ -560,14 +560,17 @@ class TrainingRun:
                  metrics_log: MetricsLog, progress: bool = True, checkpoint_every: int | None = None,
                  keep_checkpoints: int = 2, heldout: tuple | None = None):
         from transrec.model import train_seq_len, train_stride
-        from transrec.data import n_batches_per_epoch
+        from transrec.data import n_batches_per_epoch, validation_views
         world = dist_info.world_size
         if cfg.batch_size % (cfg.grad_accum * world):
             raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by grad_accum x "
                              f"world_size = {cfg.grad_accum} x {world}")
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={checkpoint_every} must be >= 1 (or None)")
-        self.model, self.ds, self.cfg, self.out_dir, self.content = model, ds, cfg, out_dir, content
+        self.model, self.cfg, self.out_dir, self.content = model, cfg, out_dir, content
+        # val_items > 1: training on the training view, validating on one row per validation target
+        self.full_ds = ds                                                # test: the whole sequences
+        self.ds, self.valid_ds = validation_views(ds, cfg.val_items)
         self.dist_info, self.metrics_log = dist_info, metrics_log
         self.device, self.amp_dtype = dist_info.device, resolve_amp(cfg.amp, dist_info.device)
         self.show = progress and dist_info.is_main
@@ -575,7 +578,7 @@ class TrainingRun:
         self.ckpt_root = out_dir/'checkpoints'
         self.micro_bs = cfg.batch_size // cfg.grad_accum                       # global micro-batch
         self.stride = train_stride(model.cfg)                            # None: each user's newest window
-        self.n_micro = n_batches_per_epoch(ds, self.micro_bs, self.stride)
+        self.n_micro = n_batches_per_epoch(self.ds, self.micro_bs, self.stride)
         self.steps_per_epoch = math.ceil(self.n_micro / cfg.grad_accum)
         self.total_steps = cfg.epochs * self.steps_per_epoch             # schedule horizon (not max_steps)
         self.seq_len = train_seq_len(model.cfg)
@@ -589,7 +592,7 @@ class TrainingRun:
         self.sched = make_scheduler(self.opt, cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.params = [param for group in self.opt.param_groups for param in group['params']]
-        self.eval_users = _eval_user_sample(ds, cfg)
+        self.eval_users = _eval_user_sample(self.valid_ds, cfg)
         self.rule = SelectionRule.from_config(cfg)
         self.heldout = heldout                       # (data set, user rows) scored on 'test': measurement only
         self.ema = WeightAverage(self.params, cfg.ema_decay) if cfg.ema_decay is not None else None
@@ -773,8 +776,8 @@ def validate(self: TrainingRun) -> dict:
     "Validation metrics (with the loss and standard errors), computed on the main process, shared with all."
     metrics = None
     if self.dist_info.is_main:
-        metrics = _validation_metrics(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype,
-                                      self.eval_users)
+        metrics = _validation_metrics(self.model, self.valid_ds, self.content, 'valid', self.device,
+                                      self.amp_dtype, self.eval_users)
     return broadcast_object(metrics, self.dist_info)
 
 # %% ../nbs/08_train.ipynb #x4fee13c
@@ -899,8 +902,8 @@ def finish(self: TrainingRun, stopped: str, start_time: float) -> FitResult:
     # what keeping best_epoch cost the held-out users (None unless they were tracked)
     selection = selection_regret(loop.history, self.rule, chosen_epoch=loop.best_epoch)
     if dist_info.is_main:
-        valid = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype)
-        test = _evaluate(self.model, self.ds, self.content, 'test', self.device, self.amp_dtype)
+        valid = _evaluate(self.model, self.valid_ds, self.content, 'valid', self.device, self.amp_dtype)
+        test = _evaluate(self.model, self.full_ds, self.content, 'test', self.device, self.amp_dtype)
         write_json(out_dir/'best'/'metrics.json', dict(valid=valid, test=test, step=loop.best_step,
                                                       epoch=loop.best_epoch, selection=selection))
         self.metrics_log.write('final', valid=valid, test=test, stopped=stopped, best_epoch=loop.best_epoch,
@@ -959,11 +962,13 @@ def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: b
     try:
         _prepare_out_dir(out_dir, resume, dist_info)
         metrics_log = MetricsLog(out_dir/'metrics.jsonl', enabled=dist_info.is_main)
-        if hasattr(model, 'fit_data'): model.fit_data(ds)
+        from transrec.data import validation_views
+        trained_on = validation_views(ds, cfg.val_items)[0]          # no estimate sees a validation target
+        if hasattr(model, 'fit_data'): model.fit_data(trained_on)
         model.to(dist_info.device)
         if content is None:
             from transrec.encoders import make_content
-            content = make_content(model.cfg, ds, prefix_cache=cfg.prefix_cache)
+            content = make_content(model.cfg, trained_on, prefix_cache=cfg.prefix_cache)
         if not getattr(model, 'trainable', True):
             result = _evaluate_only(model, ds, content, cfg, out_dir, dist_info, metrics_log, start_time)
         else:
