@@ -678,7 +678,7 @@ def check_resume_data(out_dir, fingerprint: dict):
 
 # %% ../nbs/11_experiment.ipynb #c019
 def curves_figure(history: list[dict], title: str = 'Training curves'):
-    "Plotly figure: training loss and validation NDCG@10 / HR@10 per epoch (`fit`'s history records)."
+    "Plotly figure: training loss, validation NDCG@10 / HR@10 (and tracked held-out NDCG@10) per epoch."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     fig = make_subplots(rows=1, cols=2, subplot_titles=('training loss', 'validation'))
@@ -686,10 +686,11 @@ def curves_figure(history: list[dict], title: str = 'Training curves'):
     if any('train_loss' in h for h in history):
         losses = [h.get('train_loss') for h in history]
         fig.add_trace(go.Scatter(x=ep, y=losses, name='loss', mode='lines+markers'), 1, 1)
-    for k in ('NDCG@10', 'HR@10'):
-        ys = [h.get(f'valid_{k}') for h in history]
+    for key, name in (('valid_NDCG@10', 'valid NDCG@10'), ('valid_HR@10', 'valid HR@10'),
+                      ('heldout_NDCG@10', 'held-out NDCG@10 (tracked, not used to select)')):
+        ys = [h.get(key) for h in history]
         if any(y is not None for y in ys):
-            fig.add_trace(go.Scatter(x=ep, y=ys, name=f'valid {k}', mode='lines+markers'), 1, 2)
+            fig.add_trace(go.Scatter(x=ep, y=ys, name=name, mode='lines+markers'), 1, 2)
     fig.update_layout(title=title, height=380, template='plotly_white')
     fig.update_xaxes(title='epoch')
     return fig
