@@ -222,7 +222,7 @@ def add_selection(run_dir, regret):
 
 
 def test_studies_summarise_the_selection_regret_per_method(tmp_path, no_training):
-    "Mean, median and worst regret per method and target (transfer) and per cell (scaling), in the tables too."
+    "Mean, median and worst regret per method and target (transfer), per cell (scaling), in the tables too."
     out = tmp_path/'transfer'
     build_transfer_study(out, targets=('qb_text',))
     regrets = {'transrec': (0.01, 0.03), 'transrec-pretrained': (0.0, 0.02)}
@@ -232,16 +232,18 @@ def test_studies_summarise_the_selection_regret_per_method(tmp_path, no_training
     cells = summary['selection_regret']['qb_text']
     assert set(cells) == {'transrec', 'transrec-pretrained'}          # popularity runs tracked nothing
     scratch = cells['transrec']
-    assert (scratch['mean'], scratch['median'], scratch['worst'], scratch['n']) == pytest.approx((0.02, 0.02, 0.03, 2))
-    assert scratch['interval']['half_width'] == pytest.approx(stats.t.ppf(0.975, 1) * np.std([0.01, 0.03], ddof=1)
-                                                              / np.sqrt(2))
+    summary_of_scratch = (scratch['mean'], scratch['median'], scratch['worst'], scratch['n'])
+    assert summary_of_scratch == pytest.approx((0.02, 0.02, 0.03, 2))
+    half_width = stats.t.ppf(0.975, 1) * np.std([0.01, 0.03], ddof=1) / np.sqrt(2)
+    assert scratch['interval']['half_width'] == pytest.approx(half_width)
     table = (out/'table.md').read_text()
     assert 'Selection regret' in table and '| qb_text | TransRec (scratch) | 0.0200 ± ' in table
     scaling = tmp_path/'scaling'
     build_scaling_study(scaling)
     for seed in (0, 1): add_selection(scaling/'scratch-t0.2'/f'seed-{seed}', 0.01 * (seed + 1))
     res = ex.scaling_study(scaling, 'qb_mixed', 'tn_mixed', source_fractions=(0.5,), target_fractions=(0.2,),
-                           base_target_fraction=0.2, seeds=2, pretrain_params=PRETRAIN, finetune_params=FINETUNE)
+                           base_target_fraction=0.2, seeds=2, pretrain_params=PRETRAIN,
+                           finetune_params=FINETUNE)
     assert res['target_scaling'][0.2]['regret']['scratch']['worst'] == pytest.approx(0.02)
     assert res['target_scaling'][0.2]['regret']['pretrained'] is None
     assert '| tn_mixed | scratch (target share 0.2) | 0.0150 ± ' in (scaling/'scaling.md').read_text()

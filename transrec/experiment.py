@@ -209,8 +209,8 @@ TRAIN_SPECS = dict(epochs=Spec(int, 1, 100_000), max_steps=Spec(int, 1), batch_s
                    lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
                    amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), patience=Spec(int, 0),
                    select_on=Spec(choices=('ndcg', 'loss')), select_weights=Spec(choices=('raw', 'ema')),
-                   min_epochs=Spec(int, 0), stop_noise=Spec(float, 0), ema_decay=Spec(float, 0, 1, lo_open=True),
-                   val_items=Spec(int, 1), track_heldout=Spec(bool))
+                   min_epochs=Spec(int, 0), stop_noise=Spec(float, 0),
+                   ema_decay=Spec(float, 0, 1, lo_open=True), val_items=Spec(int, 1), track_heldout=Spec(bool))
 
 # %% ../nbs/11_experiment.ipynb #pa09
 def override_spelling(section: str, name: str, value) -> str:
@@ -994,7 +994,7 @@ def gain_shift_figure(points: list[dict], metric: str = 'NDCG@10'):
 
 # %% ../nbs/11_experiment.ipynb #x3643ec7
 def regret_summary(runs: list) -> dict | None:
-    "Mean, median, worst (largest) selection regret over `runs` (metrics dicts) with the mean's interval; None without."
+    "Mean, median, worst (largest) selection regret of `runs` (metrics dicts), the mean's interval; None without."
     values = [((run or {}).get('selection') or {}).get('regret') for run in runs]
     values = [value for value in values if value is not None]
     if not values: return None
@@ -1003,7 +1003,7 @@ def regret_summary(runs: list) -> dict | None:
 
 # %% ../nbs/11_experiment.ipynb #xaf99c80
 def study_regrets(selections: dict) -> dict:
-    "`{target: {method: [selection per seed]}}` -> `{target: {method: regret_summary}}`, cells with a regret only."
+    "`{target: {method: [selection per seed]}}` -> `{target: {method: regret_summary}}` (cells with a regret)."
     table = {}
     for target, by_method in selections.items():
         cells = {method: regret_summary([dict(selection=selection) for selection in per_seed])
@@ -1014,12 +1014,13 @@ def study_regrets(selections: dict) -> dict:
 
 # %% ../nbs/11_experiment.ipynb #x532ec22
 def regret_markdown(table: dict, title: str = 'Selection regret') -> str:
-    "A markdown table of `{target: {method or rule: regret_summary}}`: mean ± interval, median, worst, n ('' if empty)."
+    "Markdown table of `{target: {method or rule: regret_summary}}`: mean ± interval, median, worst ('' if none)."
     lines = [f'| target | method | {title}: mean ± 95% interval | median | worst | runs |', '|---' * 6 + '|']
     for target, cells in table.items():
         for method, cell in cells.items():
             if cell is None: continue
-            lines.append(f"| {target} | {METHOD_LABELS.get(method, method)} | {format_interval(cell['interval'])} "
+            label = METHOD_LABELS.get(method, method)
+            lines.append(f"| {target} | {label} | {format_interval(cell['interval'])} "
                          f"| {cell['median']:.4f} | {cell['worst']:.4f} | {cell['n']} |")
     if len(lines) == 2: return ''
     return '\n'.join(lines) + ('\n\nHeld-out NDCG@10 of the best epoch in hindsight minus that of the kept '
@@ -1045,8 +1046,8 @@ SELECTION_RULES = _selection_rules()
 
 # %% ../nbs/11_experiment.ipynb #xd32b642
 def rule_regret_table(histories: list, rules: dict | None = None) -> dict:
-    """`{rule name: regret_summary}` of each rule replayed on every run's history (runs without held-out scores, or
-    without the columns a rule reads, are left out of that rule)."""
+    """`{rule name: regret_summary}` of each rule replayed on every run's history (runs without held-out scores,
+    or without the columns a rule reads, are left out of that rule)."""
     from transrec.train import selection_regret
     table = {}
     for name, rule in (SELECTION_RULES if rules is None else rules).items():
@@ -1281,7 +1282,8 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
                                      zero_shot=_interval_of(tuned, 'zero_shot'),
                                      finetuned=_interval_of(tuned), scratch=_interval_of(base_scratch),
                                      **versus_scratch(tuned, base_scratch, share, base_target_fraction),
-                                     regret=dict(finetuned=regret_summary(tuned), scratch=regret_summary(base_scratch)),
+                                     regret=dict(finetuned=regret_summary(tuned),
+                                                 scratch=regret_summary(base_scratch)),
                                      seeds=len(seed_list))
         convergence[share] = curve_band([run['history'] for run in tuned])
     convergence['scratch'] = curve_band([run['history'] for run in base_scratch])
@@ -1373,7 +1375,8 @@ def scaling_markdown(result: dict) -> str:
             f"{result.get('seeds')}; n.s. = the interval includes 0. Source table: fine-tuned on "
             f"{result.get('base_target_fraction')} of the target's users.")
     regrets = {f'{kind} ({grid} {float(share):g})': regret
-               for grid, rows in (('source share', result['source_scaling']), ('target share', result['target_scaling']))
+               for grid, rows in (('source share', result['source_scaling']),
+                                  ('target share', result['target_scaling']))
                for share, row in rows.items() for kind, regret in (row.get('regret') or {}).items()}
     regret = regret_markdown({result['target']: regrets})
     return ('\n'.join(source) + '\n\n' + '\n'.join(target) + '\n\n' + note

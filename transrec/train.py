@@ -449,9 +449,11 @@ def replay_selection(log_rows: list[dict], rule: SelectionRule) -> int | None:
     return selection_trace(log_rows, rule)['best_epoch']
 
 # %% ../nbs/08_train.ipynb #xc46f861
-def selection_regret(log_rows: list[dict], rule: SelectionRule, chosen_epoch: int | None = None) -> dict | None:
+def selection_regret(log_rows: list[dict], rule: SelectionRule,
+                     chosen_epoch: int | None = None) -> dict | None:
     "{chosen_epoch, best_epoch, chosen, best, regret}: held-out NDCG@10 lost by keeping the rule's epoch."
-    heldout = {row['epoch']: row['heldout_NDCG@10'] for row in log_rows if row.get('heldout_NDCG@10') is not None}
+    heldout = {row['epoch']: row['heldout_NDCG@10'] for row in log_rows
+               if row.get('heldout_NDCG@10') is not None}
     if not heldout: return None
     chosen_epoch = replay_selection(log_rows, rule) if chosen_epoch is None else chosen_epoch
     kept_column = 'ema_heldout_NDCG@10' if rule.weights == 'ema' else 'heldout_NDCG@10'
