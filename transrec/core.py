@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['MODEL_CHOICES', 'log', 'project_dir', 'data_root', 'reports_root', 'seed_everything', 'resolve_device', 'resolve_amp',
-           'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write',
-           'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device', 'environment_info']
+__all__ = ['MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'log', 'project_dir', 'data_root', 'reports_root', 'seed_everything',
+           'resolve_device', 'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling',
+           'atomic_write', 'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device',
+           'environment_info']
 
 # %% ../nbs/00_core.ipynb #c005
 def project_dir(cwd=None) -> Path:
@@ -161,6 +162,9 @@ class ModelConfig(JSONConfig):
             raise ValueError(f"ModelConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}")
 
 # %% ../nbs/00_core.ipynb #c018
+SELECT_ON = ('ndcg', 'loss', 'last')     # TrainConfig.select_on: what picks the kept epoch
+SELECT_WEIGHTS = ('raw', 'ema')           # TrainConfig.select_weights: whose weights are the candidates
+
 @dataclass
 class TrainConfig(JSONConfig):
     "How a model is trained: optimisation, schedule, precision, checkpoints."
@@ -183,7 +187,7 @@ class TrainConfig(JSONConfig):
     patience: int = 3                 # early stopping: validations without a better selection score
     # model selection (train.SelectionRule): which validated epoch becomes best/, when training stops
     select_on: str = 'ndcg'           # 'ndcg' (valid NDCG@10, higher is better) | 'loss' (valid cross-entropy
-                                      # over the full catalogue, lower is better)
+                                      # over the full catalogue, lower is better) | 'last' (no choice)
     select_weights: str = 'raw'       # the candidates: 'raw' (the trained weights) | 'ema' (their EMA)
     min_epochs: int = 0               # no early stop before this epoch
     stop_noise: float = 0.0           # a validation counts against patience only when it is worse than the
@@ -219,10 +223,11 @@ class TrainConfig(JSONConfig):
         "One-line errors naming the selection field that is wrong and what it accepts."
         whole = lambda value: isinstance(value, int) and not isinstance(value, bool)
         number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
-        if self.select_on not in ('ndcg', 'loss'):
-            raise ValueError(f"TrainConfig.select_on={self.select_on!r}: choose 'ndcg' or 'loss'")
-        if self.select_weights not in ('raw', 'ema'):
-            raise ValueError(f"TrainConfig.select_weights={self.select_weights!r}: choose 'raw' or 'ema'")
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"TrainConfig.select_on={self.select_on!r}: choose one of {SELECT_ON}")
+        if self.select_weights not in SELECT_WEIGHTS:
+            raise ValueError(f"TrainConfig.select_weights={self.select_weights!r}: "
+                             f"choose one of {SELECT_WEIGHTS}")
         if not whole(self.min_epochs) or self.min_epochs < 0:
             raise ValueError(f"TrainConfig.min_epochs={self.min_epochs!r}: give a whole number >= 0")
         if not number(self.stop_noise) or not math.isfinite(self.stop_noise) or self.stop_noise < 0:

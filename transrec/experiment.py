@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, environment_info,
-                           seed_everything, jsonable, write_json)
+                           seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS)
 
 # %% auto #0
 __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
@@ -208,7 +208,7 @@ MODEL_SPECS = dict(
 TRAIN_SPECS = dict(epochs=Spec(int, 1, 100_000), max_steps=Spec(int, 1), batch_size=Spec(int, 1, 1_000_000),
                    lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
                    amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), patience=Spec(int, 0),
-                   select_on=Spec(choices=('ndcg', 'loss')), select_weights=Spec(choices=('raw', 'ema')),
+                   select_on=Spec(choices=SELECT_ON), select_weights=Spec(choices=SELECT_WEIGHTS),
                    min_epochs=Spec(int, 0), stop_noise=Spec(float, 0),
                    ema_decay=Spec(float, 0, 1, lo_open=True), val_items=Spec(int, 1), track_heldout=Spec(bool))
 
@@ -1040,7 +1040,9 @@ def _selection_rules() -> dict:
             'loss, never stop': SelectionRule('loss', patience=0),
             'EMA ndcg, patience 5': SelectionRule(weights='ema', **today),
             'EMA loss, patience 5': SelectionRule('loss', 'ema', **today),
-            'EMA loss, never stop': SelectionRule('loss', 'ema', patience=0)}
+            'EMA loss, never stop': SelectionRule('loss', 'ema', patience=0),
+            'last epoch (no choice)': SelectionRule('last', patience=0),
+            'EMA, last epoch': SelectionRule('last', 'ema', patience=0)}
 
 SELECTION_RULES = _selection_rules()
 

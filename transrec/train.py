@@ -14,16 +14,16 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from .core import (ModelConfig, TrainConfig, resolve_device, resolve_amp, seed_everything, log,
                            environment_info, atomic_write, atomic_dir, jsonable, write_json,
-                           clean_stale_temporaries)
+                           clean_stale_temporaries, SELECT_ON, SELECT_WEIGHTS)
 from .metrics import evaluate, flatten_metrics
 
 # %% auto #0
-__all__ = ['TEMPORARY_NAME', 'CKPT_STATE', 'SELECT_ON', 'SELECT_WEIGHTS', 'make_optimizer', 'lr_factor', 'make_scheduler',
-           'clean_temporaries', 'LoopState', 'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint',
-           'latest_checkpoint', 'load_checkpoint', 'resume_checkpoint', 'MetricsLog', 'read_metrics', 'DistInfo',
-           'init_distributed', 'all_reduce_sum', 'broadcast_object', 'gather_objects', 'gather_group', 'LossModule',
-           'NonFiniteLossError', 'loader_settings', 'FitResult', 'SelectionRule', 'selection_trace', 'replay_selection',
-           'selection_regret', 'WeightAverage', 'TrainingRun', 'fit', 'main']
+__all__ = ['TEMPORARY_NAME', 'CKPT_STATE', 'make_optimizer', 'lr_factor', 'make_scheduler', 'clean_temporaries', 'LoopState',
+           'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+           'resume_checkpoint', 'MetricsLog', 'read_metrics', 'DistInfo', 'init_distributed', 'all_reduce_sum',
+           'broadcast_object', 'gather_objects', 'gather_group', 'LossModule', 'NonFiniteLossError', 'loader_settings',
+           'FitResult', 'SelectionRule', 'selection_trace', 'replay_selection', 'selection_regret', 'WeightAverage',
+           'TrainingRun', 'fit', 'main']
 
 # %% ../nbs/08_train.ipynb #c005
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -387,13 +387,10 @@ class FitResult:
                          if fit_field.name != 'model'})
 
 # %% ../nbs/08_train.ipynb #x081a7b3
-SELECT_ON = ('ndcg', 'loss')
-SELECT_WEIGHTS = ('raw', 'ema')
-
 @dataclass(frozen=True)
 class SelectionRule:
     "Which validated epoch is kept and when training stops, read from the validation log by `selection_trace`."
-    select_on: str = 'ndcg'           # 'ndcg' (higher is better) | 'loss' (lower is better)
+    select_on: str = 'ndcg'           # 'ndcg' (higher is better) | 'loss' (lower is better) | 'last' (no choice)
     weights: str = 'raw'              # 'raw' | 'ema': whose scores (and weights) are the candidates
     patience: int = 3                 # stop after this many bad validations (0: never stop)
     min_epochs: int = 0               # ... but not before this epoch
@@ -412,14 +409,14 @@ class SelectionRule:
 
     @property
     def column(self) -> str:
-        "The log column the rule reads, e.g. `valid_NDCG@10` or `ema_valid_loss`."
-        name = 'valid_NDCG@10' if self.select_on == 'ndcg' else 'valid_loss'
+        "The log column the rule reads, e.g. `valid_NDCG@10`, `ema_valid_loss` ('last': marks validated epochs)."
+        name = 'valid_loss' if self.select_on == 'loss' else 'valid_NDCG@10'
         return f'ema_{name}' if self.weights == 'ema' else name
 
     @property
     def sign(self) -> float:
         "+1 when higher is better, -1 when lower is better."
-        return 1.0 if self.select_on == 'ndcg' else -1.0
+        return -1.0 if self.select_on == 'loss' else 1.0
 
 # %% ../nbs/08_train.ipynb #x197104e
 def selection_trace(rows: list[dict], rule: SelectionRule) -> dict:
@@ -428,7 +425,7 @@ def selection_trace(rows: list[dict], rule: SelectionRule) -> dict:
     for row in rows:
         value = row.get(rule.column)
         if value is None: continue                                   # not validated this epoch
-        if best is None or rule.sign * value > rule.sign * best:
+        if best is None or rule.select_on == 'last' or rule.sign * value > rule.sign * best:
             best_epoch, best, bad_evals = row['epoch'], value, 0
         elif rule.stop_noise == 0: bad_evals += 1
         else:
