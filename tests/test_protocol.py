@@ -145,3 +145,22 @@ def test_metrics_report_cold_warm_all_and_per_user_ranks_reproduce_them(tiny, pr
     assert abs(metrics_from_ranks(rank)['NDCG@10'] - on_disk['test_all']['NDCG@10']) < 1e-9
     full = finetune(tiny/'data', tiny/'layout-all', pretrained, fraction=1.0)
     assert full['test_users'] == 'all' and full['test_cold'] is None and full['test'] == full['test_all']
+
+
+def test_tracked_held_out_users_start_at_the_zero_shot_score_and_change_nothing(tiny, pretrained):
+    "Issue #26: epoch 0's held-out score is the zero-shot one, the kept epoch's the reported one; same run."
+    cfg = TRAIN.replace(epochs=3, patience=0, ema_decay=0.5)
+    tracked = finetune(tiny/'data', tiny/'tracked', pretrained, train_cfg=cfg.replace(track_heldout=True))
+    plain = finetune(tiny/'data', tiny/'untracked', pretrained, train_cfg=cfg)
+    history = tracked['history']
+    assert history[0]['epoch'] == 0
+    assert history[0]['heldout_NDCG@10'] == pytest.approx(tracked['zero_shot']['NDCG@10'])
+    assert history[0]['heldout_n_users'] == tracked['users']['held_out']
+    kept = next(row for row in history if row['epoch'] == tracked['best_epoch'])
+    assert kept['heldout_NDCG@10'] == pytest.approx(tracked['test']['NDCG@10'])
+    selection = tracked['selection']
+    assert selection['chosen_epoch'] == tracked['best_epoch'] and selection['regret'] == pytest.approx(
+        max(row['heldout_NDCG@10'] for row in history) - kept['heldout_NDCG@10'])
+    assert (plain['best_epoch'], plain['test']) == (tracked['best_epoch'], tracked['test'])
+    assert plain['selection'] is None
+    assert all('heldout_NDCG@10' not in row for row in plain['history'])

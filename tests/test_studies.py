@@ -212,3 +212,45 @@ def test_scaling_study_reports_intervals_and_convergence_bands_per_source_size(t
     assert '| 50 (0.5) |' in table and '| 20 (0.2) | 40 |' in table and 'held-out users' in table
     assert f"{full['paired']['p_value']:.3g}" in table
     assert all((out/f'{name}.html').exists() for name in ('source_scaling', 'convergence', 'target_scaling'))
+
+
+def add_selection(run_dir, regret):
+    "What a run that tracked its held-out users records: `metrics['selection']` with its regret."
+    metrics = json.loads((Path(run_dir)/'metrics.json').read_text())
+    metrics['selection'] = dict(chosen_epoch=2, best_epoch=5, chosen=0.1, best=0.1 + regret, regret=regret)
+    ex.write_metrics(run_dir, metrics)
+
+
+def test_studies_summarise_the_selection_regret_per_method(tmp_path, no_training):
+    "Mean, median and worst regret per method and target (transfer), per cell (scaling), in the tables too."
+    out = tmp_path/'transfer'
+    build_transfer_study(out, targets=('qb_text',))
+    regrets = {'transrec': (0.01, 0.03), 'transrec-pretrained': (0.0, 0.02)}
+    for method, per_seed in regrets.items():
+        for seed, regret in enumerate(per_seed): add_selection(out/'qb_text'/method/f'seed-{seed}', regret)
+    summary = run_transfer(out, targets=['qb_text'])
+    cells = summary['selection_regret']['qb_text']
+    assert set(cells) == {'transrec', 'transrec-pretrained'}          # popularity runs tracked nothing
+    scratch = cells['transrec']
+    summary_of_scratch = (scratch['mean'], scratch['median'], scratch['worst'], scratch['n'])
+    assert summary_of_scratch == pytest.approx((0.02, 0.02, 0.03, 2))
+    half_width = stats.t.ppf(0.975, 1) * np.std([0.01, 0.03], ddof=1) / np.sqrt(2)
+    assert scratch['interval']['half_width'] == pytest.approx(half_width)
+    table = (out/'table.md').read_text()
+    assert 'Selection regret' in table and '| qb_text | TransRec (scratch) | 0.0200 ± ' in table
+    scaling = tmp_path/'scaling'
+    build_scaling_study(scaling)
+    for seed in (0, 1): add_selection(scaling/'scratch-t0.2'/f'seed-{seed}', 0.01 * (seed + 1))
+    res = ex.scaling_study(scaling, 'qb_mixed', 'tn_mixed', source_fractions=(0.5,), target_fractions=(0.2,),
+                           base_target_fraction=0.2, seeds=2, pretrain_params=PRETRAIN,
+                           finetune_params=FINETUNE)
+    assert res['target_scaling'][0.2]['regret']['scratch']['worst'] == pytest.approx(0.02)
+    assert res['target_scaling'][0.2]['regret']['pretrained'] is None
+    assert '| tn_mixed | scratch (target share 0.2) | 0.0150 ± ' in (scaling/'scaling.md').read_text()
+
+
+def test_studies_without_tracked_runs_have_no_regret(tmp_path, no_training):
+    out = tmp_path/'transfer'
+    build_transfer_study(out, targets=('qb_text',))
+    assert run_transfer(out, targets=['qb_text'])['selection_regret'] == {}
+    assert 'Selection regret' not in (out/'table.md').read_text()

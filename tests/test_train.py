@@ -284,12 +284,12 @@ def test_untrainable_model_is_only_evaluated(ds, tmp_path):
 
 def test_early_stopping_keeps_the_best_epoch(ds, tmp_path, monkeypatch):
     "Scripted validation scores 0.3, 0.2, 0.25 with patience 2: stop after epoch 3, best = epoch 1."
-    scripted, real = iter([0.3, 0.2, 0.25, 0.1, 0.1]), T._evaluate
+    scripted, real = iter([0.3, 0.2, 0.25, 0.1, 0.1]), T._validation_metrics
     def fake(model, ds_, content, split, device, amp_dtype, users=None):
         m = real(model, ds_, content, split, device, amp_dtype, users)
         if split == 'valid' and users is not None: m['NDCG@10'] = next(scripted)
         return m
-    monkeypatch.setattr(T, '_evaluate', fake)
+    monkeypatch.setattr(T, '_validation_metrics', fake)     # what the training loop validates with
     cfg = tiny_cfg(ds)
     res = fit(new_model(cfg), ds, train_cfg(epochs=6, patience=2, eval_users=10), tmp_path/'r', content='c',
               progress=False)

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['MODEL_CHOICES', 'log', 'project_dir', 'data_root', 'reports_root', 'seed_everything', 'resolve_device', 'resolve_amp',
-           'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write',
-           'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device', 'environment_info']
+__all__ = ['MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'log', 'project_dir', 'data_root', 'reports_root', 'seed_everything',
+           'resolve_device', 'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling',
+           'atomic_write', 'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device',
+           'environment_info']
 
 # %% ../nbs/00_core.ipynb #c005
 def project_dir(cwd=None) -> Path:
@@ -161,6 +162,9 @@ class ModelConfig(JSONConfig):
             raise ValueError(f"ModelConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}")
 
 # %% ../nbs/00_core.ipynb #c018
+SELECT_ON = ('ndcg', 'loss', 'last')     # TrainConfig.select_on: what picks the kept epoch
+SELECT_WEIGHTS = ('raw', 'ema')           # TrainConfig.select_weights: whose weights are the candidates
+
 @dataclass
 class TrainConfig(JSONConfig):
     "How a model is trained: optimisation, schedule, precision, checkpoints."
@@ -180,7 +184,17 @@ class TrainConfig(JSONConfig):
     seed: int = 0
     eval_every: int = 1               # validate every N epochs
     eval_users: int | None = None     # validate on a sample of users (None = all)
-    patience: int = 3                 # early stopping: epochs without a better validation NDCG@10
+    patience: int = 3                 # early stopping: validations without a better selection score
+    # model selection (train.SelectionRule): which validated epoch becomes best/, when training stops
+    select_on: str = 'ndcg'           # 'ndcg' (valid NDCG@10, higher is better) | 'loss' (valid cross-entropy
+                                      # over the full catalogue, lower is better) | 'last' (no choice)
+    select_weights: str = 'raw'       # the candidates: 'raw' (the trained weights) | 'ema' (their EMA)
+    min_epochs: int = 0               # no early stop before this epoch
+    stop_noise: float = 0.0           # a validation counts against patience only when it is worse than the
+                                      # best by more than this many standard errors (0: any non-improvement)
+    ema_decay: float | None = None    # keep an EMA of the weights (per optimiser step), validated every epoch
+    val_items: int = 1                # validation targets per user: its last k training items (1: one)
+    track_heldout: bool = False       # also score the held-out users every epoch (measurement, never selection)
     prefix_cache: bool = True         # cache frozen-prefix encoder outputs per item
     num_workers: int | None = None    # training loader processes (None: data.default_num_workers)
     pin_memory: bool | None = None    # pinned batches (None: when training on CUDA)
@@ -203,6 +217,31 @@ class TrainConfig(JSONConfig):
                              f"grad_accum={self.grad_accum}")
         if self.amp not in ('auto', 'bf16', 'fp16', 'none'):
             raise ValueError(f"TrainConfig.amp={self.amp!r}: use 'auto', 'bf16', 'fp16' or 'none'")
+        self._check_selection()
+
+    def _check_selection(self):
+        "One-line errors naming the selection field that is wrong and what it accepts."
+        whole = lambda value: isinstance(value, int) and not isinstance(value, bool)
+        number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"TrainConfig.select_on={self.select_on!r}: choose one of {SELECT_ON}")
+        if self.select_weights not in SELECT_WEIGHTS:
+            raise ValueError(f"TrainConfig.select_weights={self.select_weights!r}: "
+                             f"choose one of {SELECT_WEIGHTS}")
+        if not whole(self.min_epochs) or self.min_epochs < 0:
+            raise ValueError(f"TrainConfig.min_epochs={self.min_epochs!r}: give a whole number >= 0")
+        if not number(self.stop_noise) or not math.isfinite(self.stop_noise) or self.stop_noise < 0:
+            raise ValueError(f"TrainConfig.stop_noise={self.stop_noise!r}: give a number >= 0 "
+                             "(standard errors; 0 = any non-improvement counts)")
+        if self.ema_decay is not None and (not number(self.ema_decay) or not 0 < self.ema_decay < 1):
+            raise ValueError(f"TrainConfig.ema_decay={self.ema_decay!r}: give a number in (0, 1), "
+                             "e.g. 0.9, or None for no EMA")
+        if self.select_weights == 'ema' and self.ema_decay is None:
+            raise ValueError("TrainConfig.select_weights='ema' needs an EMA: set ema_decay, e.g. 0.9")
+        if not whole(self.val_items) or self.val_items < 1:
+            raise ValueError(f"TrainConfig.val_items={self.val_items!r}: give a whole number >= 1")
+        if not isinstance(self.track_heldout, bool):
+            raise ValueError(f"TrainConfig.track_heldout={self.track_heldout!r}: give True or False")
 
 # %% ../nbs/00_core.ipynb #c021
 log = logging.getLogger('transrec')

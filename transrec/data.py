@@ -19,9 +19,9 @@ __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KI
            'PIXEL_STORE_VERSION', 'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'tiny_mom',
            'Problem', 'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'is_synthetic', 'load_dataset',
            'ValidationReport', 'validate', 'train_part', 'history_and_target', 'split_targets', 'history_items',
-           'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch', 'TrainBatches', 'train_batches',
-           'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader', 'pixel_store_wanted', 'pixel_store_dir',
-           'open_pixel_store', 'prepare_images', 'main']
+           'validation_views', 'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch', 'TrainBatches',
+           'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader', 'pixel_store_wanted',
+           'pixel_store_dir', 'open_pixel_store', 'prepare_images', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')  # modality code = position: text = 0, image = 1
@@ -1850,6 +1850,32 @@ def history_items(dataset: MoMDataset, split: str, users=None) -> list[np.ndarra
         key % dataset.n_items,
         np.cumsum(np.bincount(key // dataset.n_items, minlength=len(user_indices)))[:-1],
     )
+
+# %% ../nbs/01_data.ipynb #x30bebff
+def validation_views(dataset: MoMDataset, val_items: int) -> tuple[MoMDataset, MoMDataset]:
+    "(training view, validation view): the last `val_items` training items of each user are validation targets."
+    if isinstance(val_items, bool) or not isinstance(val_items, (int, np.integer)) or val_items < 1:
+        raise ValueError(f'validation_views: val_items={val_items!r} must be a whole number >= 1')
+    if val_items == 1:
+        return dataset, dataset
+    lens, starts = dataset._lens, dataset._offsets[:-1]
+    extra = np.minimum(val_items - 1, lens - 3)  # validation targets beyond the usual one, per user
+    train_lens = lens - extra
+    cuts = _ranges(np.zeros(dataset.n_users, np.int64), extra + 1)  # 0..extra: items cut from the end
+    owners = np.repeat(np.arange(dataset.n_users, dtype=np.int64), extra + 1)
+    valid_lens = lens[owners] - cuts
+    ids = dataset.user_ids[owners].astype(object) + np.where(cuts > 0, '#-' + cuts.astype(str), '')
+
+    def view(users, view_lens, user_ids):
+        flat = dataset._flat[_ranges(starts[users], view_lens)]
+        return MoMDataset.from_flat(
+            flat, view_lens, dataset.item_ids, dataset.modality, dataset.texts, dataset.image_refs,
+            user_ids, dataset.path, dataset.meta, dataset.problems, dataset.image_store,
+            _item_index=dataset.item_index,
+        )
+
+    users = np.arange(dataset.n_users, dtype=np.int64)
+    return view(users, train_lens, dataset.user_ids), view(owners, valid_lens, ids.astype(str))
 
 # %% ../nbs/01_data.ipynb #c039x
 def window_ends(dataset: MoMDataset, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:

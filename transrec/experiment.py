@@ -10,24 +10,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, environment_info,
-                           seed_everything, jsonable, write_json)
+                           seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS)
 
 # %% auto #0
 __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
            'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES',
-           'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'METHOD_LABELS', 'check_data_name', 'check_init', 'check_fraction',
-           'split_params', 'preset_configs', 'architecture_clashes', 'init_model_config', 'flat_params',
-           'experiment_configs', 'Spec', 'override_spelling', 'Overrides', 'fold_old_spellings', 'experiment_params',
-           'study_run_params', 'dataset_summary', 'split_users', 'sample_users', 'group_metrics', 'ranked_groups',
-           'write_per_user', 'image_weights_note', 'run_experiment', 'ExperimentRun', 'setup_experiment',
-           'write_metrics', 'read_run_json', 'write_run_params', 'resume_run', 'data_fingerprint', 'data_changes',
-           'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
+           'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'METHOD_LABELS', 'SELECTION_RULES', 'check_data_name', 'check_init',
+           'check_fraction', 'split_params', 'preset_configs', 'architecture_clashes', 'init_model_config',
+           'flat_params', 'experiment_configs', 'Spec', 'override_spelling', 'Overrides', 'fold_old_spellings',
+           'experiment_params', 'study_run_params', 'dataset_summary', 'split_users', 'sample_users', 'group_metrics',
+           'ranked_groups', 'write_per_user', 'image_weights_note', 'run_experiment', 'ExperimentRun',
+           'setup_experiment', 'write_metrics', 'read_run_json', 'write_run_params', 'resume_run', 'data_fingerprint',
+           'data_changes', 'check_resume_data', 'curves_figure', 'save_figure', 'update_report_index', 'index_run',
            'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook', 'seed_interval',
            'interval_excludes_zero', 'gain_interval', 'difference_interval', 'aggregate_seeds', 'load_per_user',
            'paired_users', 'paired_cell', 'format_interval', 'table_markdown', 'results_frame', 'target_shift',
-           'gain_vs_shift', 'gain_shift_figure', 'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds',
-           'transfer_study', 'markdown_table_html', 'transfer_figure', 'write_transfer_reports', 'curve_band',
-           'scaling_study', 'scaling_figures', 'scaling_markdown']
+           'gain_vs_shift', 'gain_shift_figure', 'regret_summary', 'study_regrets', 'regret_markdown',
+           'rule_regret_table', 'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study',
+           'markdown_table_html', 'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_study',
+           'scaling_figures', 'scaling_markdown']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -206,7 +207,10 @@ MODEL_SPECS = dict(
     train_windows=Spec(choices=('all', 'last')))
 TRAIN_SPECS = dict(epochs=Spec(int, 1, 100_000), max_steps=Spec(int, 1), batch_size=Spec(int, 1, 1_000_000),
                    lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
-                   amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), patience=Spec(int, 0))
+                   amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), patience=Spec(int, 0),
+                   select_on=Spec(choices=SELECT_ON), select_weights=Spec(choices=SELECT_WEIGHTS),
+                   min_epochs=Spec(int, 0), stop_noise=Spec(float, 0),
+                   ema_decay=Spec(float, 0, 1, lo_open=True), val_items=Spec(int, 1), track_heldout=Spec(bool))
 
 # %% ../nbs/11_experiment.ipynb #pa09
 def override_spelling(section: str, name: str, value) -> str:
@@ -449,6 +453,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     from transrec.model import build_model, check_model_dir
     from transrec.encoders import make_content
     from transrec.train import fit
+    from transrec.data import validation_views
     start = time.time()
     out_dir = Path(out_dir)
     init = check_init(init) if init is not None else None
@@ -470,19 +475,25 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     train_ds = ds if len(tune_idx) == ds.n_users else ds.subset_users(tune_idx)
     device = resolve_device(train_cfg.device)
     model = _load_init(init, model_cfg) if init is not None else build_model(model_cfg, train_ds)
-    # logQ: the training users only
-    content = make_content(model.cfg, train_ds, prefix_cache=train_cfg.prefix_cache)
+    # logQ: the training users' training items only (val_items > 1: without their extra validation targets)
+    trained_on = validation_views(train_ds, train_cfg.val_items)[0]
+    content = make_content(model.cfg, trained_on, prefix_cache=train_cfg.prefix_cache)
     headline = 'cold' if len(held_idx) else 'all'
     zero_shot = None
     if init is not None:
-        model.fit_data(train_ds)
+        model.fit_data(trained_on)
         zero_shot, _ = ranked_groups(model.to(device), ds, content, 'test', device, held_idx)
         log.info(f"zero-shot test NDCG@10 ({headline} users) = {zero_shot[headline]['NDCG@10']:.4f}")
     write_run_params(out_dir, recorded, fingerprint)
-    res = fit(model, train_ds, train_cfg, out_dir, content=content, progress=progress, resume=resuming,
-              validate_start=init is not None)
+    tracked = train_cfg.track_heldout and len(held_idx) > 0
+    if train_cfg.track_heldout and not tracked:
+        log.warning('track_heldout=True: this run has no held-out users (pre-training, or target_fraction=1); '
+                    'no selection regret is measured')
+    res = fit(model, train_ds, train_cfg.replace(track_heldout=tracked), out_dir, content=content,
+              progress=progress, resume=resuming, validate_start=init is not None,
+              heldout=(ds, held_idx) if tracked else None)
     model = res.model
-    model.to(device).fit_data(train_ds)
+    model.to(device).fit_data(trained_on)
     test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx)
     valid, _ = ranked_groups(model, ds, content, 'valid', device, held_idx)
     write_per_user(out_dir, per_user['user'], per_user['rank'], per_user['group'])
@@ -497,6 +508,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
              zero_shot=zero_shot.get(headline), zero_shot_cold=zero_shot.get('cold'),
              zero_shot_warm=zero_shot.get('warm'),
              zero_shot_all=zero_shot.get('all'), best_epoch=res.best_epoch, stopped=res.stopped,
+             selection=res.selection,
              history=res.history, sequences_per_s=res.sequences_per_s, best_dir=str(res.best_dir),
              model_config=model.cfg.to_dict(), train_config=train_cfg.to_dict(),
              params=_used_params(params, model.cfg, train_cfg), params_given=params,
@@ -666,7 +678,7 @@ def check_resume_data(out_dir, fingerprint: dict):
 
 # %% ../nbs/11_experiment.ipynb #c019
 def curves_figure(history: list[dict], title: str = 'Training curves'):
-    "Plotly figure: training loss and validation NDCG@10 / HR@10 per epoch (`fit`'s history records)."
+    "Plotly figure: training loss, validation NDCG@10 / HR@10 (and tracked held-out NDCG@10) per epoch."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     fig = make_subplots(rows=1, cols=2, subplot_titles=('training loss', 'validation'))
@@ -674,10 +686,11 @@ def curves_figure(history: list[dict], title: str = 'Training curves'):
     if any('train_loss' in h for h in history):
         losses = [h.get('train_loss') for h in history]
         fig.add_trace(go.Scatter(x=ep, y=losses, name='loss', mode='lines+markers'), 1, 1)
-    for k in ('NDCG@10', 'HR@10'):
-        ys = [h.get(f'valid_{k}') for h in history]
+    for key, name in (('valid_NDCG@10', 'valid NDCG@10'), ('valid_HR@10', 'valid HR@10'),
+                      ('heldout_NDCG@10', 'held-out NDCG@10 (tracked, not used to select)')):
+        ys = [h.get(key) for h in history]
         if any(y is not None for y in ys):
-            fig.add_trace(go.Scatter(x=ep, y=ys, name=f'valid {k}', mode='lines+markers'), 1, 2)
+            fig.add_trace(go.Scatter(x=ep, y=ys, name=name, mode='lines+markers'), 1, 2)
     fig.update_layout(title=title, height=380, template='plotly_white')
     fig.update_xaxes(title='epoch')
     return fig
@@ -979,6 +992,74 @@ def gain_shift_figure(points: list[dict], metric: str = 'NDCG@10'):
                       yaxis_title=f'{metric}: pre-trained − scratch', template='plotly_white', height=420)
     return fig
 
+# %% ../nbs/11_experiment.ipynb #x3643ec7
+def regret_summary(runs: list) -> dict | None:
+    "Mean, median, worst (largest) selection regret of `runs` (metrics dicts), the mean's interval; None without."
+    values = [((run or {}).get('selection') or {}).get('regret') for run in runs]
+    values = [value for value in values if value is not None]
+    if not values: return None
+    return dict(mean=float(np.mean(values)), median=float(np.median(values)), worst=float(np.max(values)),
+                interval=seed_interval(values), n=len(values))
+
+# %% ../nbs/11_experiment.ipynb #xaf99c80
+def study_regrets(selections: dict) -> dict:
+    "`{target: {method: [selection per seed]}}` -> `{target: {method: regret_summary}}` (cells with a regret)."
+    table = {}
+    for target, by_method in selections.items():
+        cells = {method: regret_summary([dict(selection=selection) for selection in per_seed])
+                 for method, per_seed in by_method.items()}
+        cells = {method: cell for method, cell in cells.items() if cell is not None}
+        if cells: table[target] = cells
+    return table
+
+# %% ../nbs/11_experiment.ipynb #x532ec22
+def regret_markdown(table: dict, title: str = 'Selection regret') -> str:
+    "Markdown table of `{target: {method or rule: regret_summary}}`: mean ± interval, median, worst ('' if none)."
+    lines = [f'| target | method | {title}: mean ± 95% interval | median | worst | runs |', '|---' * 6 + '|']
+    for target, cells in table.items():
+        for method, cell in cells.items():
+            if cell is None: continue
+            label = METHOD_LABELS.get(method, method)
+            lines.append(f"| {target} | {label} | {format_interval(cell['interval'])} "
+                         f"| {cell['median']:.4f} | {cell['worst']:.4f} | {cell['n']} |")
+    if len(lines) == 2: return ''
+    return '\n'.join(lines) + ('\n\nHeld-out NDCG@10 of the best epoch in hindsight minus that of the kept '
+                               'epoch, per run (0 = the rule kept the best epoch).')
+
+# %% ../nbs/11_experiment.ipynb #x9c317b6
+def _selection_rules() -> dict:
+    from transrec.train import SelectionRule
+    today = dict(patience=5)
+    return {'ndcg, patience 5 (today)': SelectionRule(**today),
+            'ndcg, no stop before epoch 10': SelectionRule(**today, min_epochs=10),
+            'ndcg, stop on drops > 1 SE': SelectionRule(**today, stop_noise=1.0),
+            'ndcg, stop on drops > 2 SE': SelectionRule(**today, stop_noise=2.0),
+            'ndcg, never stop': SelectionRule(patience=0),
+            'loss, patience 5': SelectionRule('loss', **today),
+            'loss, stop on drops > 1 SE': SelectionRule('loss', **today, stop_noise=1.0),
+            'loss, never stop': SelectionRule('loss', patience=0),
+            'EMA ndcg, patience 5': SelectionRule(weights='ema', **today),
+            'EMA loss, patience 5': SelectionRule('loss', 'ema', **today),
+            'EMA loss, never stop': SelectionRule('loss', 'ema', patience=0),
+            'last epoch (no choice)': SelectionRule('last', patience=0),
+            'EMA, last epoch': SelectionRule('last', 'ema', patience=0)}
+
+SELECTION_RULES = _selection_rules()
+
+# %% ../nbs/11_experiment.ipynb #xd32b642
+def rule_regret_table(histories: list, rules: dict | None = None) -> dict:
+    """`{rule name: regret_summary}` of each rule replayed on every run's history (runs without held-out scores,
+    or without the columns a rule reads, are left out of that rule)."""
+    from transrec.train import selection_regret
+    table = {}
+    for name, rule in (SELECTION_RULES if rules is None else rules).items():
+        selections = []
+        for history in histories:
+            if not any(rule.column in row for row in history): continue       # e.g. an EMA rule, no EMA kept
+            selections.append(dict(selection=selection_regret(history, rule)))
+        table[name] = regret_summary(selections)
+    return table
+
 # %% ../nbs/11_experiment.ipynb #c034
 def load_name(source: str) -> str:
     "The data set name a source resolves to (a registered name, or the folder name of a MoM path)."
@@ -1052,7 +1133,7 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
     seed_list = study_seeds(seeds, finetune_params.get('seed', 0))
     models = (_pretrain_per_seed(out_dir, source, pretrained, seed_list, pretrain_params or {})
               if 'transrec-pretrained' in methods else {})
-    results, runs, dirs = {}, {}, {}
+    results, runs, dirs, regrets = {}, {}, {}, {}
     for target in targets:
         results[target] = {}
         for method in methods:
@@ -1064,6 +1145,7 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
                                    target_fraction=target_fraction,
                                    **_with_model({**finetune_params, 'seed': seed}, kind=kind))
                 results[target].setdefault(method, []).append(run['test'])
+                regrets.setdefault(target, {}).setdefault(method, []).append(run.get('selection'))
                 if pretrained_run: results[target].setdefault('zero-shot', []).append(run['zero_shot'])
                 runs[f'{target}/{method}/seed-{seed}'] = dict(
                     wall_time_s=run['wall_time_s'], dir=str(run_dir), synthetic=run.get('synthetic'),
@@ -1082,6 +1164,7 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
                    target_fraction=target_fraction, pretrained={str(s): str(p) for s, p in models.items()},
                    evaluated_on=evaluated_on,
                    results=results, table=rows, domain_shift=shifts, gain_vs_shift=points, runs=runs,
+                   selection_regret=study_regrets(regrets),
                    synthetic=any(run['synthetic'] for run in runs.values()), wall_time_s=time.time() - start)
     write_json(out_dir/'summary.json', summary)
     write_transfer_reports(out_dir, summary)
@@ -1123,7 +1206,8 @@ def write_transfer_reports(out_dir, summary: dict) -> list[Path]:
     table = table_markdown(summary['table'], shifts=summary.get('domain_shift'))
     note = (f"Test NDCG@10 on {summary['evaluated_on']}, mean ± 95% interval over seeds "
             f"{summary['seeds']}; n.s. = the interval of the difference includes 0.")
-    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n')
+    regret = regret_markdown(summary.get('selection_regret') or {})
+    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n' + (f'\n{regret}\n' if regret else ''))
     title = f"Transfer from {summary['source']} (target fraction {summary['target_fraction']})"
     (out_dir/'table.html').write_text(markdown_table_html(table, title=f'{title}. {note}'))
     written = [out_dir/'table.md', out_dir/'table.html',
@@ -1200,6 +1284,8 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
                                      zero_shot=_interval_of(tuned, 'zero_shot'),
                                      finetuned=_interval_of(tuned), scratch=_interval_of(base_scratch),
                                      **versus_scratch(tuned, base_scratch, share, base_target_fraction),
+                                     regret=dict(finetuned=regret_summary(tuned),
+                                                 scratch=regret_summary(base_scratch)),
                                      seeds=len(seed_list))
         convergence[share] = curve_band([run['history'] for run in tuned])
     convergence['scratch'] = curve_band([run['history'] for run in base_scratch])
@@ -1213,6 +1299,8 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
                                         scratch=_interval_of(scratch),
                                         pretrained=_interval_of(tuned),
                                         gain=gain_interval(_values_of(tuned), _values_of(scratch)),
+                                        regret=dict(scratch=regret_summary(scratch),
+                                                    pretrained=regret_summary(tuned)),
                                         **versus_scratch(tuned, scratch, 1.0, fraction))
     result = dict(source=source, target=target, seeds=seed_list, base_target_fraction=base_target_fraction,
                   source_scaling=source_scaling, target_scaling=target_scaling, convergence=convergence,
@@ -1288,4 +1376,10 @@ def scaling_markdown(result: dict) -> str:
     note = (f"Test NDCG@10 on {result['target']}'s held-out users, mean ± 95% interval over seeds "
             f"{result.get('seeds')}; n.s. = the interval includes 0. Source table: fine-tuned on "
             f"{result.get('base_target_fraction')} of the target's users.")
-    return '\n'.join(source) + '\n\n' + '\n'.join(target) + '\n\n' + note
+    regrets = {f'{kind} ({grid} {float(share):g})': regret
+               for grid, rows in (('source share', result['source_scaling']),
+                                  ('target share', result['target_scaling']))
+               for share, row in rows.items() for kind, regret in (row.get('regret') or {}).items()}
+    regret = regret_markdown({result['target']: regrets})
+    return ('\n'.join(source) + '\n\n' + '\n'.join(target) + '\n\n' + note
+            + (f'\n\n{regret}' if regret else ''))

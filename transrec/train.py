@@ -14,7 +14,7 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from .core import (ModelConfig, TrainConfig, resolve_device, resolve_amp, seed_everything, log,
                            environment_info, atomic_write, atomic_dir, jsonable, write_json,
-                           clean_stale_temporaries)
+                           clean_stale_temporaries, SELECT_ON, SELECT_WEIGHTS)
 from .metrics import evaluate, flatten_metrics
 
 # %% auto #0
@@ -22,7 +22,8 @@ __all__ = ['TEMPORARY_NAME', 'CKPT_STATE', 'make_optimizer', 'lr_factor', 'make_
            'rng_state', 'set_rng_state', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
            'resume_checkpoint', 'MetricsLog', 'read_metrics', 'DistInfo', 'init_distributed', 'all_reduce_sum',
            'broadcast_object', 'gather_objects', 'gather_group', 'LossModule', 'NonFiniteLossError', 'loader_settings',
-           'FitResult', 'TrainingRun', 'fit', 'main']
+           'FitResult', 'SelectionRule', 'selection_trace', 'replay_selection', 'selection_regret', 'WeightAverage',
+           'TrainingRun', 'fit', 'main']
 
 # %% ../nbs/08_train.ipynb #c005
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -73,7 +74,7 @@ class LoopState:
     epoch: int = 0                     # current epoch (0-based)
     pos: int = 0                       # global micro-batches of this epoch already consumed
     step: int = 0                      # optimiser steps done
-    best_metric: float | None = None   # best validation NDCG@10 so far
+    best_metric: float | None = None   # the selection rule's best validation score so far
     best_step: int | None = None
     best_epoch: int | None = None
     bad_evals: int = 0                 # validations since the last improvement
@@ -378,12 +379,157 @@ class FitResult:
     best_step: int | None = None
     stopped: str = ''                # 'epochs' | 'early_stop' | 'max_steps' | 'not_trainable'
     resumed_from: str | None = None
+    selection: dict | None = None    # `selection_regret` of the run (held-out users tracked), else None
     model: nn.Module | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
         "JSON-able summary (everything but the model)."
         return jsonable({fit_field.name: getattr(self, fit_field.name) for fit_field in fields(self)
                          if fit_field.name != 'model'})
+
+# %% ../nbs/08_train.ipynb #x081a7b3
+@dataclass(frozen=True)
+class SelectionRule:
+    "Which validated epoch is kept and when training stops, read from the validation log by `selection_trace`."
+    select_on: str = 'ndcg'           # 'ndcg' (higher is better) | 'loss' (lower is better) | 'last' (no choice)
+    weights: str = 'raw'              # 'raw' | 'ema': whose scores (and weights) are the candidates
+    patience: int = 3                 # stop after this many bad validations (0: never stop)
+    min_epochs: int = 0               # ... but not before this epoch
+    stop_noise: float = 0.0           # bad: worse than the best by more than this many standard errors
+
+    def __post_init__(self):
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"SelectionRule.select_on={self.select_on!r}: choose one of {SELECT_ON}")
+        if self.weights not in SELECT_WEIGHTS:
+            raise ValueError(f"SelectionRule.weights={self.weights!r}: choose one of {SELECT_WEIGHTS}")
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> SelectionRule:
+        "The rule a run of `cfg` applies."
+        return cls(cfg.select_on, cfg.select_weights, cfg.patience, cfg.min_epochs, cfg.stop_noise)
+
+    @property
+    def column(self) -> str:
+        "The log column the rule reads, e.g. `valid_NDCG@10`, `ema_valid_loss` ('last': marks validated epochs)."
+        name = 'valid_loss' if self.select_on == 'loss' else 'valid_NDCG@10'
+        return f'ema_{name}' if self.weights == 'ema' else name
+
+    @property
+    def sign(self) -> float:
+        "+1 when higher is better, -1 when lower is better."
+        return -1.0 if self.select_on == 'loss' else 1.0
+
+# %% ../nbs/08_train.ipynb #x197104e
+def selection_trace(rows: list[dict], rule: SelectionRule) -> dict:
+    "`rule` applied to log `rows` (epoch order): {best_epoch, best, bad_evals, stop_epoch (None: no stop)}."
+    best_epoch, best, bad_evals, stop_epoch = None, None, 0, None
+    for row in rows:
+        value = row.get(rule.column)
+        if value is None: continue                                   # not validated this epoch
+        if best is None or rule.select_on == 'last' or rule.sign * value > rule.sign * best:
+            best_epoch, best, bad_evals = row['epoch'], value, 0
+        elif rule.stop_noise == 0: bad_evals += 1
+        else:
+            standard_error = row.get(f'{rule.column}_se')
+            if standard_error is None:
+                raise ValueError(f"selection: epoch {row['epoch']} has no {rule.column}_se (a log written "
+                                 "before stop_noise existed?); replay it with stop_noise=0")
+            drop = rule.sign * (best - value)                        # how much worse than the best
+            if not drop <= rule.stop_noise * standard_error: bad_evals += 1     # NaN counts as bad
+        if rule.patience > 0 and bad_evals >= rule.patience and row['epoch'] >= rule.min_epochs:
+            stop_epoch = row['epoch']
+            break
+    return dict(best_epoch=best_epoch, best=best, bad_evals=bad_evals, stop_epoch=stop_epoch)
+
+# %% ../nbs/08_train.ipynb #x7bbceca
+def replay_selection(log_rows: list[dict], rule: SelectionRule) -> int | None:
+    "The epoch a run applying `rule` keeps, from the epoch rows of its log (`FitResult.history`)."
+    return selection_trace(log_rows, rule)['best_epoch']
+
+# %% ../nbs/08_train.ipynb #xc46f861
+def selection_regret(log_rows: list[dict], rule: SelectionRule,
+                     chosen_epoch: int | None = None) -> dict | None:
+    "{chosen_epoch, best_epoch, chosen, best, regret}: held-out NDCG@10 lost by keeping the rule's epoch."
+    heldout = {row['epoch']: row['heldout_NDCG@10'] for row in log_rows
+               if row.get('heldout_NDCG@10') is not None}
+    if not heldout: return None
+    chosen_epoch = replay_selection(log_rows, rule) if chosen_epoch is None else chosen_epoch
+    kept_column = 'ema_heldout_NDCG@10' if rule.weights == 'ema' else 'heldout_NDCG@10'
+    chosen = next((row.get(kept_column) for row in log_rows if row['epoch'] == chosen_epoch), None)
+    best_epoch = max(heldout, key=heldout.get)                     # the earliest of equal scores
+    regret = None if chosen is None else heldout[best_epoch] - chosen
+    return dict(chosen_epoch=chosen_epoch, best_epoch=best_epoch, chosen=chosen, best=heldout[best_epoch],
+                regret=regret)
+
+# %% ../nbs/08_train.ipynb #x76cee8c
+def _standard_error(values: np.ndarray) -> float:
+    "Standard error of the mean of `values` (0 for fewer than two: no estimate of the noise)."
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+# %% ../nbs/08_train.ipynb #x3baa189
+def _target_cross_entropy(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, temperature: float = 1.0,
+                          chunk_size: int = 1024) -> np.ndarray:
+    "Per user: -log softmax over all items of the target's score (`user . item / temperature`)."
+    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=user_vecs.device)
+    losses = []
+    for start in range(0, len(user_vecs), chunk_size):
+        scores = user_vecs[start:start + chunk_size].float() @ item_vecs.float().T / temperature
+        target_scores = scores.gather(1, targets[start:start + chunk_size, None])[:, 0]
+        losses.append((torch.logsumexp(scores, 1) - target_scores).cpu())
+    return torch.cat(losses).double().numpy() if losses else np.zeros(0)
+
+# %% ../nbs/08_train.ipynb #x688a02a
+@torch.no_grad()
+def _validation_metrics(model, ds, content, split, device, amp_dtype, users=None) -> dict:
+    "`evaluate`'s metrics plus `NDCG@10_se`, `loss` (mean target cross-entropy) and `loss_se`."
+    from transrec.metrics import per_user_metrics, user_vectors_for
+    was_training = model.training
+    model.eval()
+    try:
+        with _autocast(device, amp_dtype):
+            item_vecs = model.all_item_vectors(content).float().to(device)
+            metrics = evaluate(model, ds, content, split=split, device=device, users=users, item_vecs=item_vecs,
+                               return_ranks=True)
+            user_vecs, _, targets = user_vectors_for(model, ds, item_vecs, split, users=users, device=device)
+    finally: model.train(was_training)
+    ndcg = per_user_metrics(metrics.pop('ranks'), ks=(10,))['NDCG@10']
+    metrics.pop('users')
+    losses = _target_cross_entropy(user_vecs, item_vecs, targets, getattr(model.cfg, 'temperature', 1.0))
+    return {**metrics, 'NDCG@10_se': _standard_error(ndcg), 'loss': float(losses.mean()),
+            'loss_se': _standard_error(losses)}
+
+# %% ../nbs/08_train.ipynb #x6b11ee8
+class WeightAverage:
+    "Exponential moving average of `params` (updated after each optimiser step); swapped in to evaluate."
+    def __init__(self, params: list, decay: float):
+        self.params, self.decay = list(params), float(decay)
+        self.reset()
+
+    def reset(self):
+        "Start the average from the current values."
+        self.shadow = [param.detach().clone() for param in self.params]
+
+    @torch.no_grad()
+    def update(self):
+        torch._foreach_lerp_(self.shadow, [param.detach() for param in self.params], 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        "The averages in the model for the `with` block, the trained values back after it."
+        trained = [param.detach().clone() for param in self.params]
+        with torch.no_grad():
+            for param, average in zip(self.params, self.shadow): param.copy_(average)
+        try: yield
+        finally:
+            with torch.no_grad():
+                for param, value in zip(self.params, trained): param.copy_(value)
+
+    def load(self, tensors: list):
+        "Averages saved by a checkpoint (`shadow`)."
+        if len(tensors) != len(self.params):
+            raise CheckpointError(f"the checkpoint's EMA holds {len(tensors)} tensors for {len(self.params)} "
+                                  "parameters; resume with fit(..., resume=False) or without ema_decay")
+        self.shadow = [tensor.to(param.device, param.dtype) for tensor, param in zip(tensors, self.params)]
 
 # %% ../nbs/08_train.ipynb #c031
 def _autocast(device: torch.device, dtype):
@@ -412,16 +558,19 @@ class TrainingRun:
     "State and pieces of one `fit` call on a trainable model (see the methods below)."
     def __init__(self, model, ds, cfg: TrainConfig, out_dir: Path, content, dist_info: DistInfo,
                  metrics_log: MetricsLog, progress: bool = True, checkpoint_every: int | None = None,
-                 keep_checkpoints: int = 2):
+                 keep_checkpoints: int = 2, heldout: tuple | None = None):
         from transrec.model import train_seq_len, train_stride
-        from transrec.data import n_batches_per_epoch
+        from transrec.data import n_batches_per_epoch, validation_views
         world = dist_info.world_size
         if cfg.batch_size % (cfg.grad_accum * world):
             raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by grad_accum x "
                              f"world_size = {cfg.grad_accum} x {world}")
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={checkpoint_every} must be >= 1 (or None)")
-        self.model, self.ds, self.cfg, self.out_dir, self.content = model, ds, cfg, out_dir, content
+        self.model, self.cfg, self.out_dir, self.content = model, cfg, out_dir, content
+        # val_items > 1: training on the training view, validating on one row per validation target
+        self.full_ds = ds                                                # test: the whole sequences
+        self.ds, self.valid_ds = validation_views(ds, cfg.val_items)
         self.dist_info, self.metrics_log = dist_info, metrics_log
         self.device, self.amp_dtype = dist_info.device, resolve_amp(cfg.amp, dist_info.device)
         self.show = progress and dist_info.is_main
@@ -429,7 +578,7 @@ class TrainingRun:
         self.ckpt_root = out_dir/'checkpoints'
         self.micro_bs = cfg.batch_size // cfg.grad_accum                       # global micro-batch
         self.stride = train_stride(model.cfg)                            # None: each user's newest window
-        self.n_micro = n_batches_per_epoch(ds, self.micro_bs, self.stride)
+        self.n_micro = n_batches_per_epoch(self.ds, self.micro_bs, self.stride)
         self.steps_per_epoch = math.ceil(self.n_micro / cfg.grad_accum)
         self.total_steps = cfg.epochs * self.steps_per_epoch             # schedule horizon (not max_steps)
         self.seq_len = train_seq_len(model.cfg)
@@ -443,7 +592,10 @@ class TrainingRun:
         self.sched = make_scheduler(self.opt, cfg, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.params = [param for group in self.opt.param_groups for param in group['params']]
-        self.eval_users = _eval_user_sample(ds, cfg)
+        self.eval_users = _eval_user_sample(self.valid_ds, cfg)
+        self.rule = SelectionRule.from_config(cfg)
+        self.heldout = heldout                       # (data set, user rows) scored on 'test': measurement only
+        self.ema = WeightAverage(self.params, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.loop, self.resumed_from, self.last_ckpt = LoopState(), None, None
         self.train_time, self.seqs_this_call = 0.0, 0
         self.net = LossModule(model, gather_group(model, dist_info))
@@ -489,6 +641,9 @@ def start(self: TrainingRun, resume: bool = True):
         unused = getattr(model.cfg, 'kind', '') in ('transrec', 'frozen')
         self.net = DDP(self.net, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                        find_unused_parameters=unused)
+    if self.ema is not None:
+        if latest is not None and saved.get('ema') is not None: self.ema.load(saved['ema'])
+        else: self.ema.reset()
     if rng is not None: set_rng_state(rng)
 
 # %% ../nbs/08_train.ipynb #c035
@@ -502,8 +657,10 @@ def checkpoint(self: TrainingRun) -> Path:
         loop.metrics_offset = self.metrics_log.offset   # a resume keeps the log up to and including that line
         state = dict(loop=asdict(loop), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                      scaler=self.scaler.state_dict(), rng=rngs, train_config=self.cfg.to_dict(),
-                     world_size=self.dist_info.world_size)
-        best = self.out_dir/'best' if loop.best_step == loop.step else None    # written from these weights
+                     world_size=self.dist_info.world_size,
+                     ema=None if self.ema is None else self.ema.shadow)
+        same_weights = loop.best_step == loop.step and self.rule.weights == 'raw'
+        best = self.out_dir/'best' if same_weights else None                  # written from these weights
         self.last_ckpt = save_checkpoint(self.ckpt_root, self.model, state, loop.step, keep=self.keep,
                                          same_weights_as=best)
     self.last_ckpt = broadcast_object(self.last_ckpt, self.dist_info)
@@ -583,6 +740,7 @@ def train_epoch(self: TrainingRun) -> bool:
             group.append(batch)
             if len(group) < cfg.grad_accum and loop.pos + len(group) < self.n_micro: continue
             loss, rows, grad_norm = self.optimiser_step(group)
+            if self.ema is not None: self.ema.update()
             loop.pos += len(group)
             loop.step += 1
             loop.epoch_loss_sum += loss
@@ -615,40 +773,72 @@ def train_epoch(self: TrainingRun) -> bool:
 # %% ../nbs/08_train.ipynb #c041
 @patch
 def validate(self: TrainingRun) -> dict:
-    "Validation metrics, computed on the main process and shared with every rank."
+    "Validation metrics (with the loss and standard errors), computed on the main process, shared with all."
     metrics = None
     if self.dist_info.is_main:
-        metrics = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype,
-                            self.eval_users)
+        metrics = _validation_metrics(self.model, self.valid_ds, self.content, 'valid', self.device,
+                                      self.amp_dtype, self.eval_users)
     return broadcast_object(metrics, self.dist_info)
+
+# %% ../nbs/08_train.ipynb #x4fee13c
+@patch
+def score_heldout(self: TrainingRun) -> dict:
+    "`heldout_NDCG@10`, `heldout_HR@10` of the held-out users (main process; {} without held-out users)."
+    if self.heldout is None: return {}
+    scores = None
+    if self.dist_info.is_main:
+        heldout_ds, users = self.heldout
+        metrics = _evaluate(self.model, heldout_ds, self.content, 'test', self.device, self.amp_dtype, users)
+        scores = {f'heldout_{name}': metrics[name] for name in ('NDCG@10', 'HR@10', 'n_users')}
+    return broadcast_object(scores, self.dist_info)
+
+# %% ../nbs/08_train.ipynb #x238df93
+@patch
+def validation_record(self: TrainingRun) -> dict:
+    "The validation columns of an epoch's record: raw weights, held-out users, the EMA (if kept)."
+    record = {**flatten_metrics(self.validate(), 'valid_'), **self.score_heldout()}
+    if self.ema is not None:
+        with self.ema.swapped_in():
+            record.update(flatten_metrics(self.validate(), 'ema_valid_'))
+            record.update({f'ema_{key}': value for key, value in self.score_heldout().items()})
+    return record
+
+# %% ../nbs/08_train.ipynb #x6d97ddf
+@patch
+def select(self: TrainingRun, record: dict):
+    "Apply the selection rule to the history plus `record`: write `best/` if it is the new best, stop if due."
+    loop, rule = self.loop, self.rule
+    trace = selection_trace([*loop.history, record], rule)
+    if trace['best_epoch'] == record['epoch']:
+        loop.best_metric, loop.best_step, loop.best_epoch = trace['best'], record['step'], record['epoch']
+        if self.dist_info.is_main:
+            prefix = 'ema_valid_' if rule.weights == 'ema' else 'valid_'
+            valid = {key[len(prefix):]: value for key, value in record.items() if key.startswith(prefix)}
+            info = dict(step=record['step'], epoch=record['epoch'], weights=rule.weights, valid=valid)
+            with self.ema.swapped_in() if rule.weights == 'ema' else contextlib.nullcontext():
+                _write_best(self.model, self.out_dir, info)
+    loop.best_metric, loop.bad_evals = trace['best'], trace['bad_evals']
+    if trace['stop_epoch'] == record['epoch']:
+        loop.stopped_early = True
+        self.metrics_log.write('early_stop', epoch=record['epoch'], step=record['step'],
+                               best_epoch=loop.best_epoch, best=loop.best_metric)
 
 # %% ../nbs/08_train.ipynb #xa8bb134
 @patch
 def end_epoch(self: TrainingRun):
-    "Validate if due, update best/ and early stopping, record the epoch, checkpoint."
+    "Validate if due, apply the selection rule (best/, early stopping), record the epoch, checkpoint."
     loop, cfg = self.loop, self.cfg
     train_loss = loop.epoch_loss_sum / max(1, loop.epoch_steps)
     record = dict(epoch=loop.epoch + 1, step=loop.step, train_loss=train_loss,
                   **{('lr' if group['name'] == 'head' else f"{group['name']}_lr"): group['lr']
                      for group in self.opt.param_groups if not group['name'].endswith('no_decay')})
     if (loop.epoch + 1) % max(1, cfg.eval_every) == 0 or loop.epoch + 1 == cfg.epochs:
-        metrics = self.validate()
-        record.update(flatten_metrics(metrics, 'valid_'))
-        if loop.best_metric is None or metrics['NDCG@10'] > loop.best_metric:
-            loop.best_metric, loop.best_step, loop.best_epoch = metrics['NDCG@10'], loop.step, loop.epoch + 1
-            loop.bad_evals = 0
-            if self.dist_info.is_main:
-                best_info = dict(step=loop.step, epoch=loop.epoch + 1, valid=metrics)
-                _write_best(self.model, self.out_dir, best_info)
-        else: loop.bad_evals += 1
-        if cfg.patience > 0 and loop.bad_evals >= cfg.patience:
-            loop.stopped_early = True
-            self.metrics_log.write('early_stop', epoch=loop.epoch + 1, step=loop.step,
-                                   best_epoch=loop.best_epoch, best=loop.best_metric)
+        record.update(self.validation_record())
+        self.select(record)
     loop.history.append(record)
     self.metrics_log.write('epoch', **record)
     if self.show:
-        shown = ('epoch', 'step', 'train_loss', 'valid_HR@10', 'valid_NDCG@10')
+        shown = ('epoch', 'step', 'train_loss', 'valid_HR@10', 'valid_NDCG@10', 'valid_loss', 'heldout_NDCG@10')
         log.info(' '.join(f'{key}={value:.4g}' if isinstance(value, float) else f'{key}={value}'
                           for key, value in record.items() if key in shown))
     loop.epoch += 1
@@ -662,13 +852,11 @@ def end_epoch(self: TrainingRun):
 def validate_start(self: TrainingRun):
     "Epoch 0: validate the weights before any training and keep them as `best/` unless an epoch beats them."
     loop = self.loop
-    metrics = self.validate()
-    loop.best_metric, loop.best_step, loop.best_epoch, loop.bad_evals = metrics['NDCG@10'], 0, 0, 0
-    if self.dist_info.is_main: _write_best(self.model, self.out_dir, dict(step=0, epoch=0, valid=metrics))
-    record = dict(epoch=0, step=0, **flatten_metrics(metrics, 'valid_'))
+    record = dict(epoch=0, step=0, **self.validation_record())
+    self.select(record)                                 # the first validated record: the best so far
     loop.history.append(record)
     self.metrics_log.write('epoch', **record)
-    if self.show: log.info(f"epoch=0 (before training) valid_NDCG@10={metrics['NDCG@10']:.4g}")
+    if self.show: log.info(f"epoch=0 (before training) valid_NDCG@10={record['valid_NDCG@10']:.4g}")
 
 # %% ../nbs/08_train.ipynb #c043
 @patch
@@ -689,13 +877,10 @@ def run(self: TrainingRun) -> str:
 # %% ../nbs/08_train.ipynb #xdf0d919
 @patch
 def final_against_start(self: TrainingRun):
-    "Validate the final weights and keep them as `best/` if they beat epoch 0's."
+    "Validate the final weights and keep them as `best/` if the selection rule prefers them to epoch 0's."
     loop = self.loop
-    metrics = self.validate()
-    if metrics['NDCG@10'] > loop.best_metric:
-        loop.best_metric, loop.best_step, loop.best_epoch = metrics['NDCG@10'], loop.step, loop.epoch + 1
-        if self.dist_info.is_main:
-            _write_best(self.model, self.out_dir, dict(step=loop.step, epoch=loop.epoch + 1, valid=metrics))
+    record = dict(epoch=loop.epoch + 1, step=loop.step, **self.validation_record())
+    self.select(record)
     if self.dist_info.distributed: dist.barrier()
 
 # %% ../nbs/08_train.ipynb #x4840664
@@ -714,20 +899,23 @@ def finish(self: TrainingRun, stopped: str, start_time: float) -> FitResult:
         _load_weights(self.model, out_dir/'best', self.device)
     valid = test = None
     sequences_per_s = self.seqs_this_call / max(self.train_time, 1e-9)
+    # what keeping best_epoch cost the held-out users (None unless they were tracked)
+    selection = selection_regret(loop.history, self.rule, chosen_epoch=loop.best_epoch)
     if dist_info.is_main:
-        valid = _evaluate(self.model, self.ds, self.content, 'valid', self.device, self.amp_dtype)
-        test = _evaluate(self.model, self.ds, self.content, 'test', self.device, self.amp_dtype)
+        valid = _evaluate(self.model, self.valid_ds, self.content, 'valid', self.device, self.amp_dtype)
+        test = _evaluate(self.model, self.full_ds, self.content, 'test', self.device, self.amp_dtype)
         write_json(out_dir/'best'/'metrics.json', dict(valid=valid, test=test, step=loop.best_step,
-                                                      epoch=loop.best_epoch))
+                                                      epoch=loop.best_epoch, selection=selection))
         self.metrics_log.write('final', valid=valid, test=test, stopped=stopped, best_epoch=loop.best_epoch,
                                best_step=loop.best_step, steps=loop.step, sequences_per_s=sequences_per_s,
-                               wall_time=time.time() - start_time)
+                               wall_time=time.time() - start_time, selection=selection)
     valid, test = broadcast_object((valid, test), dist_info)
     return FitResult(history=loop.history, best_valid=valid, test=test, out_dir=out_dir,
                      best_dir=out_dir/'best', wall_time=time.time() - start_time,
                      sequences_per_s=sequences_per_s, steps=loop.step,
                      epochs=loop.epoch, best_epoch=loop.best_epoch, best_step=loop.best_step, stopped=stopped,
-                     resumed_from=str(self.resumed_from) if self.resumed_from else None, model=self.model)
+                     resumed_from=str(self.resumed_from) if self.resumed_from else None, model=self.model,
+                     selection=selection)
 
 # %% ../nbs/08_train.ipynb #c045
 def _prepare_out_dir(out_dir: Path, resume: bool, dist_info: DistInfo):
@@ -764,23 +952,28 @@ def _evaluate_only(model, ds, content, cfg, out_dir, dist_info, metrics_log, sta
 # %% ../nbs/08_train.ipynb #x6c6239d
 def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: bool = True,
         progress: bool = True, checkpoint_every: int | None = None, keep_checkpoints: int = 2,
-        validate_start: bool = False) -> FitResult:
+        validate_start: bool = False, heldout: tuple | None = None) -> FitResult:
     "Train `model` on `ds` with `cfg`, writing checkpoints, `best/` and `metrics.jsonl` under `out_dir`."
     start_time, out_dir = time.time(), Path(out_dir)
+    if cfg.track_heldout and heldout is None:
+        raise ValueError("TrainConfig.track_heldout=True: give fit(..., heldout=(data set, user rows)) "
+                         "(run_experiment gives its held-out users), or set track_heldout=False")
     dist_info, done = init_distributed(cfg.device), False
     try:
         _prepare_out_dir(out_dir, resume, dist_info)
         metrics_log = MetricsLog(out_dir/'metrics.jsonl', enabled=dist_info.is_main)
-        if hasattr(model, 'fit_data'): model.fit_data(ds)
+        from transrec.data import validation_views
+        trained_on = validation_views(ds, cfg.val_items)[0]          # no estimate sees a validation target
+        if hasattr(model, 'fit_data'): model.fit_data(trained_on)
         model.to(dist_info.device)
         if content is None:
             from transrec.encoders import make_content
-            content = make_content(model.cfg, ds, prefix_cache=cfg.prefix_cache)
+            content = make_content(model.cfg, trained_on, prefix_cache=cfg.prefix_cache)
         if not getattr(model, 'trainable', True):
             result = _evaluate_only(model, ds, content, cfg, out_dir, dist_info, metrics_log, start_time)
         else:
             run = TrainingRun(model, ds, cfg, out_dir, content, dist_info, metrics_log, progress,
-                              checkpoint_every, keep_checkpoints)
+                              checkpoint_every, keep_checkpoints, heldout)
             run.start(resume)
             if validate_start and run.resumed_from is None: run.validate_start()   # epoch 0 is a candidate
             result = run.finish(run.run(), start_time)
