@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from transrec import experiment as ex
+from transrec import experiment as ex, study
 from transrec import sim
 from transrec.metrics import per_user_metrics, metrics_from_ranks
 
@@ -23,7 +23,7 @@ def no_training(monkeypatch, tmp_path):
     "Any run the study would start fails the test: every run must be reused from the folder built here."
     monkeypatch.setenv('TRANSREC_DATA', str(tmp_path/'no-data'))       # no real files: synthetic shifts apply
     def refuse(nb, run_dir, params): raise AssertionError(f'the study started a run: {nb} -> {run_dir}')
-    monkeypatch.setattr(ex, 'run_notebook', refuse)
+    monkeypatch.setattr(study, 'run_notebook', refuse)
 
 
 def fake_run(run_dir, params, ranks=None, groups=None, test=None, **extra):
@@ -67,7 +67,7 @@ def build_transfer_study(out, seeds=(0, 1), targets=('qb_text', 'nc_mixed'), ski
 
 
 def run_transfer(out, **kw):
-    return ex.transfer_study(out, 'qb_mixed', kw.pop('targets', ['qb_text', 'nc_mixed']),
+    return study.transfer_study(out, 'qb_mixed', kw.pop('targets', ['qb_text', 'nc_mixed']),
                              methods=['transrec', 'transrec-pretrained', 'popularity'], target_fraction=0.2,
                              seeds=2, pretrain_params=PRETRAIN, finetune_params=FINETUNE, **kw)
 
@@ -148,9 +148,9 @@ def test_table_marks_not_significant_and_missing_per_user_files(tmp_path, no_tra
 
 
 def test_seeds_are_counted_from_seed_and_checked(tmp_path, no_training):
-    assert ex.study_seeds(2, 5) == [5, 6]
+    assert study.study_seeds(2, 5) == [5, 6]
     with pytest.raises(ValueError, match='seeds=0: give the number of seeds'):
-        ex.transfer_study(tmp_path/'t', 'qb_mixed', ['qb_text'], seeds=0, finetune_params=FINETUNE)
+        study.transfer_study(tmp_path/'t', 'qb_mixed', ['qb_text'], seeds=0, finetune_params=FINETUNE)
 
 
 def build_scaling_study(out, seeds=(0, 1)):
@@ -180,7 +180,7 @@ def build_scaling_study(out, seeds=(0, 1)):
 def test_scaling_study_reports_intervals_and_convergence_bands_per_source_size(tmp_path, no_training):
     out = tmp_path/'scaling'
     build_scaling_study(out)
-    ex.scaling_study(out, 'qb_mixed', 'tn_mixed', source_fractions=(0.5,), target_fractions=(0.2,),
+    study.scaling_study(out, 'qb_mixed', 'tn_mixed', source_fractions=(0.5,), target_fractions=(0.2,),
                      base_target_fraction=0.2, seeds=2, pretrain_params=PRETRAIN, finetune_params=FINETUNE)
     res = json.loads((out/'scaling.json').read_text())
     assert res['target'] == 'tn_mixed' and res['seeds'] == [0, 1]
@@ -241,7 +241,7 @@ def test_studies_summarise_the_selection_regret_per_method(tmp_path, no_training
     scaling = tmp_path/'scaling'
     build_scaling_study(scaling)
     for seed in (0, 1): add_selection(scaling/'scratch-t0.2'/f'seed-{seed}', 0.01 * (seed + 1))
-    res = ex.scaling_study(scaling, 'qb_mixed', 'tn_mixed', source_fractions=(0.5,), target_fractions=(0.2,),
+    res = study.scaling_study(scaling, 'qb_mixed', 'tn_mixed', source_fractions=(0.5,), target_fractions=(0.2,),
                            base_target_fraction=0.2, seeds=2, pretrain_params=PRETRAIN,
                            finetune_params=FINETUNE)
     assert res['target_scaling'][0.2]['regret']['scratch']['worst'] == pytest.approx(0.02)

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from transrec.core import ModelConfig, TrainConfig
-from transrec.experiment import run_experiment, paired_cell
+from transrec.experiment import run_experiment
+from transrec.study import paired_cell
 
 SEED = int(os.environ.get('TRANSREC_CLAIM_SEED', '0'))
 SOURCE, RELATED, CONTROL = 'qb_mixed', 'shift_000', 'nc_mixed'
