@@ -19,12 +19,12 @@ from . import data as _data
 from .data import write_dataset
 
 # %% auto #0
-__all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTER_DEFAULTS', 'TEXT_ONLY_CONVERTERS', 'IMAGE_OPTIONS',
-           'CONVERTERS_BY_FUNC', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES', 'TIME_NAMES', 'TIME_FORMATS',
+__all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CONVERTER_DEFAULTS', 'TEXT_ONLY_CONVERTERS',
+           'IMAGE_OPTIONS', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES', 'TIME_NAMES', 'TIME_FORMATS',
            'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES', 'NPY_RESAVE', 'CONVERTERS',
            'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'NONE_DEFAULT_HELP', 'ConversionError', 'ProblemLog', 'iter_lines',
-           'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_defaults',
-           'common_options', 'SourceItem', 'safe_name', 'check_destination', 'check_converted', 'write_converted',
+           'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
+           'common_defaults', 'SourceItem', 'safe_name', 'check_destination', 'check_converted', 'write_converted',
            'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time', 'read_pairs',
            'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole', 'PickleRefused',
            'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value', 'load_pickle_data',
@@ -264,17 +264,6 @@ COMMON_OPTIONS = dict(
     description='',           # free text for meta.json (default: says what was converted from where)
 )
 
-# converters whose defaults of common options differ, and those with text items only (no image options)
-CONVERTER_DEFAULTS = dict(from_mind=dict(dedup=True))
-TEXT_ONLY_CONVERTERS = ('from_mind', 'from_recbole')
-IMAGE_OPTIONS = ('modality', 'image_store', 'check_images')
-
-def common_defaults(converter: str) -> dict:
-    "The common options `converter` reads, with its defaults (a text-only converter reads no image option)."
-    defaults = {**COMMON_OPTIONS, **CONVERTER_DEFAULTS.get(converter, {})}
-    ignored = IMAGE_OPTIONS if converter in TEXT_ONLY_CONVERTERS else ()
-    return {name: default for name, default in defaults.items() if name not in ignored}
-
 def common_options(options: dict, converter: str, **defaults) -> dict:
     "`COMMON_OPTIONS` (with per-converter `defaults`) updated by `options`; unknown names raise, listing all."
     merged = {**COMMON_OPTIONS, **CONVERTER_DEFAULTS.get(converter, {}), **defaults}
@@ -293,6 +282,18 @@ def common_options(options: dict, converter: str, **defaults) -> dict:
     return merged
 
 CONVERTERS_BY_FUNC: dict[str, Callable] = {}   # filled as converters are defined (for error messages)
+
+# %% ../nbs/03_convert.ipynb #x3ac855e
+# converters whose defaults of common options differ, and those with text items only (no image options)
+CONVERTER_DEFAULTS = dict(from_mind=dict(dedup=True))
+TEXT_ONLY_CONVERTERS = ('from_mind', 'from_recbole')
+IMAGE_OPTIONS = ('modality', 'image_store', 'check_images')
+
+def common_defaults(converter: str) -> dict:
+    "The common options `converter` reads, with its defaults (a text-only converter reads no image option)."
+    defaults = {**COMMON_OPTIONS, **CONVERTER_DEFAULTS.get(converter, {})}
+    ignored = IMAGE_OPTIONS if converter in TEXT_ONLY_CONVERTERS else ()
+    return {name: default for name, default in defaults.items() if name not in ignored}
 
 # %% ../nbs/03_convert.ipynb #c018
 @dataclass
