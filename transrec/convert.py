@@ -578,9 +578,10 @@ def read_item_texts(path, text_columns, text_sep, opts, problems, header='auto')
             cols = [resolve(column) for column in text_columns]
             if is_header:
                 if max(cols) >= len(row):
-                    raise ConversionError(f"{problems.where(path, 1)}: text column {max(cols)} "
-                                                                f"is beyond the {len(row)} header columns "
-                                                                f"{row}; fix text_columns=")
+                    raise ConversionError(f"{problems.where(path, 1)}: text column {max(cols)} is beyond the "
+                                          f"{len(row)} header columns {row}; pass "
+                                          f"{option_text('text_columns', placeholder='COLUMNS')} with existing "
+                                          f"columns")
                 continue
         iid = row[id_col].strip() if len(row) > id_col else ''
         if not iid:
