@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import (ModelConfig, TrainConfig, seed_everything, resolve_device, resolve_amp,
-                           environment_info, log, data_root)
+                           environment_info, log, data_root, cli_flag)
 from .data import Batch, train_batches
 
 # %% auto #0
@@ -1191,7 +1191,7 @@ def main_scale(argv: list[str]) -> int:
     parser.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
     args = parser.parse_args(argv)
     for name in ('steps', 'batch_size'):
-        if getattr(args, name) < 1: parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        if getattr(args, name) < 1: parser.error(f"{cli_flag(name)} must be >= 1")
     if args.workers < 0: parser.error('--workers must be >= 0')
     if any(s < 16 for s in args.sizes): parser.error('--sizes must be >= 16 px')
     res = bench_scale(args.scales, args.steps, args.sizes, args.batch_size, args.workers, args.work_dir,
@@ -1268,7 +1268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ('steps', 'batch_size', 'threads'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            parser.error(f"{cli_flag(name)} must be >= 1")
     if args.scale is not None and args.scale <= 0: parser.error('--scale must be > 0')
     try:
         res = run_bench(args.quick, tuple(args.parts), tuple(args.data), args.device, args.amp, args.compile,

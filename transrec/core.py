@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import os, random, json, logging, dataclasses, sys, platform, math, shutil, re, uuid
+import os, random, json, logging, dataclasses, sys, platform, math, shutil, re, shlex, uuid
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Callable
@@ -15,7 +15,7 @@ import torch
 __all__ = ['MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'log', 'project_dir', 'data_root', 'reports_root', 'seed_everything',
            'resolve_device', 'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling',
            'atomic_write', 'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device',
-           'environment_info']
+           'environment_info', 'cli_flag', 'option_text']
 
 # %% ../nbs/00_core.ipynb #c005
 def project_dir(cwd=None) -> Path:
@@ -386,3 +386,18 @@ def environment_info() -> dict:
     try: info['transrec'] = version('transrec')
     except PackageNotFoundError: pass
     return info
+
+# %% ../nbs/00_core.ipynb #xbe1a895
+def cli_flag(name: str) -> str:
+    "The command-line flag of keyword option `name`: `bad_rows` -> `--bad-rows`."
+    return '--' + name.replace('_', '-')
+
+# %% ../nbs/00_core.ipynb #x16bbc7e
+def option_text(name: str, value=True, placeholder: str | None = None) -> str:
+    """Option `name` set to `value` in both spellings, for a message raised from Python and the command line:
+    `--bad-rows report (bad_rows='report' in Python)`. `placeholder` (e.g. `'PATH'`) stands for a value to
+    choose; `True` is the bare flag; other values are written as JSON on the command line."""
+    if placeholder is not None: return f"{cli_flag(name)} {placeholder} ({name}={placeholder} in Python)"
+    if value is True: return f"{cli_flag(name)} ({name}=True in Python)"
+    cli_value = value if isinstance(value, str) else json.dumps(jsonable(value))
+    return f"{cli_flag(name)} {shlex.quote(cli_value)} ({name}={value!r} in Python)"
