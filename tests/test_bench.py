@@ -102,5 +102,6 @@ def test_cli_load_tiny(root, ds, tmp_path, capsys):
     summary = res['summary']
     assert summary['before'] == rows[0]['ratio'] and summary['after'] == rows[1]['ratio']
     assert summary['after_over_before'] == pytest.approx(rows[1]['ratio'] / rows[0]['ratio'])
+    assert summary['shared_speedup'] == pytest.approx(rows[1]['loaded']['seq_per_s'] / rows[0]['loaded']['seq_per_s'])
     printed = capsys.readouterr().out
     assert 'before -> after' in printed and 'Sharing the cores' in printed

@@ -1321,15 +1321,19 @@ def competing_training(spec: LoadSpec, wait: str, timeout: float = 900):
             proc.wait()
 
 # %% ../nbs/09_bench.ipynb #xd0368ft
-LOAD_GOAL = 0.4      # loaded / alone of the default setup, sharing the cores with one other training
+LOAD_GOAL = 0.4      # shared / alone of the default setup, sharing the cores with one other training
 
 def load_summary(rows: list[dict], goal: float = LOAD_GOAL) -> dict:
-    "Ratios loaded/alone per `policy/wait` setup, after/before, and whether the default setup meets `goal`."
-    ratios = {f"{row['policy']}/{row['wait_policy']}": row['ratio'] for row in rows}
-    before, after = ratios.get('machine/default'), ratios.get('usable/passive')
-    return dict(ratios=ratios, before=before, after=after,
-                after_over_before=after / before if before and after else None, goal=goal,
-                met=None if after is None else after >= goal)
+    "Ratios shared/alone per `policy/wait` setup, after (usable) over before (machine), and the goal."
+    by_setup = {f"{row['policy']}/{row['wait_policy']}": row for row in rows}
+    ratios = {setup: row['ratio'] for setup, row in by_setup.items()}
+    before, after = by_setup.get('machine/default'), by_setup.get('usable/passive')
+    both = before is not None and after is not None
+    speedup = lambda part: after[part]['seq_per_s'] / before[part]['seq_per_s'] if both else None
+    return dict(ratios=ratios, before=before and before['ratio'], after=after and after['ratio'],
+                after_over_before=after['ratio'] / before['ratio'] if both else None,
+                alone_speedup=speedup('alone'), shared_speedup=speedup('loaded'), goal=goal,
+                met=None if after is None else after['ratio'] >= goal)
 
 # %% ../nbs/09_bench.ipynb #x9de279t
 def bench_load(policies=('machine', 'usable'), wait_policy: str = 'auto', steps: int = 8, warmup: int = 2,
@@ -1385,6 +1389,9 @@ def render_load(res: dict) -> str:
     if summary['after_over_before']:
         lines.append(f"before -> after: {summary['before']:.0%} -> {summary['after']:.0%} of the rate alone "
                      f"({summary['after_over_before']:.1f}x)")
+    if summary.get('shared_speedup'):
+        lines.append(f"sequences/s, usable/passive over machine/default: {summary['alone_speedup']:.1f}x alone, "
+                     f"{summary['shared_speedup']:.1f}x shared")
     if summary['met'] is not None:
         verdict = 'met' if summary['met'] else 'NOT met'
         lines.append(f"goal: at least {summary['goal']:.0%} of the rate alone: {verdict}")
