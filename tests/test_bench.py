@@ -83,9 +83,14 @@ def test_cli_scale_tiny(tmp_path, capsys):
 
 
 def test_cli_load_tiny(root, ds, tmp_path, capsys):
+    import tempfile
+    from pathlib import Path
+    leftovers = lambda: set(Path(tempfile.gettempdir()).glob('transrec-bench-load-*'))
+    before = leftovers()
     out = tmp_path/'load.json'
     rc = main(['load', '--quick', '--root', str(root), '--json', str(out)])
     assert rc == 0
+    assert leftovers() <= before                     # the stopped competitors removed their folders too
     res = json.loads(out.read_text())
     assert set(res) == {'machine', 'settings', 'rows', 'summary'}
     rows = res['rows']

@@ -1270,6 +1270,7 @@ def measure_load_step(spec: LoadSpec) -> dict:
         run.start(resume=False)
         if spec.ready_file:
             _train_until(run, spec.warmup)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))    # stopped: still remove `out`
             Path(spec.ready_file).write_text(str(os.getpid()))
             _train_until(run, 2**62)                                   # until the benchmark stops it
         marks, optimiser_step = [], run.optimiser_step          # (clock, sequences) after every step
