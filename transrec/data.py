@@ -2158,14 +2158,9 @@ def eval_batches(
 
 # %% ../nbs/01_data.ipynb #p002
 def default_num_workers(device='cpu') -> int:
-    "Loader workers for `num_workers=None`: `$TRANSREC_NUM_WORKERS`, else min(4 | 2 on CPU, usable cpus - 1)."
-    env = os.environ.get('TRANSREC_NUM_WORKERS', '').strip()
-    if env:
-        if not env.isdigit():
-            raise ValueError(f'TRANSREC_NUM_WORKERS={env!r}: must be an integer >= 0')
-        return int(env)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(0, min(4 if torch.device(device).type == 'cuda' else 2, cpus - 1))
+    "Loader workers for `num_workers=None`: `$TRANSREC_NUM_WORKERS`, else `core.thread_plan`'s for `device`."
+    from transrec.core import thread_plan
+    return thread_plan(device).workers
 
 # %% ../nbs/01_data.ipynb #p002s1
 def _init_worker(worker_id: int):

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json, time, os, sys, shutil, math, difflib, hashlib, inspect
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-import numpy as np
-import torch
+# core first: it sets OpenMP's wait policy before torch loads (see core's "Threads on a shared machine")
 from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, environment_info,
                            seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS)
+import numpy as np
+import torch
 
 # %% auto #0
 __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
