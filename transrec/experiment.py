@@ -623,12 +623,18 @@ def train_parser() -> argparse.ArgumentParser:
         'nbs/finetune.ipynb do (same parameters, checks and outputs; no notebook).',
         epilog='example: transrec-train pretrain --source qb_mixed --out-dir reports/pre '
                '--model "{dim: 128}" --train "{epochs: 10, weight_decay: 0}"')
+    words = dict(source='a data set name (transrec-sources list) or a MoM folder',
+                 target='a data set name (transrec-sources list) or a MoM folder',
+                 init="a saved model folder (a pretrain run's best/) or 'scratch'",
+                 out_dir="the run folder; '' for reports/<experiment>-...",
+                 device="'auto', 'cpu', 'cuda' or 'cuda:N'")
     commands = parser.add_subparsers(dest='experiment', required=True, metavar='{pretrain,finetune}')
     for experiment in WORKBENCH_TRAIN:
         sub = commands.add_parser(experiment, help=f'what nbs/{experiment}.ipynb does')
         for name, (default, spec) in EXPERIMENT_PARAMS[experiment].items():
             accepts = (f'a YAML dict of {"ModelConfig" if name == "model" else "TrainConfig"} settings, '
-                       f'each one of {", ".join(spec.specs)}' if isinstance(spec, Overrides) else spec.allowed())
+                       f'each one of {", ".join(spec.specs)}' if isinstance(spec, Overrides)
+                       else words.get(name, spec.allowed()))
             sub.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
                              metavar=name.upper(), help=f'{accepts} (default {default!r})')
     return parser
