@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 import ipywidgets as widgets
-from .core import log
+from .core import log, option_text
 from .data import MODALITIES
 
 # %% auto #0
@@ -738,7 +738,7 @@ def _json_for_script(obj) -> str:
 # %% ../nbs/10_dashboard.ipynb #x60bcde3
 def _pick_users(ds, users, seed: int) -> list[int]:
     if isinstance(users, (int, np.integer)):
-        if users < 1: raise ValueError(f'users={users}: export at least one user')
+        if users < 1: raise ValueError(f'{option_text("users", users)}: export at least one user')
         n = min(int(users), ds.n_users)
         return sorted(np.random.default_rng(seed).choice(ds.n_users, n, replace=False).tolist())
     picked = [user_index(ds, u) for u in users]

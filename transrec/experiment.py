@@ -7,10 +7,11 @@ from __future__ import annotations
 import json, time, os, sys, shutil, math, difflib, hashlib, inspect
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-import numpy as np
-import torch
+# core first: it sets OpenMP's wait policy before torch loads (see core's "Threads on a shared machine")
 from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, environment_info,
                            seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS)
+import numpy as np
+import torch
 
 # %% auto #0
 __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
@@ -218,8 +219,8 @@ TRAIN_SPECS = dict(epochs=Spec(int, 1, 100_000), max_steps=Spec(int, 1), batch_s
                    select_on=Spec(choices=SELECT_ON), select_weights=Spec(choices=SELECT_WEIGHTS),
                    min_epochs=Spec(int, 0), stop_noise=Spec(float, 0),
                    ema_decay=Spec(float, 0, 1, lo_open=True), val_items=Spec(int, 1), track_heldout=Spec(bool),
-                   prefix_cache=Spec(bool), num_workers=Spec(int, 0, 1024), pin_memory=Spec(bool),
-                   prefetch_factor=Spec(int, 1, 1024), log_every=Spec(int, 1))
+                   prefix_cache=Spec(bool), threads=Spec(int, 1, 1024), num_workers=Spec(int, 0, 1024),
+                   pin_memory=Spec(bool), prefetch_factor=Spec(int, 1, 1024), log_every=Spec(int, 1))
 # the fields no `model` / `train` dict takes, with the way they are set instead
 MODEL_REFUSED = dict(n_items="is sized from the data set (the item-ID table of kind='id_sasrec'); "
                              "it is not a setting")
