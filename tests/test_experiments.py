@@ -167,3 +167,37 @@ def test_scaling(env, pretrained):
     assert '| difference (pre-trained − scratch) |' in (out/'scaling.md').read_text()
     assert set(r['convergence']) == {'0.5', '1.0', 'scratch'}
     assert all(band['mean'] and None not in band['mean'] for band in r['convergence'].values())
+
+
+EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore')
+ANNOTATIONS = {str: 'str', int: 'int', float: 'float', bool: 'bool', list: 'list', dict: 'dict'}
+
+
+@pytest.mark.parametrize('nb', EXPERIMENT_NOTEBOOKS)
+def test_help_notebook_shows_type_and_help(nb):
+    "`papermill --help-notebook`: every parameter has its Spec's type (no 'Unknown type') and a help text."
+    from transrec.experiment import EXPERIMENT_PARAMS, Spec
+    shown = pm.inspect_notebook(str(NBS/f'{nb}.ipynb'))
+    for name, p in shown.items():
+        assert p['inferred_type_name'] not in ('None', None) and p['help'].strip(), (nb, p)
+    if nb in EXPERIMENT_PARAMS:
+        specs = EXPERIMENT_PARAMS[nb]
+        for name, (_, spec) in specs.items():
+            declared = ANNOTATIONS[spec.type if isinstance(spec, Spec) else dict]
+            assert shown[name]['inferred_type_name'].startswith(declared), (name, shown[name], declared)
+    done = subprocess.run([sys.executable, '-m', 'papermill', '--help-notebook', str(NBS/f'{nb}.ipynb')],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and 'Unknown type' not in done.stdout, done.stdout + done.stderr
+
+
+def test_bad_setting_ends_the_run_with_one_line(env):
+    "A bad value stops the papermill run; the notebook's error and the run's last line are the one-line explanation."
+    out, out_nb = env/'bad-setting', env/'bad-setting.ipynb'
+    done = subprocess.run([sys.executable, '-m', 'papermill', str(NBS/'pretrain.ipynb'), str(out_nb), '--cwd', str(NBS),
+                           '-p', 'out_dir', str(out), '-p', 'device', 'cpu', '-y', 'train: {weight_decay: -1}'],
+                          capture_output=True, text=True, timeout=300)
+    said = 'ParameterError: parameter train.weight_decay=-1: expected a number in [0, 10]'
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == said, done.stderr[-2000:]
+    errors = [o for c in json.loads(out_nb.read_text())['cells'] for o in c.get('outputs', []) if o['output_type'] == 'error']
+    assert [e['traceback'] for e in errors] == [[said]], errors
+    assert not out.exists()

@@ -15,12 +15,13 @@ import torch
 
 # %% auto #0
 __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
-           'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES',
-           'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'check_data_name', 'check_init', 'check_fraction', 'split_params',
-           'preset_configs', 'architecture_clashes', 'init_model_config', 'flat_params', 'experiment_configs', 'Spec',
-           'override_spelling', 'Overrides', 'fold_old_spellings', 'experiment_params', 'study_run_params',
-           'dataset_summary', 'split_users', 'sample_users', 'group_metrics', 'ranked_groups', 'write_per_user',
-           'image_weights_note', 'run_experiment', 'ExperimentRun', 'setup_experiment', 'write_metrics',
+           'MODEL_REFUSED', 'TRAIN_REFUSED', 'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'EXPERIMENT_PARAMS',
+           'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'check_data_name', 'check_init',
+           'check_fraction', 'split_params', 'preset_configs', 'architecture_clashes', 'init_model_config',
+           'flat_params', 'experiment_configs', 'Spec', 'override_spelling', 'Overrides', 'fold_old_spellings',
+           'ParameterError', 'parameter_errors', 'experiment_params', 'study_run_params', 'dataset_summary',
+           'split_users', 'sample_users', 'group_metrics', 'ranked_groups', 'write_per_user', 'image_weights_note',
+           'run_experiment', 'ExperimentRun', 'setup_experiment', 'cli_value', 'train_parser', 'main', 'write_metrics',
            'read_run_json', 'write_run_params', 'resume_run', 'data_fingerprint', 'data_changes', 'check_resume_data',
            'curves_figure', 'save_figure', 'results_frame', 'update_report_index', 'index_run', 'papermill_output_path',
            'render_notebook_html', 'render_executed_notebook', 'run_notebook']
@@ -186,6 +187,11 @@ def _file(value, name):
         raise ValueError(f"parameter {name}={value!r}: no such file (from {Path.cwd()}); "
                          "give a local file or None")
 
+def _per_channel(value, name):
+    "Image normalisation: one number per colour channel."
+    if len(value) != 3:
+        raise ValueError(f"parameter {name}={value!r}: give 3 numbers, one per colour channel (R, G, B)")
+
 MODEL_SIZES = dict(dim=Spec(int, 1, 4096), n_layers=Spec(int, 1, 64), n_heads=Spec(int, 1, 64),
                    max_len=Spec(int, 1, 10_000), text_trainable_blocks=Spec(int, 0, 64),
                    image_trainable_blocks=Spec(int, 0, 5), image_size=Spec(int, 16, 2048),
@@ -199,13 +205,27 @@ MODEL_SPECS = dict(
     tower_norm=Spec(choices=('pre', 'post')), ffn_dim=Spec(int, 0, 1_000_000),
     positions=Spec(choices=('newest', 'oldest')),
     modality_embedding=Spec(choices=('items', 'history', 'none')),
-    train_windows=Spec(choices=('all', 'last')))
+    train_windows=Spec(choices=('all', 'last')), n_pos=Spec(int, 1, 10_000),
+    temperature=Spec(float, 0, 100, lo_open=True),
+    image_mean=Spec(list, item=Spec(float, 0, 1), check=_per_channel),
+    image_std=Spec(list, item=Spec(float, 0, 10, lo_open=True), check=_per_channel))
 TRAIN_SPECS = dict(epochs=Spec(int, 1, 100_000), max_steps=Spec(int, 1), batch_size=Spec(int, 1, 1_000_000),
-                   lr=Spec(float, 0, 10, lo_open=True), encoder_lr=Spec(float, 0, 10),
-                   amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), patience=Spec(int, 0),
+                   grad_accum=Spec(int, 1, 4096), lr=Spec(float, 0, 10, lo_open=True),
+                   encoder_lr=Spec(float, 0, 10), weight_decay=Spec(float, 0, 10), warmup_steps=Spec(int, 0),
+                   schedule=Spec(choices=('cosine', 'linear', 'constant')),
+                   clip_grad=Spec(float, 0),                       # 0: no clipping
+                   amp=Spec(choices=('auto', 'bf16', 'fp16', 'none')), compile=Spec(bool),
+                   eval_every=Spec(int, 1), eval_users=Spec(int, 1), patience=Spec(int, 0),
                    select_on=Spec(choices=SELECT_ON), select_weights=Spec(choices=SELECT_WEIGHTS),
                    min_epochs=Spec(int, 0), stop_noise=Spec(float, 0),
-                   ema_decay=Spec(float, 0, 1, lo_open=True), val_items=Spec(int, 1), track_heldout=Spec(bool))
+                   ema_decay=Spec(float, 0, 1, lo_open=True), val_items=Spec(int, 1), track_heldout=Spec(bool),
+                   prefix_cache=Spec(bool), threads=Spec(int, 1, 1024), num_workers=Spec(int, 0, 1024),
+                   pin_memory=Spec(bool), prefetch_factor=Spec(int, 1, 1024), log_every=Spec(int, 1))
+# the fields no `model` / `train` dict takes, with the way they are set instead
+MODEL_REFUSED = dict(n_items="is sized from the data set (the item-ID table of kind='id_sasrec'); "
+                             "it is not a setting")
+TRAIN_REFUSED = dict(seed='is a parameter of its own: -p seed 1',
+                     device='is a parameter of its own: -p device cpu')
 
 # %% ../nbs/11_experiment.ipynb #pa09
 def override_spelling(section: str, name: str, value) -> str:
@@ -255,18 +275,20 @@ _FRACTION = Spec(float, 0, 1, lo_open=True)
 _DATA = Spec(str, check=check_data_name)
 # notebooks: nbs/
 _INIT = Spec(str, check=lambda value, name: check_init(value, root='..') if value else None)
-_OWN = dict(seed='is a parameter of its own: -p seed 1', device="is a parameter of its own: -p device cpu")
 _RUN = dict(out_dir=('', Spec(str)), preset=('workbench', Spec(choices=PRESETS)), seed=(0, Spec(int, 0)),
             device=('auto', Spec(str, check=lambda value, name: resolve_device(value))),
             scale=(1.0, Spec(float, 0, lo_open=True)), data_seed=(0, Spec(int, 0)))
 _TRAINING = dict(progress=(True, Spec(bool)), resume=('auto', Spec(choices=('auto', 'fresh'))),
-                 model=({}, Overrides(MODEL_SPECS)), train=({}, Overrides(TRAIN_SPECS, refused=_OWN)))
+                 model=({}, Overrides(MODEL_SPECS, refused=MODEL_REFUSED)),
+                 train=({}, Overrides(TRAIN_SPECS, refused=TRAIN_REFUSED)))
 _EPOCHS = Spec(int, 1, 100_000, none_ok=True)        # None: the preset's epochs for that step
 _STUDY = dict(**_RUN, seeds=(3, Spec(int, 1, 1000)), pretrain_epochs=(None, _EPOCHS),
               finetune_epochs=(None, _EPOCHS),
-              model=({}, Overrides(MODEL_SPECS, refused=dict(kind='is set per method by the study'))),
+              model=({}, Overrides(MODEL_SPECS, refused=dict(kind='is set per method by the study',
+                                                **MODEL_REFUSED))),
               train=({}, Overrides(TRAIN_SPECS, refused=dict(
-                  epochs='is set per step by the study: -p pretrain_epochs N -p finetune_epochs N', **_OWN))))
+                  epochs='is set per step by the study: -p pretrain_epochs N -p finetune_epochs N',
+                  **TRAIN_REFUSED))))
 
 EXPERIMENT_PARAMS = {
     'pretrain': dict(source=('qb_mixed', _DATA), source_fraction=(1.0, _FRACTION), **_RUN, **_TRAINING),
@@ -319,18 +341,33 @@ def _user_names(namespace: dict) -> list:
                          or callable(v))
     return [k for k, v in namespace.items() if not skip(k, v)]
 
+# %% ../nbs/11_experiment.ipynb #ps02
+from contextlib import contextmanager
+
+class ParameterError(ValueError):
+    "A bad notebook or command-line parameter; IPython and papermill show only its one-line message."
+    def _render_traceback_(self) -> list[str]: return [f'{type(self).__name__}: {self}']
+
+@contextmanager
+def parameter_errors():
+    "Raise the `ValueError`s of parameter checks inside the block as `ParameterError`s (same message)."
+    try: yield
+    except ParameterError: raise
+    except ValueError as error: raise ParameterError(str(error)) from None
+
 # %% ../nbs/11_experiment.ipynb #p009
 def experiment_params(experiment: str, namespace: dict) -> dict:
     """Check the parameters of experiment notebook `experiment` in `namespace` (its globals); return them as
     a dict."""
     if experiment not in EXPERIMENT_PARAMS:
         raise ValueError(f"experiment={experiment!r}: choose one of {list(EXPERIMENT_PARAMS)}")
-    given = fold_old_spellings(experiment, {name: namespace[name] for name in _user_names(namespace)})
-    params = {k: spec(k, given.get(k, default))
-              for k, (default, spec) in EXPERIMENT_PARAMS[experiment].items()}
-    # the configs' own checks (dim % n_heads)
-    if experiment in WORKBENCH_TRAIN: experiment_configs(experiment, params)
-    else: split_params(flat_params(params))
+    with parameter_errors():                    # papermill: the one-line message ends the run
+        given = fold_old_spellings(experiment, {name: namespace[name] for name in _user_names(namespace)})
+        params = {k: spec(k, given.get(k, default))
+                  for k, (default, spec) in EXPERIMENT_PARAMS[experiment].items()}
+        # the configs' own checks (dim % n_heads)
+        if experiment in WORKBENCH_TRAIN: experiment_configs(experiment, params)
+        else: split_params(flat_params(params))
     return params
 
 # %% ../nbs/11_experiment.ipynb #p014
@@ -555,8 +592,9 @@ def setup_experiment(experiment: str, namespace: dict, root='..') -> ExperimentR
     if experiment not in WORKBENCH_TRAIN:
         raise ValueError(f"experiment={experiment!r}: 'pretrain' or 'finetune'")
     params = experiment_params(experiment, namespace)
-    init_dir = check_init(params['init'], root=root) if experiment == 'finetune' else None
-    model_cfg, train_cfg = experiment_configs(experiment, params, init_dir)      # clashes with init stop here
+    with parameter_errors():
+        init_dir = check_init(params['init'], root=root) if experiment == 'finetune' else None
+        model_cfg, train_cfg = experiment_configs(experiment, params, init_dir)  # clashes with init stop here
     if params['out_dir']: out = Path(params['out_dir'])
     elif experiment == 'pretrain': out = reports_root()/f"pretrain-{params['source']}"
     else:
@@ -564,6 +602,65 @@ def setup_experiment(experiment: str, namespace: dict, root='..') -> ExperimentR
         out = reports_root()/f"finetune-{params['target']}-{method}-f{params['target_fraction']}"
     print('writing to', out)
     return ExperimentRun(experiment, params, model_cfg, train_cfg, init_dir, out)
+
+# %% ../nbs/11_experiment.ipynb #tr02
+import argparse
+
+def cli_value(spec, text: str):
+    "A command-line word as the value of a parameter checked by `spec` (a `Spec` or `Overrides`)."
+    if isinstance(spec, Spec) and spec.type is str and not spec.none_ok: return text
+    import yaml
+    try: value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{text!r} is not a value ({str(error).splitlines()[0]}); "
+                         "write dicts as YAML, e.g. \"{dim: 128, loss: bce}\"") from None
+    return None if value == 'None' else value
+
+# %% ../nbs/11_experiment.ipynb #tr04
+def train_parser() -> argparse.ArgumentParser:
+    "The options of `transrec-train`: one per parameter of the `pretrain` / `finetune` notebook."
+    parser = argparse.ArgumentParser(
+        prog='transrec-train', description='Pre-train or fine-tune one run, as nbs/pretrain.ipynb and '
+        'nbs/finetune.ipynb do (same parameters, checks and outputs; no notebook).',
+        epilog='example: transrec-train pretrain --source qb_mixed --out-dir reports/pre '
+               '--model "{dim: 128}" --train "{epochs: 10, weight_decay: 0}"')
+    words = dict(source='a data set name (transrec-sources list) or a MoM folder',
+                 target='a data set name (transrec-sources list) or a MoM folder',
+                 init="a saved model folder (a pretrain run's best/) or 'scratch'",
+                 out_dir="the run folder; '' for reports/<experiment>-...",
+                 device="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    commands = parser.add_subparsers(dest='experiment', required=True, metavar='{pretrain,finetune}')
+    for experiment in WORKBENCH_TRAIN:
+        sub = commands.add_parser(experiment, help=f'what nbs/{experiment}.ipynb does')
+        for name, (default, spec) in EXPERIMENT_PARAMS[experiment].items():
+            accepts = (f'a YAML dict of {"ModelConfig" if name == "model" else "TrainConfig"} settings, '
+                       f'each one of {", ".join(spec.specs)}' if isinstance(spec, Overrides)
+                       else words.get(name, spec.allowed()))
+            sub.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+                             metavar=name.upper(), help=f'{accepts} (default {default!r})')
+    return parser
+
+# %% ../nbs/11_experiment.ipynb #tr05
+def main(argv: list[str] | None = None) -> int:
+    "Console command `transrec-train`: check the parameters, train, evaluate, write the run folder; exit status."
+    from transrec.core import project_dir
+    parser = train_parser()
+    args = vars(parser.parse_args(argv))
+    experiment = args.pop('experiment')
+    specs = EXPERIMENT_PARAMS[experiment]
+    try:
+        with parameter_errors():
+            namespace = {name: cli_value(specs[name][1], text) for name, text in args.items()}
+        run = setup_experiment(experiment, namespace, root=project_dir())
+        metrics = run.run()
+        run.curves(metrics)
+        index_run(run.out)
+    except (ValueError, FileNotFoundError) as error:
+        print(f'{parser.prog}: error: {error}', file=sys.stderr)
+        return 2
+    print(results_frame({'valid': metrics['valid'], 'test': metrics['test']}).to_string())
+    print(f"test NDCG@10 ({metrics['test_users']} users) = {metrics['test']['NDCG@10']:.4f}; run folder: {run.out}")
+    return 0
 
 # %% ../nbs/11_experiment.ipynb #c014
 def write_metrics(out_dir, metrics: dict) -> Path:
@@ -792,3 +889,7 @@ def run_notebook(nb, run_dir, params: dict) -> Path:
                         kernel_name='python3', progress_bar=False, cwd=str(Path(nb).parent))
     render_notebook_html(out_nb, run_dir/'notebook.html')
     return out_nb
+
+# %% ../nbs/11_experiment.ipynb #tr07
+import builtins
+if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False): sys.exit(main())

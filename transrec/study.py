@@ -17,7 +17,8 @@ __all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'seed_interval', 'interval_exclud
            'target_shift', 'gain_vs_shift', 'gain_shift_figure', 'regret_summary', 'study_regrets', 'regret_markdown',
            'rule_regret_table', 'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study',
            'markdown_table_html', 'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_study',
-           'scaling_figures', 'scaling_markdown']
+           'scaling_figures', 'scaling_markdown', 'user_interval', 'run_summary', 'compare_runs', 'compare_markdown',
+           'main']
 
 # %% ../nbs/12_study.ipynb #c027
 METHOD_LABELS = {'transrec': 'TransRec (scratch)',
@@ -604,3 +605,107 @@ def scaling_markdown(result: dict) -> str:
     regret = regret_markdown({result['target']: regrets})
     return ('\n'.join(source) + '\n\n' + '\n'.join(target) + '\n\n' + note
             + (f'\n\n{regret}' if regret else ''))
+
+# %% ../nbs/12_study.ipynb #cm02
+def user_interval(values, confidence: float = 0.95, seed: int = 0) -> dict:
+    "Mean of per-user `values` and its bootstrap interval over users (`paired_test` against zero)."
+    from transrec.metrics import paired_test
+    values = np.asarray(values, dtype=np.float64)
+    test = paired_test(values, np.zeros_like(values), confidence=confidence, seed=seed)
+    return dict(mean=test['mean_a'], low=test['low'], high=test['high'], n=test['n_users'])
+
+# %% ../nbs/12_study.ipynb #cm04
+def run_summary(run_dir, k: int = 10) -> dict:
+    "A finished run folder: its metrics.json summary and the per-user NDCG@k / HR@k of its headline users."
+    from transrec.metrics import per_user_metrics
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir(): raise ValueError(f"{run_dir}: no such run folder")
+    path = run_dir/'metrics.json'
+    try: metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir}: no metrics.json; give the folder of a finished run "
+                         "(what nbs/pretrain.ipynb, nbs/finetune.ipynb or transrec-train write)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); run that experiment again") from None
+    if not isinstance(metrics, dict) or not metrics.get('experiment'):
+        raise ValueError(f"{path} is not the metrics file of a run (no 'experiment' field)")
+    group = metrics.get('test_users', 'cold')
+    ranks = load_per_user(run_dir, group)
+    per_user = per_user_metrics(list(ranks.values()), (k,)) if ranks else None
+    return dict(run=str(run_dir), method=metrics.get('method', ''), experiment=metrics['experiment'],
+                data=(metrics.get('data') or {}).get('name', ''), group=group,
+                users=len(ranks) if ranks else None, test=metrics.get('test') or {},
+                per_user=per_user, data_summary=metrics.get('data'))
+
+# %% ../nbs/12_study.ipynb #cm05
+def compare_runs(run_dirs, k: int = 10) -> list[dict]:
+    """One row per run: NDCG@k and HR@k with bootstrap intervals over users, and the paired test of
+    NDCG@k against the first run on the users both scored."""
+    from transrec.metrics import paired_test
+    runs = [run_summary(run_dir, k) for run_dir in run_dirs]
+    rows = []
+    for i, run in enumerate(runs):
+        row = {key: run[key] for key in ('run', 'method', 'experiment', 'data', 'group', 'users')}
+        for name in (f'NDCG@{k}', f'HR@{k}'):
+            if run['per_user'] is not None: row[name] = user_interval(run['per_user'][name])
+            else: row[name] = dict(mean=run['test'].get(name), low=None, high=None, n=None)
+        if i == 0: row['paired'] = None
+        elif run['per_user'] is None or runs[0]['per_user'] is None:
+            row['paired'] = dict(note='no per_user.npz in one of the two runs: no paired test')
+        elif run['data_summary'] != runs[0]['data_summary']:       # the same user ids may name other users
+            row['paired'] = dict(note='other data than the first run: no paired test')
+        else:
+            paired = paired_users([run['run']], [runs[0]['run']], k)
+            none_shared = dict(note='no users in common with the first run: no paired test')
+            row['paired'] = none_shared if paired is None else paired_test(paired[1], paired[2])
+        rows.append(row)
+    return rows
+
+# %% ../nbs/12_study.ipynb #cm06
+def compare_markdown(rows: list[dict], k: int = 10) -> str:
+    "The rows of `compare_runs` as a Markdown table (intervals in brackets, p of the Wilcoxon test)."
+    number = lambda x: '' if x is None else f'{x:.4f}'
+    interval = lambda iv: number(iv['mean']) + (f" [{number(iv['low'])}, {number(iv['high'])}]"
+                                                 if iv.get('low') is not None else ' (no per-user file)')
+    first = Path(rows[0]['run']).name
+    lines = [f'| run | method | data | users | NDCG@{k} (95% CI) | HR@{k} (95% CI) | '
+             f'NDCG@{k} minus {first} (95% CI) | p | shared users |', '|---|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        paired = row['paired']
+        if paired is None: versus = ['(the reference)', '', '']
+        elif 'note' in paired: versus = [paired['note'], '', '']
+        else: versus = [f"{paired['diff']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}]",
+                        f"{paired['p_value']:.3g}", str(paired['n_users'])]
+        users = '' if row['users'] is None else f"{row['users']} {row['group']}"
+        cells = [row['run'], row['method'], row['data'], users, interval(row[f'NDCG@{k}']),
+                 interval(row[f'HR@{k}']), *versus]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+# %% ../nbs/12_study.ipynb #cm08
+import argparse, sys
+
+def main(argv: list[str] | None = None) -> int:
+    "Console command `transrec-compare RUN RUN ...` (`python -m transrec.study`): the table of `compare_runs`."
+    parser = argparse.ArgumentParser(
+        prog='transrec-compare', description='Compare finished runs: NDCG@k and HR@k of each run with 95% '
+        'bootstrap intervals over its headline users, and the paired test of every run against the first '
+        'on the users both scored.',
+        epilog='example: transrec-compare reports/finetune-qb_text-pretrained-f0.1 '
+               'reports/finetune-qb_text-transrec-f0.1')
+    parser.add_argument('runs', nargs='+', metavar='RUN', help='a finished run folder (holds metrics.json)')
+    parser.add_argument('--k', type=int, default=10, help='the cut-off of NDCG@k and HR@k (default 10)')
+    parser.add_argument('--json', default=None, metavar='FILE', help='also write the rows as JSON to FILE')
+    args = parser.parse_args(argv)
+    if args.k < 1: parser.error(f'--k {args.k}: give a whole number >= 1')
+    try: rows = compare_runs(args.runs, args.k)
+    except ValueError as error:
+        print(f'{parser.prog}: error: {error}', file=sys.stderr)
+        return 2
+    print(compare_markdown(rows, args.k))
+    if args.json: write_json(Path(args.json), dict(k=args.k, rows=rows))
+    return 0
+
+# %% ../nbs/12_study.ipynb #cm10
+import builtins
+if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False): sys.exit(main())
