@@ -257,7 +257,8 @@ class ModelView:
             self._hit_rates[key] = evaluate(self.model, self.ds, self.content, split='test',
                                             device=self._vecs_on_device.device,
                                             users=None if users is None else np.asarray(key),
-                                            item_vecs=self._vecs_on_device)
+                                            item_vecs=self._vecs_on_device,
+                                            check_data=False)   # the explorer warns instead (data_notes)
         return self._hit_rates[key]
 
 # %% ../nbs/10_dashboard.ipynb #c027

@@ -18,11 +18,11 @@ __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KI
            'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SIM_TRUTH_FILE', 'DATA_RECORD', 'SPLITS', 'NEG_STREAM',
            'PIXEL_STORE_VERSION', 'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'tiny_mom',
            'Problem', 'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'is_synthetic', 'load_dataset',
-           'data_fingerprint', 'data_changes', 'write_data_record', 'read_data_record', 'model_data_mismatch',
-           'ValidationReport', 'validate', 'train_part', 'history_and_target', 'split_targets', 'history_items',
-           'validation_views', 'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch', 'TrainBatches',
-           'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader', 'pixel_store_wanted',
-           'pixel_store_dir', 'open_pixel_store', 'prepare_images', 'main']
+           'data_fingerprint', 'data_changes', 'write_data_record', 'read_data_record', 'record_mismatch',
+           'model_data_mismatch', 'ValidationReport', 'validate', 'train_part', 'history_and_target', 'split_targets',
+           'history_items', 'validation_views', 'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch',
+           'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader',
+           'pixel_store_wanted', 'pixel_store_dir', 'open_pixel_store', 'prepare_images', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')  # modality code = position: text = 0, image = 1
@@ -1747,16 +1747,17 @@ def write_data_record(model_dir, ds, name) -> Path:
 
 # %% ../nbs/01_data.ipynb #xdi0004
 def read_data_record(model_dir) -> dict | None:
-    "`model_dir/data.json`, else the `data` of its run's `run.json` (parent folder); None if neither."
+    "`model_dir/data.json`, else its run's `run.json` `data` (parent folder), with `folder`; None if neither."
     folder = Path(model_dir)
     for path, key in ((folder/DATA_RECORD, None), (folder.parent/'run.json', 'data')):
         if not path.is_file(): continue
         try: record = json.loads(path.read_text())
         except (ValueError, OSError): continue          # an unreadable record: nothing to compare with
         if not isinstance(record, dict): continue
-        if key is None and isinstance(record.get('fingerprint'), dict): return record
+        if key is None and isinstance(record.get('fingerprint'), dict):
+            return {**record, 'folder': str(folder)}
         if key is not None and isinstance(record.get(key), dict):
-            return dict(name=None, fingerprint=record[key])
+            return dict(name=None, fingerprint=record[key], folder=str(folder))
     return None
 
 # %% ../nbs/01_data.ipynb #xdi0005
@@ -1767,11 +1768,11 @@ def _describe_fingerprint(fp: dict) -> str:
     return (f"{fp.get('path')} ({build}{fp.get('users')} users, {fp.get('items')} items, "
             f"{fp.get('interactions')} interactions)")
 
-def model_data_mismatch(model_dir, ds, name) -> str | None:
-    """If the model in `model_dir` was trained on data set `name` (or `ds`'s folder) as other data than `ds`
-    holds now: what differs, in words, naming both; else None."""
-    record = read_data_record(model_dir)
-    if record is None: return None
+def record_mismatch(record: dict | None, ds, name) -> str | None:
+    """If the model whose data record is `record` was trained on data set `name` (or `ds`'s folder) as other
+    data than `ds` holds now: what differs, in words, naming both; else None."""
+    if not record: return None
+    model_dir = record.get('folder', 'this folder')
     old, new = record['fingerprint'], data_fingerprint(ds)
     same_name = record.get('name') is not None and str(record['name']) == str(name)
     if not (same_name or old.get('path') == new.get('path')): return None     # another data set on purpose
@@ -1779,6 +1780,10 @@ def model_data_mismatch(model_dir, ds, name) -> str | None:
     if not changes: return None
     return (f"the model in {model_dir} was trained on {name!r} as {_describe_fingerprint(old)}, but {name!r} "
             f"now resolves to {_describe_fingerprint(new)}: {'; '.join(changes)}")
+
+def model_data_mismatch(model_dir, ds, name) -> str | None:
+    "`record_mismatch` for the model saved in `model_dir` (its `data.json`, else its run's `run.json`)."
+    return record_mismatch(read_data_record(model_dir), ds, name)
 
 # %% ../nbs/01_data.ipynb #c025
 @dataclass

@@ -510,6 +510,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     train_ds = ds if len(tune_idx) == ds.n_users else ds.subset_users(tune_idx)
     device = resolve_device(train_cfg.device)
     model = _load_init(init, model_cfg) if init is not None else build_model(model_cfg, train_ds)
+    model.trained_on = None        # fine-tuning trains it on this data (a changed build was warned about)
     # logQ: the training users' training items only (val_items > 1: without their extra validation targets)
     trained_on = validation_views(train_ds, train_cfg.val_items)[0]
     content = make_content(model.cfg, trained_on, prefix_cache=train_cfg.prefix_cache)
