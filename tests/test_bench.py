@@ -80,3 +80,33 @@ def test_cli_scale_tiny(tmp_path, capsys):
     assert res['settings']['pixel_source'] == bench.pixel_source()
     printed = capsys.readouterr().out
     assert 'exponents vs interactions' in printed and 'pipeline ratio' in printed
+
+
+def test_cli_load_tiny(root, ds, tmp_path, capsys):
+    import tempfile
+    from pathlib import Path
+    leftovers = lambda: set(Path(tempfile.gettempdir()).glob('transrec-bench-load-*'))
+    before = leftovers()
+    out = tmp_path/'load.json'
+    rc = main(['load', '--quick', '--root', str(root), '--json', str(out)])
+    assert rc == 0
+    assert leftovers() <= before                     # the stopped competitors removed their folders too
+    res = json.loads(out.read_text())
+    assert set(res) == {'machine', 'settings', 'rows', 'summary'}
+    rows = res['rows']
+    assert [(r['policy'], r['wait_policy']) for r in rows] == [('machine', 'default'), ('usable', 'passive')]
+    for row in rows:
+        for run in (row['alone'], row['loaded']):
+            assert run['seq_per_s'] > 0 and run['steps'] == 2 and 0 < run['sequences'] <= 16
+            assert run['seq_per_s'] == pytest.approx(run['sequences'] / run['train_s'])
+        assert row['ratio'] == pytest.approx(row['loaded']['seq_per_s'] / row['alone']['seq_per_s'])
+    machine, usable = (row['alone'] for row in rows)
+    assert machine['omp_wait_policy'].startswith('OpenMP default') and usable['omp_wait_policy'] == 'PASSIVE'
+    assert 'policy machine' in machine['plan'] and 'policy usable' in usable['plan']
+    assert usable['torch_interop_threads'] == 1
+    summary = res['summary']
+    assert summary['before'] == rows[0]['ratio'] and summary['after'] == rows[1]['ratio']
+    assert summary['after_over_before'] == pytest.approx(rows[1]['ratio'] / rows[0]['ratio'])
+    assert summary['shared_speedup'] == pytest.approx(rows[1]['loaded']['seq_per_s'] / rows[0]['loaded']['seq_per_s'])
+    printed = capsys.readouterr().out
+    assert 'before -> after' in printed and 'Sharing the cores' in printed

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from transrec import data as tdata
-from transrec.convert import (ConversionError, convert, from_amazon, from_mind, from_ninerec, from_pixelrec,
-                              from_recbole, from_reference, main)
+from transrec.convert import (CONVERTERS, ConversionError, IMAGE_OPTIONS, convert, converter_options, from_amazon,
+                              from_mind, from_ninerec, from_pixelrec, from_recbole, from_reference, main)
+from transrec.core import cli_flag
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,7 +244,7 @@ def test_pixelrec_headerless_and_column_errors(tmp_path):
     with pytest.raises(ConversionError,
                        match=r"inter2.csv, line 2: timestamp 'bad-date' is not a finite number.*ISO 8601 date"):
         from_pixelrec(src, tmp_path/'o2', interactions='inter2.csv', columns=dict(timestamp='when'))
-    with pytest.raises(ConversionError, match=r'header=False needs columns= as 0-based positions'):
+    with pytest.raises(ConversionError, match=r'--header false \(header=False in Python\) needs 0-based column'):
         from_pixelrec(src, tmp_path/'o2', interactions='inter.csv', header=False, columns=dict(user='uid'))
 
 
@@ -449,7 +450,7 @@ def test_reference_object_array_dict_and_other_layouts(tmp_path):
     seqs[1] = np.array(['c', 'a', 'b', 'a'])
     np.save(src/'seqs.npy', seqs)
     put_lmdb(src/'raw.lmdb', {k: img(c).tobytes() for k, c in [('a', 1), ('b', 2), ('c', 3)]}, subdir=False)
-    with pytest.raises(ConversionError, match=r"image_layout='raw' and image_shape"):
+    with pytest.raises(ConversionError, match=r"--image-layout raw \(image_layout='raw' in Python\) and --image-shape"):
         from_reference(src, tmp_path/'out', on_problem='error')
     d = Loaded(from_reference(src, tmp_path/'out', image_shape=(6, 7, 3), image_store='lmdb'))
     assert d.seqs == {'u0': ['a', 'b', 'c'], 'u1': ['c', 'a', 'b', 'a']}
@@ -506,3 +507,41 @@ def test_cli(tmp_path):
     r = run('mind', '--help')
     assert r.returncode == 0 and '--text-fields' in r.stdout and '--on-problem' in r.stdout
     assert main(['list']) == 0
+
+
+def test_cli_errors_name_the_flags(tmp_path, capsys):
+    "A converter error seen on the command line names the flag that helps (and the Python spelling once)."
+    src = ninerec(tmp_path/'src')
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    assert main(['ninerec', str(src), str(tmp_path/'out')]) == 0
+    r = subprocess.run([sys.executable, '-m', 'transrec.convert', 'ninerec', str(src), str(tmp_path/'out')],
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 1 and 'pass --overwrite (overwrite=True in Python) to replace' in r.stderr, r.stderr
+    capsys.readouterr()
+    cases = [(['--bad-rows', 'skip'], "--bad-rows skip (bad_rows='skip' in Python) is not a choice"),
+             (['--modality', 'image', '--covers', 'nowhere'], "--covers nowhere (covers='nowhere' in Python)")]
+    for extra, expected in cases:
+        assert main(['ninerec', str(src), str(tmp_path/'o2'), *extra]) == 1
+        assert expected in capsys.readouterr().err
+    bad = ninerec(tmp_path/'bad', behaviour='u1\tv1 v2 v3\nu2\n')
+    assert main(['ninerec', str(bad), str(tmp_path/'o3')]) == 1
+    assert "Or pass --bad-rows report (bad_rows='report' in Python)" in capsys.readouterr().err
+    assert main(['ninerec', str(bad), str(tmp_path/'o3'), '--bad-rows', 'report']) == 0      # the advice works
+    no_covers = ninerec(tmp_path/'nc', covers=())
+    (no_covers/'QB_item.csv').unlink()
+    assert main(['ninerec', str(no_covers), str(tmp_path/'o4'), '--modality', 'image']) == 1
+    err = capsys.readouterr().err
+    assert "--modality image (modality='image' in Python) needs" in err and '--covers PATH' in err, err
+
+
+@pytest.mark.parametrize('fmt', sorted(CONVERTERS))
+def test_cli_help_lists_each_default_once_and_only_the_format_options(fmt, capsys):
+    assert main([fmt, '--help']) == 0
+    text = ' '.join(capsys.readouterr().out.split())
+    options = converter_options(CONVERTERS[fmt])
+    assert text.count('(default: ') == len(options), text          # one per option, not two for some
+    assert 'default: None' not in text
+    assert all(cli_flag(name) + ' ' in text for name in options)
+    text_only = fmt in ('mind', 'recbole')
+    assert all((cli_flag(name) + ' ' in text) != text_only for name in IMAGE_OPTIONS), text
+    if fmt == 'mind': assert '--dedup [BOOL] keep only a user\'s first interaction with an item (default: true)' in text

@@ -523,7 +523,7 @@ def test_cli_main_in_process(tmp_path, capsys):
     assert main(['validate', str(bad), '--min-seq-len', '3']) == 0
     out = capsys.readouterr().out
     assert 'WARNING [short_user]' in out and '1 excluded by min_seq_len' in out
-    assert main(['validate', str(bad), '--min-seq-len', '2']) == 2 and 'min_seq_len=2' in capsys.readouterr().err
+    assert main(['validate', str(bad), '--min-seq-len', '2']) == 2 and '--min-seq-len 2 (min_seq_len=2 in Python)' in capsys.readouterr().err
     with pytest.raises(SystemExit) as ei:
         main(['nonsense'])
     assert ei.value.code != 0

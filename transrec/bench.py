@@ -5,26 +5,28 @@
 # %% ../nbs/09_bench.ipynb #c003
 from __future__ import annotations
 import argparse, copy, contextlib, hashlib, itertools, json, math, os, platform, resource, subprocess, sys
-import tempfile, time
+import signal, tempfile, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
+# core first: it sets OpenMP's wait policy before torch loads (see core's "Threads on a shared machine")
+from .core import (ModelConfig, TrainConfig, seed_everything, resolve_device, resolve_amp,
+                           environment_info, log, data_root, cli_flag)
 import numpy as np
 import torch
-from .core import (ModelConfig, TrainConfig, seed_everything, resolve_device, resolve_amp,
-                           environment_info, log, data_root)
 from .data import Batch, train_batches
 
 # %% auto #0
 __all__ = ['BENCH_DATA', 'CPU_ONLY_SKIPS', 'QUICK', 'DATASHEET_BF16', 'SCALE_SOURCE', 'SCALE_MODEL', 'SCALE_EXPONENTS',
-           'GPU_CHECKS', 'NO_CUDA', 'machine_info', 'rss_bytes', 'max_rss_bytes', 'release_free_memory',
-           'reset_peak_rss', 'sync', 'PeakMemory', 'matmul_flops', 'bench_dataset', 'bench_batch', 'occurrence_slots',
-           'encode_every_occurrence', 'reference_item_vectors', 'reference_loss', 'StepVariant', 'step_variants',
-           'variant_loss', 'weights_sha1', 'measure_train_step', 'run_isolated', 'TrainSpec', 'loss_check',
-           'bench_training', 'eval_chunk_size', 'EvalSpec', 'measure_eval', 'bench_eval', 'datasheet_bf16',
-           'check_targets', 'run_bench', 'render', 'fit_exponent', 'scale_data', 'PremadeContent', 'pixel_source',
-           'pipeline_images_per_s', 'measure_scale_training', 'ScaleSpec', 'measure_scale_point', 'scale_exponents',
-           'scale_targets', 'bench_scale', 'render_scale', 'gpu_readiness', 'render_gpu', 'main_scale', 'main_gpu',
-           'main']
+           'GPU_CHECKS', 'NO_CUDA', 'UNSET_FOR_LOAD', 'LOAD_GOAL', 'LOAD_QUICK', 'machine_info', 'rss_bytes',
+           'max_rss_bytes', 'release_free_memory', 'reset_peak_rss', 'sync', 'PeakMemory', 'matmul_flops',
+           'bench_dataset', 'bench_batch', 'occurrence_slots', 'encode_every_occurrence', 'reference_item_vectors',
+           'reference_loss', 'StepVariant', 'step_variants', 'variant_loss', 'weights_sha1', 'measure_train_step',
+           'run_isolated', 'TrainSpec', 'loss_check', 'bench_training', 'eval_chunk_size', 'EvalSpec', 'measure_eval',
+           'bench_eval', 'datasheet_bf16', 'check_targets', 'run_bench', 'render', 'fit_exponent', 'scale_data',
+           'PremadeContent', 'pixel_source', 'pipeline_images_per_s', 'measure_scale_training', 'ScaleSpec',
+           'measure_scale_point', 'scale_exponents', 'scale_targets', 'bench_scale', 'render_scale', 'gpu_readiness',
+           'render_gpu', 'main_scale', 'main_gpu', 'LoadSpec', 'measure_load_step', 'competing_training',
+           'load_summary', 'bench_load', 'render_load', 'main_load', 'main']
 
 # %% ../nbs/09_bench.ipynb #c006
 def machine_info(device='cpu') -> dict:
@@ -347,16 +349,23 @@ def measure_train_step(model, ds, batch: Batch, variant: StepVariant, steps: int
     return out
 
 # %% ../nbs/09_bench.ipynb #c027
-_CHILDREN = ('train', 'eval', 'scale', 'gpu')
+_CHILDREN = ('train', 'eval', 'scale', 'gpu', 'load')
+_TORCH_FIRST = 'import torch, runpy; runpy.run_module("transrec.bench", run_name="__main__", alter_sys=True)'
 
-def run_isolated(kind: str, spec: dict, timeout: float | None = None) -> dict:
-    "Run `_child_KIND(spec)` (`kind` in 'train', 'eval', 'scale', 'gpu') in a fresh Python process."
+def _child_command(kind: str, spec_path, out_path, torch_first: bool = False) -> list[str]:
+    "The command line of one child process (`python -m transrec.bench --child KIND SPEC OUT`)."
+    entry = ['-c', _TORCH_FIRST] if torch_first else ['-m', 'transrec.bench']
+    return [sys.executable, *entry, '--child', kind, str(spec_path), str(out_path)]
+
+def run_isolated(kind: str, spec: dict, timeout: float | None = None, torch_first: bool = False,
+                 env: dict | None = None) -> dict:
+    "Run `_child_KIND(spec)` (`kind` in `_CHILDREN`) in a fresh Python process."
     if kind not in _CHILDREN: raise ValueError(f"kind={kind!r}: use one of {_CHILDREN}")
     with tempfile.TemporaryDirectory(prefix='transrec-bench-') as tmp:
         spec_path, out_path = Path(tmp)/'spec.json', Path(tmp)/'out.json'
         spec_path.write_text(json.dumps(spec))
-        cmd = [sys.executable, '-m', 'transrec.bench', '--child', kind, str(spec_path), str(out_path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        cmd = _child_command(kind, spec_path, out_path, torch_first)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if proc.returncode != 0 or not out_path.exists():
             raise RuntimeError(f"benchmark child process failed (exit {proc.returncode}) for {kind} {spec}:\n"
                                f"{(proc.stderr or '')[-3000:]}\n"
@@ -1191,7 +1200,7 @@ def main_scale(argv: list[str]) -> int:
     parser.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
     args = parser.parse_args(argv)
     for name in ('steps', 'batch_size'):
-        if getattr(args, name) < 1: parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        if getattr(args, name) < 1: parser.error(f"{cli_flag(name)} must be >= 1")
     if args.workers < 0: parser.error('--workers must be >= 0')
     if any(s < 16 for s in args.sizes): parser.error('--sizes must be >= 16 px')
     res = bench_scale(args.scales, args.steps, args.sizes, args.batch_size, args.workers, args.work_dir,
@@ -1215,6 +1224,218 @@ def main_gpu(argv: list[str]) -> int:
     _write_result(res, args.json)
     return 0 if res['skipped'] or all(row['ok'] is not False for row in res['rows']) else 1
 
+# %% ../nbs/09_bench.ipynb #x463ceat
+@dataclass
+class LoadSpec:
+    "One training process of `transrec-bench load` (JSON-able, sent to child processes)."
+    policy: str = 'usable'            # threads: 'usable' (core.thread_plan) | 'machine' (the choice before)
+    root: str | None = None           # data root of the bench's mixed source (None: the default)
+    scale: float = 0.25
+    seed: int = 0
+    steps: int = 8                    # timed optimiser steps
+    warmup: int = 2                   # optimiser steps before the clock starts
+    model_config: dict = field(default_factory=dict)   # overrides of the workbench preset (tests: tiny)
+    batch_size: int | None = None     # None: the preset's
+    ready_file: str | None = None     # competitor: written after the warm-up, then trains until stopped
+
+# %% ../nbs/09_bench.ipynb #x993c5ft
+def _train_until(run, max_steps: int) -> None:
+    "Train `run` (a `train.TrainingRun`) up to optimiser step `max_steps`, across epochs, without validating."
+    run.cfg = run.cfg.replace(max_steps=max_steps)
+    while not run.train_epoch():
+        run.loop.epoch += 1
+        run.loop.pos = 0
+
+# %% ../nbs/09_bench.ipynb #x196f26t
+def measure_load_step(spec: LoadSpec) -> dict:
+    "Sequences/s of the default training step in this process under threads policy `spec.policy`."
+    import transrec.core
+    from transrec.core import thread_plan, apply_thread_plan
+    from transrec.experiment import preset_configs
+    from transrec.model import build_model
+    from transrec.encoders import make_content
+    from transrec.train import TrainingRun, DistInfo, MetricsLog
+    plan = apply_thread_plan(thread_plan('cpu', policy=spec.policy))
+    model_cfg, train_cfg = preset_configs('workbench', 'pretrain')
+    model_cfg = model_cfg.replace(**spec.model_config)
+    train_cfg = train_cfg.replace(device='cpu', seed=spec.seed, threads=plan.intra_op,
+                                  num_workers=plan.workers, batch_size=spec.batch_size or train_cfg.batch_size)
+    ds = bench_dataset('mixed', spec.root, spec.scale, spec.seed)
+    seed_everything(spec.seed)
+    model = build_model(model_cfg, ds)
+    content = make_content(model_cfg, ds, prefix_cache=train_cfg.prefix_cache)
+    with tempfile.TemporaryDirectory(prefix='transrec-bench-load-') as out:
+        run = TrainingRun(model, ds, train_cfg, Path(out), content, DistInfo(),
+                          MetricsLog(Path(out)/'metrics.jsonl', enabled=False), progress=False)
+        run.start(resume=False)
+        if spec.ready_file:
+            _train_until(run, spec.warmup)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))    # stopped: still remove `out`
+            Path(spec.ready_file).write_text(str(os.getpid()))
+            _train_until(run, 2**62)                                   # until the benchmark stops it
+        marks, optimiser_step = [], run.optimiser_step          # (clock, sequences) after every step
+        def step_and_mark(group):
+            loss, rows, grad_norm = optimiser_step(group)
+            marks.append((time.perf_counter(), rows))
+            return loss, rows, grad_norm
+        run.optimiser_step = step_and_mark
+        _train_until(run, spec.warmup + spec.steps)          # one loader: no restart before timing
+        seconds = marks[-1][0] - marks[spec.warmup - 1][0]
+        sequences = sum(rows for _, rows in marks[spec.warmup:])
+    wait = transrec.core.OMP_WAIT_POLICY or 'OpenMP default (torch loaded before transrec)'
+    return dict(policy=spec.policy, seq_per_s=sequences / seconds, sequences=sequences, train_s=seconds,
+                steps=spec.steps, plan=plan.describe(), applied=run.threads.describe(), omp_wait_policy=wait,
+                torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads())
+
+# %% ../nbs/09_bench.ipynb #xcecf86t
+UNSET_FOR_LOAD = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')    # the children measure the defaults
+
+def _load_child_env(wait: str) -> dict:
+    "A load child's environment: no thread limits of OpenMP/MKL, and wait policy `wait` ('default': unset)."
+    env = {name: value for name, value in os.environ.items() if name not in UNSET_FOR_LOAD}
+    if wait == 'default': env.pop('OMP_WAIT_POLICY', None)
+    else: env['OMP_WAIT_POLICY'] = wait.upper()
+    return env
+
+@contextlib.contextmanager
+def competing_training(spec: LoadSpec, wait: str, timeout: float = 900):
+    "A second process training `spec`'s step until the block ends; the block starts after its warm-up."
+    with tempfile.TemporaryDirectory(prefix='transrec-bench-load-') as tmp:
+        ready, spec_path, log_path = Path(tmp)/'ready', Path(tmp)/'spec.json', Path(tmp)/'competitor.log'
+        spec_path.write_text(json.dumps(asdict(spec) | dict(ready_file=str(ready))))
+        cmd = _child_command('load', spec_path, Path(tmp)/'out.json', torch_first=wait == 'default')
+        with open(log_path, 'w') as log_file:
+            proc = subprocess.Popen(cmd, env=_load_child_env(wait), stdout=log_file, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            deadline = time.time() + timeout
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(f'the competing training process failed (exit {proc.returncode}):\n'
+                                       f'{log_path.read_text()[-3000:]}')
+                if time.time() > deadline:
+                    raise RuntimeError(f'the competing training process was not warm after {timeout:.0f} s')
+                time.sleep(0.2)
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError): os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+
+# %% ../nbs/09_bench.ipynb #xd0368ft
+LOAD_GOAL = 0.4      # shared / alone of the default setup, sharing the cores with one other training
+
+def load_summary(rows: list[dict], goal: float = LOAD_GOAL) -> dict:
+    "Ratios shared/alone per `policy/wait` setup, after (usable) over before (machine), and the goal."
+    by_setup = {f"{row['policy']}/{row['wait_policy']}": row for row in rows}
+    ratios = {setup: row['ratio'] for setup, row in by_setup.items()}
+    before, after = by_setup.get('machine/default'), by_setup.get('usable/passive')
+    both = before is not None and after is not None
+    speedup = lambda part: after[part]['seq_per_s'] / before[part]['seq_per_s'] if both else None
+    return dict(ratios=ratios, before=before and before['ratio'], after=after and after['ratio'],
+                after_over_before=after['ratio'] / before['ratio'] if both else None,
+                alone_speedup=speedup('alone'), shared_speedup=speedup('loaded'), goal=goal,
+                met=None if after is None else after['ratio'] >= goal)
+
+# %% ../nbs/09_bench.ipynb #x9de279t
+def bench_load(policies=('machine', 'usable'), wait_policy: str = 'auto', steps: int = 8, warmup: int = 2,
+               scale: float = 0.25, root=None, seed: int = 0, model_config: dict | None = None,
+               batch_size: int | None = None, timeout: float = 900, progress: bool = True) -> dict:
+    "The default training step alone and next to a second one, per threads policy (see the text above)."
+    from transrec.core import THREAD_POLICIES, usable_cores
+    for policy in policies:
+        if policy not in THREAD_POLICIES:
+            raise ValueError(f'policy {policy!r}: choose from {THREAD_POLICIES}')
+    if wait_policy not in ('auto', 'default', 'passive'):
+        raise ValueError(f"wait_policy={wait_policy!r}: choose 'auto', 'default' or 'passive'")
+    bench_dataset('mixed', root, scale, seed)                        # built once, before the children
+    rows = []
+    for policy in policies:
+        wait = wait_policy if wait_policy != 'auto' else 'default' if policy == 'machine' else 'passive'
+        spec = LoadSpec(policy, None if root is None else str(root), scale, seed, steps, warmup,
+                        model_config or {}, batch_size)
+        child = dict(timeout=timeout, torch_first=wait == 'default', env=_load_child_env(wait))
+        load_before = os.getloadavg()[0]
+        alone = run_isolated('load', asdict(spec), **child)
+        with competing_training(spec, wait, timeout):
+            loaded = run_isolated('load', asdict(spec), **child)
+        row = dict(policy=policy, wait_policy=wait, alone=alone, loaded=loaded,
+                   ratio=loaded['seq_per_s'] / alone['seq_per_s'],
+                   load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)])
+        rows.append(row)
+        if progress:
+            log.info(f"bench load {policy}/{wait}: alone {alone['seq_per_s']:.1f} seq/s, next to another "
+                     f"training {loaded['seq_per_s']:.1f} seq/s ({row['ratio']:.0%})")
+    settings = dict(policies=list(policies), wait_policy=wait_policy, steps=steps, warmup=warmup, scale=scale,
+                    seed=seed, model_config=model_config or {}, batch_size=batch_size,
+                    source=BENCH_DATA['mixed'], usable_cores=usable_cores().describe(),
+                    competitor='a second process running the same training step with the same settings',
+                    overrides={name: os.environ[name] for name in ('TRANSREC_THREADS', 'TRANSREC_NUM_WORKERS')
+                               if name in os.environ})
+    return dict(machine=machine_info('cpu'), settings=settings, rows=rows, summary=load_summary(rows))
+
+# %% ../nbs/09_bench.ipynb #x147da5t
+def render_load(res: dict) -> str:
+    "Human-readable table of a `bench_load` result."
+    settings, summary = res['settings'], res['summary']
+    lines = [f"Sharing the cores: the default training step ({settings['steps']} steps, {settings['source']} "
+             f"x{settings['scale']:g}) on {res['machine']['cpu_count']} CPUs ({settings['usable_cores']}), "
+             f"alone and next to {settings['competitor']}",
+             f"{'threads':<9}{'OpenMP wait':<13}{'alone seq/s':>12}{'shared seq/s':>14}{'shared/alone':>14}"
+             f"{'load avg':>12}  threads chosen"]
+    for row in res['rows']:
+        load = '-'.join(f'{x:.1f}' for x in row['load_average'])
+        lines.append(f"{row['policy']:<9}{row['wait_policy']:<13}{row['alone']['seq_per_s']:>12.1f}"
+                     f"{row['loaded']['seq_per_s']:>14.1f}{row['ratio']:>14.0%}{load:>12}  "
+                     f"{row['alone']['plan']}")
+    if summary['after_over_before']:
+        lines.append(f"before -> after: {summary['before']:.0%} -> {summary['after']:.0%} of the rate alone "
+                     f"({summary['after_over_before']:.1f}x)")
+    if summary.get('shared_speedup'):
+        lines.append(f"sequences/s, usable/passive over machine/default: {summary['alone_speedup']:.1f}x alone, "
+                     f"{summary['shared_speedup']:.1f}x shared")
+    if summary['met'] is not None:
+        verdict = 'met' if summary['met'] else 'NOT met'
+        lines.append(f"goal: at least {summary['goal']:.0%} of the rate alone: {verdict}")
+    return '\n'.join(lines)
+
+# %% ../nbs/09_bench.ipynb #xdf8209t
+LOAD_QUICK = dict(model_config=QUICK['model_config'], batch_size=8, scale=0.05, steps=2, warmup=1)
+
+def main_load(argv: list[str]) -> int:
+    "`transrec-bench load`: the default training step alone and next to another training (`bench_load`)."
+    parser = argparse.ArgumentParser(
+        prog='transrec-bench load', description='Sequences/s of the default training step alone and next to '
+        'a second process training the same step, with the threads chosen as before (machine) and from '
+        'the usable cores (usable).',
+        epilog='example: transrec-bench load --json reports/results/bench/load.json')
+    parser.add_argument('--threads-policy', nargs='+', choices=['machine', 'usable'],
+                        default=['machine', 'usable'], help='threads policies to measure (default both)')
+    parser.add_argument('--wait-policy', choices=['auto', 'default', 'passive'], default='auto',
+                        help='OpenMP wait policy: auto (default for machine, passive for usable), '
+                        'or one for both')
+    parser.add_argument('--steps', type=int, default=None, help='timed optimiser steps (default 8)')
+    parser.add_argument('--warmup', type=int, default=None, help='steps before timing (default 2)')
+    parser.add_argument('--scale', type=_positive_float, default=None,
+                        help='size of the synthetic source (default 0.25)')
+    parser.add_argument('--root', default=None, help='data root (default $TRANSREC_DATA or data/)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--quick', action='store_true', help='tiny model and data (seconds), for tests')
+    parser.add_argument('--timeout', type=_positive_float, default=900,
+                        help='seconds per process (default 900)')
+    parser.add_argument('--json', default=None, metavar='PATH', help='also write the result as JSON to PATH')
+    args = parser.parse_args(argv)
+    for name in ('steps', 'warmup'):
+        if getattr(args, name) is not None and getattr(args, name) < 1: parser.error(f'--{name} must be >= 1')
+    sizes = dict(LOAD_QUICK) if args.quick else dict(model_config=None, batch_size=None, scale=0.25, steps=8,
+                                                     warmup=2)
+    sizes.update({name: getattr(args, name) for name in ('steps', 'warmup', 'scale')
+                  if getattr(args, name) is not None})
+    res = bench_load(args.threads_policy, args.wait_policy, root=args.root, seed=args.seed,
+                     timeout=args.timeout, **sizes)
+    print(render_load(res))
+    _write_result(res, args.json)
+    return 0
+
 # %% ../nbs/09_bench.ipynb #c042
 def _ints(text: str) -> list[int]:
     try: return [int(float(x)) for x in text.replace(',', ' ').split()]
@@ -1222,7 +1443,8 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas, e.g. 10000,100000")
 
 # %% ../nbs/09_bench.ipynb #b325
-_CHILD_RUNNERS = {'train': _child_train, 'eval': _child_eval, 'scale': _child_scale, 'gpu': _child_gpu}
+_CHILD_RUNNERS = {'train': _child_train, 'eval': _child_eval, 'scale': _child_scale, 'gpu': _child_gpu,
+                  'load': lambda spec: measure_load_step(LoadSpec(**spec))}
 
 def main(argv: list[str] | None = None) -> int:
     "Console command `transrec-bench` (and `python -m transrec.bench`); returns the exit status."
@@ -1233,10 +1455,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ['scale']: return main_scale(argv[1:])
     if argv[:1] == ['gpu']: return main_gpu(argv[1:])
+    if argv[:1] == ['load']: return main_load(argv[1:])
     parser = argparse.ArgumentParser(
         prog='transrec-bench', epilog='example: transrec-bench --json reports/bench.json '
         '(about 3.5 minutes on 2 cores); on a GPU add --device cuda --amp bf16 --compile. '
-        'Subcommands: transrec-bench scale --help (cost curve), transrec-bench gpu (GPU readiness)',
+        'Subcommands: transrec-bench scale --help (cost curve), transrec-bench gpu (GPU readiness), '
+        'transrec-bench load --help (sharing the cores with another training)',
         description='Training-step and evaluation throughput / memory benchmarks '
         '(reference-style step vs ours, full ranking vs the matmul ceiling).')
     add = parser.add_argument
@@ -1268,7 +1492,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ('steps', 'batch_size', 'threads'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            parser.error(f"{cli_flag(name)} must be >= 1")
     if args.scale is not None and args.scale <= 0: parser.error('--scale must be > 0')
     try:
         res = run_bench(args.quick, tuple(args.parts), tuple(args.data), args.device, args.amp, args.compile,

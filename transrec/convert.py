@@ -5,7 +5,7 @@
 # %% ../nbs/03_convert.ipynb #c002
 from __future__ import annotations
 import argparse, ast, csv, gzip, hashlib, html, inspect, io, json, math, os, pickletools, re, shutil, sys
-import tokenize, uuid, warnings, zlib
+import shlex, tokenize, uuid, warnings, zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
-from .core import log, atomic_dir, jsonable
+from .core import log, atomic_dir, jsonable, cli_flag, option_text
 from . import data as _data
 from .data import write_dataset
 
 # %% auto #0
-__all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES',
-           'TIME_NAMES', 'TIME_FORMATS', 'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES',
-           'NPY_RESAVE', 'CONVERTERS', 'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'ConversionError', 'ProblemLog',
-           'iter_lines', 'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
-           'SourceItem', 'safe_name', 'check_destination', 'check_converted', 'write_converted', 'assemble',
-           'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time', 'read_pairs',
+__all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CONVERTER_DEFAULTS', 'TEXT_ONLY_CONVERTERS',
+           'IMAGE_OPTIONS', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES', 'TIME_NAMES', 'TIME_FORMATS',
+           'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES', 'NPY_RESAVE', 'CONVERTERS',
+           'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'NONE_DEFAULT_HELP', 'ConversionError', 'ProblemLog', 'iter_lines',
+           'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
+           'common_defaults', 'SourceItem', 'safe_name', 'check_destination', 'check_converted', 'write_converted',
+           'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time', 'read_pairs',
            'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole', 'PickleRefused',
            'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value', 'load_pickle_data',
            'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences', 'from_reference', 'convert',
@@ -44,7 +45,8 @@ POLICIES = ('report', 'error')
 # %% ../nbs/03_convert.ipynb #x15cbd7f
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise ConversionError(f"{name}={value!r}: choose one of {', '.join(map(repr, choices))}")
+        raise ConversionError(f"{option_text(name, value)} is not a choice: choose one of "
+                              f"{', '.join(map(str, choices))}")
 
 # %% ../nbs/03_convert.ipynb #x2387d37
 class ProblemLog:
@@ -67,9 +69,13 @@ class ProblemLog:
         return _data.Problem(self.rel(file), row, '', '', '', line_numbers=True).where()
 
     def add(self, kind: str, file, row, detail: str, message: str, fix: str, policy: str = 'report',
-            count: int = 1) -> None:
-        "Record `count` problems (`row`: the first one's line); `policy='error'` raises `ConversionError`."
-        _check_choice('policy', policy, POLICIES)
+            count: int = 1, option: str = 'on_problem') -> None:
+        """Record `count` problems (`row`: the first one's line); `policy='error'` raises `ConversionError`.
+        `policy` is the value of converter option `option`; an error's fix names the setting that skips it."""
+        _check_choice(option, policy, POLICIES)
+        if policy == 'error':
+            skip = option_text(option, 'report')
+            fix = f"{fix}{'' if fix.endswith('.') else '.'} Or pass {skip} to skip and count such problems"
         problem = _data.Problem(self.rel(file), row, kind, message, fix, fatal=policy == 'error', detail=detail,
                                 line_numbers=True)
         if problem.fatal: raise ConversionError(str(problem), problem)
@@ -131,8 +137,7 @@ def iter_lines(path, encoding_errors: str = 'strict',
                     raise ConversionError(
                         f"{problems.where(path, line_no)}: bytes {bad!r} at byte {e.start + 1} of the line "
                         f"are not UTF-8. Re-encode the file as UTF-8 (e.g. `iconv -f GB18030 -t UTF-8`), "
-                        f"or pass "
-                        f"encoding_errors='replace' to replace undecodable bytes "
+                        f"or pass {option_text('encoding_errors', 'replace')} to replace undecodable bytes "
                         f"(the count goes to meta.json)") from None
                 problems.add('non_utf8', path, line_no, f'bytes {bad!r}',
                              'line is not valid UTF-8; bad bytes replaced by U+FFFD',
@@ -195,8 +200,9 @@ def locate(src, wants: list[Want], given: dict) -> dict[str, Path | None]:
             path = Path(value).expanduser()
             path = path if path.is_absolute() else src/path
             exists = path.is_dir() if want.kind == 'dir' else path.is_file()
-            if not exists: missing.append(f"- {want.what}: {want.option}={str(value)!r} -> {path} is not an "
-                                          f"existing {want.kind}")
+            if not exists:
+                missing.append(f"- {want.what}: {option_text(want.option, str(value))} -> {path} is not an "
+                               f"existing {want.kind}")
             found[want.option] = path
             continue
         hits = []
@@ -207,11 +213,11 @@ def locate(src, wants: list[Want], given: dict) -> dict[str, Path | None]:
         if len(hits) > 1:
             raise ConversionError(f"{src}: several candidates for the {want.what}: "
                                   f"{', '.join(path.name for path in hits)}; "
-                                  f"pass {want.option}=PATH to choose one")
+                                  f"pass {option_text(want.option, placeholder='PATH')} to choose one")
         found[want.option] = hits[0] if hits else None
         if not hits and want.required:
             missing.append(f"- {want.what}: a {want.kind} matching {' or '.join(want.patterns)} (or pass "
-                           f"{want.option}=PATH)")
+                           f"{option_text(want.option, placeholder='PATH')})")
     if missing:
         raise ConversionError(f"{src}: required source files are missing:\n" + '\n'.join(missing) +
                               f"\nThe folder holds: {_listing(src)}")
@@ -260,7 +266,7 @@ COMMON_OPTIONS = dict(
 
 def common_options(options: dict, converter: str, **defaults) -> dict:
     "`COMMON_OPTIONS` (with per-converter `defaults`) updated by `options`; unknown names raise, listing all."
-    merged = {**COMMON_OPTIONS, **defaults}
+    merged = {**COMMON_OPTIONS, **CONVERTER_DEFAULTS.get(converter, {}), **defaults}
     unknown = sorted(set(options) - set(merged))
     if unknown:
         own = [param for param in inspect.signature(CONVERTERS_BY_FUNC[converter]).parameters
@@ -276,6 +282,18 @@ def common_options(options: dict, converter: str, **defaults) -> dict:
     return merged
 
 CONVERTERS_BY_FUNC: dict[str, Callable] = {}   # filled as converters are defined (for error messages)
+
+# %% ../nbs/03_convert.ipynb #x3ac855e
+# converters whose defaults of common options differ, and those with text items only (no image options)
+CONVERTER_DEFAULTS = dict(from_mind=dict(dedup=True))
+TEXT_ONLY_CONVERTERS = ('from_mind', 'from_recbole')
+IMAGE_OPTIONS = ('modality', 'image_store', 'check_images')
+
+def common_defaults(converter: str) -> dict:
+    "The common options `converter` reads, with its defaults (a text-only converter reads no image option)."
+    defaults = {**COMMON_OPTIONS, **CONVERTER_DEFAULTS.get(converter, {})}
+    ignored = IMAGE_OPTIONS if converter in TEXT_ONLY_CONVERTERS else ()
+    return {name: default for name, default in defaults.items() if name not in ignored}
 
 # %% ../nbs/03_convert.ipynb #c018
 @dataclass
@@ -347,7 +365,8 @@ def check_destination(src, dst, sources=(), overwrite: bool = False) -> None:
             raise ConversionError(f"destination {dst} contains the source file {path}: choose one outside it")
     if overwrite and source_dir in dest_dir.parents and dest_dir.exists():
         raise ConversionError(f"destination {dst} is inside the source folder {src}: refusing to replace it "
-                              f"(overwrite=True); choose a destination outside the source folder")
+                              f"({option_text('overwrite')}); choose a destination outside the source "
+                              f"folder")
 
 # %% ../nbs/03_convert.ipynb #c020d
 def check_converted(path, dst) -> None:
@@ -371,10 +390,12 @@ def write_converted(dst, items: pd.DataFrame, inter: pd.DataFrame, meta: dict, i
         if not dst.is_dir() or any(dst.iterdir()):
             if not overwrite:
                 raise ConversionError(f"{dst} already exists and is not empty: choose another destination, "
-                                      f"or pass overwrite=True to replace a previous conversion")
+                                      f"or pass {option_text('overwrite')} to replace a previous "
+                                      f"conversion")
             if not (dst/'meta.json').is_file():
                 raise ConversionError(f"{dst} exists but is not a MoM data set (no meta.json): refusing to "
-                                      f"delete it even with overwrite=True; choose another destination")
+                                      f"delete it even with {option_text('overwrite')}; choose another "
+                                      f"destination")
     def build(tmp):
         write_dataset(tmp, items, inter, meta, images=images, image_store=image_store)
         check_converted(tmp, dst)
@@ -426,9 +447,10 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
         if opts['modality'] == 'image' or (opts['modality'] == 'auto' and cover is not None):
             if cover is None:
                 problems.add('missing_cover', source_item.file, source_item.row, f'item {iid!r}',
-                             "item has no (decodable) cover but "
-                             "modality='image'; item and its interactions dropped",
-                             "Add the cover, or use modality='auto' to keep it as a text item.",
+                             "item has no (decodable) cover but the modality is 'image'; item and its "
+                             "interactions dropped",
+                             f"Add the cover, or pass {option_text('modality', 'auto')} to keep it as a "
+                             f"text item.",
                              opts['on_problem'])
                 dropped.add(iid)
                 continue
@@ -527,12 +549,13 @@ def find_column(header: list[str], names) -> int | None:
 
 # %% ../nbs/03_convert.ipynb #x341ffff
 def _bad_row(problems, path, row, detail, message, fix, opts):
-    problems.add('malformed_row', path, row, detail, message, fix, opts['bad_rows'])
+    problems.add('malformed_row', path, row, detail, message, fix, opts['bad_rows'], option='bad_rows')
 
 # %% ../nbs/03_convert.ipynb #x0041037
 def _no_images(fmt, opts):
     if opts['modality'] == 'image':
-        raise ConversionError(f"{fmt} has no images: use modality='auto' or 'text'")
+        raise ConversionError(f"{fmt} has no images (text items only): leave modality out, or pass "
+                              f"modality='text'")
 
 # %% ../nbs/03_convert.ipynb #xd00f150
 def read_item_texts(path, text_columns, text_sep, opts, problems, header='auto') -> dict[str, SourceItem]:
@@ -548,15 +571,17 @@ def read_item_texts(path, text_columns, text_sep, opts, problems, header='auto')
                 if names is None or find_column(names, [column]) is None:
                     raise ConversionError(f"{problems.where(path, 1)}: text column {column!r} not found "
                                           f"(header: {names or 'none; use 0-based column numbers'}); "
-                                          f"pass text_columns= with existing columns")
+                                          f"pass {option_text('text_columns', placeholder='COLUMNS')} "
+                                          f"with existing columns")
                 return find_column(names, [column])
             if is_header: id_col = find_column(names, ITEM_ID_NAMES) or 0
             cols = [resolve(column) for column in text_columns]
             if is_header:
                 if max(cols) >= len(row):
-                    raise ConversionError(f"{problems.where(path, 1)}: text column {max(cols)} "
-                                                                f"is beyond the {len(row)} header columns "
-                                                                f"{row}; fix text_columns=")
+                    raise ConversionError(f"{problems.where(path, 1)}: text column {max(cols)} is beyond the "
+                                          f"{len(row)} header columns {row}; pass "
+                                          f"{option_text('text_columns', placeholder='COLUMNS')} with existing "
+                                          f"columns")
                 continue
         iid = row[id_col].strip() if len(row) > id_col else ''
         if not iid:
@@ -599,9 +624,12 @@ def from_ninerec(src, dst, behaviour=None, items=None, covers=None, text_columns
     if any(found[option] is None for option in need) or (found['items'] is None and found['covers'] is None):
         needed = ('the item text file (*_item.csv)' if opts['modality'] != 'image'
                   else 'the cover folder (*_cover/)')
-        raise ConversionError(f"{src}: no item content found: modality={opts['modality']!r} needs {needed}"
+        raise ConversionError(f"{src}: no item content found: {option_text('modality', opts['modality'])} "
+                              f"needs {needed}"
                               f"{' or the cover folder (*_cover/)' if opts['modality'] == 'auto' else ''}; "
-                              f"pass items=PATH / covers=PATH. The folder holds: {_listing(src)}")
+                              f"pass {option_text('items', placeholder='PATH')} or "
+                              f"{option_text('covers', placeholder='PATH')}. The folder holds: "
+                              f"{_listing(src)}")
     catalog = read_item_texts(found['items'], text_columns, text_sep, opts,
                               problems) if found['items'] else {}
     if found['covers'] is not None and opts['modality'] != 'text':
@@ -666,14 +694,17 @@ def _resolve_columns(header, columns, path, problems) -> dict:
     found = {}
     for role, names in want.items():
         given = (columns or {}).get(role)
+        if role == 'timestamp' and given is None and 'timestamp' in (columns or {}):
+            found[role] = None              # {"timestamp": None}: file order, even when a time column exists
+            continue
         index = find_column(header, [given] if given is not None else names)
         if index is None and (given is not None or role != 'timestamp'):
             looked_for = ('named ' + repr(given) if given is not None
                           else '(looked for ' + ', '.join(names) + ')')
+            example = option_text('columns', dict(user='USER', item='ITEM', timestamp='TIME'))
             raise ConversionError(f"{problems.where(path, 1)}: no {role} column {looked_for} "
-                                  f"in the header {header}; pass "
-                                  f"columns={{'user': ..., 'item': ..., 'timestamp': ...}} "
-                                  f"with the header names (or header=False and positions)")
+                                  f"in the header {header}; pass {example} with the header names (or "
+                                  f"{option_text('header', False)} and positions)")
         found[role] = index
     return found
 
@@ -690,8 +721,9 @@ def read_pairs(path, columns, header, opts, problems) -> list[tuple]:
             if not all(position is None or (isinstance(position, int) and not isinstance(position, bool))
                        or str(position).isdigit()
                        for position in given.values()):
-                raise ConversionError(f"{path}: header=False needs columns= as 0-based positions, e.g. "
-                                      f"{{'user': 0, 'item': 1, 'timestamp': 2}} (got {columns})")
+                example = option_text('columns', dict(user=0, item=1, timestamp=2))
+                raise ConversionError(f"{path}: {option_text('header', False)} needs 0-based column "
+                                      f"positions, e.g. {example} (got {columns})")
             cols = {role: (int(position) if position is not None else None)
                     for role, position in given.items()}
         need = max(position for position in cols.values() if position is not None)
@@ -710,7 +742,8 @@ def read_pairs(path, columns, header, opts, problems) -> list[tuple]:
             try: timestamp = parse_time(row[cols['timestamp']])
             except ValueError as e:
                 _bad_row(problems, path, line_no, repr(row[cols['timestamp']]), str(e),
-                         'Fix the value or pass columns={"timestamp": None} to use file order', opts)
+                         f"Fix the value or pass {option_text('columns', dict(timestamp=None))} to use file "
+                         f"order", opts)
                 continue
         events.append((user, item, timestamp, path, line_no))
     return events
@@ -727,8 +760,9 @@ def read_item_table(path, text_fields, text_sep, opts, problems) -> dict[str, So
                 absent = [field for field, column in zip(text_fields, cols) if column is None]
                 lacking = 'an item id column' if id_col is None else 'the text column(s) ' + repr(absent)
                 raise ConversionError(f"{problems.where(path, 1)}: item file header {row} lacks {lacking}; "
-                                      f"pass text_fields= with header names "
-                                      f"(or items=None to use covers only)")
+                                      f"pass {option_text('text_fields', placeholder='FIELDS')} with "
+                                      f"header names (or leave out the items option, {cli_flag('items')}, "
+                                      f"to use covers only)")
             continue
         iid = row[id_col].strip() if id_col < len(row) else ''
         if not iid:
@@ -776,24 +810,27 @@ def from_pixelrec(src, dst, interactions=None, items=None, covers=None, columns:
                 pair_names = ', '.join(path.name for path in pairs)
                 raise ConversionError(f"{src}: {'no' if not pairs else 'several'} interaction CSVs found "
                                       f"({pair_names or 'none has user and item columns in its header'}); "
-                                      f"pass interactions=PATH (and columns=/header=False for files without "
-                                      f"a usable header). "
+                                      f"pass {option_text('interactions', placeholder='PATH')} (and "
+                                      f"{cli_flag('columns')} / {cli_flag('header')} for files without a "
+                                      f"usable header). "
                                       f"The folder holds: {_listing(src)}")
             found['interactions'] = pairs[0]
         if found['items'] is None and items is None:
             if len(texts) > 1:
                 raise ConversionError(f"{src}: several item CSVs found "
                                       f"({', '.join(path.name for path in texts)}); "
-                                      f"pass items=PATH")
+                                      f"pass {option_text('items', placeholder='PATH')}")
             found['items'] = texts[0] if texts else None
     if found['items'] is None and (found['covers'] is None or opts['modality'] == 'text'):
         raise ConversionError(f"{src}: no item content found: expected a cover folder (*cover*/ with "
-                              f"ITEM_ID.jpg; covers=PATH) "
-                              f"and/or an item CSV with columns {list(text_fields)} (items=PATH). The folder "
-                              f"holds: {_listing(src)}")
+                              f"ITEM_ID.jpg; {option_text('covers', placeholder='PATH')}) "
+                              f"and/or an item CSV with columns {list(text_fields)} "
+                              f"({option_text('items', placeholder='PATH')}). The folder holds: "
+                              f"{_listing(src)}")
     if found['covers'] is None and opts['modality'] == 'image':
-        raise ConversionError(f"{src}: modality='image' needs the cover folder: pass covers=PATH. The folder "
-                              f"holds: {_listing(src)}")
+        raise ConversionError(f"{src}: {option_text('modality', 'image')} needs the cover folder: pass "
+                              f"{option_text('covers', placeholder='PATH')}. The folder holds: "
+                              f"{_listing(src)}")
     catalog = read_item_table(found['items'], text_fields, text_sep, opts, problems) if found['items'] else {}
     if found['covers'] is not None and opts['modality'] != 'text':
         add_covers(catalog, scan_covers(found['covers'], problems), found['covers'])
@@ -832,22 +869,23 @@ def _find_all(src: Path, name: str, given) -> list[Path]:
 def from_mind(src, dst, behaviors=None, news=None, text_fields=('title',), text_sep: str = ' | ',
               **options) -> Path:
     "Convert MIND (`behaviors.tsv` + `news.tsv`, one split folder or several) into a text-only MoM folder."
-    opts = common_options(options, 'from_mind', dedup=True)
+    opts = common_options(options, 'from_mind')
     src = Path(src).expanduser()
     problems = ProblemLog(src)
     _no_images('mind', opts)
     if not src.is_dir(): raise ConversionError(f"source folder {src} does not exist or is not a folder")
     bad = [time for time in text_fields if time not in ('category', 'subcategory', 'title', 'abstract')]
     if bad:
-        raise ConversionError(f"text_fields={list(text_fields)}: {bad} not MIND news fields; choose from "
-                              f"category, subcategory, title, abstract")
+        raise ConversionError(f"{option_text('text_fields', text_fields)}: {bad} not MIND news fields; "
+                              f"choose from category, subcategory, title, abstract")
     behavior_files, news_files = _find_all(src, 'behaviors.tsv', behaviors), _find_all(src, 'news.tsv', news)
     if not behavior_files or not news_files:
         raise ConversionError(f"{src}: required source files are missing:\n" +
-                              ('- behaviors.tsv (in the folder or a split subfolder; or pass '
-                               'behaviors=PATH)\n' if not behavior_files else '') +
-                              ('- news.tsv (in the folder or a split subfolder; or pass news=PATH)\n'
-                               if not news_files else '') +
+                              (f"- behaviors.tsv (in the folder or a split subfolder; or pass "
+                               f"{option_text('behaviors', placeholder='PATH')})\n"
+                               if not behavior_files else '') +
+                              (f"- news.tsv (in the folder or a split subfolder; or pass "
+                               f"{option_text('news', placeholder='PATH')})\n" if not news_files else '') +
                               f"The folder holds: {_listing(src)}")
     cols = [MIND_NEWS_FIELDS.index(time) for time in text_fields]
     catalog = {}
@@ -991,12 +1029,14 @@ def from_amazon(src, dst, reviews=None, meta=None, images=None, text_fields=('ti
             candidate_names = ', '.join(path.name for path in candidates)
             raise ConversionError(f"{src}: {'no' if not candidates else 'several'} review files found "
                                   f"({candidate_names or 'expected *.json[l][.gz] not starting with meta'}); "
-                                  f"pass reviews=PATH. The folder holds: {_listing(src)}")
+                                  f"pass {option_text('reviews', placeholder='PATH')}. The folder holds: "
+                                  f"{_listing(src)}")
         found['reviews'] = candidates[0]
     else: found.update(locate(src, [Want('reviews', (), 'review JSON lines')], dict(reviews=reviews)))
     if opts['modality'] == 'image' and found['images'] is None:
-        raise ConversionError("modality='image' needs local cover files: pass images=FOLDER (Amazon image "
-                              "URLs are not downloaded)")
+        raise ConversionError(f"{option_text('modality', 'image')} needs local cover files: pass "
+                              f"{option_text('images', placeholder='FOLDER')} (Amazon image URLs are not "
+                              f"downloaded)")
     def key_of(record):
         if item_key == 'auto': return record.get('parent_asin') or record.get('asin')
         return record.get(item_key)
@@ -1113,16 +1153,16 @@ def from_recbole(src, dst, dataset: str | None = None, inter=None, item=None, te
     else: users = [name for name, kind in inter_header if 'user' in name and kind == 'token']
     if len(users) != 1 or users[0] not in inter_names:
         raise ConversionError(f"{problems.where(found['inter'], 1)}: cannot tell the user field among "
-                              f"{inter_names}; pass user_field=")
+                              f"{inter_names}; pass {option_text('user_field', placeholder='FIELD')}")
     for field, where, names in ((item_col_name, found['inter'], inter_names),
                                 (item_col_name, found['item'], item_names)):
         if field not in names:
             raise ConversionError(f"{problems.where(where, 1)}: no item field {field!r} among {names}; "
-                                  f"pass item_field=")
+                                  f"pass {option_text('item_field', placeholder='FIELD')}")
     time_col_name = time_field or ('timestamp' if 'timestamp' in inter_names else None)
     if time_col_name is not None and time_col_name not in inter_names:
         raise ConversionError(f"{problems.where(found['inter'], 1)}: no time field {time_col_name!r} "
-                              f"among {inter_names}")
+                              f"among {inter_names}; pass {option_text('time_field', placeholder='FIELD')}")
     if text_fields is not None: text_field_names = list(text_fields)
     else: text_field_names = [name for name, kind in item_header
                               if kind in ('token', 'token_seq') and name != item_col_name]
@@ -1130,7 +1170,8 @@ def from_recbole(src, dst, dataset: str | None = None, inter=None, item=None, te
     if missing or not text_field_names:
         raise ConversionError(f"{problems.where(found['item'], 1)}: text field(s) {missing or '(none)'} "
                               f"not in the item header {item_names}; "
-                              f"pass text_fields= with token/token_seq fields")
+                              f"pass {option_text('text_fields', placeholder='FIELDS')} with token/token_seq "
+                              f"fields")
     catalog, item_col = {}, item_names.index(item_col_name)
     text_cols = [item_names.index(field) for field in text_field_names]
     for line_no, parts in _recbole_rows(found['item'], len(item_header), opts, problems):
@@ -1386,8 +1427,9 @@ def decode_lmdb_image(value: bytes, layout: str = 'auto', image_shape=None,
         elif value[:1] == b'\x80': layout = 'pickle'
         elif image_shape is not None: layout = 'raw'
         else:
-            raise ValueError("value is neither PNG/JPEG bytes nor a pickle: pass image_layout='raw' and "
-                             "image_shape=(H, W, 3)")
+            raise ValueError(f"value is neither PNG/JPEG bytes nor a pickle: pass "
+                             f"{option_text('image_layout', 'raw')} and "
+                             f"{option_text('image_shape', placeholder='[H,W,3]')}")
     if layout == 'encoded':
         from PIL import Image
         try:
@@ -1520,19 +1562,22 @@ def from_reference(src, dst, seqs=None, texts=None, lmdb=None, image_layout: str
                 or sorted(path.parent for path in src.glob('*/data.mdb')))
         if len(hits) > 1:
             raise ConversionError(f"{src}: several LMDBs found ({', '.join(path.name for path in hits)}); "
-                                  f"pass lmdb=PATH")
+                                  f"pass {option_text('lmdb', placeholder='PATH')}")
         found['lmdb'] = hits[0] if hits else None
     else:
         path = Path(lmdb).expanduser()
         path = path if path.is_absolute() else src/path
-        if not path.exists(): raise ConversionError(f"lmdb={str(lmdb)!r}: {path} does not exist")
+        if not path.exists():
+            raise ConversionError(f"{option_text('lmdb', str(lmdb))}: {path} does not exist")
         found['lmdb'] = path
     if found['texts'] is None and (found['lmdb'] is None or opts['modality'] == 'text'):
         raise ConversionError(f"{src}: no item content found: expected text items (a *.txt/*.tsv of `doc_id "
-                              f"title` lines; texts=PATH) "
-                              f"and/or covers (a *.lmdb; lmdb=PATH). The folder holds: {_listing(src)}")
+                              f"title` lines; {option_text('texts', placeholder='PATH')}) and/or covers (a "
+                              f"*.lmdb; {option_text('lmdb', placeholder='PATH')}). The folder holds: "
+                              f"{_listing(src)}")
     if found['lmdb'] is None and opts['modality'] == 'image':
-        raise ConversionError(f"{src}: modality='image' needs the cover LMDB: pass lmdb=PATH")
+        raise ConversionError(f"{src}: {option_text('modality', 'image')} needs the cover LMDB: pass "
+                              f"{option_text('lmdb', placeholder='PATH')}")
     catalog = {}
     if found['texts'] is not None:
         for line_no, line in iter_lines(found['texts'], opts['encoding_errors'], problems):
@@ -1604,15 +1649,12 @@ OPTION_HELP = dict(
     image_store="'files' (images/) or 'lmdb' (images.lmdb)", check_images="decode every used cover once",
     overwrite="replace an existing MoM folder at DST (never the source folder)",
     description="free text for meta.json",
-    behaviour='behaviour file (default: *_behaviour.tsv in SRC)',
-    items='item text file (default: found in SRC)',
-    covers='cover folder of ITEM_ID.jpg files (default: found in SRC)',
+    behaviour='behaviour file', items='item text file', covers='cover folder of ITEM_ID.jpg files',
     text_columns='item-file columns joined as text', text_sep='separator between joined text fields',
-    interactions='interaction CSV (default: told apart by header)',
+    interactions='interaction CSV',
     columns='JSON {"user": ..., "item": ..., "timestamp": ...}: header names (positions with --header false)',
     header='whether the interaction CSV has a header', text_fields='fields joined as the item text',
-    behaviors='behaviors.tsv file(s) (default: every one in SRC and its split folders)',
-    news='news.tsv file(s) (default: every one in SRC and its split folders)',
+    behaviors='behaviors.tsv file(s)', news='news.tsv file(s)',
     reviews='review JSON lines file',
     meta='metadata JSON lines file (meta_*.json[l][.gz])', images='local folder of ITEM_ID.jpg covers',
     item_key="'auto' (parent_asin, else asin), 'asin' or 'parent_asin'",
@@ -1623,6 +1665,17 @@ OPTION_HELP = dict(
     image_layout="LMDB values: 'auto', 'lmdb_image', 'ndarray', 'raw' or 'encoded'",
     image_shape="[H,W,C] of 'raw' LMDB values", channel_order="'rgb' or 'bgr' (OpenCV-written arrays)",
     pad='sequence cells that are padding', user_prefix='prefix of user ids made from row numbers')
+
+# what an option left out (None; '' for description) means, shown as its default
+NONE_DEFAULT_HELP = dict(
+    behaviour='*_behaviour.tsv in SRC', items='found in SRC', covers='found in SRC',
+    interactions='told apart by header', columns='guessed from the header',
+    behaviors='every one in SRC and its split folders', news='every one in SRC and its split folders',
+    reviews='found in SRC', meta='found in SRC', images='none (text items)', dataset='the one in SRC',
+    inter='NAME.inter in SRC', item='NAME.item in SRC', user_field='user_id or the user token field',
+    item_field='item_id or the first item field', time_field='timestamp if present, else file order',
+    text_fields='every token/token_seq item field', seqs='the *.npy in SRC', texts='the *.txt/*.tsv in SRC',
+    lmdb='the *.lmdb in SRC', image_shape='read from the values', description='what was converted from where')
 
 def _option_value(name: str, raw: str):
     try: value = json.loads(raw)
@@ -1639,19 +1692,28 @@ def _bool_value(raw: str) -> bool:
     if text in ('false', '0', 'no', 'off'): return False
     raise argparse.ArgumentTypeError(f'{raw!r} is not a boolean: use true or false')
 
+# %% ../nbs/03_convert.ipynb #x5d1f0a2
+def _default_text(name: str, default) -> str:
+    "`default` of option `name` as the command line spells it (what None means, for an option left out)."
+    if default is None or (default == '' and name in NONE_DEFAULT_HELP):
+        return NONE_DEFAULT_HELP.get(name, 'none')
+    if isinstance(default, bool): return str(default).lower()
+    if name in LIST_OPTIONS: return shlex.quote(','.join(map(str, default)))
+    return shlex.quote(default if isinstance(default, str) else json.dumps(default))
+
 # %% ../nbs/03_convert.ipynb #c055a
 def converter_options(fn: Callable) -> dict:
-    "Option name -> default of converter `fn`: its own keyword parameters, then `COMMON_OPTIONS`."
+    "Option name -> default of converter `fn`: its own keyword parameters, then the common options it reads."
     params = inspect.signature(fn).parameters.items()
     own = {name: param.default for name, param in params if name not in ('src', 'dst', 'options')}
-    return {**own, **COMMON_OPTIONS}
+    return {**own, **common_defaults(fn.__name__)}
 
 # %% ../nbs/03_convert.ipynb #xdf546b1
 def add_converter_options(parser: argparse.ArgumentParser, fn: Callable) -> argparse.ArgumentParser:
     "Add `--name` options for converter `fn` to `parser` (absent ones are left out of the result)."
     for name, default in converter_options(fn).items():
-        flags = ['--' + name.replace('_', '-')] + (['--' + name] if '_' in name else [])
-        help_ = f"{OPTION_HELP.get(name, name)} (default: {default!r})".replace('%', '%%')
+        flags = [cli_flag(name)] + (['--' + name] if '_' in name else [])
+        help_ = f"{OPTION_HELP.get(name, name)} (default: {_default_text(name, default)})".replace('%', '%%')
         if isinstance(default, bool):
             parser.add_argument(*flags, dest=name, nargs='?', const=True, type=_bool_value,
                                 default=argparse.SUPPRESS, metavar='BOOL', help=help_ + '; bare: true')

@@ -4,18 +4,23 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import os, random, json, logging, dataclasses, sys, platform, math, shutil, re, uuid
+import os, random, json, logging, dataclasses, sys, platform, math, shutil, re, shlex, uuid
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Callable
+# OpenMP reads its wait policy once, when torch loads it: passive threads sleep at the end of a parallel
+# loop instead of spinning, which keeps training fast when other processes share the cores (see "Threads
+# on a shared machine"). The entry points import this module before torch; None: torch came first.
+OMP_WAIT_POLICY = None if 'torch' in sys.modules else os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'log', 'project_dir', 'data_root', 'reports_root', 'seed_everything',
-           'resolve_device', 'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling',
-           'atomic_write', 'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device',
-           'environment_info']
+__all__ = ['OMP_WAIT_POLICY', 'MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'log', 'CGROUP_ROOT', 'THREAD_POLICIES',
+           'project_dir', 'data_root', 'reports_root', 'seed_everything', 'resolve_device', 'resolve_amp', 'JSONConfig',
+           'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write', 'clean_stale_temporaries',
+           'atomic_dir', 'jsonable', 'write_json', 'module_device', 'cgroup_cpu_quota', 'UsableCores', 'usable_cores',
+           'ThreadPlan', 'thread_plan', 'apply_thread_plan', 'environment_info', 'cli_flag', 'option_text']
 
 # %% ../nbs/00_core.ipynb #c005
 def project_dir(cwd=None) -> Path:
@@ -196,7 +201,9 @@ class TrainConfig(JSONConfig):
     val_items: int = 1                # validation targets per user: its last k training items (1: one)
     track_heldout: bool = False       # also score the held-out users every epoch (measurement, never selection)
     prefix_cache: bool = True         # cache frozen-prefix encoder outputs per item
-    num_workers: int | None = None    # training loader processes (None: data.default_num_workers)
+    num_workers: int | None = None    # training loader processes (None: $TRANSREC_NUM_WORKERS, else
+                                      # thread_plan's share of the usable cores)
+    threads: int | None = None        # torch intra-op threads (None: $TRANSREC_THREADS, else thread_plan)
     pin_memory: bool | None = None    # pinned batches (None: when training on CUDA)
     prefetch_factor: int = 2          # batches each loader worker prepares ahead
     log_every: int = 10
@@ -217,6 +224,12 @@ class TrainConfig(JSONConfig):
                              f"grad_accum={self.grad_accum}")
         if self.amp not in ('auto', 'bf16', 'fp16', 'none'):
             raise ValueError(f"TrainConfig.amp={self.amp!r}: use 'auto', 'bf16', 'fp16' or 'none'")
+        for name, minimum in (('num_workers', 0), ('threads', 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < minimum):
+                raise ValueError(f"TrainConfig.{name}={value!r}: give a whole number >= {minimum}, "
+                                 "or None to choose from the usable cores")
         self._check_selection()
 
     def _check_selection(self):
@@ -373,6 +386,122 @@ def module_device(module: torch.nn.Module) -> torch.device:
     if tensor is None: tensor = next(iter(module.buffers()), None)
     return tensor.device if tensor is not None else torch.device('cpu')
 
+# %% ../nbs/00_core.ipynb #x2ed32et
+CGROUP_ROOT = Path('/sys/fs/cgroup')
+
+def cgroup_cpu_quota(cgroup_root=CGROUP_ROOT) -> float | None:
+    "CPU quota of the cgroup in cores (v2 `cpu.max`, else v1 `cpu.cfs_quota_us / cpu.cfs_period_us`), or None."
+    root = Path(cgroup_root)
+    v2_file = root/'cpu.max'
+    v1_folders = [folder for folder in (root/'cpu', root/'cpu,cpuacct', root)
+                  if (folder/'cpu.cfs_quota_us').is_file() and (folder/'cpu.cfs_period_us').is_file()]
+    if v2_file.is_file(): files = [v2_file]
+    elif v1_folders: files = [v1_folders[0]/'cpu.cfs_quota_us', v1_folders[0]/'cpu.cfs_period_us']
+    else: return None
+    text = ' '.join(file.read_text().strip() for file in files)
+    try:
+        quota, period = text.split()
+        if quota == 'max' or int(quota) <= 0: return None
+        return int(quota) / int(period) if int(period) > 0 else None
+    except ValueError:
+        log.warning(f"cannot read the CPU quota from {' and '.join(map(str, files))} ({text!r}); "
+                    "assuming no cgroup quota")
+        return None
+
+# %% ../nbs/00_core.ipynb #xe23e6at
+@dataclass(frozen=True)
+class UsableCores:
+    "How many cores this process may keep busy, and the limits that decided it."
+    count: int                 # min(machine, affinity, floor(quota)), at least 1
+    machine: int               # os.cpu_count()
+    affinity: int | None       # CPUs in this process's affinity mask (None: this OS does not say)
+    quota: float | None        # cgroup CPU quota in cores (None: no quota)
+
+    def describe(self) -> str:
+        affinity = 'unknown' if self.affinity is None else self.affinity
+        quota = 'none' if self.quota is None else f'{self.quota:g}'
+        core_s = 'core' if self.count == 1 else 'cores'
+        return f'{self.count} usable {core_s}: affinity {affinity}, cgroup quota {quota}'
+
+# %% ../nbs/00_core.ipynb #x82b3fdt
+def usable_cores(affinity=None, cgroup_root=CGROUP_ROOT, machine: int | None = None) -> UsableCores:
+    "Cores this process may use: `affinity` (default `os.sched_getaffinity(0)`) and the cgroup quota."
+    machine = machine or os.cpu_count() or 1
+    if affinity is None and hasattr(os, 'sched_getaffinity'): affinity = os.sched_getaffinity(0)
+    n_affinity = None if affinity is None else len(affinity)
+    quota = cgroup_cpu_quota(cgroup_root)
+    count = min(machine, n_affinity or machine)
+    if quota is not None: count = min(count, math.floor(quota))
+    return UsableCores(max(1, count), machine, n_affinity, quota)
+
+# %% ../nbs/00_core.ipynb #x64c08bt
+THREAD_POLICIES = ('usable', 'machine')
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    "The threads of a training process: torch intra-op and inter-op threads, DataLoader workers, and why."
+    intra_op: int
+    inter_op: int
+    workers: int
+    cores: UsableCores
+    why: str = ''                # the overrides and policy that decided the numbers
+
+    def describe(self) -> str:
+        worker_s = 'worker' if self.workers == 1 else 'workers'
+        return (f'threads: {self.intra_op} intra-op, {self.inter_op} inter-op, {self.workers} DataLoader '
+                f'{worker_s} ({self.cores.describe()}; {self.why})')
+
+# %% ../nbs/00_core.ipynb #xec1ca9t
+def _env_count(environ, name: str, minimum: int) -> int | None:
+    "The whole number in environment variable `name` of `environ` (None when unset or empty)."
+    text = environ.get(name, '').strip()
+    if name == 'OMP_NUM_THREADS': text = text.split(',')[0].strip()    # OpenMP's nested form: '4,2'
+    if not text: return None
+    if not text.isdigit() or int(text) < minimum:
+        raise ValueError(f'{name}={text!r}: must be a whole number >= {minimum} (or unset it)')
+    return int(text)
+
+# %% ../nbs/00_core.ipynb #xc50d54t
+def thread_plan(device='cpu', threads: int | None = None, workers: int | None = None, policy: str = 'usable',
+                cores: UsableCores | None = None, processes: int = 1, environ=None) -> ThreadPlan:
+    "Intra-op threads, inter-op threads and loader workers for training on `device` (see the text above)."
+    if policy not in THREAD_POLICIES: raise ValueError(f'policy={policy!r}: choose one of {THREAD_POLICIES}')
+    cores, environ = cores or usable_cores(), os.environ if environ is None else environ
+    cuda = torch.device(device).type == 'cuda'
+    why = [f'TrainConfig.{name}={value}' for name, value in (('threads', threads), ('num_workers', workers))
+           if value is not None]
+    for variable in ('TRANSREC_THREADS', 'OMP_NUM_THREADS'):          # the config first, then the variables
+        if threads is None:
+            threads = _env_count(environ, variable, 1)
+            if threads is not None: why.append(f'${variable}={threads}')
+    if workers is None:
+        workers = _env_count(environ, 'TRANSREC_NUM_WORKERS', 0)
+        if workers is not None: why.append(f'$TRANSREC_NUM_WORKERS={workers}')
+    if policy == 'machine':
+        share = cores.machine
+        default_workers = max(0, min(4 if cuda else 2, (cores.affinity or cores.machine) - 1))
+        inter_op = cores.machine
+    else:
+        share = max(1, cores.count // max(1, processes))
+        default_workers = min(4, share - 1) if cuda else 0 if share <= 2 else min(2, share // 4)
+        inter_op = 1
+    workers = default_workers if workers is None else workers
+    intra_op = threads or (share if policy == 'machine' else max(1, share - workers))
+    why.append(f'policy {policy}' + (f', {processes} processes' if processes > 1 else ''))
+    return ThreadPlan(intra_op, inter_op, workers, cores, ', '.join(why))
+
+# %% ../nbs/00_core.ipynb #xfc1088t
+def apply_thread_plan(plan: ThreadPlan) -> ThreadPlan:
+    "Set torch's intra-op and inter-op threads to `plan`'s; returns the plan in effect (inter-op may be fixed)."
+    torch.set_num_threads(plan.intra_op)
+    if torch.get_num_interop_threads() != plan.inter_op:
+        try: torch.set_num_interop_threads(plan.inter_op)
+        except RuntimeError:                         # already set, or inter-op work has started
+            kept = torch.get_num_interop_threads()
+            return dataclasses.replace(plan, inter_op=kept,
+                                       why=f'{plan.why}; inter-op pool already started with {kept}')
+    return plan
+
 # %% ../nbs/00_core.ipynb #c024
 def environment_info() -> dict:
     "Versions of the main packages and a description of the machine (for metrics files)."
@@ -381,8 +510,24 @@ def environment_info() -> dict:
     info = dict(python=platform.python_version(), torch=torch.__version__,
                 torchvision=torchvision.__version__, transformers=transformers.__version__,
                 numpy=np.__version__, platform=platform.platform(), cpu_count=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
+                torch_threads=torch.get_num_threads(), usable_cores=usable_cores().count,
+                omp_wait_policy=OMP_WAIT_POLICY, cuda=torch.cuda.is_available())
     if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(0)
     try: info['transrec'] = version('transrec')
     except PackageNotFoundError: pass
     return info
+
+# %% ../nbs/00_core.ipynb #xbe1a895
+def cli_flag(name: str) -> str:
+    "The command-line flag of keyword option `name`: `bad_rows` -> `--bad-rows`."
+    return '--' + name.replace('_', '-')
+
+# %% ../nbs/00_core.ipynb #x16bbc7e
+def option_text(name: str, value=True, placeholder: str | None = None) -> str:
+    """Option `name` set to `value` in both spellings, for a message raised from Python and the command line:
+    `--bad-rows report (bad_rows='report' in Python)`. `placeholder` (e.g. `'PATH'`) stands for a value to
+    choose; `True` is the bare flag; other values are written as JSON on the command line."""
+    if placeholder is not None: return f"{cli_flag(name)} {placeholder} ({name}={placeholder} in Python)"
+    if value is True: return f"{cli_flag(name)} ({name}=True in Python)"
+    cli_value = value if isinstance(value, str) else json.dumps(jsonable(value))
+    return f"{cli_flag(name)} {shlex.quote(cli_value)} ({name}={value!r} in Python)"

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 import ipywidgets as widgets
-from .core import log
+from .core import log, option_text
 from .data import MODALITIES
 
 # %% auto #0
@@ -760,7 +760,7 @@ def _json_for_script(obj) -> str:
 def _pick_users(ds, users, seed: int, pool=None) -> list[int]:
     "Rows of `users` (ids or rows); a count draws that many (seeded) from `pool` (default: every user)."
     if isinstance(users, (int, np.integer)):
-        if users < 1: raise ValueError(f'users={users}: export at least one user')
+        if users < 1: raise ValueError(f'{option_text("users", users)}: export at least one user')
         candidates = np.arange(ds.n_users) if pool is None else np.asarray(pool, dtype=np.int64)
         n = min(int(users), len(candidates))
         return sorted(np.random.default_rng(seed).choice(candidates, n, replace=False).tolist())

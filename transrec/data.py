@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import log, write_json
+from .core import log, option_text, write_json
 
 # %% auto #0
 __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
@@ -1203,8 +1203,7 @@ def _build_sequences(inter: dict, min_seq_len: int | None, name: str, probs: lis
                     'short_user',
                     f'{short.sum()} of {len(lens)} users have fewer than 3 interactions '
                     f'and cannot be split into train/valid/test ({by_length}; {example})',
-                    'pass min_seq_len=3 to load_dataset (CLI: --min-seq-len 3) to exclude them, or add their'
-                    ' interactions',
+                    f"pass {option_text('min_seq_len', 3)} to exclude them, or add their interactions",
                 )
             )
         else:
@@ -1610,8 +1609,8 @@ def _scan(path, min_seq_len: int | None = None, decode_images: bool = False) -> 
     "Read and check everything; returns (parts built so far, problems)."
     if min_seq_len is not None and (not isinstance(min_seq_len, (int, np.integer)) or min_seq_len < 3):
         raise ValueError(
-            f'min_seq_len={min_seq_len!r}: must be an int >= 3 (each user needs a train item, a valid and a'
-            ' test target)'
+            f"{option_text('min_seq_len', min_seq_len)}: must be an int >= 3 (each user needs a train item, "
+            f"a valid and a test target)"
         )
     path = Path(path).expanduser()
     probs, parts = [], dict(path=path)
@@ -2261,14 +2260,9 @@ def eval_batches(
 
 # %% ../nbs/01_data.ipynb #p002
 def default_num_workers(device='cpu') -> int:
-    "Loader workers for `num_workers=None`: `$TRANSREC_NUM_WORKERS`, else min(4 | 2 on CPU, usable cpus - 1)."
-    env = os.environ.get('TRANSREC_NUM_WORKERS', '').strip()
-    if env:
-        if not env.isdigit():
-            raise ValueError(f'TRANSREC_NUM_WORKERS={env!r}: must be an integer >= 0')
-        return int(env)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(0, min(4 if torch.device(device).type == 'cuda' else 2, cpus - 1))
+    "Loader workers for `num_workers=None`: `$TRANSREC_NUM_WORKERS`, else `core.thread_plan`'s for `device`."
+    from transrec.core import thread_plan
+    return thread_plan(device).workers
 
 # %% ../nbs/01_data.ipynb #p002s1
 def _init_worker(worker_id: int):
@@ -2408,7 +2402,7 @@ def prepare_images(path, size: int = 224, force: bool = False) -> Path:
     """Write (if missing, stale or `force`) the pixel store of the data set at `path` (or a `MoMDataset`);
     its folder."""
     if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f'prepare_images: size={size!r} must be an int >= 1')
+        raise ValueError(f'prepare_images: {option_text("size", size)} must be an int >= 1')
     dataset = path if isinstance(path, MoMDataset) else load_dataset(path, min_seq_len=3)
     if dataset.path is None:
         raise ValueError('prepare_images: the data set has no folder (load it with load_dataset)')

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json, time, os, sys, shutil, math, difflib, hashlib, inspect
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-import numpy as np
-import torch
+# core first: it sets OpenMP's wait policy before torch loads (see core's "Threads on a shared machine")
 from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, environment_info,
                            seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS)
+import numpy as np
+import torch
 from .data import (data_fingerprint, data_changes, write_data_record,
                            model_data_mismatch)
 

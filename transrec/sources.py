@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, os, shutil, sys, tempfile, time, uuid
 from dataclasses import dataclass
 from pathlib import Path
-from .core import data_root, banner, log
+from .core import data_root, banner, log, option_text
 from . import sim
 from .data import SIM_TRUTH_FILE, _read_meta as _read_dataset_meta, is_synthetic
 
@@ -88,7 +88,7 @@ def _check_name(name: str) -> Source:
 def build_source(name: str, out, scale: float = 1.0, seed: int = 0, force: bool = False) -> Path:
     "Build the stand-in for registered data set `name` exactly at `out` (atomically; kept if current)."
     source, out = _check_name(name), Path(out)
-    if not scale > 0: raise ValueError(f'scale={scale}: must be > 0 (1 = default size)')
+    if not scale > 0: raise ValueError(f'{option_text("scale", scale)}: must be > 0 (1 = default size)')
     expected = sim.generator_params(sim.domain_spec(source.synthetic), scale, seed)
     current = (out/'items.tsv').is_file() and _read_meta(out).get('generator') == expected
     if force or not current:
@@ -96,7 +96,7 @@ def build_source(name: str, out, scale: float = 1.0, seed: int = 0, force: bool 
             if not is_synthetic(out):
                 raise FileExistsError(f'{out} exists and does not hold a synthetic data set built by '
                                       'transrec: refusing to replace it; choose another folder '
-                                      'or pass force=True (--force)')
+                                      f'or pass {option_text("force")}')
             log.info(f'{out} was built with other generator parameters: rebuilding it')
         # a folder that appears meanwhile is another process's complete build
         started, replace = time.time(), out.exists()

@@ -7,14 +7,16 @@ from __future__ import annotations
 import os, re, sys, json, math, time, random, shutil, argparse, contextlib, inspect
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
+# core first: it sets OpenMP's wait policy before torch loads (see core's "Threads on a shared machine")
+from .core import (ModelConfig, TrainConfig, resolve_device, resolve_amp, seed_everything, log,
+                           environment_info, atomic_write, atomic_dir, jsonable, write_json,
+                           clean_stale_temporaries, ThreadPlan, thread_plan, apply_thread_plan,
+                           SELECT_ON, SELECT_WEIGHTS)
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
-from .core import (ModelConfig, TrainConfig, resolve_device, resolve_amp, seed_everything, log,
-                           environment_info, atomic_write, atomic_dir, jsonable, write_json,
-                           clean_stale_temporaries, SELECT_ON, SELECT_WEIGHTS)
 from .metrics import evaluate, flatten_metrics
 
 # %% auto #0
@@ -354,11 +356,10 @@ def _n_terms(batch, info: dict) -> float:
     return float(n_pairs) if n_pairs is not None else float(_rows(batch))
 
 # %% ../nbs/08_train.ipynb #c026
-def loader_settings(cfg: TrainConfig, device) -> dict:
+def loader_settings(cfg: TrainConfig, device, plan: ThreadPlan | None = None) -> dict:
     "`num_workers`, `pin_memory`, `prefetch_factor` of the training loader (None in `cfg`: for the machine)."
-    from transrec.data import default_num_workers
     device = torch.device(device)
-    workers = default_num_workers(device) if cfg.num_workers is None else cfg.num_workers
+    workers = cfg.num_workers if cfg.num_workers is not None else (plan or thread_plan(device)).workers
     pin = device.type == 'cuda' if cfg.pin_memory is None else bool(cfg.pin_memory)
     return dict(num_workers=workers, pin_memory=pin, prefetch_factor=cfg.prefetch_factor)
 
@@ -599,6 +600,10 @@ class TrainingRun:
         self.loop, self.resumed_from, self.last_ckpt = LoopState(), None, None
         self.train_time, self.seqs_this_call = 0.0, 0
         self.net = LossModule(model, gather_group(model, dist_info))
+        processes = int(os.environ.get('LOCAL_WORLD_SIZE', '1')) if dist_info.distributed else 1
+        self.threads = apply_thread_plan(thread_plan(self.device, cfg.threads, cfg.num_workers,
+                                                     processes=processes))
+        if dist_info.is_main: log.info(self.threads.describe())
 
 # %% ../nbs/08_train.ipynb #c033
 def _config_diff(old: dict, new: dict) -> dict:
@@ -634,7 +639,8 @@ def start(self: TrainingRun, resume: bool = True):
                      train_config=cfg.to_dict(), world_size=dist_info.world_size, device=str(self.device),
                      amp=str(self.amp_dtype), n_users=self.ds.n_users, n_items=self.ds.n_items,
                      steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                     synthetic=getattr(self.ds, 'synthetic', None), environment=environment_info())
+                     synthetic=getattr(self.ds, 'synthetic', None), environment=environment_info(),
+                     threads=dict(asdict(self.threads), described=self.threads.describe()))
     if dist_info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
         # content models run one encoder per modality: a rank's slice may hold no image (or no text) item
@@ -730,7 +736,8 @@ def train_epoch(self: TrainingRun) -> bool:
     content = self.content if hasattr(self.model, 'item_tower') else None    # only content models read it
     batches = train_loader(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=loop.epoch,
                            rank=self.dist_info.rank, world_size=self.dist_info.world_size, skip=loop.pos,
-                           stride=self.stride, content=content, **loader_settings(cfg, self.device))
+                           stride=self.stride, content=content,
+                           **loader_settings(cfg, self.device, self.threads))
     bar = tqdm(total=self.n_micro, initial=loop.pos, desc=f'epoch {loop.epoch + 1}/{cfg.epochs}',
                disable=not self.show, leave=False, dynamic_ncols=True)
     group, window = [], dict(loss=0.0, steps=0, seqs=0, time=0.0)    # what the next 'train' event averages
