@@ -86,3 +86,14 @@ def test_cli_build_refuses_bad_input_and_keeps_real_files(tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 1 and 'refusing to replace' in result.stderr and 'Traceback' not in result.stderr
     assert (tmp_path/'qb_image'/'notes.txt').read_text() == 'mine'
+
+
+def test_data_root_is_the_projects_from_any_folder_below_it(tmp_path):
+    "The data root is the checkout's data/ (settings.ini: lib_name = transrec), not a data/ beside the cwd."
+    project = tmp_path/'project'
+    (project/'reports'/'run-1').mkdir(parents=True)
+    (project/'settings.ini').write_text('[DEFAULT]\nlib_name = transrec\n')
+    for cwd in (project, project/'reports'/'run-1'):
+        result = run_cli('list', cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[0] == f'data root: {project.resolve()/"data"}'
