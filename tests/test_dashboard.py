@@ -56,3 +56,44 @@ def test_explore_notebook_runs(world, tmp_path):
     nb = json.loads((tmp_path/'explore.ipynb').read_text())
     text = ''.join(''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
     assert 'user switch over' in text and 'median' in text
+
+
+def test_cli_warns_when_the_named_data_set_is_other_data(tmp_path, monkeypatch, capsys):
+    "The issue's case: a model trained on qb_mixed at one scale, explored on qb_mixed built at another."
+    from transrec.data import write_data_record
+    from transrec.sources import load_source
+    torch.set_num_threads(1)
+    monkeypatch.setenv('TRANSREC_DATA', str(tmp_path/'data'))
+    trained_on = load_source('qb_mixed', scale=0.05)
+    seed_everything(0)
+    best = tmp_path/'pretrain-qb_mixed'/'best'
+    save_model(build_model(ModelConfig(**TINY_CFG), trained_on), best)
+    write_data_record(best, trained_on, 'qb_mixed')
+    page = tmp_path/'page.html'
+    common = ['--model', str(best.parent), '--data', 'qb_mixed', '--users', '2', '--k', '3',
+              '--out', str(page)]
+    assert dash.main([*common, '--scale', '0.05']) == 0                  # the same build: not a word
+    assert 'warning' not in capsys.readouterr().err and 'WARNING' not in page.read_text()
+    assert dash.main([*common, '--scale', '0.02']) == 0                  # another build of the same name
+    err = capsys.readouterr().err
+    assert 'transrec-explore: warning: pretrain-qb_mixed: the model in' in err, err
+    assert 'synthetic scale 0.05 -> 0.02' in err and 'qb_mixed-scale0.05-seed0' in err, err
+    assert 'qb_mixed-scale0.02-seed0' in err, err
+    assert 'WARNING: pretrain-qb_mixed: the model in' in page.read_text()
+
+
+def test_cli_shows_held_out_users_of_a_fine_tuned_run(world, tmp_path, capsys):
+    from transrec.experiment import write_per_user
+    ds = load_dataset(world['dir']/'tiny')
+    run = tmp_path/'finetune-tiny'
+    save_model(world['models']['scratch'], run/'best')
+    held_out = [str(u) for u in ds.user_ids[:2]]
+    write_per_user(run, ds.user_ids, [1] * ds.n_users, ['cold'] * 2 + ['warm'] * (ds.n_users - 2))
+    def shown(*extra):
+        out = tmp_path/'users.html'
+        assert dash.main(['--model', str(run/'best'), '--data', str(world['dir']/'tiny'), '--users', '50',
+                          '--out', str(out), *extra]) == 0
+        return re.findall(r'<section class="trx-user" data-user="([^"]+)"', out.read_text())
+    assert shown() == held_out                                           # held-out users by default
+    assert sorted(shown('--show-users', 'fine-tune')) == sorted(set(map(str, ds.user_ids)) - set(held_out))
+    assert len(shown('--show-users', 'all')) == ds.n_users

@@ -57,6 +57,8 @@ def test_pretrain_outputs(pretrained):
     assert m['history'] and all('valid_NDCG@10' in h and 'train_loss' in h for h in m['history'])
     assert 'valid NDCG@10' in (pretrained/'curves.html').read_text()       # the curve is drawn, not an empty figure
     assert (pretrained/'notebook.html').exists() and 'Pre-train' in (pretrained/'notebook.html').read_text()
+    record = json.loads((pretrained/'best'/'data.json').read_text())     # the model says what data it saw
+    assert record['name'] == 'qb_mixed' and record['fingerprint']['generator'] == dict(scale=0.1, seed=0)
 
 
 def test_old_spelling_still_works_and_says_the_new_one(env, pretrained):
@@ -92,12 +94,25 @@ def test_finetune_pretrained_and_scratch(env, pretrained):
     assert m['history'][0]['epoch'] == 0 and m['best_epoch'] in (0, 1)      # the pre-trained model competed
     assert m['params']['dim'] == TINY_MODEL['dim'] and 'kind' not in m['params_given']['model']   # used / given
     assert m['params']['kind'] == 'transrec' and m['params']['epochs'] == 1       # the full configuration
-    assert (out/'per_user.npz').exists()
+    from transrec.experiment import per_user_frame
+    table = per_user_frame(out, ks=(10,))                                 # item 7: per-user metrics in one call
+    assert len(table) == m['data']['users'] and set(table['group']) == {'cold', 'warm'}
+    assert abs(table[table['group'] == 'cold']['NDCG@10'].mean() - m['test']['NDCG@10']) < 1e-6
     out2 = env/'ft-scratch'
     run('finetune', env/'ft2.ipynb', target='qb_text', init='scratch', target_fraction=0.5, out_dir=str(out2),
         **{**TINY, 'model': {**TINY_MODEL, 'kind': 'id_sasrec'}})
     m2 = json.loads((out2/'metrics.json').read_text())
     assert m2['zero_shot'] is None and m2['method'] == 'id_sasrec'
+
+
+def test_finetune_on_another_build_of_the_training_data_set_warns(env, pretrained):
+    "Pre-trained on qb_mixed at scale 0.1, fine-tuned on qb_mixed at scale 0.05: said, naming both builds."
+    out = env/'ft-other-build'
+    run('finetune', env/'ft-other.ipynb', target='qb_mixed', init=str(pretrained/'best'), target_fraction=0.5,
+        out_dir=str(out), **{**TINY, 'scale': 0.05})
+    said = cell_output(env/'ft-other.ipynb')
+    assert 'WARNING: the model in' in said and 'synthetic scale 0.1 -> 0.05' in said, said[-3000:]
+    assert 'qb_mixed-scale0.1-seed0' in said and 'qb_mixed-scale0.05-seed0' in said
 
 
 def link_weights_copy_rest(source, dest):

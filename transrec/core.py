@@ -23,9 +23,19 @@ __all__ = ['OMP_WAIT_POLICY', 'MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'l
            'ThreadPlan', 'thread_plan', 'apply_thread_plan', 'environment_info', 'cli_flag', 'option_text']
 
 # %% ../nbs/00_core.ipynb #c005
+def _is_project(folder: Path) -> bool:
+    "Whether `folder` is a TransRec checkout: its nbdev settings.ini names the library transrec."
+    settings = folder/'settings.ini'
+    try: return settings.is_file() and re.search(r'^lib_name\s*=\s*transrec\s*$', settings.read_text(),
+                                                re.M) is not None
+    except (OSError, UnicodeDecodeError): return False
+
 def project_dir(cwd=None) -> Path:
-    "The project folder: `cwd` (default: the current directory), or its parent when `cwd` is `nbs/`."
+    """The project folder: the TransRec checkout holding `cwd` (default: the current directory), else `cwd`,
+    or its parent when `cwd` is `nbs/`."""
     cwd = Path(cwd or os.getcwd()).resolve()
+    checkout = next((folder for folder in (cwd, *cwd.parents) if _is_project(folder)), None)
+    if checkout is not None: return checkout
     return cwd.parent if cwd.name == 'nbs' else cwd
 
 # %% ../nbs/00_core.ipynb #xa44e4cf

@@ -18,10 +18,11 @@ from .core import log, option_text
 from .data import MODALITIES
 
 # %% auto #0
-__all__ = ['DASHBOARD_CSS', 'MODALITY_COLORS', 'HIT_RATE_COLORS', 'truncate', 'thumbnail_uri', 'ItemCards', 'UserRecs',
-           'user_index', 'ItemProjection', 'ModelView', 'history_table', 'recs_table', 'map_base_traces',
+__all__ = ['DASHBOARD_CSS', 'MODALITY_COLORS', 'HIT_RATE_COLORS', 'SHOW_USERS', 'truncate', 'thumbnail_uri', 'ItemCards',
+           'UserRecs', 'user_index', 'ItemProjection', 'ModelView', 'history_table', 'recs_table', 'map_base_traces',
            'map_overlay_traces', 'map_layout', 'item_map_figure', 'score_parts', 'score_figure', 'hit_rate_figure',
-           'Explorer', 'export_html', 'load_data', 'model_name', 'load_model_dir', 'main']
+           'Explorer', 'export_html', 'load_data', 'model_name', 'model_folder', 'load_model_dir', 'run_user_groups',
+           'user_pool', 'data_notes', 'main']
 
 # %% ../nbs/10_dashboard.ipynb #c008
 def truncate(text: str, n: int = 80) -> str:
@@ -256,7 +257,8 @@ class ModelView:
             self._hit_rates[key] = evaluate(self.model, self.ds, self.content, split='test',
                                             device=self._vecs_on_device.device,
                                             users=None if users is None else np.asarray(key),
-                                            item_vecs=self._vecs_on_device)
+                                            item_vecs=self._vecs_on_device,
+                                            check_data=False)   # the explorer warns instead (data_notes)
         return self._hit_rates[key]
 
 # %% ../nbs/10_dashboard.ipynb #c027
@@ -536,13 +538,26 @@ def _closest_hit_rate(results: dict, k: int) -> str:
     return min((name for name in first if name.startswith('HR@')), key=lambda name: abs(int(name[3:]) - k),
                default='MRR')
 
+# %% ../nbs/10_dashboard.ipynb #xus0002
+def _eval_sample(ds, eval_users: int | None, seed: int, pool=None):
+    "The rows hit rates are computed on: `pool` (None: all users) or a seeded sample of `eval_users` of it."
+    candidates = np.arange(ds.n_users) if pool is None else np.asarray(pool, dtype=np.int64)
+    if eval_users is None or eval_users >= len(candidates): return None if pool is None else candidates
+    return np.sort(np.random.default_rng(seed).choice(candidates, eval_users, replace=False))
+
+# %% ../nbs/10_dashboard.ipynb #xus0004
+def _notes_html(notes) -> str:
+    "Warnings shown above the explorer and the page (e.g. the data set is not what a model was trained on)."
+    return ''.join(f'<div class="trx-banner trx-warning">WARNING: {_esc(note)}</div>' for note in notes)
+
 # %% ../nbs/10_dashboard.ipynb #c040
 class Explorer:
     "Interactive explorer of `models` ({name: model}) on `ds`: history, top-K, map, scores, hit rates."
     def __init__(self, models: dict, ds, content=None, k: int = 10, side_by_side: bool | None = None,
                  user=None, projection: str = 'pca', hit_rates: bool = True, eval_users: int | None = None,
                  history_rows: int = 20, thumb_size: int = 40, text_chars: int = 80, max_points: int = 4000,
-                 seed: int = 0, max_user_options: int = 20000, shared_map: bool = True):
+                 seed: int = 0, max_user_options: int = 20000, shared_map: bool = True, user_pool=None,
+                 notes=(), users_note: str = ''):
         self.ds, self.k, self.history_rows, self.max_points, self.seed = ds, k, history_rows, max_points, seed
         self.views = _model_views(models, ds, content, projection, shared_map)
         self.cards = ItemCards(ds, thumb_size, text_chars)
@@ -550,10 +565,11 @@ class Explorer:
         self.timings: list[float] = []
         self.last_update_s = None
         self.recs: dict[str, UserRecs] = {}
-        self.eval_users = None
-        if eval_users is not None and eval_users < ds.n_users:
-            sample = np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False)
-            self.eval_users = np.sort(sample)
+        self.user_pool = None if user_pool is None else np.asarray(user_pool, dtype=np.int64)
+        if self.user_pool is not None and len(self.user_pool) == 0:
+            raise ValueError('user_pool is empty: no user to show (show all users instead)')
+        self.notes, self.users_note = list(notes), users_note
+        self.eval_users = _eval_sample(ds, eval_users, seed, self.user_pool)
         self._build_widgets(side_by_side, max_user_options)
         self._ready = False
         for widget in (self.model_dropdown, self.side_by_side, self.k_slider, self.modality_buttons):
@@ -563,7 +579,8 @@ class Explorer:
         for view in self.views.values(): map_base_traces(view, self.cards, max_points, seed)  # fit maps now
         if hit_rates: self.show_hit_rates()
         self._ready = True
-        self.select_user(ds.user_ids[0] if user is None else user)
+        first = 0 if self.user_pool is None else int(self.user_pool[0])
+        self.select_user(first if user is None else user)
 
     def _build_widgets(self, side_by_side: bool | None, max_user_options: int):
         ds, names, Layout = self.ds, list(self.views), widgets.Layout
@@ -572,7 +589,8 @@ class Explorer:
         self.side_by_side = widgets.Checkbox(value=len(names) > 1 if side_by_side is None else side_by_side,
                                              description='side by side', disabled=len(names) < 2,
                                              indent=False, layout=Layout(width='110px'))
-        self.user_box = widgets.Combobox(options=[str(u) for u in ds.user_ids[:max_user_options]],
+        rows = np.arange(ds.n_users) if self.user_pool is None else self.user_pool
+        self.user_box = widgets.Combobox(options=[str(u) for u in ds.user_ids[rows[:max_user_options]]],
                                          description='User', placeholder='type a user id',
                                          ensure_option=False, continuous_update=False,
                                          layout=Layout(width='240px'))
@@ -592,7 +610,8 @@ class Explorer:
                                         layout=Layout(flex='1 1 450px', min_width='450px')) for n in names}
         self.models_box = widgets.HBox(layout=Layout(flex='2 1 900px', flex_flow='row wrap'))
         self.hit_rate_out = widgets.Output()
-        banner_html = _SYNTHETIC_BANNER if getattr(ds, 'synthetic', False) else ''
+        banner_html = (_SYNTHETIC_BANNER if getattr(ds, 'synthetic', False) else '') + _notes_html(self.notes)
+        if self.users_note: banner_html += f'<div class="trx-meta">{_esc(self.users_note)}</div>'
         controls = [widgets.HBox([self.user_box, self.random_button, self.k_slider]),
                     widgets.HBox([self.modality_buttons, self.model_dropdown, self.side_by_side])]
         self.widget = widgets.VBox([widgets.HTML(f'<style>{DASHBOARD_CSS}</style>{banner_html}'), *controls,
@@ -621,7 +640,8 @@ class Explorer:
 
     def random_user(self):
         "Show a random user (seeded by `seed`)."
-        self.select_user(int(self.rng.integers(self.ds.n_users)))
+        rows = np.arange(self.ds.n_users) if self.user_pool is None else self.user_pool
+        self.select_user(int(rows[self.rng.integers(len(rows))]))
 
     def shown_models(self) -> list[str]:
         return list(self.views) if self.side_by_side.value else [self.model_dropdown.value]
@@ -668,7 +688,8 @@ class Explorer:
         "Write the static page for `users` (a count or a list of ids), reusing this explorer's encoded items."
         return _write_page(self.views, self.ds, out, users, k or self.k_slider.value, cards=self.cards,
                            history_rows=self.history_rows, max_points=self.max_points, seed=self.seed,
-                           hit_rates=getattr(self, 'hit_rates', None), eval_users=self.eval_users, **kw)
+                           hit_rates=getattr(self, 'hit_rates', None), eval_users=self.eval_users,
+                           user_pool=self.user_pool, notes=self.notes, users_note=self.users_note, **kw)
 
 # %% ../nbs/10_dashboard.ipynb #c047
 _PAGE_JS = """
@@ -736,11 +757,13 @@ def _json_for_script(obj) -> str:
     return json.dumps(obj, separators=(',', ':'), ensure_ascii=False).replace('</', '<\\/')
 
 # %% ../nbs/10_dashboard.ipynb #x60bcde3
-def _pick_users(ds, users, seed: int) -> list[int]:
+def _pick_users(ds, users, seed: int, pool=None) -> list[int]:
+    "Rows of `users` (ids or rows); a count draws that many (seeded) from `pool` (default: every user)."
     if isinstance(users, (int, np.integer)):
         if users < 1: raise ValueError(f'{option_text("users", users)}: export at least one user')
-        n = min(int(users), ds.n_users)
-        return sorted(np.random.default_rng(seed).choice(ds.n_users, n, replace=False).tolist())
+        candidates = np.arange(ds.n_users) if pool is None else np.asarray(pool, dtype=np.int64)
+        n = min(int(users), len(candidates))
+        return sorted(np.random.default_rng(seed).choice(candidates, n, replace=False).tolist())
     picked = [user_index(ds, u) for u in users]
     if not picked: raise ValueError('users: the list of users to export is empty')
     return picked
@@ -783,12 +806,13 @@ def _user_section(views: dict, ds, cards: ItemCards, user: int, position: int, k
 # %% ../nbs/10_dashboard.ipynb #x9eba07e
 def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | None = None,
                 history_rows: int = 20, max_points: int = 4000, seed: int = 0, hit_rates: dict | None = None,
-                eval_users=None, title: str | None = None) -> Path:
+                eval_users=None, title: str | None = None, user_pool=None, notes=(),
+                users_note: str = '') -> Path:
     "Write the static page of `views` for `users` of `ds` to `out`; the path."
     from plotly.offline import get_plotlyjs
     t_start = time.perf_counter()
     cards = cards or ItemCards(ds)
-    user_idxs = _pick_users(ds, users, seed)
+    user_idxs = _pick_users(ds, users, seed, user_pool)
     names = list(views)
     spec = {'base': {}, 'figs': {}}
     for j, n in enumerate(names): spec['base'][f'm{j}'] = map_base_traces(views[n], cards, max_points, seed)
@@ -802,7 +826,7 @@ def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | N
     if not title:
         title = f'TransRec explorer: {", ".join(names)} on {ds.name}'
         if synthetic: title += ' (SYNTHETIC data)'
-    banner_html = _SYNTHETIC_BANNER if synthetic else ''
+    banner_html = (_SYNTHETIC_BANNER if synthetic else '') + _notes_html(notes)
     encoding = ', '.join(f'{n}: {view.encode_seconds:.1f}s' for n, view in views.items())
     modality = np.asarray(ds.modality)
     modality_options = ''.join(f'<option value="{m}">{m} only</option>' for m in MODALITIES)
@@ -816,8 +840,8 @@ def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | N
 <header><h1>{_esc(title)}</h1>{banner_html}
 <div class="trx-meta">Data set <b>{_esc(ds.name)}</b>: {ds.n_users} users, {ds.n_items} items
 ({int((modality == 0).sum())} text, {int((modality == 1).sum())} image).
-Models: {_esc(', '.join(names))}. Test split: history = all but the last item, held-out = the last; \
-history items masked.</div>
+Models: {_esc(', '.join(names))}. {_esc(users_note)}
+Test split: history = all but the last item, held-out = the last; history items masked.</div>
 <label>User <select id="trx-user">{''.join(options)}</select></label>
 <label>Recommendations <select id="trx-modality"><option value="all">all items</option>
 {modality_options}</select></label> (top {k}; maps and scores show the unfiltered top {k})
@@ -841,15 +865,15 @@ took {1000 * float(np.mean(seconds)):.0f} ms on average.</footer>
 # %% ../nbs/10_dashboard.ipynb #xf8c98b5
 def export_html(models, ds, out, users=5, k: int = 10, content=None, projection: str = 'pca', seed: int = 0,
                 eval_users: int | None = None, history_rows: int = 20, max_points: int = 4000,
-                title: str | None = None, shared_map: bool = True) -> Path:
+                title: str | None = None, shared_map: bool = True, user_pool=None, notes=(),
+                users_note: str = '') -> Path:
     "Write a self-contained HTML page for `users` (a count of seeded random users, or a list of ids) of `ds`."
     if isinstance(models, Explorer): return models.export_html(out, users, k, title=title)
     views = _model_views(models, ds, content, projection, shared_map)
-    eval_sample = None
-    if eval_users is not None and eval_users < ds.n_users:
-        eval_sample = np.sort(np.random.default_rng(seed).choice(ds.n_users, eval_users, replace=False))
+    eval_sample = _eval_sample(ds, eval_users, seed, user_pool)
     return _write_page(views, ds, out, users, k, history_rows=history_rows, max_points=max_points, seed=seed,
-                       eval_users=eval_sample, title=title)
+                       eval_users=eval_sample, title=title, user_pool=user_pool, notes=notes,
+                       users_note=users_note)
 
 # %% ../nbs/10_dashboard.ipynb #c050
 def load_data(name_or_path, scale: float = 1.0, seed: int = 0):
@@ -870,16 +894,61 @@ def model_name(model_dir) -> str:
     checkpoint = path.name in ('best', 'latest', 'model', 'final') or path.name.startswith('step-')
     return path.parent.name if checkpoint else path.name
 
-# %% ../nbs/10_dashboard.ipynb #x1d4b0b6
-def load_model_dir(model_dir):
-    "A saved model (`model.load_model`) from `model_dir`, or from `model_dir/best` (a training run's folder)."
-    from transrec.model import load_model
+# %% ../nbs/10_dashboard.ipynb #xus0006
+def model_folder(model_dir) -> Path:
+    "The saved model's folder: `model_dir`, or `model_dir/best` (a run's folder); an error if neither."
     path = Path(model_dir)
     if (path/'best'/'config.json').exists() and not (path/'config.json').exists(): path = path/'best'
     if not (path/'config.json').exists():
         raise ValueError(f'--model {str(model_dir)!r}: no saved model there (expected config.json + '
                          'model.safetensors, e.g. reports/pretrain-qb_mixed/best)')
-    return load_model(path)
+    return path
+
+# %% ../nbs/10_dashboard.ipynb #x1d4b0b6
+def load_model_dir(model_dir):
+    "A saved model (`model.load_model`) from `model_dir`, or from `model_dir/best` (a training run's folder)."
+    from transrec.model import load_model
+    return load_model(model_folder(model_dir))
+
+# %% ../nbs/10_dashboard.ipynb #xus0008
+SHOW_USERS = {'held-out': 'cold', 'fine-tune': 'warm', 'all': None}   # choice -> group in per_user.npz
+
+def run_user_groups(model_dir) -> dict | None:
+    "`{user id: group}` of the run that wrote the model in `model_dir` (its `per_user.npz`); None if none."
+    from transrec.experiment import read_per_user
+    folder = model_folder(model_dir)
+    for run_dir in (folder, folder.parent):
+        arrays = read_per_user(run_dir)
+        if arrays is not None: return dict(zip(arrays['user'].tolist(), arrays['group'].tolist()))
+    return None
+
+# %% ../nbs/10_dashboard.ipynb #xus0009
+def user_pool(ds, model_dir, show: str = 'held-out') -> tuple:
+    "(rows of `ds` to show or None for all, a sentence saying which users) for `show` in `SHOW_USERS`."
+    if show not in SHOW_USERS:
+        raise ValueError(f"show_users={show!r}: use one of {', '.join(map(repr, SHOW_USERS))}")
+    groups = run_user_groups(model_dir)
+    if show == 'all': return None, f'Users: all {ds.n_users}.'
+    if not groups or 'cold' not in groups.values():
+        return None, (f'Users: all {ds.n_users} (the model holds out no users: pre-trained, '
+                      f'or no per_user.npz beside it; show_users={show!r} does not apply).')
+    wanted = SHOW_USERS[show]
+    rows = np.flatnonzero([groups.get(str(user)) == wanted for user in ds.user_ids])
+    if len(rows) == 0:
+        raise ValueError(f"show_users={show!r}: none of the run's {show} users is in data set {ds.name!r}; "
+                         "is it the data set the model was fine-tuned on? (or show all users)")
+    return rows, f'Users: {show} users only ({len(rows)} of {ds.n_users}, from the run\'s per_user.npz).'
+
+
+# %% ../nbs/10_dashboard.ipynb #xus0012
+def data_notes(model_dirs: dict, ds, data) -> list[str]:
+    "A warning for each model (`{name: folder}`) that was trained on data set `data` as other data than `ds`."
+    from transrec.data import model_data_mismatch
+    notes = []
+    for name, model_dir in model_dirs.items():
+        mismatch = model_data_mismatch(model_folder(model_dir), ds, data)
+        if mismatch: notes.append(f'{name}: {mismatch}; its scores here are not those of its own data')
+    return notes
 
 # %% ../nbs/10_dashboard.ipynb #x523e87f
 def main(argv: list[str] | None = None) -> int:
@@ -906,6 +975,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--scale', type=float, default=1.0,
                         help='synthetic data scale (named synthetic data sets)')
     parser.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic data set')
+    parser.add_argument('--show-users', choices=list(SHOW_USERS), default='held-out',
+                        help="a fine-tuned run's held-out users (default), its fine-tune users, or all "
+                             '(a pre-trained model: always all)')
     parser.add_argument('--eval-users', type=int, default=None,
                         help='evaluate hit rates on a sample of users (default all)')
     args = parser.parse_args(argv)
@@ -917,8 +989,12 @@ def main(argv: list[str] | None = None) -> int:
                 name_b = args.name_b or model_name(args.model_b)
                 if name_b in models: name_b += ' (b)'
                 models[name_b] = load_model_dir(args.model_b)
+            folders = {name: folder for name, folder in zip(models, (args.model, args.model_b))}
+            notes = data_notes(folders, ds, args.data)
+            for note in notes: print(f'{parser.prog}: warning: {note}', file=sys.stderr)
+            pool, users_note = user_pool(ds, args.model, args.show_users)
             out = export_html(models, ds, args.out, users=args.user or args.users, k=args.k, seed=args.seed,
-                              eval_users=args.eval_users)
+                              eval_users=args.eval_users, user_pool=pool, notes=notes, users_note=users_note)
     except (ValueError, FileNotFoundError) as err:
         print(f'{parser.prog}: error: {err}', file=sys.stderr)
         return 2

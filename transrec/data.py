@@ -4,24 +4,25 @@
 
 # %% ../nbs/01_data.ipynb #c002
 from __future__ import annotations
-import json, errno, io, os, re, stat, struct, sys, argparse, codecs, unicodedata
+import json, errno, hashlib, io, os, re, stat, struct, sys, argparse, codecs, unicodedata
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import log, option_text
+from .core import log, option_text, write_json
 
 # %% auto #0
 __all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
-           'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SIM_TRUTH_FILE', 'SPLITS', 'NEG_STREAM',
+           'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SIM_TRUTH_FILE', 'DATA_RECORD', 'SPLITS', 'NEG_STREAM',
            'PIXEL_STORE_VERSION', 'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'tiny_mom',
            'Problem', 'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'is_synthetic', 'load_dataset',
-           'ValidationReport', 'validate', 'train_part', 'history_and_target', 'split_targets', 'history_items',
-           'validation_views', 'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch', 'TrainBatches',
-           'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader', 'pixel_store_wanted',
-           'pixel_store_dir', 'open_pixel_store', 'prepare_images', 'main']
+           'data_fingerprint', 'data_changes', 'write_data_record', 'read_data_record', 'record_mismatch',
+           'model_data_mismatch', 'ValidationReport', 'validate', 'train_part', 'history_and_target', 'split_targets',
+           'history_items', 'validation_views', 'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch',
+           'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader',
+           'pixel_store_wanted', 'pixel_store_dir', 'open_pixel_store', 'prepare_images', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image')  # modality code = position: text = 0, image = 1
@@ -1681,6 +1682,107 @@ def load_dataset(path, min_seq_len: int | None = None) -> MoMDataset:
         probs,
         item_parts['image_store'],
     )
+
+# %% ../nbs/01_data.ipynb #p011
+def _file_hash(path: Path) -> str | None:
+    if not path.is_file(): return None
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()[:16]
+
+# %% ../nbs/01_data.ipynb #x2d4da58
+def _images_fingerprint(folder: Path) -> dict:
+    "Count, total size and a hash of the (name, size) list of the files in `folder` (contents are not read)."
+    files = sorted(p for p in folder.rglob('*') if p.is_file()) if folder.is_dir() else []
+    sizes = [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files]
+    listing = ''.join(f'{n}\t{s}\n' for n, s in sizes).encode()
+    return dict(count=len(sizes), bytes=sum(s for _, s in sizes),
+                listing=hashlib.sha256(listing).hexdigest()[:16])
+
+# %% ../nbs/01_data.ipynb #x56f1ef5
+def data_fingerprint(ds) -> dict:
+    "What identifies the data set `ds` is loaded from: folder, counts, table hashes, image sizes, generator."
+    p = Path(ds.path).resolve() if ds.path is not None else None
+    fp = dict(path=str(p) if p else None, users=int(ds.n_users), items=int(ds.n_items),
+              interactions=int(sum(len(s) for s in ds.seqs)))
+    generator = (ds.meta or {}).get('generator')
+    if isinstance(generator, dict):
+        fp['generator'] = {k: generator.get(k) for k in ('scale', 'seed')}
+    if p is not None:
+        fp['files'] = {n: _file_hash(p/n) for n in ('items.tsv', 'interactions.tsv', 'meta.json')}
+        fp['images'] = {n: _images_fingerprint(p/n) for n in ('images', 'images.lmdb') if (p/n).exists()}
+    return fp
+
+# %% ../nbs/01_data.ipynb #x5ef638f
+def data_changes(old: dict, new: dict) -> list[str]:
+    "What differs between two `data_fingerprint`s, in words (the folder path alone is no difference)."
+    out = []
+    og, ng = old.get('generator'), new.get('generator')
+    if og is not None and ng is not None:           # fingerprints before generators were recorded lack it
+        out += [f'synthetic {k} {og.get(k)} -> {ng.get(k)}'
+                for k in ('scale', 'seed') if og.get(k) != ng.get(k)]
+    elif (og is None) != (ng is None) and 'generator' in old and 'generator' in new:
+        out.append('synthetic build -> real files' if ng is None else 'real files -> synthetic build')
+    out += [f'{k} {old.get(k)} -> {new.get(k)}'
+            for k in ('users', 'items', 'interactions') if old.get(k) != new.get(k)]
+    of, nf = old.get('files') or {}, new.get('files') or {}
+    out += [f'{n} content' for n in sorted(set(of) | set(nf)) if of.get(n) != nf.get(n)]
+    oi, ni = old.get('images') or {}, new.get('images') or {}
+    for n in sorted(set(oi) | set(ni)):
+        a, b = oi.get(n) or {}, ni.get(n) or {}
+        if a != b: out.append(f"{n}/ ({a.get('count', 0)} files, {a.get('bytes', 0)} bytes -> "
+                              f"{b.get('count', 0)} files, {b.get('bytes', 0)} bytes)")
+    return out
+
+# %% ../nbs/01_data.ipynb #xdi0003
+DATA_RECORD = 'data.json'   # in a model folder: the name and `data_fingerprint` of the data it was trained on
+
+def write_data_record(model_dir, ds, name) -> Path:
+    "Record in `model_dir/data.json` the data set `ds` (asked for as `name`) a model was trained on."
+    record = dict(name=str(name), fingerprint=data_fingerprint(ds))
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    return write_json(Path(model_dir)/DATA_RECORD, record)
+
+# %% ../nbs/01_data.ipynb #xdi0004
+def read_data_record(model_dir) -> dict | None:
+    "`model_dir/data.json`, else its run's `run.json` `data` (parent folder), with `folder`; None if neither."
+    folder = Path(model_dir)
+    for path, key in ((folder/DATA_RECORD, None), (folder.parent/'run.json', 'data')):
+        if not path.is_file(): continue
+        try: record = json.loads(path.read_text())
+        except (ValueError, OSError): continue          # an unreadable record: nothing to compare with
+        if not isinstance(record, dict): continue
+        if key is None and isinstance(record.get('fingerprint'), dict):
+            return {**record, 'folder': str(folder)}
+        if key is not None and isinstance(record.get(key), dict):
+            return dict(name=None, fingerprint=record[key], folder=str(folder))
+    return None
+
+# %% ../nbs/01_data.ipynb #xdi0005
+def _describe_fingerprint(fp: dict) -> str:
+    generator = fp.get('generator')
+    build = (f"synthetic, scale {generator.get('scale')}, seed {generator.get('seed')}, "
+             if isinstance(generator, dict) else '')
+    return (f"{fp.get('path')} ({build}{fp.get('users')} users, {fp.get('items')} items, "
+            f"{fp.get('interactions')} interactions)")
+
+def record_mismatch(record: dict | None, ds, name) -> str | None:
+    """If the model whose data record is `record` was trained on data set `name` (or `ds`'s folder) as other
+    data than `ds` holds now: what differs, in words, naming both; else None."""
+    if not record: return None
+    model_dir = record.get('folder', 'this folder')
+    old, new = record['fingerprint'], data_fingerprint(ds)
+    same_name = record.get('name') is not None and str(record['name']) == str(name)
+    if not (same_name or old.get('path') == new.get('path')): return None     # another data set on purpose
+    changes = data_changes(old, new)
+    if not changes: return None
+    return (f"the model in {model_dir} was trained on {name!r} as {_describe_fingerprint(old)}, but {name!r} "
+            f"now resolves to {_describe_fingerprint(new)}: {'; '.join(changes)}")
+
+def model_data_mismatch(model_dir, ds, name) -> str | None:
+    "`record_mismatch` for the model saved in `model_dir` (its `data.json`, else its run's `run.json`)."
+    return record_mismatch(read_data_record(model_dir), ds, name)
 
 # %% ../nbs/01_data.ipynb #c025
 @dataclass

@@ -12,19 +12,22 @@ from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, enviro
                            seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS)
 import numpy as np
 import torch
+from .data import (data_fingerprint, data_changes, write_data_record,
+                           model_data_mismatch)
 
 # %% auto #0
 __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
            'MODEL_REFUSED', 'TRAIN_REFUSED', 'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'EXPERIMENT_PARAMS',
-           'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS', 'RESUME_IGNORES', 'check_data_name', 'check_init',
-           'check_fraction', 'split_params', 'preset_configs', 'architecture_clashes', 'init_model_config',
-           'flat_params', 'experiment_configs', 'Spec', 'override_spelling', 'Overrides', 'fold_old_spellings',
-           'ParameterError', 'parameter_errors', 'experiment_params', 'study_run_params', 'dataset_summary',
-           'split_users', 'sample_users', 'group_metrics', 'ranked_groups', 'write_per_user', 'image_weights_note',
-           'run_experiment', 'ExperimentRun', 'setup_experiment', 'cli_value', 'train_parser', 'main', 'write_metrics',
-           'read_run_json', 'write_run_params', 'resume_run', 'data_fingerprint', 'data_changes', 'check_resume_data',
-           'curves_figure', 'save_figure', 'results_frame', 'update_report_index', 'index_run', 'papermill_output_path',
-           'render_notebook_html', 'render_executed_notebook', 'run_notebook']
+           'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS', 'PER_USER_README', 'RESUME_IGNORES',
+           'check_data_name', 'check_init', 'check_fraction', 'split_params', 'preset_configs', 'architecture_clashes',
+           'init_model_config', 'flat_params', 'experiment_configs', 'Spec', 'override_spelling', 'Overrides',
+           'fold_old_spellings', 'ParameterError', 'parameter_errors', 'experiment_params', 'study_run_params',
+           'dataset_summary', 'split_users', 'sample_users', 'group_metrics', 'ranked_groups', 'write_per_user',
+           'read_per_user', 'per_user_frame', 'image_weights_note', 'run_experiment', 'ExperimentRun',
+           'setup_experiment', 'cli_value', 'train_parser', 'main', 'write_metrics', 'read_run_json',
+           'write_run_params', 'resume_run', 'check_resume_data', 'curves_figure', 'save_figure', 'results_frame',
+           'update_report_index', 'index_run', 'papermill_output_path', 'render_notebook_html',
+           'render_executed_notebook', 'run_notebook']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -432,15 +435,54 @@ def ranked_groups(model, ds, content, split: str, device, held_out) -> tuple[dic
     return groups, per_user
 
 # %% ../nbs/11_experiment.ipynb #st11
+PER_USER_README = (
+    'per_user.npz: one row per user evaluated on the test split; plain arrays, no pickle',
+    'user: the user id (str), as in interactions.tsv',
+    'rank: 1-based rank (int64) of the user\'s test item among all items; 1 = ranked first',
+    'group: cold = held out from fine-tuning (the headline), warm = fine-tuned on (pre-training: all warm)',
+    'read with transrec.experiment.per_user_frame(run_dir), or np.load(path, allow_pickle=False)',
+)
+
 def write_per_user(run_dir, users, ranks, groups) -> Path:
-    "Write `per_user.npz` (plain arrays, no pickle) into `run_dir` atomically; tests and tools use it."
+    "Write `per_user.npz` (plain arrays, no pickle, with a `readme`) into `run_dir` atomically."
     path = Path(run_dir)/'per_user.npz'
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name('per_user.tmp.npz')
     np.savez(tmp, allow_pickle=False, user=np.asarray(users, dtype=str),
-             rank=np.asarray(ranks, dtype=np.int64), group=np.asarray(groups, dtype=str))
+             rank=np.asarray(ranks, dtype=np.int64), group=np.asarray(groups, dtype=str),
+             readme=np.asarray(PER_USER_README, dtype=str))
     os.replace(tmp, path)
     return path
+
+# %% ../nbs/11_experiment.ipynb #xpu0002
+def read_per_user(run_dir) -> dict | None:
+    "The arrays `user`, `rank`, `group` of `run_dir/per_user.npz` (None if absent); a clear error if damaged."
+    path = Path(run_dir)/'per_user.npz'
+    if not path.exists(): return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            users, ranks, groups = arrays['user'].astype(str), arrays['rank'], arrays['group'].astype(str)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path} is not a per-user file with arrays user, rank, group ({e}); "
+                         f"delete the folder {Path(run_dir)} to run it again") from None
+    if not (len(users) == len(ranks) == len(groups)) or ranks.dtype.kind not in 'iu':
+        raise ValueError(f"{path}: arrays user, rank, group differ in length or rank is not integer; "
+                         f"delete the folder {Path(run_dir)} to run it again")
+    return dict(user=users, rank=ranks.astype(np.int64), group=groups)
+
+# %% ../nbs/11_experiment.ipynb #xpu0003
+def per_user_frame(run_dir, ks=(5, 10, 20)):
+    "A pandas table of `run_dir/per_user.npz`: user, group, rank, HR@k / NDCG@k for each k in `ks`, MRR."
+    import pandas as pd
+    from transrec.metrics import per_user_metrics
+    arrays = read_per_user(run_dir)
+    if arrays is None:
+        raise FileNotFoundError(f"{Path(run_dir)/'per_user.npz'} does not exist: give the folder of a run "
+                                "that finished (run_experiment writes it after the test evaluation)")
+    table = pd.DataFrame(dict(user=arrays['user'], group=arrays['group'], rank=arrays['rank']))
+    if len(table) == 0: return table
+    for name, values in per_user_metrics(arrays['rank'], ks).items(): table[name] = values
+    return table
 
 # %% ../nbs/11_experiment.ipynb #c012
 def image_weights_note(cfg: ModelConfig) -> str:
@@ -507,12 +549,15 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     train_ds = ds if len(tune_idx) == ds.n_users else ds.subset_users(tune_idx)
     device = resolve_device(train_cfg.device)
     model = _load_init(init, model_cfg) if init is not None else build_model(model_cfg, train_ds)
+    model.trained_on = None        # fine-tuning trains it on this data (a changed build was warned about)
     # logQ: the training users' training items only (val_items > 1: without their extra validation targets)
     trained_on = validation_views(train_ds, train_cfg.val_items)[0]
     content = make_content(model.cfg, trained_on, prefix_cache=train_cfg.prefix_cache)
     headline = 'cold' if len(held_idx) else 'all'
     zero_shot = None
     if init is not None:
+        mismatch = model_data_mismatch(init, ds, data)
+        if mismatch: banner(f'WARNING: {mismatch}; fine-tuning goes on with the data as it is now')
         model.fit_data(trained_on)
         zero_shot, _ = ranked_groups(model.to(device), ds, content, 'test', device, held_idx)
         log.info(f"zero-shot test NDCG@10 ({headline} users) = {zero_shot[headline]['NDCG@10']:.4f}")
@@ -525,6 +570,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
               progress=progress, resume=resuming, validate_start=init is not None,
               heldout=(ds, held_idx) if tracked else None)
     model = res.model
+    write_data_record(res.best_dir, ds, data)      # the model folder says what data it saw
     model.to(device).fit_data(trained_on)
     test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx)
     valid, _ = ranked_groups(model, ds, content, 'valid', device, held_idx)
@@ -710,48 +756,6 @@ def resume_run(out_dir, params: dict, resume: str = 'auto') -> bool:
     raise ValueError(f"{out_dir} holds checkpoints of a run with other parameters ({diff}): "
                      "pass resume='fresh' (papermill: -p resume fresh) to replace that run, "
                      "or choose another out_dir")
-
-# %% ../nbs/11_experiment.ipynb #p011
-def _file_hash(path: Path) -> str | None:
-    if not path.is_file(): return None
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()[:16]
-
-# %% ../nbs/11_experiment.ipynb #x2d4da58
-def _images_fingerprint(folder: Path) -> dict:
-    "Count, total size and a hash of the (name, size) list of the files in `folder` (contents are not read)."
-    files = sorted(p for p in folder.rglob('*') if p.is_file()) if folder.is_dir() else []
-    sizes = [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files]
-    listing = ''.join(f'{n}\t{s}\n' for n, s in sizes).encode()
-    return dict(count=len(sizes), bytes=sum(s for _, s in sizes),
-                listing=hashlib.sha256(listing).hexdigest()[:16])
-
-# %% ../nbs/11_experiment.ipynb #x56f1ef5
-def data_fingerprint(ds) -> dict:
-    "What identifies the data set `ds` is loaded from: folder, counts, table hashes, image file sizes."
-    p = Path(ds.path).resolve() if ds.path is not None else None
-    fp = dict(path=str(p) if p else None, users=int(ds.n_users), items=int(ds.n_items),
-              interactions=int(sum(len(s) for s in ds.seqs)))
-    if p is not None:
-        fp['files'] = {n: _file_hash(p/n) for n in ('items.tsv', 'interactions.tsv', 'meta.json')}
-        fp['images'] = {n: _images_fingerprint(p/n) for n in ('images', 'images.lmdb') if (p/n).exists()}
-    return fp
-
-# %% ../nbs/11_experiment.ipynb #x5ef638f
-def data_changes(old: dict, new: dict) -> list[str]:
-    "What differs between two `data_fingerprint`s, in words (the folder path alone is no difference)."
-    out = [f'{k} {old.get(k)} -> {new.get(k)}'
-           for k in ('users', 'items', 'interactions') if old.get(k) != new.get(k)]
-    of, nf = old.get('files') or {}, new.get('files') or {}
-    out += [f'{n} content' for n in sorted(set(of) | set(nf)) if of.get(n) != nf.get(n)]
-    oi, ni = old.get('images') or {}, new.get('images') or {}
-    for n in sorted(set(oi) | set(ni)):
-        a, b = oi.get(n) or {}, ni.get(n) or {}
-        if a != b: out.append(f"{n}/ ({a.get('count', 0)} files, {a.get('bytes', 0)} bytes -> "
-                              f"{b.get('count', 0)} files, {b.get('bytes', 0)} bytes)")
-    return out
 
 # %% ../nbs/11_experiment.ipynb #xb5b0bc0
 def check_resume_data(out_dir, fingerprint: dict):

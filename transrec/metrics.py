@@ -318,15 +318,28 @@ def user_vectors_for(model, ds, item_vecs: torch.Tensor, split: str = 'test', ba
         raise ValueError(f"no users to evaluate in split {split!r} (users={users!r})")
     return torch.cat(user_vecs), np.concatenate(user_rows), np.concatenate(targets)
 
+# %% ../nbs/07_metrics.ipynb #xev0002
+def _check_trained_on(model, ds):
+    "Refuse to evaluate `model` on its own data set when that now holds other data than it was trained on."
+    record = getattr(model, 'trained_on', None)
+    if not record: return
+    from transrec.data import record_mismatch
+    mismatch = record_mismatch(record, ds, ds.name)
+    if mismatch:
+        raise ValueError(f"refusing to evaluate: {mismatch}. Its metrics on this data would not be its own: "
+                         "evaluate it on the data it was trained on (the same scale and seed, or the old "
+                         "folder), or pass check_data=False to evaluate anyway")
+
 # %% ../nbs/07_metrics.ipynb #xm07i
 @torch.no_grad()
 def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, device=None, users=None,
              item_vecs: torch.Tensor | None = None, ks=(5, 10, 20), chunk_size: int = 1024,
-             return_ranks: bool = False) -> dict:
+             return_ranks: bool = False, check_data: bool = True) -> dict:
     "Full-ranking metrics of `model` on `split` of `ds` (history masked), with the per-modality breakdown."
     from transrec.data import history_items
     if split not in ('valid', 'test'):
         raise ValueError(f"split={split!r}: use 'valid' or 'test'")
+    if check_data: _check_trained_on(model, ds)
     was_training = model.training
     model.eval()
     try:

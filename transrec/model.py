@@ -468,6 +468,8 @@ def load_model(dir, map_location='cpu') -> SequenceRecommender:
                          f"({str(e)[:500]})") from e
     if isinstance(model, TransRec):
         model.item_tower.image.weights_source = metadata.get('image_weights', 'checkpoint')
+    from transrec.data import read_data_record
+    model.trained_on = read_data_record(folder)   # its data.json: what evaluate checks the data against
     return model.to(map_location)
 
 # %% ../nbs/06_model.ipynb #c033

@@ -106,6 +106,18 @@ def build_source(name: str, out, scale: float = 1.0, seed: int = 0, force: bool 
                  f'in {time.time() - started:.1f}s')
     return out
 
+# %% ../nbs/04_sources.ipynb #xsr0002
+def _build_settings(path: Path) -> str:
+    generator = _read_meta(path).get('generator')
+    if not isinstance(generator, dict): return 'no generator settings recorded'
+    return f"built at scale={generator.get('scale')}, seed={generator.get('seed')}"
+
+def _other_build(path: Path, name: str, scale: float, seed: int) -> bool:
+    "Whether `path` holds a generator's build of `name` with other settings than `scale`, `seed`."
+    generator = _read_meta(path).get('generator')
+    expected = sim.generator_params(sim.domain_spec(SOURCES[name].synthetic), scale, seed)
+    return isinstance(generator, dict) and generator != expected
+
 # %% ../nbs/04_sources.ipynb #x32c26f3
 def materialise(name, root=None, scale: float = 1.0, seed: int = 0, force: bool = False) -> Path:
     "Folder of data set `name`: real files ROOT/NAME, else the cached synthetic stand-in; a MoM folder as is."
@@ -113,13 +125,18 @@ def materialise(name, root=None, scale: float = 1.0, seed: int = 0, force: bool 
     if isinstance(name, str) and name in SOURCES:
         real = root_dir/name
         if (real/'items.tsv').is_file():
-            if is_synthetic(real):
+            if is_synthetic(real) and _other_build(real, name, scale, seed):
+                log.warning(f"{real} holds a synthetic build of {name!r} with other settings than "
+                            f"scale={scale}, seed={seed} ({_build_settings(real)}): not used; the build "
+                            f"for these settings is {synthetic_dir(name, root_dir, scale, seed)}")
+            elif is_synthetic(real):
                 _announce_synthetic(name, real, root_dir, f'{real} holds files, but marked synthetic.')
+                return real
             else:
                 ignored = ('' if (scale, seed) == (1.0, 0) else
                            f' (scale={scale}, seed={seed} only apply to synthetic data and are ignored)')
                 log.info(f"data set {name!r}: using the files at {real}" + ignored)
-            return real
+                return real
         out = build_source(name, synthetic_dir(name, root_dir, scale, seed), scale, seed, force)
         _announce_synthetic(name, out, root_dir,
                             f'No real files at {real/"items.tsv"}; put a MoM folder there to use real data.')
@@ -161,15 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest='cmd', required=True)
     list_cmd = commands.add_parser('list', help='list the named data sets')
     list_cmd.add_argument('--root', default=None, help='data root (default: $TRANSREC_DATA or data/)')
-    build_cmd = commands.add_parser('build', help='build a named data set into ROOT/NAME')
+    build_cmd = commands.add_parser('build', help='build a named data set where its name resolves to')
     build_cmd.add_argument('name', help=f'one of: {", ".join(SOURCES)}')
-    build_cmd.add_argument('--root', required=True,
-                           help='output parent folder: the data set goes to ROOT/NAME')
+    build_cmd.add_argument('--root', default=None,
+                           help='data root (default: $TRANSREC_DATA or data/); the data set goes to '
+                                'ROOT/synthetic/NAME-scaleS-seedN, where named loading finds it')
+    build_cmd.add_argument('--out', default=None, help='build into exactly this folder instead')
     build_cmd.add_argument('--scale', type=float, default=1.0,
                            help='size multiplier of the synthetic stand-in (default 1)')
     build_cmd.add_argument('--seed', type=int, default=0, help='seed of the synthetic stand-in (default 0)')
     build_cmd.add_argument('--force', action='store_true',
-                           help='rebuild even if ROOT/NAME already holds a current build')
+                           help='rebuild even if the folder already holds a current build')
     args = parser.parse_args(argv)
     if args.cmd == 'list':
         print(describe_sources(args.root))
@@ -177,17 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.name not in SOURCES:
         parser.error(f"unknown data set {args.name!r}: available names are {', '.join(SOURCES)}")
     if args.scale <= 0: parser.error(f'--scale must be > 0, got {args.scale}')
-    out = Path(args.root)/args.name
-    if (out/'items.tsv').is_file() and not is_synthetic(out):
-        print(f'{out} already holds real (non-synthetic) files; left untouched')
+    real = data_root(args.root)/args.name
+    if args.out is None and (real/'items.tsv').is_file() and not is_synthetic(real):
+        print(f'{real} holds real (non-synthetic) files, which named loading uses; left untouched')
         return 0
+    out = Path(args.out) if args.out else synthetic_dir(args.name, args.root, args.scale, args.seed)
     try: build_source(args.name, out, args.scale, args.seed, args.force)
     except (FileExistsError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     counts = _read_meta(out)['counts']
     print(f"{out}: SYNTHETIC stand-in for {args.name!r}, {counts['users']} users, {counts['items']} items, "
-          f"{counts['interactions']} interactions (scale={args.scale}, seed={args.seed})")
+          f"{counts['interactions']} interactions (scale={args.scale}, seed={args.seed})"
+          + ('' if args.out else f"; {args.name!r} at this scale and seed resolves to it"))
     return 0
 
 # %% ../nbs/04_sources.ipynb #c024

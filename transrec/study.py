@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from .core import log, jsonable, write_json
 from .experiment import (TRANSFER_METHODS, TRANSFER_TARGETS, RESUME_IGNORES, check_data_name, check_init,
-                                 check_fraction, flat_params, run_notebook, save_figure)
+                                 check_fraction, flat_params, run_notebook, save_figure,
+                                 read_per_user)
 
 # %% auto #0
 __all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'seed_interval', 'interval_excludes_zero', 'gain_interval', 'difference_interval',
@@ -74,14 +75,9 @@ def aggregate_seeds(results: dict, metrics=('NDCG@10', 'HR@10')) -> dict:
 # %% ../nbs/12_study.ipynb #st10
 def load_per_user(run_dir, group: str = 'cold') -> dict | None:
     "`{user: rank}` of the `group` users in `run_dir/per_user.npz` (all if none is in it); None if absent."
-    path = Path(run_dir)/'per_user.npz'
-    if not path.exists(): return None
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            users, ranks, groups = arrays['user'].astype(str), arrays['rank'], arrays['group'].astype(str)
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{path} is not a per-user file with arrays user, rank, group ({e}); "
-                         f"delete the folder {Path(run_dir)} to run it again") from None
+    arrays = read_per_user(run_dir)
+    if arrays is None: return None
+    users, ranks, groups = arrays['user'], arrays['rank'], arrays['group']
     keep = groups == group
     if not keep.any(): keep = np.ones(len(users), dtype=bool)
     return dict(zip(users[keep].tolist(), ranks[keep].tolist()))

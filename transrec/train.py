@@ -1037,13 +1037,16 @@ def main(argv=None) -> FitResult:
     except ValueError as error: parser.error(str(error))
     from transrec.sources import load_source
     from transrec.model import build_model
+    from transrec.data import write_data_record
     source_options = {} if args.min_seq_len is None else dict(min_seq_len=args.min_seq_len)
     ds = load_source(args.data, root=args.root, scale=args.scale, seed=args.data_seed, **source_options)
     seed_everything(train_cfg.seed)
     model = build_model(model_cfg, ds)
     result = fit(model, ds, train_cfg, args.out, resume=not args.no_resume, progress=not args.quiet,
                  checkpoint_every=args.checkpoint_every)
-    if int(os.environ.get('RANK', '0')) == 0: print(json.dumps(result.summary(), indent=2))
+    if int(os.environ.get('RANK', '0')) == 0:
+        if result.best_dir: write_data_record(result.best_dir, ds, args.data)   # what best/ was trained on
+        print(json.dumps(result.summary(), indent=2))
     return result
 
 if __name__ == '__main__' and '__file__' in globals(): main()
