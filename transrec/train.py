@@ -600,7 +600,9 @@ class TrainingRun:
         self.loop, self.resumed_from, self.last_ckpt = LoopState(), None, None
         self.train_time, self.seqs_this_call = 0.0, 0
         self.net = LossModule(model, gather_group(model, dist_info))
-        processes = int(os.environ.get('LOCAL_WORLD_SIZE', '1')) if dist_info.distributed else 1
+        # the processes sharing this machine's cores: torchrun says (LOCAL_WORLD_SIZE); ranks started by hand
+        # (init_process_group, mp.spawn) are taken to share one machine
+        processes = int(os.environ.get('LOCAL_WORLD_SIZE', dist_info.world_size)) if dist_info.distributed else 1
         self.threads = apply_thread_plan(thread_plan(self.device, cfg.threads, cfg.num_workers,
                                                      processes=processes))
         if dist_info.is_main: log.info(self.threads.describe())
