@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'log', 'project_dir', 'data_root', 'reports_root', 'seed_everything',
-           'resolve_device', 'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling',
-           'atomic_write', 'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device',
-           'environment_info']
+__all__ = ['MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'KEEP_AT_END', 'log', 'project_dir', 'data_root', 'reports_root',
+           'seed_everything', 'resolve_device', 'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner',
+           'temporary_sibling', 'atomic_write', 'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json',
+           'module_device', 'environment_info']
 
 # %% ../nbs/00_core.ipynb #c005
 def project_dir(cwd=None) -> Path:
@@ -164,6 +164,7 @@ class ModelConfig(JSONConfig):
 # %% ../nbs/00_core.ipynb #c018
 SELECT_ON = ('ndcg', 'loss', 'last')     # TrainConfig.select_on: what picks the kept epoch
 SELECT_WEIGHTS = ('raw', 'ema')           # TrainConfig.select_weights: whose weights are the candidates
+KEEP_AT_END = ('checkpoints', 'best')     # TrainConfig.keep_at_end: what a finished run's folder keeps
 
 @dataclass
 class TrainConfig(JSONConfig):
@@ -200,6 +201,8 @@ class TrainConfig(JSONConfig):
     pin_memory: bool | None = None    # pinned batches (None: when training on CUDA)
     prefetch_factor: int = 2          # batches each loader worker prepares ahead
     log_every: int = 10
+    keep_at_end: str = 'checkpoints'  # what a finished run keeps: 'checkpoints' (best/ and the newest resume
+                                      # checkpoints, to continue it) | 'best' (only best/: the smallest folder)
 
     @classmethod
     def reference(cls, **overrides):
@@ -217,6 +220,8 @@ class TrainConfig(JSONConfig):
                              f"grad_accum={self.grad_accum}")
         if self.amp not in ('auto', 'bf16', 'fp16', 'none'):
             raise ValueError(f"TrainConfig.amp={self.amp!r}: use 'auto', 'bf16', 'fp16' or 'none'")
+        if self.keep_at_end not in KEEP_AT_END:
+            raise ValueError(f"TrainConfig.keep_at_end={self.keep_at_end!r}: choose one of {KEEP_AT_END}")
         self._check_selection()
 
     def _check_selection(self):
