@@ -17,7 +17,8 @@ def run_console(name, *args):
 
 
 def test_declared():
-    assert set(SCRIPTS) == {'transrec-data', 'transrec-sources', 'transrec-convert', 'transrec-bench', 'transrec-explore'}
+    assert set(SCRIPTS) == {'transrec-data', 'transrec-sources', 'transrec-convert', 'transrec-bench', 'transrec-explore',
+                            'transrec-runs'}
 
 
 HELP_ALL = """
@@ -60,3 +61,12 @@ def test_explore_exit_status(tmp_path):
     assert not (tmp_path/'x.html').exists()
     r = run_console('transrec-explore', '--data', 'x', '--out', 'y.html')     # --model missing: argparse's status 2
     assert r.returncode == 2 and 'the following arguments are required: --model' in r.stderr, r.stderr
+
+
+def test_runs_summarise_refuses_a_folder_without_a_log(tmp_path):
+    "`transrec-runs summarise` on a folder that is no run: status 2 and one line naming the folder (no traceback)."
+    r = run_console('transrec-runs', 'summarise', str(tmp_path))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.splitlines()[-1] == (f'transrec-runs: error: {tmp_path} has no metrics.jsonl: not a training run '
+                                         'folder (give the folder a pretrain/finetune run or fit(..., out_dir) wrote)'), r.stderr
+    assert 'Traceback' not in r.stderr and not list(tmp_path.iterdir())
