@@ -791,6 +791,8 @@ def run_summary(run_dir) -> dict:
     checkpoints = [event['path'] for event in events if event.get('event') == 'checkpoint']
     errors = [event['message'] for event in events if event.get('event') == 'error']
     final = next((event for event in events if event.get('event') == 'final'), None)
+    results = next((str(path) for path in (run_dir/'metrics.json', run_dir/'best'/'metrics.json') if path.is_file()),
+                   None)
     return dict(run=str(run_dir), status='interrupted' if final is None else 'finished',
                 model=start.get('model'), epochs_done=max([row['epoch'] for row in history], default=0),
                 epochs_planned=train_cfg.get('epochs'), steps_done=max(steps, default=0),
@@ -800,7 +802,7 @@ def run_summary(run_dir) -> dict:
                 last_checkpoint=checkpoints[-1] if checkpoints else None,
                 logged_seconds=events[-1].get('time', 0) - start.get('time', 0),
                 error=errors[-1] if errors else None, stopped=final.get('stopped') if final else None,
-                log_notes=notes, history=history)
+                results=results if final else None, log_notes=notes, history=history)
 
 # %% ../nbs/11_experiment.ipynb #xad77203
 def summary_text(summary: dict) -> str:
@@ -808,13 +810,15 @@ def summary_text(summary: dict) -> str:
     best, run = summary['best_so_far'], summary['run']
     steps = f"step {summary['steps_done']}" + (f" of {summary['steps_planned']}" if summary['steps_planned'] else '')
     progress = f"epoch {summary['epochs_done']} of {summary['epochs_planned']} ({steps})"
-    if summary['status'] == 'finished':
-        lines = [f"{run}: finished ({summary['stopped']}) after {progress}; its metrics.json and curves.html "
-                 "are the run's results"]
+    finished = summary['status'] == 'finished'
+    if finished:
+        results = summary['results'] or 'missing: run the same command again to evaluate it'
+        lines = [f"{run}: finished ({summary['stopped']}) after {progress}; its results: {results}"]
     else:
         lines = [f"{run}: INTERRUPTED after {progress}; not a finished run: no test metrics were measured"]
-    if best['epoch'] is None: lines.append('best so far: none (no epoch was validated yet)')
-    else: lines.append(f"best so far: epoch {best['epoch']}, {best['metric']} = {best['value']:.4f}")
+    best_words = 'best' if finished else 'best so far'
+    if best['epoch'] is None: lines.append(f'{best_words}: none (no epoch was validated)')
+    else: lines.append(f"{best_words}: epoch {best['epoch']}, {best['metric']} = {best['value']:.4f}")
     if summary['status'] == 'interrupted':
         lines.append(f"last checkpoint: {summary['last_checkpoint'] or 'none'}; run the same command again "
                      "(same parameters) to resume and finish it")
@@ -848,6 +852,10 @@ def runs_main(argv: list[str] | None = None) -> int:
         try: print(summary_text(summarise_run(run)))
         except (ValueError, OSError) as error: parser.error(str(error))
     return 0
+
+# %% ../nbs/11_experiment.ipynb #xa26283d
+import builtins
+if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False): sys.exit(runs_main())
 
 # %% ../nbs/11_experiment.ipynb #c025
 def papermill_output_path(path=None) -> Path | None:
