@@ -590,7 +590,8 @@ def write_run_params(out_dir, params: dict, data: dict | None = None) -> Path:
     return write_json(Path(out_dir)/'run.json', dict(params=params, data=data))
 
 # %% ../nbs/11_experiment.ipynb #c017
-RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device', 'keep_at_end')   # may change between a run and its resumption
+# may change between a run and its resumption
+RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device', 'keep_at_end')
 
 def _comparable(params: dict) -> dict:
     return {k: v for k, v in jsonable(dict(params)).items() if k not in RESUME_IGNORES}
@@ -791,8 +792,8 @@ def run_summary(run_dir) -> dict:
     checkpoints = [event['path'] for event in events if event.get('event') == 'checkpoint']
     errors = [event['message'] for event in events if event.get('event') == 'error']
     final = next((event for event in events if event.get('event') == 'final'), None)
-    results = next((str(path) for path in (run_dir/'metrics.json', run_dir/'best'/'metrics.json') if path.is_file()),
-                   None)
+    result_files = (run_dir/'metrics.json', run_dir/'best'/'metrics.json')
+    results = next((str(path) for path in result_files if path.is_file()), None)
     return dict(run=str(run_dir), status='interrupted' if final is None else 'finished',
                 model=start.get('model'), epochs_done=max([row['epoch'] for row in history], default=0),
                 epochs_planned=train_cfg.get('epochs'), steps_done=max(steps, default=0),
@@ -808,7 +809,8 @@ def run_summary(run_dir) -> dict:
 def summary_text(summary: dict) -> str:
     "A few lines for people: what the run is (interrupted or finished), how far it got, its best epoch so far."
     best, run = summary['best_so_far'], summary['run']
-    steps = f"step {summary['steps_done']}" + (f" of {summary['steps_planned']}" if summary['steps_planned'] else '')
+    planned = f" of {summary['steps_planned']}" if summary['steps_planned'] else ''
+    steps = f"step {summary['steps_done']}{planned}"
     progress = f"epoch {summary['epochs_done']} of {summary['epochs_planned']} ({steps})"
     finished = summary['status'] == 'finished'
     if finished:
@@ -827,13 +829,13 @@ def summary_text(summary: dict) -> str:
 
 # %% ../nbs/11_experiment.ipynb #x9968d50
 def summarise_run(run_dir) -> dict:
-    "Summarise `run_dir` from its log; an interrupted run gets `interrupted.json` and `interrupted-curves.html`."
+    "Summarise `run_dir` from its log; an interrupted run gets interrupted.json and interrupted-curves.html."
     summary = run_summary(run_dir)
     if summary['status'] == 'interrupted':
         run_dir = Path(run_dir)
         write_json(run_dir/'interrupted.json', dict(interrupted=True, **summary))
-        title = (f"INTERRUPTED run {run_dir.name}: epoch {summary['epochs_done']} of {summary['epochs_planned']} "
-                 "(not a finished run)")
+        done, planned = summary['epochs_done'], summary['epochs_planned']
+        title = f"INTERRUPTED run {run_dir.name}: epoch {done} of {planned} (not a finished run)"
         save_figure(curves_figure(summary['history'], title=title), run_dir/'interrupted-curves.html')
     return summary
 

@@ -896,7 +896,7 @@ def final_against_start(self: TrainingRun):
 # %% ../nbs/08_train.ipynb #x7e1be00
 @patch
 def prune_checkpoints(self: TrainingRun):
-    "A finished run with `keep_at_end='best'`: remove `checkpoints/` (resume and optimizer state), keep `best/`."
+    "A finished run with `keep_at_end='best'`: remove `checkpoints/` (resume, optimizer state); keep `best/`."
     if self.cfg.keep_at_end != 'best' or not self.ckpt_root.exists(): return
     shutil.rmtree(self.ckpt_root)
     self.last_ckpt = None
