@@ -19,7 +19,7 @@ def run_console(name, *args):
 
 def test_declared():
     assert set(SCRIPTS) == {'transrec-data', 'transrec-sources', 'transrec-convert', 'transrec-bench', 'transrec-explore',
-                            'transrec-train', 'transrec-compare'}
+                            'transrec-train', 'transrec-compare', 'transrec-runs'}
 
 
 HELP_ALL = """
@@ -107,3 +107,12 @@ def test_train_and_compare_bad_input(tmp_path):
     r = run_console('transrec-compare', str(tmp_path))
     assert r.returncode == 2 and r.stderr == f'transrec-compare: error: {tmp_path}: no metrics.json; ' \
         'give the folder of a finished run (what nbs/pretrain.ipynb, nbs/finetune.ipynb or transrec-train write)\n', r.stderr
+
+
+def test_runs_summarise_refuses_a_folder_without_a_log(tmp_path):
+    "`transrec-runs summarise` on a folder that is no run: status 2 and one line naming the folder (no traceback)."
+    r = run_console('transrec-runs', 'summarise', str(tmp_path))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.splitlines()[-1] == (f'transrec-runs: error: {tmp_path} has no metrics.jsonl: not a training run '
+                                         'folder (give the folder a pretrain/finetune run or fit(..., out_dir) wrote)'), r.stderr
+    assert 'Traceback' not in r.stderr and not list(tmp_path.iterdir())

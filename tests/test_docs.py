@@ -1,6 +1,7 @@
 """The documentation: README.md is generated from nbs/index.ipynb, and the site built from the chapters documents
-the exported API; headless Chromium opens the model chapter's page and finds `UserTower` documented there."""
-import os, re, shutil, subprocess, sys
+the exported API; headless Chromium opens the model chapter's page and finds `UserTower` documented there. Chapters
+executed for the site show their outputs, and their plotly figures draw with no network."""
+import html, os, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -31,7 +32,7 @@ def test_site_documents_the_api_and_renders_formulas_offline(tmp_path):
         if os.environ.get('CI', '').lower() == 'true': pytest.fail('headless Chromium is missing in CI (.ci/setup --browser)')
         pytest.skip('headless Chromium not installed (Debian: apt-get install -y chromium)')
     site, readme = tmp_path/'site', (ROOT/'README.md').read_bytes()
-    r = subprocess.run([sys.executable, str(BUILD), '--only', '06_model', '07_metrics', '--out', str(site)],
+    r = subprocess.run([sys.executable, str(BUILD), '--only', '06_model', '07_metrics', '--out', str(site), '--no-execute'],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (site/'index.html').exists() and (site/'mathjax'/'MathJax.js').exists()
@@ -54,3 +55,42 @@ def test_site_documents_the_api_and_renders_formulas_offline(tmp_path):
     assert sources >= 5 and rendered == sources, (sources, rendered)
     assert 'class="MathJax_Display"' in math and 'class="MathJax_Error"' not in math
     assert 'Math Processing Error' not in math
+
+
+@pytest.fixture(scope='module')
+def executed_site(tmp_path_factory):
+    "The metrics and dashboard chapters executed and built (about a minute): printed values, tables, plotly figures."
+    site = tmp_path_factory.mktemp('executed')/'site'
+    r = subprocess.run([sys.executable, str(BUILD), '--only', '07_metrics', '10_dashboard', '--out', str(site)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '[docs] executed 07_metrics.ipynb' in r.stdout and '[docs] executed 10_dashboard.ipynb' in r.stdout, r.stdout
+    return site
+
+
+def rendered_texts(page: Path) -> list[str]:
+    "The text outputs (printed values, reprs) a page shows under its cells."
+    return [html.unescape(text) for text in
+            re.findall(r'<div class="jp-RenderedText[^"]*"[^>]*>\s*<pre>(.*?)</pre>', page.read_text(), re.S)]
+
+
+def test_executed_chapters_show_their_outputs(executed_site):
+    texts = rendered_texts(executed_site/'07_metrics.html')
+    # the chapter's worked example: metrics of a list of ranks, printed as a dict (stored notebooks hold no outputs)
+    assert any(text.startswith("{'HR@5': ") and "'NDCG@10': " in text for text in texts), texts[:5]
+    dashboard = (executed_site/'10_dashboard.html').read_text()
+    assert dashboard.count('Plotly.newPlot') >= 1 and '<script src="plotly.min.js"></script>' in dashboard
+    assert (executed_site/'plotly.min.js').stat().st_size > 1_000_000                   # the library, in the site
+    assert 'application/vnd.jupyter.widget-view+json' not in dashboard                   # widgets: their text form
+    for page in executed_site.glob('*.html'):                                             # nothing from the web
+        assert not re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="(?:https?:)?//', page.read_text()), page
+
+
+@pytest.mark.browser
+def test_executed_plotly_figures_draw_offline(executed_site, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get('CI', '').lower() == 'true': pytest.fail('headless Chromium is missing in CI (.ci/setup --browser)')
+        pytest.skip('headless Chromium not installed (Debian: apt-get install -y chromium)')
+    dom = chromium_dom(executed_site/'10_dashboard.html', tmp_path/'profile')
+    figures = len(re.findall(r'class="[^"]*plotly-graph-div', dom))
+    assert figures >= 1 and dom.count('class="main-svg"') >= figures, figures           # plotly drew each figure

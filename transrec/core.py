@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['OMP_WAIT_POLICY', 'MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'log', 'CGROUP_ROOT', 'THREAD_POLICIES',
-           'project_dir', 'data_root', 'reports_root', 'seed_everything', 'resolve_device', 'resolve_amp', 'JSONConfig',
-           'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write', 'clean_stale_temporaries',
-           'atomic_dir', 'jsonable', 'write_json', 'module_device', 'cgroup_cpu_quota', 'UsableCores', 'usable_cores',
-           'ThreadPlan', 'thread_plan', 'apply_thread_plan', 'environment_info', 'cli_flag', 'option_text']
+__all__ = ['OMP_WAIT_POLICY', 'MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'KEEP_AT_END', 'log', 'CGROUP_ROOT',
+           'THREAD_POLICIES', 'project_dir', 'data_root', 'reports_root', 'seed_everything', 'resolve_device',
+           'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write',
+           'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device', 'cgroup_cpu_quota',
+           'UsableCores', 'usable_cores', 'ThreadPlan', 'thread_plan', 'apply_thread_plan', 'environment_info',
+           'cli_flag', 'option_text']
 
 # %% ../nbs/00_core.ipynb #c005
 def _is_project(folder: Path) -> bool:
@@ -179,6 +180,7 @@ class ModelConfig(JSONConfig):
 # %% ../nbs/00_core.ipynb #c018
 SELECT_ON = ('ndcg', 'loss', 'last')     # TrainConfig.select_on: what picks the kept epoch
 SELECT_WEIGHTS = ('raw', 'ema')           # TrainConfig.select_weights: whose weights are the candidates
+KEEP_AT_END = ('checkpoints', 'best')     # TrainConfig.keep_at_end: what a finished run's folder keeps
 
 @dataclass
 class TrainConfig(JSONConfig):
@@ -217,6 +219,8 @@ class TrainConfig(JSONConfig):
     pin_memory: bool | None = None    # pinned batches (None: when training on CUDA)
     prefetch_factor: int = 2          # batches each loader worker prepares ahead
     log_every: int = 10
+    keep_at_end: str = 'checkpoints'  # what a finished run keeps: 'checkpoints' (best/ and the newest resume
+                                      # checkpoints, to continue it) | 'best' (only best/: the smallest folder)
 
     @classmethod
     def reference(cls, **overrides):
@@ -240,6 +244,8 @@ class TrainConfig(JSONConfig):
                                       or value < minimum):
                 raise ValueError(f"TrainConfig.{name}={value!r}: give a whole number >= {minimum}, "
                                  "or None to choose from the usable cores")
+        if self.keep_at_end not in KEEP_AT_END:
+            raise ValueError(f"TrainConfig.keep_at_end={self.keep_at_end!r}: choose one of {KEEP_AT_END}")
         self._check_selection()
 
     def _check_selection(self):

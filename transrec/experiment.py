@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 # core first: it sets OpenMP's wait policy before torch loads (see core's "Threads on a shared machine")
 from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, environment_info,
-                           seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS)
+                           seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS, KEEP_AT_END)
 import numpy as np
 import torch
 from .data import (data_fingerprint, data_changes, write_data_record,
@@ -26,8 +26,8 @@ __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTI
            'read_per_user', 'per_user_frame', 'image_weights_note', 'run_experiment', 'ExperimentRun',
            'setup_experiment', 'cli_value', 'train_parser', 'main', 'write_metrics', 'read_run_json',
            'write_run_params', 'resume_run', 'check_resume_data', 'curves_figure', 'save_figure', 'results_frame',
-           'update_report_index', 'index_run', 'papermill_output_path', 'render_notebook_html',
-           'render_executed_notebook', 'run_notebook']
+           'update_report_index', 'index_run', 'read_logged_events', 'run_summary', 'summary_text', 'summarise_run',
+           'runs_main', 'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -223,7 +223,8 @@ TRAIN_SPECS = dict(epochs=Spec(int, 1, 100_000), max_steps=Spec(int, 1), batch_s
                    min_epochs=Spec(int, 0), stop_noise=Spec(float, 0),
                    ema_decay=Spec(float, 0, 1, lo_open=True), val_items=Spec(int, 1), track_heldout=Spec(bool),
                    prefix_cache=Spec(bool), threads=Spec(int, 1, 1024), num_workers=Spec(int, 0, 1024),
-                   pin_memory=Spec(bool), prefetch_factor=Spec(int, 1, 1024), log_every=Spec(int, 1))
+                   pin_memory=Spec(bool), prefetch_factor=Spec(int, 1, 1024), log_every=Spec(int, 1),
+                   keep_at_end=Spec(choices=KEEP_AT_END))
 # the fields no `model` / `train` dict takes, with the way they are set instead
 MODEL_REFUSED = dict(n_items="is sized from the data set (the item-ID table of kind='id_sasrec'); "
                              "it is not a setting")
@@ -733,7 +734,8 @@ def write_run_params(out_dir, params: dict, data: dict | None = None) -> Path:
     return write_json(Path(out_dir)/'run.json', dict(params=params, data=data))
 
 # %% ../nbs/11_experiment.ipynb #c017
-RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device')   # may change between a run and its resumption
+# may change between a run and its resumption
+RESUME_IGNORES = ('out_dir', 'progress', 'resume', 'device', 'keep_at_end')
 
 def _comparable(params: dict) -> dict:
     return {k: v for k, v in jsonable(dict(params)).items() if k not in RESUME_IGNORES}
@@ -852,6 +854,112 @@ def index_run(out_dir) -> Path | None:
         print(f'{out} is outside the reports folder {root}: its index.md is left alone')
         return None
     return update_report_index(root)
+
+# %% ../nbs/11_experiment.ipynb #x0a63e25
+def read_logged_events(path) -> tuple[list[dict], list[str]]:
+    "The events of `metrics.jsonl` and notes on what was skipped (a torn last line); damage elsewhere fails."
+    lines = Path(path).read_text(errors='replace').splitlines()
+    events, notes = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: event = json.loads(line)
+        except ValueError: event = None
+        if isinstance(event, dict):
+            events.append(event)
+        elif number == len(lines):
+            notes.append(f"{path} line {number} is cut short (the run stopped while writing it): skipped")
+        else:
+            raise ValueError(f"{path} line {number} is not a JSON event ({line[:60]!r}); this log was damaged "
+                             "after it was written: restore it, or remove that line to summarise the rest")
+    return events, notes
+
+# %% ../nbs/11_experiment.ipynb #x357eb0d
+def run_summary(run_dir) -> dict:
+    "What the log of `run_dir` says: finished or interrupted, epochs and steps done, the best epoch so far."
+    from transrec.train import SelectionRule, selection_trace
+    run_dir = Path(run_dir)
+    log_file = run_dir/'metrics.jsonl'
+    if not log_file.is_file():
+        raise ValueError(f"{run_dir} has no metrics.jsonl: not a training run folder (give the folder a "
+                         "pretrain/finetune run or fit(..., out_dir) wrote)")
+    events, notes = read_logged_events(log_file)
+    start = next((event for event in events if event.get('event') == 'start'), None)
+    if start is None: raise ValueError(f"{log_file} has no 'start' event: not a log that fit wrote")
+    train_cfg = start.get('train_config') or {}
+    history = [{k: v for k, v in event.items() if k not in ('event', 'time')}
+               for event in events if event.get('event') == 'epoch']
+    rule = SelectionRule(train_cfg.get('select_on', 'ndcg'), train_cfg.get('select_weights', 'raw'))
+    trace = selection_trace([row for row in history if rule.column in row], rule)
+    steps = [event['step'] for event in events if isinstance(event.get('step'), int)]
+    checkpoints = [event['path'] for event in events if event.get('event') == 'checkpoint']
+    errors = [event['message'] for event in events if event.get('event') == 'error']
+    final = next((event for event in events if event.get('event') == 'final'), None)
+    result_files = (run_dir/'metrics.json', run_dir/'best'/'metrics.json')
+    results = next((str(path) for path in result_files if path.is_file()), None)
+    return dict(run=str(run_dir), status='interrupted' if final is None else 'finished',
+                model=start.get('model'), epochs_done=max([row['epoch'] for row in history], default=0),
+                epochs_planned=train_cfg.get('epochs'), steps_done=max(steps, default=0),
+                steps_planned=train_cfg.get('max_steps') or start.get('total_steps'),
+                best_so_far=dict(epoch=trace['best_epoch'], metric=rule.column, value=trace['best']),
+                best_dir=str(run_dir/'best') if (run_dir/'best').is_dir() else None,
+                last_checkpoint=checkpoints[-1] if checkpoints else None,
+                logged_seconds=events[-1].get('time', 0) - start.get('time', 0),
+                error=errors[-1] if errors else None, stopped=final.get('stopped') if final else None,
+                results=results if final else None, log_notes=notes, history=history)
+
+# %% ../nbs/11_experiment.ipynb #xad77203
+def summary_text(summary: dict) -> str:
+    "A few lines for people: what the run is (interrupted or finished), how far it got, its best epoch so far."
+    best, run = summary['best_so_far'], summary['run']
+    planned = f" of {summary['steps_planned']}" if summary['steps_planned'] else ''
+    steps = f"step {summary['steps_done']}{planned}"
+    progress = f"epoch {summary['epochs_done']} of {summary['epochs_planned']} ({steps})"
+    finished = summary['status'] == 'finished'
+    if finished:
+        results = summary['results'] or 'missing: run the same command again to evaluate it'
+        lines = [f"{run}: finished ({summary['stopped']}) after {progress}; its results: {results}"]
+    else:
+        lines = [f"{run}: INTERRUPTED after {progress}; not a finished run: no test metrics were measured"]
+    best_words = 'best' if finished else 'best so far'
+    if best['epoch'] is None: lines.append(f'{best_words}: none (no epoch was validated)')
+    else: lines.append(f"{best_words}: epoch {best['epoch']}, {best['metric']} = {best['value']:.4f}")
+    if summary['status'] == 'interrupted':
+        lines.append(f"last checkpoint: {summary['last_checkpoint'] or 'none'}; run the same command again "
+                     "(same parameters) to resume and finish it")
+    if summary['error']: lines.append(f"it stopped on an error: {summary['error']}")
+    return '\n'.join([*lines, *summary['log_notes']])
+
+# %% ../nbs/11_experiment.ipynb #x9968d50
+def summarise_run(run_dir) -> dict:
+    "Summarise `run_dir` from its log; an interrupted run gets interrupted.json and interrupted-curves.html."
+    summary = run_summary(run_dir)
+    if summary['status'] == 'interrupted':
+        run_dir = Path(run_dir)
+        write_json(run_dir/'interrupted.json', dict(interrupted=True, **summary))
+        done, planned = summary['epochs_done'], summary['epochs_planned']
+        title = f"INTERRUPTED run {run_dir.name}: epoch {done} of {planned} (not a finished run)"
+        save_figure(curves_figure(summary['history'], title=title), run_dir/'interrupted-curves.html')
+    return summary
+
+# %% ../nbs/11_experiment.ipynb #xef46d72
+def runs_main(argv: list[str] | None = None) -> int:
+    "Console command `transrec-runs`: `summarise RUN [RUN ...]`."
+    import argparse
+    parser = argparse.ArgumentParser(prog='transrec-runs', description='Look after run folders.')
+    commands = parser.add_subparsers(dest='command', required=True)
+    summarise = commands.add_parser('summarise', help="summarise runs from their logs: an interrupted run's "
+                                    'epochs done and best so far (writes interrupted.json and '
+                                    'interrupted-curves.html; never metrics.json)')
+    summarise.add_argument('runs', nargs='+', metavar='RUN', help='run folder (holds metrics.jsonl)')
+    args = parser.parse_args(argv)
+    for run in args.runs:
+        try: print(summary_text(summarise_run(run)))
+        except (ValueError, OSError) as error: parser.error(str(error))
+    return 0
+
+# %% ../nbs/11_experiment.ipynb #xa26283d
+import builtins
+if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False): sys.exit(runs_main())
 
 # %% ../nbs/11_experiment.ipynb #c025
 def papermill_output_path(path=None) -> Path | None:

@@ -25,7 +25,7 @@ __all__ = ['TEMPORARY_NAME', 'CKPT_STATE', 'make_optimizer', 'lr_factor', 'make_
            'resume_checkpoint', 'MetricsLog', 'read_metrics', 'DistInfo', 'init_distributed', 'all_reduce_sum',
            'broadcast_object', 'gather_objects', 'gather_group', 'LossModule', 'NonFiniteLossError', 'loader_settings',
            'FitResult', 'SelectionRule', 'selection_trace', 'replay_selection', 'selection_regret', 'WeightAverage',
-           'TrainingRun', 'fit', 'main']
+           'TrainingRun', 'progress_bar', 'fit', 'main']
 
 # %% ../nbs/08_train.ipynb #c005
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -728,20 +728,30 @@ def optimiser_step(self: TrainingRun, group: list) -> tuple[float, int, float]:
     self.sched.step()
     return loss_total / max(n_total, 1e-12), int(rows_total), grad_norm
 
+# %% ../nbs/08_train.ipynb #x085bba6
+def progress_bar(total: int, initial: int = 0, desc: str = '', disable: bool = False, file=None,
+                 tty_interval_s: float = 0.5, log_interval_s: float = 10.0):
+    "A text tqdm bar that moves wherever it is shown: terminal, Jupyter cell, papermill log or output."
+    from tqdm.std import tqdm
+    file = sys.stderr if file is None else file
+    on_terminal = bool(getattr(file, 'isatty', lambda: False)())
+    return tqdm(total=total, initial=initial, desc=desc, disable=disable, leave=False, file=file,
+                mininterval=tty_interval_s if on_terminal else log_interval_s,
+                dynamic_ncols=on_terminal, ncols=None if on_terminal else 100)
+
 # %% ../nbs/08_train.ipynb #c039
 @patch
 def train_epoch(self: TrainingRun) -> bool:
     "Run the rest of the current epoch; True if `max_steps` was reached."
     from transrec.data import train_loader
-    from tqdm.auto import tqdm
     loop, cfg = self.loop, self.cfg
     content = self.content if hasattr(self.model, 'item_tower') else None    # only content models read it
     batches = train_loader(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=loop.epoch,
                            rank=self.dist_info.rank, world_size=self.dist_info.world_size, skip=loop.pos,
                            stride=self.stride, content=content,
                            **loader_settings(cfg, self.device, self.threads))
-    bar = tqdm(total=self.n_micro, initial=loop.pos, desc=f'epoch {loop.epoch + 1}/{cfg.epochs}',
-               disable=not self.show, leave=False, dynamic_ncols=True)
+    bar = progress_bar(self.n_micro, initial=loop.pos, desc=f'epoch {loop.epoch + 1}/{cfg.epochs}',
+                       disable=not self.show)
     group, window = [], dict(loss=0.0, steps=0, seqs=0, time=0.0)    # what the next 'train' event averages
     tick = time.perf_counter()
     try:
@@ -892,6 +902,15 @@ def final_against_start(self: TrainingRun):
     self.select(record)
     if self.dist_info.distributed: dist.barrier()
 
+# %% ../nbs/08_train.ipynb #x7e1be00
+@patch
+def prune_checkpoints(self: TrainingRun):
+    "A finished run with `keep_at_end='best'`: remove `checkpoints/` (resume, optimizer state); keep `best/`."
+    if self.cfg.keep_at_end != 'best' or not self.ckpt_root.exists(): return
+    shutil.rmtree(self.ckpt_root)
+    self.last_ckpt = None
+    log.info(f"keep_at_end='best': removed {self.ckpt_root}; {self.out_dir/'best'} is what this run keeps")
+
 # %% ../nbs/08_train.ipynb #x4840664
 @patch
 def finish(self: TrainingRun, stopped: str, start_time: float) -> FitResult:
@@ -918,6 +937,7 @@ def finish(self: TrainingRun, stopped: str, start_time: float) -> FitResult:
         self.metrics_log.write('final', valid=valid, test=test, stopped=stopped, best_epoch=loop.best_epoch,
                                best_step=loop.best_step, steps=loop.step, sequences_per_s=sequences_per_s,
                                wall_time=time.time() - start_time, selection=selection)
+        self.prune_checkpoints()
     valid, test = broadcast_object((valid, test), dist_info)
     return FitResult(history=loop.history, best_valid=valid, test=test, out_dir=out_dir,
                      best_dir=out_dir/'best', wall_time=time.time() - start_time,
