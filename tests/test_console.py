@@ -116,3 +116,13 @@ def test_runs_summarise_refuses_a_folder_without_a_log(tmp_path):
     assert r.stderr.splitlines()[-1] == (f'transrec-runs: error: {tmp_path} has no metrics.jsonl: not a training run '
                                          'folder (give the folder a pretrain/finetune run or fit(..., out_dir) wrote)'), r.stderr
     assert 'Traceback' not in r.stderr and not list(tmp_path.iterdir())
+
+
+def test_python_m_runs_each_modules_command(tmp_path):
+    "`python -m transrec.experiment` is transrec-train, and with `summarise` transrec-runs; one module, one dispatch."
+    run_module = lambda *args: subprocess.run([sys.executable, '-m', 'transrec.experiment', *args], capture_output=True,
+                                              text=True, cwd=ROOT, timeout=300)
+    r = run_module('--help')
+    assert r.returncode == 0 and 'pretrain' in r.stdout and 'finetune' in r.stdout, r.stdout + r.stderr
+    r = run_module('summarise', str(tmp_path))
+    assert r.returncode == 2 and 'has no metrics.jsonl' in r.stderr.splitlines()[-1], r.stderr

@@ -957,10 +957,6 @@ def runs_main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as error: parser.error(str(error))
     return 0
 
-# %% ../nbs/11_experiment.ipynb #xa26283d
-import builtins
-if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False): sys.exit(runs_main())
-
 # %% ../nbs/11_experiment.ipynb #c025
 def papermill_output_path(path=None) -> Path | None:
     """The output notebook of this papermill run: `path` if given, else the `PAPERMILL_OUTPUT_PATH` papermill
@@ -1004,4 +1000,6 @@ def run_notebook(nb, run_dir, params: dict) -> Path:
 
 # %% ../nbs/11_experiment.ipynb #tr07
 import builtins
-if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False): sys.exit(main())
+# `python -m transrec.experiment` is transrec-train; `python -m transrec.experiment summarise RUN` is transrec-runs
+if __name__ == '__main__' and not getattr(builtins, '__IPYTHON__', False):
+    sys.exit(runs_main() if sys.argv[1:2] == ['summarise'] else main())
