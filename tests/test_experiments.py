@@ -184,7 +184,28 @@ def test_scaling(env, pretrained):
     assert all(band['mean'] and None not in band['mean'] for band in r['convergence'].values())
 
 
-EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore')
+def test_selection_study(env, pretrained):
+    "Every rule replayed on every run, per val_items; the baseline is paired with each rule; runs are reused."
+    out = env/'selection'
+    params = dict(targets=['qb_text'], fractions=[0.5], validation_items=[1, 2], seeds=1, pretrained=str(pretrained/'best'),
+                  out_dir=str(out), finetune_epochs=2, finetune_train={'batch_size': 32}, **STUDY)
+    run('selection', env/'selection.ipynb', **params)
+    s = json.loads((out/'selection.json').read_text())
+    assert s['baseline'] == 'ndcg, patience 5 (today), 1 validation item'
+    rules = {o['rule'] for o in s['outcomes']}
+    assert 'EMA loss, never stop, 2 validation items' in rules and s['baseline'] in rules
+    assert {(o['method'], o['seed']) for o in s['outcomes']} == {('transrec-pretrained', 0), ('transrec', 0)}
+    assert all(o['regret'] >= 0 for o in s['outcomes'])
+    run_metrics = json.loads((out/'f0.5'/'v2'/'qb_text'/'transrec'/'seed-0'/'metrics.json').read_text())
+    assert run_metrics['params']['val_items'] == 2 and run_metrics['params']['batch_size'] == 32
+    assert len(run_metrics['history']) == 2                         # every epoch trained (patience 0)
+    assert '| kept − today (paired) |' in (out/'selection.md').read_text()
+    stamp = (out/'f0.5'/'v1'/'qb_text'/'transrec'/'seed-0'/'metrics.json').stat().st_mtime
+    run('selection', env/'selection2.ipynb', **params)               # started again: every run reused
+    assert (out/'f0.5'/'v1'/'qb_text'/'transrec'/'seed-0'/'metrics.json').stat().st_mtime == stamp
+
+
+EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore', 'selection')
 ANNOTATIONS = {str: 'str', int: 'int', float: 'float', bool: 'bool', list: 'list', dict: 'dict'}
 
 

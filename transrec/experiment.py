@@ -305,6 +305,14 @@ EXPERIMENT_PARAMS = {
                     source_fractions=([0.25, 0.5, 1.0], Spec(list, item=_FRACTION)),
                     target_fractions=([0.05, 0.1, 0.25, 0.5], Spec(list, item=_FRACTION)),
                     base_target_fraction=(0.1, _FRACTION), pretrained=('', _INIT), **_STUDY),
+    'selection': dict(source=('qb_mixed', _DATA), targets=(list(TRANSFER_TARGETS[:4]), Spec(list, item=_DATA)),
+                      fractions=([0.05, 0.1], Spec(list, item=_FRACTION)),
+                      validation_items=([1, 3], Spec(list, item=Spec(int, 1, 1000))),
+                      methods=(['transrec-pretrained', 'transrec'],
+                               Spec(list, item=Spec(choices=('transrec-pretrained', 'transrec')))),
+                      pretrained=('', _INIT), **_STUDY,
+                      finetune_train=({}, Overrides(TRAIN_SPECS, refused=dict(
+                          epochs='is set by -p finetune_epochs N', **TRAIN_REFUSED)))),
 }
 
 # %% ../nbs/11_experiment.ipynb #p008
