@@ -1,6 +1,6 @@
 """Tests of transrec.convert: every converter on tiny fixture files written here in the original layout,
 read back with transrec.data.load_dataset (plain pandas where the loader is not available)."""
-import gzip, json, os, pickle, subprocess, sys
+import gzip, json, os, pickle, re, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ class Loaded:
         if hasattr(tdata, 'load_dataset'):
             ds = tdata.load_dataset(self.path, min_seq_len=3)
             self.ds = ds
-            self.items = {i: (['text', 'image'][m], t) for i, m, t in zip(ds.item_ids, ds.modality, ds.texts)}
+            self.items = {i: (tdata.MODALITIES[m], t) for i, m, t in zip(ds.item_ids, ds.modality, ds.texts)}
             self.seqs = {u: [str(ds.item_ids[i]) for i in s] for u, s in zip(ds.user_ids, ds.seqs)}
             self.image = lambda iid: ds.load_image(ds.item_index[iid])
         else:   # pragma: no cover - before transrec.data.load_dataset existed
@@ -485,6 +485,147 @@ def test_reference_unsafe_pickle_and_unknown_items(tmp_path):
     with pytest.raises(ConversionError, match=r'a 1-D <U\d+ array is not a set of sequences'):
         np.save(src/'seqs.npy', np.array(['a', 'b']))
         from_reference(src, tmp_path/'o2')
+
+
+# ---------------------------------------------------------------- items with a text and a cover (issue 21)
+# a `both` item fills `text` and `image`; the item format itself comes from branch h2-both (nbs/01_data)
+needs_both_format = pytest.mark.skipif('both' not in tdata.MODALITIES,
+                                       reason="the data set format has no 'both' items yet (branch h2-both)")
+
+
+def pixelrec(root):
+    "PixelRec layout: i1 title + cover, i2 title only, i3 cover only (empty title), i4 title only."
+    src = Path(root)
+    src.mkdir(parents=True)
+    (src/'Pixel200K.csv').write_text('item_id,user_id,timestamp\ni1,u1,30\ni2,u1,10\ni3,u1,20\ni1,u2,1\ni3,u2,2\n'
+                                     'i2,u2,3\ni4,u1,40\ni4,u2,4\n')
+    (src/'item_info.csv').write_text('item_id,title\ni1,Cute cat\ni2,Cooking\ni3,\ni4,Skiing\n')
+    for i, c in [('i1', 'red'), ('i3', 'blue')]: jpg(src/'covers'/f'{i}.jpg', c)
+    return src
+
+
+def amazon(root, images=('B1', 'kite')):
+    "Amazon 2014 layout: B1 (cover by id), B2 (cover by the file name of its image URL), B3 (no cover)."
+    src = Path(root)/'src'
+    src.mkdir(parents=True)
+    write_jsonl(src/'reviews_Toys_5.json', [dict(reviewerID='A1', asin=a, unixReviewTime=t)
+                                            for a, t in [('B1', 1), ('B2', 2), ('B3', 3)]])
+    write_jsonl(src/'meta_Toys.json', [dict(asin='B1', title='Yo-yo'),
+                                       dict(asin='B2', title='Kite', imUrl='http://x/I/kite.jpg'),
+                                       dict(asin='B3', title='Ball')])
+    for name, colour in zip(images, ('red', 'blue')): jpg(Path(root)/'imgs'/f'{name}.jpg', colour)
+    return src
+
+
+def reference(root):
+    "Reference layout: N1 text, v1 text + LMDB cover, v2 LMDB cover only."
+    src = Path(root)
+    src.mkdir(parents=True)
+    np.save(src/'users.npy', np.array([['N1', 'v1', 'v2'], ['v2', 'v1', 'N1']], dtype=object))
+    (src/'titles.txt').write_text('N1 Stocks rally\nv1 A video with a title\n')
+    put_lmdb(src/'bili.lmdb',
+             {'v1': pickle.dumps(LMDB_Image(img(10), 'v1')), 'v2': pickle.dumps(LMDB_Image(img(200), 'v2'))})
+    return src
+
+
+@needs_both_format
+def test_ninerec_both_items_and_one_part_fallbacks(tmp_path):
+    src = ninerec(tmp_path/'src', behaviour='u1\tv1 v2 v3 v4 v5\nu2\tv4 v3 v5\n')
+    jpg(src/'QB_cover'/'v5.jpg', 'white')                   # a cover without an item row: no text
+    d = Loaded(from_ninerec(src, tmp_path/'out', modality='both'))
+    assert {i: d.modality(i) for i in d.items} == {'v1': 'text', 'v2': 'both', 'v3': 'text', 'v4': 'both',
+                                                   'v5': 'image'}
+    assert d.text('v2') == '猫, 狗' and d.image('v2').getpixel((0, 0))[0] > 200      # both parts, red cover
+    text_only, image_only = d.problems()['text_only_item'], d.problems()['image_only_item']
+    assert (text_only['count'], text_only['file'], [e['row'] for e in text_only['examples']]) == (2, 'QB_item.csv',
+                                                                                                [1, 3])
+    assert (image_only['count'], image_only['file']) == (1, 'QB_cover')
+    assert d.meta['provenance']['options']['modality'] == 'both'
+    assert d.seqs == {'u1': ['v1', 'v2', 'v3', 'v4', 'v5'], 'u2': ['v4', 'v3', 'v5']}      # nothing dropped
+
+
+@needs_both_format
+def test_pixelrec_and_microlens_both_items(tmp_path):
+    d = Loaded(from_pixelrec(pixelrec(tmp_path/'px'), tmp_path/'out', modality='both'))
+    assert [d.modality(i) for i in ('i1', 'i2', 'i3', 'i4')] == ['both', 'text', 'image', 'text']
+    assert d.text('i1') == 'Cute cat' and d.image('i1').getpixel((0, 0))[0] > 200
+    assert d.problems()['text_only_item']['count'] == 2 and d.problems()['image_only_item']['count'] == 1
+    assert d.problems()['image_only_item']['examples'][0] == dict(row=4, detail="item 'i3'")
+    src = tmp_path/'MicroLens-50k'
+    src.mkdir()
+    (src/'pairs.csv').write_text('user,item,timestamp\n7,100,3\n7,101,1\n7,102,2\n')
+    (src/'titles.csv').write_text('item,title\n100,Funny dog\n101,News today\n102,Dance\n')
+    for i in ('100', '102'): jpg(src/'covers'/f'{i}.jpg', 'white')
+    d = Loaded(convert('microlens', src, tmp_path/'ml', modality='both'))
+    assert [d.modality(i) for i in ('100', '101', '102')] == ['both', 'text', 'both']
+    assert d.text('102') == 'Dance' and d.image('102').size == (8, 6)
+
+
+@needs_both_format
+def test_amazon_both_items_with_local_covers(tmp_path):
+    src = amazon(tmp_path)
+    d = Loaded(from_amazon(src, tmp_path/'out', images=tmp_path/'imgs', modality='both'))
+    assert [d.modality(i) for i in ('B1', 'B2', 'B3')] == ['both', 'both', 'text']
+    assert d.text('B2') == 'Kite' and d.image('B2').getpixel((1, 1))[2] > 100      # cover found by URL file name
+    assert d.problems()['text_only_item']['examples'][0] == dict(row=3, detail="item 'B3'")
+
+
+@needs_both_format
+def test_reference_both_items_with_lmdb_covers(tmp_path):
+    d = Loaded(from_reference(reference(tmp_path/'src'), tmp_path/'out', modality='both'))
+    assert [d.modality(i) for i in ('N1', 'v1', 'v2')] == ['text', 'both', 'image']
+    assert d.text('v1') == 'A video with a title' and np.array_equal(np.asarray(d.image('v1')), img(10))
+
+
+def test_both_on_a_source_without_covers_is_one_line_before_anything_is_written(tmp_path):
+    "A converter asked for `both` on a source without covers names the option and the fix (issue 21, bad input)."
+    no_covers = ninerec(tmp_path/'qb', covers=())
+    px = pixelrec(tmp_path/'px')
+    shutil.rmtree(px/'covers')
+    amz = amazon(tmp_path/'amz')
+    ref = reference(tmp_path/'ref')
+    shutil.rmtree(ref/'bili.lmdb')
+    cases = [(from_ninerec, no_covers, r'the source has no \*_cover/ folder of ITEM_ID.jpg: pass --covers PATH '
+                                       r'\(covers=PATH in Python\), or --modality text'),
+             (from_pixelrec, px, r'the source has no \*cover\*/ folder of ITEM_ID.jpg: pass --covers PATH'),
+             (from_amazon, amz, r'the source has no local image folder \(Amazon image URLs are not downloaded\): '
+                                r'pass --images FOLDER'),
+             (from_reference, ref, r'the source has no \*.lmdb of covers: pass --lmdb PATH')]
+    for converter, src, fix in cases:
+        out = tmp_path/f'out-{converter.__name__}'
+        with pytest.raises(ConversionError) as e:
+            converter(src, out, modality='both')
+        message = str(e.value)
+        assert '\n' not in message, message
+        assert re.search(r"--modality both \(modality='both' in Python\) needs item texts and covers, and " + fix,
+                         message), message
+        assert not out.exists() and not list(tmp_path.glob(f'.out-{converter.__name__}*'))   # nothing half-written
+    (no_covers/'QB_item.csv').unlink()
+    jpg(no_covers/'QB_cover'/'v1.jpg', 'red')
+    with pytest.raises(ConversionError, match=r'the source has no \*_item.csv: pass --items PATH .* or --modality '
+                                              r"image \(modality='image' in Python\) for image items"):
+        from_ninerec(no_covers, tmp_path/'o2', modality='both')
+    with pytest.raises(ConversionError, match=r"mind has no images .* modality='both' cannot be met"):
+        from_mind(mind(tmp_path/'mind'), tmp_path/'o3', modality='both')
+
+
+def test_both_where_no_item_has_both_parts_is_refused(tmp_path):
+    "Covers named otherwise than the item ids: `both` would write no both item, so nothing is written."
+    src = amazon(tmp_path, images=('X1', 'X2'))
+    with pytest.raises(ConversionError, match=r"none of the 3 items has both a text and a \(decodable\) cover, so "
+                                              r"nothing was written; check that the covers are named by item id"):
+        from_amazon(src, tmp_path/'out', images=tmp_path/'imgs', modality='both')
+    assert not (tmp_path/'out').exists()
+
+
+def test_cli_both_on_a_source_without_covers(tmp_path, capsys):
+    src = ninerec(tmp_path/'src', covers=())
+    assert main(['ninerec', str(src), str(tmp_path/'out'), '--modality', 'both']) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and err.startswith('error: ') and '--covers PATH' in err, err
+    assert not (tmp_path/'out').exists()
+    assert main(['ninerec', '--help']) == 0
+    assert "'both' (text and cover in one item" in ' '.join(capsys.readouterr().out.split())
 
 
 # ---------------------------------------------------------------- command line (a subprocess)

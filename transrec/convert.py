@@ -19,17 +19,18 @@ from . import data as _data
 from .data import write_dataset
 
 # %% auto #0
-__all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CONVERTER_DEFAULTS', 'TEXT_ONLY_CONVERTERS',
-           'IMAGE_OPTIONS', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES', 'TIME_NAMES', 'TIME_FORMATS',
-           'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES', 'NPY_RESAVE', 'CONVERTERS',
-           'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'NONE_DEFAULT_HELP', 'ConversionError', 'ProblemLog', 'iter_lines',
-           'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
-           'common_defaults', 'SourceItem', 'safe_name', 'check_destination', 'check_converted', 'write_converted',
-           'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time', 'read_pairs',
-           'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole', 'PickleRefused',
-           'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value', 'load_pickle_data',
-           'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences', 'from_reference', 'convert',
-           'converter_options', 'add_converter_options', 'parse_options', 'cli_parser', 'main']
+__all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'MODALITY_CHOICES', 'CONVERTERS_BY_FUNC', 'CONVERTER_DEFAULTS',
+           'TEXT_ONLY_CONVERTERS', 'IMAGE_OPTIONS', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES', 'TIME_NAMES',
+           'TIME_FORMATS', 'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES', 'NPY_RESAVE',
+           'CONVERTERS', 'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'NONE_DEFAULT_HELP', 'ConversionError', 'ProblemLog',
+           'iter_lines', 'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
+           'common_defaults', 'SourceItem', 'item_modality', 'safe_name', 'check_destination', 'check_converted',
+           'write_converted', 'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time',
+           'read_pairs', 'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole',
+           'PickleRefused', 'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value',
+           'load_pickle_data', 'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences',
+           'from_reference', 'convert', 'converter_options', 'add_converter_options', 'parse_options', 'cli_parser',
+           'main']
 
 # %% ../nbs/03_convert.ipynb #c005
 class ConversionError(ValueError):
@@ -250,7 +251,9 @@ def image_problem(cover) -> str | None:
 
 # %% ../nbs/03_convert.ipynb #c017
 COMMON_OPTIONS = dict(
-    modality='auto',          # 'auto' (image if the item has a cover, else text) | 'image' | 'text'
+    # 'auto' (image if the item has a cover, else text) | 'image' | 'text' | 'both' (text and cover in one
+    # item; an item lacking one part keeps the part it has, counted in meta.json)
+    modality='auto',
     # unknown items / items without content / bad covers: 'report' (drop + meta.json) | 'error'
     on_problem='report',
     # malformed source rows: 'error' (raise, naming file and line) | 'report' (skip + meta.json)
@@ -264,6 +267,8 @@ COMMON_OPTIONS = dict(
     description='',           # free text for meta.json (default: says what was converted from where)
 )
 
+MODALITY_CHOICES = ('auto', 'image', 'text', 'both')
+
 def common_options(options: dict, converter: str, **defaults) -> dict:
     "`COMMON_OPTIONS` (with per-converter `defaults`) updated by `options`; unknown names raise, listing all."
     merged = {**COMMON_OPTIONS, **CONVERTER_DEFAULTS.get(converter, {}), **defaults}
@@ -274,7 +279,7 @@ def common_options(options: dict, converter: str, **defaults) -> dict:
         raise ConversionError(f"{converter}: unknown option(s) {', '.join(unknown)}; valid options: "
                               f"{', '.join(own + sorted(merged))}")
     merged.update(options)
-    _check_choice('modality', merged['modality'], ('auto', 'image', 'text'))
+    _check_choice('modality', merged['modality'], MODALITY_CHOICES)
     _check_choice('on_problem', merged['on_problem'], POLICIES)
     _check_choice('bad_rows', merged['bad_rows'], POLICIES)
     _check_choice('encoding_errors', merged['encoding_errors'], ('strict', 'replace'))
@@ -304,6 +309,14 @@ class SourceItem:
     file: Any = ''
     row: int | None = None
 
+# %% ../nbs/03_convert.ipynb #b0a1e5f2
+def item_modality(modality: str, has_text: bool, has_cover: bool) -> str | None:
+    "The modality an item is written as under converter option `modality`; None: it lacks what that needs."
+    if modality == 'text': return 'text' if has_text else None
+    if modality == 'image': return 'image' if has_cover else None
+    if modality == 'both' and has_text and has_cover: return 'both'
+    return 'image' if has_cover else 'text' if has_text else None     # 'auto', and 'both' lacking a part
+
 # %% ../nbs/03_convert.ipynb #x9e3bd7c
 def safe_name(item_id: str) -> str:
     "A file name for `item_id`: itself when made of `[A-Za-z0-9._-]`, else a cleaned form plus a short hash."
@@ -325,6 +338,16 @@ class _LazyImages(Mapping):
 # %% ../nbs/03_convert.ipynb #xe4cfc7f
 def _drop_event_problem(problems, kind, event, message, fix, policy):
     problems.add(kind, event[3], event[4], f"user {event[0]!r}, item {event[1]!r}", message, fix, policy)
+
+# %% ../nbs/03_convert.ipynb #b0a1e5f5
+def _report_one_part(problems: ProblemLog, iid: str, source_item: SourceItem, written: str) -> None:
+    if written == 'text':
+        message = "item has no (decodable) cover; kept as a text item (modality 'both')"
+        fix = 'Nothing to do if the source has none; else add its cover (ITEM_ID.jpg) to the cover files.'
+    else:
+        message = "item has no text; kept as an image item (modality 'both')"
+        fix = 'Nothing to do if the source has none; else add its text to the item file.'
+    problems.add(f'{written}_only_item', source_item.file, source_item.row, f'item {iid!r}', message, fix)
 
 # %% ../nbs/03_convert.ipynb #f561b555
 def _one_timestamp_unit(events: list[tuple], problems: ProblemLog, opts: dict) -> list[tuple]:
@@ -430,10 +453,11 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
     # 2. modality and content of the items to write
     used = set(event[1] for event in kept)
     wanted = [i for i in catalog if opts['keep_unused_items'] or i in used]
+    modality = opts['modality']
     rows, image_sources, dropped = [], {}, set()
     for iid in wanted:
         source_item = catalog[iid]
-        cover = source_item.cover if opts['modality'] != 'text' else None
+        cover = source_item.cover if modality != 'text' else None
         if cover is not None and opts['check_images']:
             why = image_problem(cover)
             if why is not None:
@@ -443,32 +467,35 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                              'cover does not decode as an image; treated as absent',
                              'Replace the image file.', opts['on_problem'])
                 cover = None
-        has_text = bool(source_item.text.strip())
-        if opts['modality'] == 'image' or (opts['modality'] == 'auto' and cover is not None):
-            if cover is None:
-                problems.add('missing_cover', source_item.file, source_item.row, f'item {iid!r}',
-                             "item has no (decodable) cover but the modality is 'image'; item and its "
-                             "interactions dropped",
-                             f"Add the cover, or pass {option_text('modality', 'auto')} to keep it as a "
-                             f"text item.",
-                             opts['on_problem'])
-                dropped.add(iid)
-                continue
+        written = item_modality(modality, bool(source_item.text.strip()), cover is not None)
+        if written is None and modality == 'image':
+            problems.add('missing_cover', source_item.file, source_item.row, f'item {iid!r}',
+                         "item has no (decodable) cover but the modality is 'image'; item and its "
+                         "interactions dropped",
+                         f"Add the cover, or pass {option_text('modality', 'auto')} to keep it as a "
+                         f"text item.",
+                         opts['on_problem'])
+        elif written is None:
+            kind = 'empty_text' if modality == 'text' else 'no_content'
+            message = 'item has empty text' if kind == 'empty_text' else 'item has neither a cover nor text'
+            problems.add(kind, source_item.file, source_item.row, f'item {iid!r}',
+                         message + '; item and its interactions dropped',
+                         'Add a title/text (or a cover) for the item.', opts['on_problem'])
+        if written is None:
+            dropped.add(iid)
+            continue
+        if modality == 'both' and written != 'both': _report_one_part(problems, iid, source_item, written)
+        key = ''
+        if written != 'text':
             ext = (Path(cover).suffix.lower() if not callable(cover) else '.png') or '.png'
             key = f'images/{safe_name(iid)}{ext}'
             image_sources[key] = cover
-            rows.append((iid, 'image', source_item.text, key))
-        else:
-            if not has_text:
-                kind = 'empty_text' if opts['modality'] == 'text' else 'no_content'
-                message = ('item has empty text' if kind == 'empty_text'
-                           else 'item has neither a cover nor text')
-                problems.add(kind, source_item.file, source_item.row, f'item {iid!r}',
-                             message + '; item and its interactions dropped',
-                             'Add a title/text (or a cover) for the item.', opts['on_problem'])
-                dropped.add(iid)
-                continue
-            rows.append((iid, 'text', source_item.text, ''))
+        rows.append((iid, written, source_item.text, key))
+    if modality == 'both' and rows and not any(row[1] == 'both' for row in rows):
+        raise ConversionError(f"{src}: {option_text('modality', 'both')}: none of the {len(rows)} items has "
+                              f"both a text and a (decodable) cover, so nothing was written; check that the "
+                              f"covers are named by item id (ITEM_ID.jpg) and the text columns, or pass "
+                              f"{option_text('modality', 'auto')}")
     n_before = len(kept)
     kept = [event for event in kept if event[1] not in dropped]
     if n_before != len(kept): notes['interactions_dropped_with_items'] = n_before - len(kept)
@@ -553,9 +580,20 @@ def _bad_row(problems, path, row, detail, message, fix, opts):
 
 # %% ../nbs/03_convert.ipynb #x0041037
 def _no_images(fmt, opts):
-    if opts['modality'] == 'image':
-        raise ConversionError(f"{fmt} has no images (text items only): leave modality out, or pass "
-                              f"modality='text'")
+    if opts['modality'] in ('image', 'both'):
+        raise ConversionError(f"{fmt} has no images (text items only), so modality={opts['modality']!r} "
+                              f"cannot be met: leave modality out, or pass modality='text'")
+
+# %% ../nbs/03_convert.ipynb #b0a1e5f8
+def _require_both_parts(src, opts: dict, has_texts: bool, has_covers: bool, texts: tuple[str, str],
+                        covers: tuple[str, str], placeholder: str = 'PATH') -> None:
+    "With `modality='both'`, raise unless the source has texts and covers; `texts`/`covers`: (option, file)."
+    if opts['modality'] != 'both': return
+    for present, (option, what), instead in ((has_covers, covers, 'text'), (has_texts, texts, 'image')):
+        if not present:
+            fix = f"pass {option_text(option, placeholder=placeholder)}, or {option_text('modality', instead)}"
+            raise ConversionError(f"{src}: {option_text('modality', 'both')} needs item texts and covers, "
+                                  f"and the source has no {what}: {fix} for {instead} items")
 
 # %% ../nbs/03_convert.ipynb #xd00f150
 def read_item_texts(path, text_columns, text_sep, opts, problems, header='auto') -> dict[str, SourceItem]:
@@ -620,7 +658,9 @@ def from_ninerec(src, dst, behaviour=None, items=None, covers=None, text_columns
                      Want('covers', ('*_cover', '*_covers', 'cover', 'covers'), 'cover folder (ITEM_ID.jpg)',
                           'dir', required=False)],
                 dict(behaviour=behaviour, items=items, covers=covers))
-    need = {'text': ['items'], 'image': ['covers'], 'auto': []}[opts['modality']]
+    _require_both_parts(src, opts, found['items'] is not None, found['covers'] is not None,
+                        ('items', '*_item.csv'), ('covers', '*_cover/ folder of ITEM_ID.jpg'))
+    need = {'text': ['items'], 'image': ['covers']}.get(opts['modality'], [])
     if any(found[option] is None for option in need) or (found['items'] is None and found['covers'] is None):
         needed = ('the item text file (*_item.csv)' if opts['modality'] != 'image'
                   else 'the cover folder (*_cover/)')
@@ -821,6 +861,9 @@ def from_pixelrec(src, dst, interactions=None, items=None, covers=None, columns:
                                       f"({', '.join(path.name for path in texts)}); "
                                       f"pass {option_text('items', placeholder='PATH')}")
             found['items'] = texts[0] if texts else None
+    _require_both_parts(src, opts, found['items'] is not None, found['covers'] is not None,
+                        ('items', f'item CSV with columns {list(text_fields)}'),
+                        ('covers', '*cover*/ folder of ITEM_ID.jpg'))
     if found['items'] is None and (found['covers'] is None or opts['modality'] == 'text'):
         raise ConversionError(f"{src}: no item content found: expected a cover folder (*cover*/ with "
                               f"ITEM_ID.jpg; {option_text('covers', placeholder='PATH')}) "
@@ -1033,6 +1076,8 @@ def from_amazon(src, dst, reviews=None, meta=None, images=None, text_fields=('ti
                                   f"{_listing(src)}")
         found['reviews'] = candidates[0]
     else: found.update(locate(src, [Want('reviews', (), 'review JSON lines')], dict(reviews=reviews)))
+    _require_both_parts(src, opts, True, found['images'] is not None, ('meta', 'metadata file'),
+                        ('images', 'local image folder (Amazon image URLs are not downloaded)'), 'FOLDER')
     if opts['modality'] == 'image' and found['images'] is None:
         raise ConversionError(f"{option_text('modality', 'image')} needs local cover files: pass "
                               f"{option_text('images', placeholder='FOLDER')} (Amazon image URLs are not "
@@ -1570,6 +1615,8 @@ def from_reference(src, dst, seqs=None, texts=None, lmdb=None, image_layout: str
         if not path.exists():
             raise ConversionError(f"{option_text('lmdb', str(lmdb))}: {path} does not exist")
         found['lmdb'] = path
+    _require_both_parts(src, opts, found['texts'] is not None, found['lmdb'] is not None,
+                        ('texts', '*.txt/*.tsv of doc_id title lines'), ('lmdb', '*.lmdb of covers'))
     if found['texts'] is None and (found['lmdb'] is None or opts['modality'] == 'text'):
         raise ConversionError(f"{src}: no item content found: expected text items (a *.txt/*.tsv of `doc_id "
                               f"title` lines; {option_text('texts', placeholder='PATH')}) and/or covers (a "
@@ -1640,7 +1687,8 @@ def convert(fmt: str, src, dst, **options) -> Path:
 LIST_OPTIONS = ('text_fields', 'text_columns', 'pad', 'image_shape', 'behaviors', 'news')
 
 OPTION_HELP = dict(
-    modality="'auto' (image if the item has a cover, else text), 'image' or 'text'",
+    modality=("'both' (text and cover in one item; an item lacking one keeps the part it has, counted in "
+              "meta.json), 'auto' (image if the item has a cover, else text), 'image' or 'text'"),
     on_problem="unknown items, items without content, bad covers: 'report' (drop, in meta.json) or 'error'",
     bad_rows="malformed source rows: 'error' (stop, naming file and line) or 'report' (skip, in meta.json)",
     encoding_errors="non-UTF-8 bytes: 'strict' (stop) or 'replace' (U+FFFD, counted in meta.json)",
