@@ -63,18 +63,27 @@ def ninerec(root, behaviour='u1\tv1 v2 v3 v4\nu2\tv4 v3 v1\n', items=None, cover
     return root
 
 
-def test_ninerec_auto_modality_order_text_and_images(tmp_path):
+def test_ninerec_default_both_items_order_and_meta(tmp_path):
     d = Loaded(from_ninerec(ninerec(tmp_path/'src'), tmp_path/'out'))
     assert d.seqs == {'u1': ['v1', 'v2', 'v3', 'v4'], 'u2': ['v4', 'v3', 'v1']}
-    assert {i: d.modality(i) for i in d.items} == {'v1': 'text', 'v2': 'image', 'v3': 'text', 'v4': 'image'}
-    assert d.text('v2') == '猫, 狗' and d.text('v3') == '新闻'     # image items keep their text
+    assert {i: d.modality(i) for i in d.items} == {'v1': 'text', 'v2': 'both', 'v3': 'text', 'v4': 'both'}
+    assert d.text('v2') == '猫, 狗' and d.text('v3') == '新闻'
     assert d.image('v2').size == (8, 6) and d.image('v2').getpixel((0, 0))[0] > 200   # red cover, decodable
     m = d.meta
     assert m['synthetic'] is False and m['provenance']['format'] == 'ninerec'
     assert {f['path'] for f in m['provenance']['files']} == {'QB_behaviour.tsv', 'QB_item.csv', 'QB_cover'}
-    assert m['provenance']['options']['modality'] == 'auto'
-    assert m['counts'] == dict(users=2, items=4, interactions=7, text_items=2, image_items=2)
-    assert m['conversion_problems'] == []
+    assert m['provenance']['options']['modality'] == 'both'              # what the default chose
+    assert m['conversion_notes']['modality'] == 'both: the default, as some item has a text and a cover'
+    assert m['counts'] == dict(users=2, items=4, interactions=7, text_items=2, image_items=0, both_items=2)
+    assert [(p['kind'], p['count']) for p in m['conversion_problems']] == [('text_only_item', 2)]
+
+
+def test_ninerec_auto_modality_is_the_papers_mom(tmp_path):
+    d = Loaded(from_ninerec(ninerec(tmp_path/'src'), tmp_path/'out', modality='auto'))
+    assert {i: d.modality(i) for i in d.items} == {'v1': 'text', 'v2': 'image', 'v3': 'text', 'v4': 'image'}
+    assert d.text('v2') == '猫, 狗'                                      # image items keep their text
+    assert d.meta['counts'] == dict(users=2, items=4, interactions=7, text_items=2, image_items=2)
+    assert d.meta['conversion_problems'] == [] and 'modality' not in d.meta['conversion_notes']
 
 
 def test_ninerec_space_separated_english_and_header(tmp_path):
@@ -152,8 +161,8 @@ def test_ninerec_corrupt_cover_falls_back_to_text(tmp_path):
     src = ninerec(tmp_path/'src')
     (src/'QB_cover'/'v2.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated')
     d = Loaded(from_ninerec(src, tmp_path/'out'))
-    assert d.modality('v2') == 'text' and d.modality('v4') == 'image'
-    assert d.problems()['corrupt_image']['count'] == 1
+    assert d.modality('v2') == 'text' and d.modality('v4') == 'both'
+    assert d.problems()['corrupt_image']['count'] == 1 and d.problems()['text_only_item']['count'] == 3
     # not checked: copied, and the validator objects
     out = from_ninerec(src, tmp_path/'out2', check_images=False)
     if hasattr(tdata, 'validate'):
@@ -198,7 +207,7 @@ def test_pixelrec_layout(tmp_path):
     for i, c in [('i1', 'red'), ('i3', 'blue')]: jpg(src/'covers'/f'{i}.jpg', c)
     d = Loaded(from_pixelrec(src, tmp_path/'out'))
     assert d.seqs == {'u1': ['i2', 'i3', 'i1', 'i4', 'i1'], 'u2': ['i1', 'i3', 'i2', 'i4']}
-    assert (d.modality('i1'), d.modality('i2'), d.modality('i3')) == ('image', 'text', 'image')
+    assert (d.modality('i1'), d.modality('i2'), d.modality('i3')) == ('both', 'text', 'image')
     assert d.text('i1') == 'Cute cat' and d.text('i3') == ''
     assert d.image('i3').getpixel((0, 0))[2] > 100
     ia = pd.read_csv(d.path/'interactions.tsv', sep='\t', dtype=str)
@@ -222,7 +231,7 @@ def test_microlens_layout_and_dates(tmp_path):
     for i in ('100', '102'): jpg(src/'MicroLens-50k_covers'/f'{i}.jpg', 'white')
     d = Loaded(convert('microlens', src, tmp_path/'out'))
     assert d.seqs == {'7': ['101', '102', '100'], '8': ['101', '100', '102']}
-    assert d.modality('100') == 'image' and d.modality('101') == 'text' and d.text('100') == 'Funny dog'
+    assert d.modality('100') == 'both' and d.modality('101') == 'text' and d.text('100') == 'Funny dog'
     ia = pd.read_csv(d.path/'interactions.tsv', sep='\t', dtype=str)
     assert ia.timestamp[0] == str(int(pd.Timestamp('2023-01-01', tz='UTC').timestamp()))
 
@@ -329,6 +338,8 @@ def test_amazon_2014_python_literal_meta_gz(tmp_path):
     jpg(tmp_path/'imgs'/'B1.jpg', 'red')
     jpg(tmp_path/'imgs'/'kite.jpg', 'blue')
     d = Loaded(from_amazon(src, tmp_path/'out2', images=tmp_path/'imgs'))
+    assert (d.modality('B1'), d.modality('B2'), d.modality('B3')) == ('both', 'both', 'text')
+    d = Loaded(from_amazon(src, tmp_path/'out3', images=tmp_path/'imgs', modality='auto'))
     assert (d.modality('B1'), d.modality('B2'), d.modality('B3')) == ('image', 'image', 'text')
     assert d.image('B2').getpixel((1, 1))[2] > 100
 
@@ -488,9 +499,8 @@ def test_reference_unsafe_pickle_and_unknown_items(tmp_path):
 
 
 # ---------------------------------------------------------------- items with a text and a cover (issue 21)
-# a `both` item fills `text` and `image`; the item format itself comes from branch h2-both (nbs/01_data)
-needs_both_format = pytest.mark.skipif('both' not in tdata.MODALITIES,
-                                       reason="the data set format has no 'both' items yet (branch h2-both)")
+# a `both` item fills `text` and `image` (the format: nbs/01_data); `modality` left out writes both items where
+# some item has a text and a cover, else converts as 'auto' (a MoM source)
 
 
 def pixelrec(root):
@@ -528,7 +538,6 @@ def reference(root):
     return src
 
 
-@needs_both_format
 def test_ninerec_both_items_and_one_part_fallbacks(tmp_path):
     src = ninerec(tmp_path/'src', behaviour='u1\tv1 v2 v3 v4 v5\nu2\tv4 v3 v5\n')
     jpg(src/'QB_cover'/'v5.jpg', 'white')                   # a cover without an item row: no text
@@ -544,7 +553,6 @@ def test_ninerec_both_items_and_one_part_fallbacks(tmp_path):
     assert d.seqs == {'u1': ['v1', 'v2', 'v3', 'v4', 'v5'], 'u2': ['v4', 'v3', 'v5']}      # nothing dropped
 
 
-@needs_both_format
 def test_pixelrec_and_microlens_both_items(tmp_path):
     d = Loaded(from_pixelrec(pixelrec(tmp_path/'px'), tmp_path/'out', modality='both'))
     assert [d.modality(i) for i in ('i1', 'i2', 'i3', 'i4')] == ['both', 'text', 'image', 'text']
@@ -561,7 +569,6 @@ def test_pixelrec_and_microlens_both_items(tmp_path):
     assert d.text('102') == 'Dance' and d.image('102').size == (8, 6)
 
 
-@needs_both_format
 def test_amazon_both_items_with_local_covers(tmp_path):
     src = amazon(tmp_path)
     d = Loaded(from_amazon(src, tmp_path/'out', images=tmp_path/'imgs', modality='both'))
@@ -570,11 +577,27 @@ def test_amazon_both_items_with_local_covers(tmp_path):
     assert d.problems()['text_only_item']['examples'][0] == dict(row=3, detail="item 'B3'")
 
 
-@needs_both_format
 def test_reference_both_items_with_lmdb_covers(tmp_path):
     d = Loaded(from_reference(reference(tmp_path/'src'), tmp_path/'out', modality='both'))
     assert [d.modality(i) for i in ('N1', 'v1', 'v2')] == ['text', 'both', 'image']
     assert d.text('v1') == 'A video with a title' and np.array_equal(np.asarray(d.image('v1')), img(10))
+
+
+def test_default_modality_follows_the_source(tmp_path):
+    "Left out, `modality` is 'both' where some item has both parts; a text-only or MoM source converts as before"
+    d = Loaded(from_ninerec(ninerec(tmp_path/'qb', covers=()), tmp_path/'o1'))         # no covers: no error
+    assert {m for m, _ in d.items.values()} == {'text'} and d.meta['conversion_problems'] == []
+    assert d.meta['provenance']['options']['modality'] == 'auto'
+    src = reference(tmp_path/'ref')
+    d = Loaded(from_reference(src, tmp_path/'o2'))                  # v1 has a title and a cover
+    assert [d.modality(i) for i in ('N1', 'v1', 'v2')] == ['text', 'both', 'image']
+    assert [(p['kind'], p['count']) for p in d.meta['conversion_problems']] == [('text_only_item', 1),
+                                                                                 ('image_only_item', 1)]
+    (src/'titles.txt').write_text('N1 Stocks rally\n')                # now each item has one part: MoM
+    d = Loaded(from_reference(src, tmp_path/'o3'))
+    assert [d.modality(i) for i in ('N1', 'v1', 'v2')] == ['text', 'image', 'image']
+    assert d.meta['conversion_problems'] == []                        # no fallback counted on a MoM source
+    assert d.meta['conversion_notes']['modality'] == 'auto: the default, as no item has a text and a cover'
 
 
 def test_both_on_a_source_without_covers_is_one_line_before_anything_is_written(tmp_path):
@@ -609,6 +632,15 @@ def test_both_on_a_source_without_covers_is_one_line_before_anything_is_written(
         from_mind(mind(tmp_path/'mind'), tmp_path/'o3', modality='both')
 
 
+def test_both_item_text_must_show_something(tmp_path):
+    "A title of zero-width characters is no text part: the item keeps its cover (the format refuses that both)"
+    titles = 'v1,\u200b\u200b,x\nv2,猫,Cats\nv3,新闻,News\nv4,音乐,Music\n'
+    src = ninerec(tmp_path/'src', items=titles, covers=('v1', 'v4'))
+    d = Loaded(from_ninerec(src, tmp_path/'out', modality='both'))
+    assert [d.modality(i) for i in ('v1', 'v2', 'v4')] == ['image', 'text', 'both']
+    assert d.problems()['image_only_item']['examples'][0] == dict(row=1, detail="item 'v1'")
+
+
 def test_both_where_no_item_has_both_parts_is_refused(tmp_path):
     "Covers named otherwise than the item ids: `both` would write no both item, so nothing is written."
     src = amazon(tmp_path, images=('X1', 'X2'))
@@ -625,7 +657,13 @@ def test_cli_both_on_a_source_without_covers(tmp_path, capsys):
     assert err.count('\n') == 0 and err.startswith('error: ') and '--covers PATH' in err, err
     assert not (tmp_path/'out').exists()
     assert main(['ninerec', '--help']) == 0
-    assert "'both' (text and cover in one item" in ' '.join(capsys.readouterr().out.split())
+    help_text = ' '.join(capsys.readouterr().out.split())
+    assert "'both' (text and cover in one item" in help_text
+    assert "(default: 'both' when some item has a text and a cover, else 'auto')" in help_text
+    assert main(['ninerec', str(ninerec(tmp_path/'src2')), str(tmp_path/'out2')]) == 0
+    printed = capsys.readouterr().out
+    assert '"both_items": 2' in printed, printed
+    assert 'dropped/changed: 2 x text_only_item in QB_item.csv' in printed, printed
 
 
 # ---------------------------------------------------------------- command line (a subprocess)

@@ -24,13 +24,13 @@ __all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'MODALITY_CHOICES', 'CONV
            'TIME_FORMATS', 'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES', 'NPY_RESAVE',
            'CONVERTERS', 'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'NONE_DEFAULT_HELP', 'ConversionError', 'ProblemLog',
            'iter_lines', 'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
-           'common_defaults', 'SourceItem', 'item_modality', 'safe_name', 'check_destination', 'check_converted',
-           'write_converted', 'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time',
-           'read_pairs', 'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole',
-           'PickleRefused', 'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value',
-           'load_pickle_data', 'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences',
-           'from_reference', 'convert', 'converter_options', 'add_converter_options', 'parse_options', 'cli_parser',
-           'main']
+           'common_defaults', 'SourceItem', 'item_modality', 'default_modality', 'safe_name', 'check_destination',
+           'check_converted', 'write_converted', 'assemble', 'find_column', 'read_item_texts', 'add_covers',
+           'from_ninerec', 'parse_time', 'read_pairs', 'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon',
+           'from_recbole', 'PickleRefused', 'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord',
+           'pickle_value', 'load_pickle_data', 'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy',
+           'read_sequences', 'from_reference', 'convert', 'converter_options', 'add_converter_options', 'parse_options',
+           'cli_parser', 'main']
 
 # %% ../nbs/03_convert.ipynb #c005
 class ConversionError(ValueError):
@@ -252,8 +252,9 @@ def image_problem(cover) -> str | None:
 # %% ../nbs/03_convert.ipynb #c017
 COMMON_OPTIONS = dict(
     # 'auto' (image if the item has a cover, else text) | 'image' | 'text' | 'both' (text and cover in one
-    # item; an item lacking one part keeps the part it has, counted in meta.json)
-    modality='auto',
+    # item; an item lacking one part keeps the part it has, counted in meta.json) | None (the default:
+    # 'both' when some item has a text and a cover, else 'auto'; see `default_modality`)
+    modality=None,
     # unknown items / items without content / bad covers: 'report' (drop + meta.json) | 'error'
     on_problem='report',
     # malformed source rows: 'error' (raise, naming file and line) | 'report' (skip + meta.json)
@@ -279,7 +280,7 @@ def common_options(options: dict, converter: str, **defaults) -> dict:
         raise ConversionError(f"{converter}: unknown option(s) {', '.join(unknown)}; valid options: "
                               f"{', '.join(own + sorted(merged))}")
     merged.update(options)
-    _check_choice('modality', merged['modality'], MODALITY_CHOICES)
+    if merged['modality'] is not None: _check_choice('modality', merged['modality'], MODALITY_CHOICES)
     _check_choice('on_problem', merged['on_problem'], POLICIES)
     _check_choice('bad_rows', merged['bad_rows'], POLICIES)
     _check_choice('encoding_errors', merged['encoding_errors'], ('strict', 'replace'))
@@ -316,6 +317,13 @@ def item_modality(modality: str, has_text: bool, has_cover: bool) -> str | None:
     if modality == 'image': return 'image' if has_cover else None
     if modality == 'both' and has_text and has_cover: return 'both'
     return 'image' if has_cover else 'text' if has_text else None     # 'auto', and 'both' lacking a part
+
+# %% ../nbs/03_convert.ipynb #b0a1e5fb
+def default_modality(catalog: dict[str, SourceItem], item_ids) -> str:
+    "`modality` left out: 'both' when one of `item_ids` has a text and a cover in `catalog`, else 'auto'."
+    items = (catalog[iid] for iid in item_ids)
+    has_both = any(item.cover is not None and not _data._is_blank(item.text) for item in items)
+    return 'both' if has_both else 'auto'
 
 # %% ../nbs/03_convert.ipynb #x9e3bd7c
 def safe_name(item_id: str) -> str:
@@ -453,7 +461,10 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
     # 2. modality and content of the items to write
     used = set(event[1] for event in kept)
     wanted = [i for i in catalog if opts['keep_unused_items'] or i in used]
-    modality = opts['modality']
+    modality = opts['modality'] or default_modality(catalog, wanted)
+    if opts['modality'] is None:
+        notes['modality'] = (f"{modality}: the default, as "
+                             f"{'some' if modality == 'both' else 'no'} item has a text and a cover")
     rows, image_sources, dropped = [], {}, set()
     for iid in wanted:
         source_item = catalog[iid]
@@ -467,7 +478,10 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                              'cover does not decode as an image; treated as absent',
                              'Replace the image file.', opts['on_problem'])
                 cover = None
-        written = item_modality(modality, bool(source_item.text.strip()), cover is not None)
+        # a both item's text must show something (the data set refuses an invisible one); else `strip()` rules
+        has_text = (not _data._is_blank(source_item.text) if modality == 'both'
+                    else bool(source_item.text.strip()))
+        written = item_modality(modality, has_text, cover is not None)
         if written is None and modality == 'image':
             problems.add('missing_cover', source_item.file, source_item.row, f'item {iid!r}',
                          "item has no (decodable) cover but the modality is 'image'; item and its "
@@ -491,7 +505,7 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
             key = f'images/{safe_name(iid)}{ext}'
             image_sources[key] = cover
         rows.append((iid, written, source_item.text, key))
-    if modality == 'both' and rows and not any(row[1] == 'both' for row in rows):
+    if opts['modality'] == 'both' and rows and not any(row[1] == 'both' for row in rows):
         raise ConversionError(f"{src}: {option_text('modality', 'both')}: none of the {len(rows)} items has "
                               f"both a text and a (decodable) cover, so nothing was written; check that the "
                               f"covers are named by item id (ITEM_ID.jpg) and the text columns, or pass "
@@ -548,7 +562,7 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                              or f'Converted from the {fmt} files in {src} by transrec.convert.'),
                 provenance=dict(format=fmt, source=str(src.resolve()), files=files,
                                 converter=f'transrec.convert.{CONVERTER_NAMES.get(fmt, fmt)}',
-                                options=jsonable({name: value for name, value in opts.items()})),
+                                options=jsonable({**opts, 'modality': modality})),
                 license=license, synthetic=False,
                 conversion_problems=problems.to_list(), conversion_notes=jsonable(notes))
     if problems.entries:
@@ -664,9 +678,9 @@ def from_ninerec(src, dst, behaviour=None, items=None, covers=None, text_columns
     if any(found[option] is None for option in need) or (found['items'] is None and found['covers'] is None):
         needed = ('the item text file (*_item.csv)' if opts['modality'] != 'image'
                   else 'the cover folder (*_cover/)')
-        raise ConversionError(f"{src}: no item content found: {option_text('modality', opts['modality'])} "
-                              f"needs {needed}"
-                              f"{' or the cover folder (*_cover/)' if opts['modality'] == 'auto' else ''}; "
+        asked = option_text('modality', opts['modality']) if opts['modality'] else 'the conversion'
+        either = ' or the cover folder (*_cover/)' if opts['modality'] in ('auto', None) else ''
+        raise ConversionError(f"{src}: no item content found: {asked} needs {needed}{either}; "
                               f"pass {option_text('items', placeholder='PATH')} or "
                               f"{option_text('covers', placeholder='PATH')}. The folder holds: "
                               f"{_listing(src)}")
@@ -1723,7 +1737,9 @@ NONE_DEFAULT_HELP = dict(
     inter='NAME.inter in SRC', item='NAME.item in SRC', user_field='user_id or the user token field',
     item_field='item_id or the first item field', time_field='timestamp if present, else file order',
     text_fields='every token/token_seq item field', seqs='the *.npy in SRC', texts='the *.txt/*.tsv in SRC',
-    lmdb='the *.lmdb in SRC', image_shape='read from the values', description='what was converted from where')
+    lmdb='the *.lmdb in SRC', image_shape='read from the values',
+    description='what was converted from where',
+    modality="'both' when some item has a text and a cover, else 'auto'")
 
 def _option_value(name: str, raw: str):
     try: value = json.loads(raw)
