@@ -1679,14 +1679,14 @@ CONVERTERS_BY_FUNC.update({v.__name__: v for v in CONVERTERS.values()})
 CONVERTERS_BY_FUNC['assemble'] = assemble
 
 FORMATS = {
-    'ninerec': 'NineRec: X_behaviour.tsv (user<TAB>items), X_item.csv (id,zh,en), X_cover/ID.jpg',
+    'ninerec': 'NineRec: X_behaviour.tsv (user<TAB>items), X_item.csv (id,zh,en), X_cover/ID.jpg; both items',
     'pixelrec': ('PixelRec: interactions CSV (item_id,user_id,timestamp), covers/ID.jpg, '
-                 'optional item CSV with title'),
+                 'optional item CSV with title; both items'),
     'microlens': ('MicroLens: pairs CSV (user,item,timestamp), covers/ID.jpg, '
-                  'optional titles CSV (same as pixelrec)'),
+                  'optional titles CSV (same as pixelrec); both items'),
     'mind': 'MIND: behaviors.tsv + news.tsv (one split folder or several); text items',
     'amazon': ('Amazon reviews 2014/2018/2023: reviews JSON lines + meta_*.json[l]; '
-               'text (image with images=FOLDER)'),
+               'text items (both items with images=FOLDER)'),
     'recbole': 'RecBole atomic files: NAME.inter + NAME.item; text from token/token_seq fields',
     'reference': 'reference TransRec layout: .npy item-id sequences, doc_id title lines, LMDB covers',
 }
