@@ -630,6 +630,9 @@ def test_both_on_a_source_without_covers_is_one_line_before_anything_is_written(
         from_ninerec(no_covers, tmp_path/'o2', modality='both')
     with pytest.raises(ConversionError, match=r"mind has no images .* modality='both' cannot be met"):
         from_mind(mind(tmp_path/'mind'), tmp_path/'o3', modality='both')
+    with pytest.raises(ConversionError, match=r"recbole has no images .* modality='both' cannot be met"):
+        from_recbole(recbole(tmp_path/'rb'), tmp_path/'o4', modality='both')
+    assert not any((tmp_path/name).exists() for name in ('o2', 'o3', 'o4'))
 
 
 def test_both_item_text_must_show_something(tmp_path):
