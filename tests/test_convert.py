@@ -1,6 +1,6 @@
 """Tests of transrec.convert: every converter on tiny fixture files written here in the original layout,
 read back with transrec.data.load_dataset (plain pandas where the loader is not available)."""
-import gzip, json, os, pickle, subprocess, sys
+import gzip, json, os, pickle, re, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ class Loaded:
         if hasattr(tdata, 'load_dataset'):
             ds = tdata.load_dataset(self.path, min_seq_len=3)
             self.ds = ds
-            self.items = {i: (['text', 'image'][m], t) for i, m, t in zip(ds.item_ids, ds.modality, ds.texts)}
+            self.items = {i: (tdata.MODALITIES[m], t) for i, m, t in zip(ds.item_ids, ds.modality, ds.texts)}
             self.seqs = {u: [str(ds.item_ids[i]) for i in s] for u, s in zip(ds.user_ids, ds.seqs)}
             self.image = lambda iid: ds.load_image(ds.item_index[iid])
         else:   # pragma: no cover - before transrec.data.load_dataset existed
@@ -63,18 +63,27 @@ def ninerec(root, behaviour='u1\tv1 v2 v3 v4\nu2\tv4 v3 v1\n', items=None, cover
     return root
 
 
-def test_ninerec_auto_modality_order_text_and_images(tmp_path):
+def test_ninerec_default_both_items_order_and_meta(tmp_path):
     d = Loaded(from_ninerec(ninerec(tmp_path/'src'), tmp_path/'out'))
     assert d.seqs == {'u1': ['v1', 'v2', 'v3', 'v4'], 'u2': ['v4', 'v3', 'v1']}
-    assert {i: d.modality(i) for i in d.items} == {'v1': 'text', 'v2': 'image', 'v3': 'text', 'v4': 'image'}
-    assert d.text('v2') == '猫, 狗' and d.text('v3') == '新闻'     # image items keep their text
+    assert {i: d.modality(i) for i in d.items} == {'v1': 'text', 'v2': 'both', 'v3': 'text', 'v4': 'both'}
+    assert d.text('v2') == '猫, 狗' and d.text('v3') == '新闻'
     assert d.image('v2').size == (8, 6) and d.image('v2').getpixel((0, 0))[0] > 200   # red cover, decodable
     m = d.meta
     assert m['synthetic'] is False and m['provenance']['format'] == 'ninerec'
     assert {f['path'] for f in m['provenance']['files']} == {'QB_behaviour.tsv', 'QB_item.csv', 'QB_cover'}
-    assert m['provenance']['options']['modality'] == 'auto'
-    assert m['counts'] == dict(users=2, items=4, interactions=7, text_items=2, image_items=2)
-    assert m['conversion_problems'] == []
+    assert m['provenance']['options']['modality'] == 'both'              # what the default chose
+    assert m['conversion_notes']['modality'] == 'both: the default, as some item has a text and a cover'
+    assert m['counts'] == dict(users=2, items=4, interactions=7, text_items=2, image_items=0, both_items=2)
+    assert [(p['kind'], p['count']) for p in m['conversion_problems']] == [('text_only_item', 2)]
+
+
+def test_ninerec_auto_modality_is_the_papers_mom(tmp_path):
+    d = Loaded(from_ninerec(ninerec(tmp_path/'src'), tmp_path/'out', modality='auto'))
+    assert {i: d.modality(i) for i in d.items} == {'v1': 'text', 'v2': 'image', 'v3': 'text', 'v4': 'image'}
+    assert d.text('v2') == '猫, 狗'                                      # image items keep their text
+    assert d.meta['counts'] == dict(users=2, items=4, interactions=7, text_items=2, image_items=2)
+    assert d.meta['conversion_problems'] == [] and 'modality' not in d.meta['conversion_notes']
 
 
 def test_ninerec_space_separated_english_and_header(tmp_path):
@@ -152,8 +161,8 @@ def test_ninerec_corrupt_cover_falls_back_to_text(tmp_path):
     src = ninerec(tmp_path/'src')
     (src/'QB_cover'/'v2.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated')
     d = Loaded(from_ninerec(src, tmp_path/'out'))
-    assert d.modality('v2') == 'text' and d.modality('v4') == 'image'
-    assert d.problems()['corrupt_image']['count'] == 1
+    assert d.modality('v2') == 'text' and d.modality('v4') == 'both'
+    assert d.problems()['corrupt_image']['count'] == 1 and d.problems()['text_only_item']['count'] == 3
     # not checked: copied, and the validator objects
     out = from_ninerec(src, tmp_path/'out2', check_images=False)
     if hasattr(tdata, 'validate'):
@@ -198,7 +207,7 @@ def test_pixelrec_layout(tmp_path):
     for i, c in [('i1', 'red'), ('i3', 'blue')]: jpg(src/'covers'/f'{i}.jpg', c)
     d = Loaded(from_pixelrec(src, tmp_path/'out'))
     assert d.seqs == {'u1': ['i2', 'i3', 'i1', 'i4', 'i1'], 'u2': ['i1', 'i3', 'i2', 'i4']}
-    assert (d.modality('i1'), d.modality('i2'), d.modality('i3')) == ('image', 'text', 'image')
+    assert (d.modality('i1'), d.modality('i2'), d.modality('i3')) == ('both', 'text', 'image')
     assert d.text('i1') == 'Cute cat' and d.text('i3') == ''
     assert d.image('i3').getpixel((0, 0))[2] > 100
     ia = pd.read_csv(d.path/'interactions.tsv', sep='\t', dtype=str)
@@ -222,7 +231,7 @@ def test_microlens_layout_and_dates(tmp_path):
     for i in ('100', '102'): jpg(src/'MicroLens-50k_covers'/f'{i}.jpg', 'white')
     d = Loaded(convert('microlens', src, tmp_path/'out'))
     assert d.seqs == {'7': ['101', '102', '100'], '8': ['101', '100', '102']}
-    assert d.modality('100') == 'image' and d.modality('101') == 'text' and d.text('100') == 'Funny dog'
+    assert d.modality('100') == 'both' and d.modality('101') == 'text' and d.text('100') == 'Funny dog'
     ia = pd.read_csv(d.path/'interactions.tsv', sep='\t', dtype=str)
     assert ia.timestamp[0] == str(int(pd.Timestamp('2023-01-01', tz='UTC').timestamp()))
 
@@ -329,6 +338,8 @@ def test_amazon_2014_python_literal_meta_gz(tmp_path):
     jpg(tmp_path/'imgs'/'B1.jpg', 'red')
     jpg(tmp_path/'imgs'/'kite.jpg', 'blue')
     d = Loaded(from_amazon(src, tmp_path/'out2', images=tmp_path/'imgs'))
+    assert (d.modality('B1'), d.modality('B2'), d.modality('B3')) == ('both', 'both', 'text')
+    d = Loaded(from_amazon(src, tmp_path/'out3', images=tmp_path/'imgs', modality='auto'))
     assert (d.modality('B1'), d.modality('B2'), d.modality('B3')) == ('image', 'image', 'text')
     assert d.image('B2').getpixel((1, 1))[2] > 100
 
@@ -485,6 +496,177 @@ def test_reference_unsafe_pickle_and_unknown_items(tmp_path):
     with pytest.raises(ConversionError, match=r'a 1-D <U\d+ array is not a set of sequences'):
         np.save(src/'seqs.npy', np.array(['a', 'b']))
         from_reference(src, tmp_path/'o2')
+
+
+# ---------------------------------------------------------------- items with a text and a cover (issue 21)
+# a `both` item fills `text` and `image` (the format: nbs/01_data); `modality` left out writes both items where
+# some item has a text and a cover, else converts as 'auto' (a MoM source)
+
+
+def pixelrec(root):
+    "PixelRec layout: i1 title + cover, i2 title only, i3 cover only (empty title), i4 title only."
+    src = Path(root)
+    src.mkdir(parents=True)
+    (src/'Pixel200K.csv').write_text('item_id,user_id,timestamp\ni1,u1,30\ni2,u1,10\ni3,u1,20\ni1,u2,1\ni3,u2,2\n'
+                                     'i2,u2,3\ni4,u1,40\ni4,u2,4\n')
+    (src/'item_info.csv').write_text('item_id,title\ni1,Cute cat\ni2,Cooking\ni3,\ni4,Skiing\n')
+    for i, c in [('i1', 'red'), ('i3', 'blue')]: jpg(src/'covers'/f'{i}.jpg', c)
+    return src
+
+
+def amazon(root, images=('B1', 'kite')):
+    "Amazon 2014 layout: B1 (cover by id), B2 (cover by the file name of its image URL), B3 (no cover)."
+    src = Path(root)/'src'
+    src.mkdir(parents=True)
+    write_jsonl(src/'reviews_Toys_5.json', [dict(reviewerID='A1', asin=a, unixReviewTime=t)
+                                            for a, t in [('B1', 1), ('B2', 2), ('B3', 3)]])
+    write_jsonl(src/'meta_Toys.json', [dict(asin='B1', title='Yo-yo'),
+                                       dict(asin='B2', title='Kite', imUrl='http://x/I/kite.jpg'),
+                                       dict(asin='B3', title='Ball')])
+    for name, colour in zip(images, ('red', 'blue')): jpg(Path(root)/'imgs'/f'{name}.jpg', colour)
+    return src
+
+
+def reference(root):
+    "Reference layout: N1 text, v1 text + LMDB cover, v2 LMDB cover only."
+    src = Path(root)
+    src.mkdir(parents=True)
+    np.save(src/'users.npy', np.array([['N1', 'v1', 'v2'], ['v2', 'v1', 'N1']], dtype=object))
+    (src/'titles.txt').write_text('N1 Stocks rally\nv1 A video with a title\n')
+    put_lmdb(src/'bili.lmdb',
+             {'v1': pickle.dumps(LMDB_Image(img(10), 'v1')), 'v2': pickle.dumps(LMDB_Image(img(200), 'v2'))})
+    return src
+
+
+def test_ninerec_both_items_and_one_part_fallbacks(tmp_path):
+    src = ninerec(tmp_path/'src', behaviour='u1\tv1 v2 v3 v4 v5\nu2\tv4 v3 v5\n')
+    jpg(src/'QB_cover'/'v5.jpg', 'white')                   # a cover without an item row: no text
+    d = Loaded(from_ninerec(src, tmp_path/'out', modality='both'))
+    assert {i: d.modality(i) for i in d.items} == {'v1': 'text', 'v2': 'both', 'v3': 'text', 'v4': 'both',
+                                                   'v5': 'image'}
+    assert d.text('v2') == '猫, 狗' and d.image('v2').getpixel((0, 0))[0] > 200      # both parts, red cover
+    text_only, image_only = d.problems()['text_only_item'], d.problems()['image_only_item']
+    assert (text_only['count'], text_only['file'], [e['row'] for e in text_only['examples']]) == (2, 'QB_item.csv',
+                                                                                                [1, 3])
+    assert (image_only['count'], image_only['file']) == (1, 'QB_cover')
+    assert d.meta['provenance']['options']['modality'] == 'both'
+    assert d.seqs == {'u1': ['v1', 'v2', 'v3', 'v4', 'v5'], 'u2': ['v4', 'v3', 'v5']}      # nothing dropped
+
+
+def test_pixelrec_and_microlens_both_items(tmp_path):
+    d = Loaded(from_pixelrec(pixelrec(tmp_path/'px'), tmp_path/'out', modality='both'))
+    assert [d.modality(i) for i in ('i1', 'i2', 'i3', 'i4')] == ['both', 'text', 'image', 'text']
+    assert d.text('i1') == 'Cute cat' and d.image('i1').getpixel((0, 0))[0] > 200
+    assert d.problems()['text_only_item']['count'] == 2 and d.problems()['image_only_item']['count'] == 1
+    assert d.problems()['image_only_item']['examples'][0] == dict(row=4, detail="item 'i3'")
+    src = tmp_path/'MicroLens-50k'
+    src.mkdir()
+    (src/'pairs.csv').write_text('user,item,timestamp\n7,100,3\n7,101,1\n7,102,2\n')
+    (src/'titles.csv').write_text('item,title\n100,Funny dog\n101,News today\n102,Dance\n')
+    for i in ('100', '102'): jpg(src/'covers'/f'{i}.jpg', 'white')
+    d = Loaded(convert('microlens', src, tmp_path/'ml', modality='both'))
+    assert [d.modality(i) for i in ('100', '101', '102')] == ['both', 'text', 'both']
+    assert d.text('102') == 'Dance' and d.image('102').size == (8, 6)
+
+
+def test_amazon_both_items_with_local_covers(tmp_path):
+    src = amazon(tmp_path)
+    d = Loaded(from_amazon(src, tmp_path/'out', images=tmp_path/'imgs', modality='both'))
+    assert [d.modality(i) for i in ('B1', 'B2', 'B3')] == ['both', 'both', 'text']
+    assert d.text('B2') == 'Kite' and d.image('B2').getpixel((1, 1))[2] > 100      # cover found by URL file name
+    assert d.problems()['text_only_item']['examples'][0] == dict(row=3, detail="item 'B3'")
+
+
+def test_reference_both_items_with_lmdb_covers(tmp_path):
+    d = Loaded(from_reference(reference(tmp_path/'src'), tmp_path/'out', modality='both'))
+    assert [d.modality(i) for i in ('N1', 'v1', 'v2')] == ['text', 'both', 'image']
+    assert d.text('v1') == 'A video with a title' and np.array_equal(np.asarray(d.image('v1')), img(10))
+
+
+def test_default_modality_follows_the_source(tmp_path):
+    "Left out, `modality` is 'both' where some item has both parts; a text-only or MoM source converts as before"
+    d = Loaded(from_ninerec(ninerec(tmp_path/'qb', covers=()), tmp_path/'o1'))         # no covers: no error
+    assert {m for m, _ in d.items.values()} == {'text'} and d.meta['conversion_problems'] == []
+    assert d.meta['provenance']['options']['modality'] == 'auto'
+    src = reference(tmp_path/'ref')
+    d = Loaded(from_reference(src, tmp_path/'o2'))                  # v1 has a title and a cover
+    assert [d.modality(i) for i in ('N1', 'v1', 'v2')] == ['text', 'both', 'image']
+    assert [(p['kind'], p['count']) for p in d.meta['conversion_problems']] == [('text_only_item', 1),
+                                                                                 ('image_only_item', 1)]
+    (src/'titles.txt').write_text('N1 Stocks rally\n')                # now each item has one part: MoM
+    d = Loaded(from_reference(src, tmp_path/'o3'))
+    assert [d.modality(i) for i in ('N1', 'v1', 'v2')] == ['text', 'image', 'image']
+    assert d.meta['conversion_problems'] == []                        # no fallback counted on a MoM source
+    assert d.meta['conversion_notes']['modality'] == 'auto: the default, as no item has a text and a cover'
+
+
+def test_both_on_a_source_without_covers_is_one_line_before_anything_is_written(tmp_path):
+    "A converter asked for `both` on a source without covers names the option and the fix (issue 21, bad input)."
+    no_covers = ninerec(tmp_path/'qb', covers=())
+    px = pixelrec(tmp_path/'px')
+    shutil.rmtree(px/'covers')
+    amz = amazon(tmp_path/'amz')
+    ref = reference(tmp_path/'ref')
+    shutil.rmtree(ref/'bili.lmdb')
+    cases = [(from_ninerec, no_covers, r'the source has no \*_cover/ folder of ITEM_ID.jpg: pass --covers PATH '
+                                       r'\(covers=PATH in Python\), or --modality text'),
+             (from_pixelrec, px, r'the source has no \*cover\*/ folder of ITEM_ID.jpg: pass --covers PATH'),
+             (from_amazon, amz, r'the source has no local image folder \(Amazon image URLs are not downloaded\): '
+                                r'pass --images FOLDER'),
+             (from_reference, ref, r'the source has no \*.lmdb of covers: pass --lmdb PATH')]
+    for converter, src, fix in cases:
+        out = tmp_path/f'out-{converter.__name__}'
+        with pytest.raises(ConversionError) as e:
+            converter(src, out, modality='both')
+        message = str(e.value)
+        assert '\n' not in message, message
+        assert re.search(r"--modality both \(modality='both' in Python\) needs item texts and covers, and " + fix,
+                         message), message
+        assert not out.exists() and not list(tmp_path.glob(f'.out-{converter.__name__}*'))   # nothing half-written
+    (no_covers/'QB_item.csv').unlink()
+    jpg(no_covers/'QB_cover'/'v1.jpg', 'red')
+    with pytest.raises(ConversionError, match=r'the source has no \*_item.csv: pass --items PATH .* or --modality '
+                                              r"image \(modality='image' in Python\) for image items"):
+        from_ninerec(no_covers, tmp_path/'o2', modality='both')
+    with pytest.raises(ConversionError, match=r"mind has no images .* modality='both' cannot be met"):
+        from_mind(mind(tmp_path/'mind'), tmp_path/'o3', modality='both')
+    with pytest.raises(ConversionError, match=r"recbole has no images .* modality='both' cannot be met"):
+        from_recbole(recbole(tmp_path/'rb'), tmp_path/'o4', modality='both')
+    assert not any((tmp_path/name).exists() for name in ('o2', 'o3', 'o4'))
+
+
+def test_both_item_text_must_show_something(tmp_path):
+    "A title of zero-width characters is no text part: the item keeps its cover (the format refuses that both)"
+    titles = 'v1,\u200b\u200b,x\nv2,猫,Cats\nv3,新闻,News\nv4,音乐,Music\n'
+    src = ninerec(tmp_path/'src', items=titles, covers=('v1', 'v4'))
+    d = Loaded(from_ninerec(src, tmp_path/'out', modality='both'))
+    assert [d.modality(i) for i in ('v1', 'v2', 'v4')] == ['image', 'text', 'both']
+    assert d.problems()['image_only_item']['examples'][0] == dict(row=1, detail="item 'v1'")
+
+
+def test_both_where_no_item_has_both_parts_is_refused(tmp_path):
+    "Covers named otherwise than the item ids: `both` would write no both item, so nothing is written."
+    src = amazon(tmp_path, images=('X1', 'X2'))
+    with pytest.raises(ConversionError, match=r"none of the 3 items has both a text and a \(decodable\) cover, so "
+                                              r"nothing was written; check that the covers are named by item id"):
+        from_amazon(src, tmp_path/'out', images=tmp_path/'imgs', modality='both')
+    assert not (tmp_path/'out').exists()
+
+
+def test_cli_both_on_a_source_without_covers(tmp_path, capsys):
+    src = ninerec(tmp_path/'src', covers=())
+    assert main(['ninerec', str(src), str(tmp_path/'out'), '--modality', 'both']) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and err.startswith('error: ') and '--covers PATH' in err, err
+    assert not (tmp_path/'out').exists()
+    assert main(['ninerec', '--help']) == 0
+    help_text = ' '.join(capsys.readouterr().out.split())
+    assert "'both' (text and cover in one item" in help_text
+    assert "(default: 'both' when some item has a text and a cover, else 'auto')" in help_text
+    assert main(['ninerec', str(ninerec(tmp_path/'src2')), str(tmp_path/'out2')]) == 0
+    printed = capsys.readouterr().out
+    assert '"both_items": 2' in printed, printed
+    assert 'dropped/changed: 2 x text_only_item in QB_item.csv' in printed, printed
 
 
 # ---------------------------------------------------------------- command line (a subprocess)

@@ -212,7 +212,7 @@ def test_missing_and_corrupt_image_in_lmdb(tmp_path):
 def test_unknown_modality(tmp_path):
     p = write_raw(tmp_path/'d', items=GOOD_ITEMS.replace('v2\timage', 'v2\tvideo'))
     pr = fatal_problem(p, 'unknown_modality')
-    assert (pr.file, pr.row) == ('items.tsv', 5) and "'video'" in pr.message and "'text' or 'image'" in pr.fix
+    assert (pr.file, pr.row) == ('items.tsv', 5) and "'video'" in pr.message and "'text', 'image' or 'both'" in pr.fix
     assert 'items.tsv row 5 (spreadsheet row 6)' in str(pr)
 
 

@@ -19,17 +19,18 @@ from . import data as _data
 from .data import write_dataset
 
 # %% auto #0
-__all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'CONVERTERS_BY_FUNC', 'CONVERTER_DEFAULTS', 'TEXT_ONLY_CONVERTERS',
-           'IMAGE_OPTIONS', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES', 'TIME_NAMES', 'TIME_FORMATS',
-           'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES', 'NPY_RESAVE', 'CONVERTERS',
-           'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'NONE_DEFAULT_HELP', 'ConversionError', 'ProblemLog', 'iter_lines',
-           'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
-           'common_defaults', 'SourceItem', 'safe_name', 'check_destination', 'check_converted', 'write_converted',
-           'assemble', 'find_column', 'read_item_texts', 'add_covers', 'from_ninerec', 'parse_time', 'read_pairs',
-           'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon', 'from_recbole', 'PickleRefused',
-           'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord', 'pickle_value', 'load_pickle_data',
-           'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy', 'read_sequences', 'from_reference', 'convert',
-           'converter_options', 'add_converter_options', 'parse_options', 'cli_parser', 'main']
+__all__ = ['POLICIES', 'IMAGE_EXTS', 'COMMON_OPTIONS', 'MODALITY_CHOICES', 'CONVERTERS_BY_FUNC', 'CONVERTER_DEFAULTS',
+           'TEXT_ONLY_CONVERTERS', 'IMAGE_OPTIONS', 'CONVERTER_NAMES', 'ITEM_ID_NAMES', 'USER_ID_NAMES', 'TIME_NAMES',
+           'TIME_FORMATS', 'MIND_NEWS_FIELDS', 'MIND_TIME_FORMAT', 'MAX_LITERAL_CHARS', 'RECBOLE_TYPES', 'NPY_RESAVE',
+           'CONVERTERS', 'FORMATS', 'LIST_OPTIONS', 'OPTION_HELP', 'NONE_DEFAULT_HELP', 'ConversionError', 'ProblemLog',
+           'iter_lines', 'sniff_sep', 'csv_rows', 'Want', 'locate', 'scan_covers', 'image_problem', 'common_options',
+           'common_defaults', 'SourceItem', 'item_modality', 'default_modality', 'safe_name', 'check_destination',
+           'check_converted', 'write_converted', 'assemble', 'find_column', 'read_item_texts', 'add_covers',
+           'from_ninerec', 'parse_time', 'read_pairs', 'read_item_table', 'from_pixelrec', 'from_mind', 'from_amazon',
+           'from_recbole', 'PickleRefused', 'PickleGlobal', 'PickleCall', 'read_pickle_data', 'LMDBImageRecord',
+           'pickle_value', 'load_pickle_data', 'decode_lmdb_image', 'png_bytes', 'LMDBCovers', 'read_npy',
+           'read_sequences', 'from_reference', 'convert', 'converter_options', 'add_converter_options', 'parse_options',
+           'cli_parser', 'main']
 
 # %% ../nbs/03_convert.ipynb #c005
 class ConversionError(ValueError):
@@ -250,7 +251,10 @@ def image_problem(cover) -> str | None:
 
 # %% ../nbs/03_convert.ipynb #c017
 COMMON_OPTIONS = dict(
-    modality='auto',          # 'auto' (image if the item has a cover, else text) | 'image' | 'text'
+    # 'auto' (image if the item has a cover, else text) | 'image' | 'text' | 'both' (text and cover in one
+    # item; an item lacking one part keeps the part it has, counted in meta.json) | None (the default:
+    # 'both' when some item has a text and a cover, else 'auto'; see `default_modality`)
+    modality=None,
     # unknown items / items without content / bad covers: 'report' (drop + meta.json) | 'error'
     on_problem='report',
     # malformed source rows: 'error' (raise, naming file and line) | 'report' (skip + meta.json)
@@ -264,6 +268,8 @@ COMMON_OPTIONS = dict(
     description='',           # free text for meta.json (default: says what was converted from where)
 )
 
+MODALITY_CHOICES = ('auto', 'image', 'text', 'both')
+
 def common_options(options: dict, converter: str, **defaults) -> dict:
     "`COMMON_OPTIONS` (with per-converter `defaults`) updated by `options`; unknown names raise, listing all."
     merged = {**COMMON_OPTIONS, **CONVERTER_DEFAULTS.get(converter, {}), **defaults}
@@ -274,7 +280,7 @@ def common_options(options: dict, converter: str, **defaults) -> dict:
         raise ConversionError(f"{converter}: unknown option(s) {', '.join(unknown)}; valid options: "
                               f"{', '.join(own + sorted(merged))}")
     merged.update(options)
-    _check_choice('modality', merged['modality'], ('auto', 'image', 'text'))
+    if merged['modality'] is not None: _check_choice('modality', merged['modality'], MODALITY_CHOICES)
     _check_choice('on_problem', merged['on_problem'], POLICIES)
     _check_choice('bad_rows', merged['bad_rows'], POLICIES)
     _check_choice('encoding_errors', merged['encoding_errors'], ('strict', 'replace'))
@@ -304,6 +310,21 @@ class SourceItem:
     file: Any = ''
     row: int | None = None
 
+# %% ../nbs/03_convert.ipynb #b0a1e5f2
+def item_modality(modality: str, has_text: bool, has_cover: bool) -> str | None:
+    "The modality an item is written as under converter option `modality`; None: it lacks what that needs."
+    if modality == 'text': return 'text' if has_text else None
+    if modality == 'image': return 'image' if has_cover else None
+    if modality == 'both' and has_text and has_cover: return 'both'
+    return 'image' if has_cover else 'text' if has_text else None     # 'auto', and 'both' lacking a part
+
+# %% ../nbs/03_convert.ipynb #b0a1e5fb
+def default_modality(catalog: dict[str, SourceItem], item_ids) -> str:
+    "`modality` left out: 'both' when one of `item_ids` has a text and a cover in `catalog`, else 'auto'."
+    items = (catalog[iid] for iid in item_ids)
+    has_both = any(item.cover is not None and not _data._is_blank(item.text) for item in items)
+    return 'both' if has_both else 'auto'
+
 # %% ../nbs/03_convert.ipynb #x9e3bd7c
 def safe_name(item_id: str) -> str:
     "A file name for `item_id`: itself when made of `[A-Za-z0-9._-]`, else a cleaned form plus a short hash."
@@ -325,6 +346,16 @@ class _LazyImages(Mapping):
 # %% ../nbs/03_convert.ipynb #xe4cfc7f
 def _drop_event_problem(problems, kind, event, message, fix, policy):
     problems.add(kind, event[3], event[4], f"user {event[0]!r}, item {event[1]!r}", message, fix, policy)
+
+# %% ../nbs/03_convert.ipynb #b0a1e5f5
+def _report_one_part(problems: ProblemLog, iid: str, source_item: SourceItem, written: str) -> None:
+    if written == 'text':
+        message = "item has no (decodable) cover; kept as a text item (modality 'both')"
+        fix = 'Nothing to do if the source has none; else add its cover (ITEM_ID.jpg) to the cover files.'
+    else:
+        message = "item has no text; kept as an image item (modality 'both')"
+        fix = 'Nothing to do if the source has none; else add its text to the item file.'
+    problems.add(f'{written}_only_item', source_item.file, source_item.row, f'item {iid!r}', message, fix)
 
 # %% ../nbs/03_convert.ipynb #f561b555
 def _one_timestamp_unit(events: list[tuple], problems: ProblemLog, opts: dict) -> list[tuple]:
@@ -430,10 +461,14 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
     # 2. modality and content of the items to write
     used = set(event[1] for event in kept)
     wanted = [i for i in catalog if opts['keep_unused_items'] or i in used]
+    modality = opts['modality'] or default_modality(catalog, wanted)
+    if opts['modality'] is None:
+        notes['modality'] = (f"{modality}: the default, as "
+                             f"{'some' if modality == 'both' else 'no'} item has a text and a cover")
     rows, image_sources, dropped = [], {}, set()
     for iid in wanted:
         source_item = catalog[iid]
-        cover = source_item.cover if opts['modality'] != 'text' else None
+        cover = source_item.cover if modality != 'text' else None
         if cover is not None and opts['check_images']:
             why = image_problem(cover)
             if why is not None:
@@ -443,32 +478,38 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                              'cover does not decode as an image; treated as absent',
                              'Replace the image file.', opts['on_problem'])
                 cover = None
-        has_text = bool(source_item.text.strip())
-        if opts['modality'] == 'image' or (opts['modality'] == 'auto' and cover is not None):
-            if cover is None:
-                problems.add('missing_cover', source_item.file, source_item.row, f'item {iid!r}',
-                             "item has no (decodable) cover but the modality is 'image'; item and its "
-                             "interactions dropped",
-                             f"Add the cover, or pass {option_text('modality', 'auto')} to keep it as a "
-                             f"text item.",
-                             opts['on_problem'])
-                dropped.add(iid)
-                continue
+        # a both item's text must show something (the data set refuses an invisible one); else `strip()` rules
+        has_text = (not _data._is_blank(source_item.text) if modality == 'both'
+                    else bool(source_item.text.strip()))
+        written = item_modality(modality, has_text, cover is not None)
+        if written is None and modality == 'image':
+            problems.add('missing_cover', source_item.file, source_item.row, f'item {iid!r}',
+                         "item has no (decodable) cover but the modality is 'image'; item and its "
+                         "interactions dropped",
+                         f"Add the cover, or pass {option_text('modality', 'auto')} to keep it as a "
+                         f"text item.",
+                         opts['on_problem'])
+        elif written is None:
+            kind = 'empty_text' if modality == 'text' else 'no_content'
+            message = 'item has empty text' if kind == 'empty_text' else 'item has neither a cover nor text'
+            problems.add(kind, source_item.file, source_item.row, f'item {iid!r}',
+                         message + '; item and its interactions dropped',
+                         'Add a title/text (or a cover) for the item.', opts['on_problem'])
+        if written is None:
+            dropped.add(iid)
+            continue
+        if modality == 'both' and written != 'both': _report_one_part(problems, iid, source_item, written)
+        key = ''
+        if written != 'text':
             ext = (Path(cover).suffix.lower() if not callable(cover) else '.png') or '.png'
             key = f'images/{safe_name(iid)}{ext}'
             image_sources[key] = cover
-            rows.append((iid, 'image', source_item.text, key))
-        else:
-            if not has_text:
-                kind = 'empty_text' if opts['modality'] == 'text' else 'no_content'
-                message = ('item has empty text' if kind == 'empty_text'
-                           else 'item has neither a cover nor text')
-                problems.add(kind, source_item.file, source_item.row, f'item {iid!r}',
-                             message + '; item and its interactions dropped',
-                             'Add a title/text (or a cover) for the item.', opts['on_problem'])
-                dropped.add(iid)
-                continue
-            rows.append((iid, 'text', source_item.text, ''))
+        rows.append((iid, written, source_item.text, key))
+    if opts['modality'] == 'both' and rows and not any(row[1] == 'both' for row in rows):
+        raise ConversionError(f"{src}: {option_text('modality', 'both')}: none of the {len(rows)} items has "
+                              f"both a text and a (decodable) cover, so nothing was written; check that the "
+                              f"covers are named by item id (ITEM_ID.jpg) and the text columns, or pass "
+                              f"{option_text('modality', 'auto')}")
     n_before = len(kept)
     kept = [event for event in kept if event[1] not in dropped]
     if n_before != len(kept): notes['interactions_dropped_with_items'] = n_before - len(kept)
@@ -521,7 +562,7 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                              or f'Converted from the {fmt} files in {src} by transrec.convert.'),
                 provenance=dict(format=fmt, source=str(src.resolve()), files=files,
                                 converter=f'transrec.convert.{CONVERTER_NAMES.get(fmt, fmt)}',
-                                options=jsonable({name: value for name, value in opts.items()})),
+                                options=jsonable({**opts, 'modality': modality})),
                 license=license, synthetic=False,
                 conversion_problems=problems.to_list(), conversion_notes=jsonable(notes))
     if problems.entries:
@@ -553,9 +594,20 @@ def _bad_row(problems, path, row, detail, message, fix, opts):
 
 # %% ../nbs/03_convert.ipynb #x0041037
 def _no_images(fmt, opts):
-    if opts['modality'] == 'image':
-        raise ConversionError(f"{fmt} has no images (text items only): leave modality out, or pass "
-                              f"modality='text'")
+    if opts['modality'] in ('image', 'both'):
+        raise ConversionError(f"{fmt} has no images (text items only), so modality={opts['modality']!r} "
+                              f"cannot be met: leave modality out, or pass modality='text'")
+
+# %% ../nbs/03_convert.ipynb #b0a1e5f8
+def _require_both_parts(src, opts: dict, has_texts: bool, has_covers: bool, texts: tuple[str, str],
+                        covers: tuple[str, str], placeholder: str = 'PATH') -> None:
+    "With `modality='both'`, raise unless the source has texts and covers; `texts`/`covers`: (option, file)."
+    if opts['modality'] != 'both': return
+    for present, (option, what), instead in ((has_covers, covers, 'text'), (has_texts, texts, 'image')):
+        if not present:
+            fix = f"pass {option_text(option, placeholder=placeholder)}, or {option_text('modality', instead)}"
+            raise ConversionError(f"{src}: {option_text('modality', 'both')} needs item texts and covers, "
+                                  f"and the source has no {what}: {fix} for {instead} items")
 
 # %% ../nbs/03_convert.ipynb #xd00f150
 def read_item_texts(path, text_columns, text_sep, opts, problems, header='auto') -> dict[str, SourceItem]:
@@ -620,13 +672,15 @@ def from_ninerec(src, dst, behaviour=None, items=None, covers=None, text_columns
                      Want('covers', ('*_cover', '*_covers', 'cover', 'covers'), 'cover folder (ITEM_ID.jpg)',
                           'dir', required=False)],
                 dict(behaviour=behaviour, items=items, covers=covers))
-    need = {'text': ['items'], 'image': ['covers'], 'auto': []}[opts['modality']]
+    _require_both_parts(src, opts, found['items'] is not None, found['covers'] is not None,
+                        ('items', '*_item.csv'), ('covers', '*_cover/ folder of ITEM_ID.jpg'))
+    need = {'text': ['items'], 'image': ['covers']}.get(opts['modality'], [])
     if any(found[option] is None for option in need) or (found['items'] is None and found['covers'] is None):
         needed = ('the item text file (*_item.csv)' if opts['modality'] != 'image'
                   else 'the cover folder (*_cover/)')
-        raise ConversionError(f"{src}: no item content found: {option_text('modality', opts['modality'])} "
-                              f"needs {needed}"
-                              f"{' or the cover folder (*_cover/)' if opts['modality'] == 'auto' else ''}; "
+        asked = option_text('modality', opts['modality']) if opts['modality'] else 'the conversion'
+        either = ' or the cover folder (*_cover/)' if opts['modality'] in ('auto', None) else ''
+        raise ConversionError(f"{src}: no item content found: {asked} needs {needed}{either}; "
                               f"pass {option_text('items', placeholder='PATH')} or "
                               f"{option_text('covers', placeholder='PATH')}. The folder holds: "
                               f"{_listing(src)}")
@@ -821,6 +875,9 @@ def from_pixelrec(src, dst, interactions=None, items=None, covers=None, columns:
                                       f"({', '.join(path.name for path in texts)}); "
                                       f"pass {option_text('items', placeholder='PATH')}")
             found['items'] = texts[0] if texts else None
+    _require_both_parts(src, opts, found['items'] is not None, found['covers'] is not None,
+                        ('items', f'item CSV with columns {list(text_fields)}'),
+                        ('covers', '*cover*/ folder of ITEM_ID.jpg'))
     if found['items'] is None and (found['covers'] is None or opts['modality'] == 'text'):
         raise ConversionError(f"{src}: no item content found: expected a cover folder (*cover*/ with "
                               f"ITEM_ID.jpg; {option_text('covers', placeholder='PATH')}) "
@@ -1033,6 +1090,8 @@ def from_amazon(src, dst, reviews=None, meta=None, images=None, text_fields=('ti
                                   f"{_listing(src)}")
         found['reviews'] = candidates[0]
     else: found.update(locate(src, [Want('reviews', (), 'review JSON lines')], dict(reviews=reviews)))
+    _require_both_parts(src, opts, True, found['images'] is not None, ('meta', 'metadata file'),
+                        ('images', 'local image folder (Amazon image URLs are not downloaded)'), 'FOLDER')
     if opts['modality'] == 'image' and found['images'] is None:
         raise ConversionError(f"{option_text('modality', 'image')} needs local cover files: pass "
                               f"{option_text('images', placeholder='FOLDER')} (Amazon image URLs are not "
@@ -1570,6 +1629,8 @@ def from_reference(src, dst, seqs=None, texts=None, lmdb=None, image_layout: str
         if not path.exists():
             raise ConversionError(f"{option_text('lmdb', str(lmdb))}: {path} does not exist")
         found['lmdb'] = path
+    _require_both_parts(src, opts, found['texts'] is not None, found['lmdb'] is not None,
+                        ('texts', '*.txt/*.tsv of doc_id title lines'), ('lmdb', '*.lmdb of covers'))
     if found['texts'] is None and (found['lmdb'] is None or opts['modality'] == 'text'):
         raise ConversionError(f"{src}: no item content found: expected text items (a *.txt/*.tsv of `doc_id "
                               f"title` lines; {option_text('texts', placeholder='PATH')}) and/or covers (a "
@@ -1618,14 +1679,14 @@ CONVERTERS_BY_FUNC.update({v.__name__: v for v in CONVERTERS.values()})
 CONVERTERS_BY_FUNC['assemble'] = assemble
 
 FORMATS = {
-    'ninerec': 'NineRec: X_behaviour.tsv (user<TAB>items), X_item.csv (id,zh,en), X_cover/ID.jpg',
+    'ninerec': 'NineRec: X_behaviour.tsv (user<TAB>items), X_item.csv (id,zh,en), X_cover/ID.jpg; both items',
     'pixelrec': ('PixelRec: interactions CSV (item_id,user_id,timestamp), covers/ID.jpg, '
-                 'optional item CSV with title'),
+                 'optional item CSV with title; both items'),
     'microlens': ('MicroLens: pairs CSV (user,item,timestamp), covers/ID.jpg, '
-                  'optional titles CSV (same as pixelrec)'),
+                  'optional titles CSV (same as pixelrec); both items'),
     'mind': 'MIND: behaviors.tsv + news.tsv (one split folder or several); text items',
     'amazon': ('Amazon reviews 2014/2018/2023: reviews JSON lines + meta_*.json[l]; '
-               'text (image with images=FOLDER)'),
+               'text items (both items with images=FOLDER)'),
     'recbole': 'RecBole atomic files: NAME.inter + NAME.item; text from token/token_seq fields',
     'reference': 'reference TransRec layout: .npy item-id sequences, doc_id title lines, LMDB covers',
 }
@@ -1640,7 +1701,8 @@ def convert(fmt: str, src, dst, **options) -> Path:
 LIST_OPTIONS = ('text_fields', 'text_columns', 'pad', 'image_shape', 'behaviors', 'news')
 
 OPTION_HELP = dict(
-    modality="'auto' (image if the item has a cover, else text), 'image' or 'text'",
+    modality=("'both' (text and cover in one item; an item lacking one keeps the part it has, counted in "
+              "meta.json), 'auto' (image if the item has a cover, else text), 'image' or 'text'"),
     on_problem="unknown items, items without content, bad covers: 'report' (drop, in meta.json) or 'error'",
     bad_rows="malformed source rows: 'error' (stop, naming file and line) or 'report' (skip, in meta.json)",
     encoding_errors="non-UTF-8 bytes: 'strict' (stop) or 'replace' (U+FFFD, counted in meta.json)",
@@ -1675,7 +1737,9 @@ NONE_DEFAULT_HELP = dict(
     inter='NAME.inter in SRC', item='NAME.item in SRC', user_field='user_id or the user token field',
     item_field='item_id or the first item field', time_field='timestamp if present, else file order',
     text_fields='every token/token_seq item field', seqs='the *.npy in SRC', texts='the *.txt/*.tsv in SRC',
-    lmdb='the *.lmdb in SRC', image_shape='read from the values', description='what was converted from where')
+    lmdb='the *.lmdb in SRC', image_shape='read from the values',
+    description='what was converted from where',
+    modality="'both' when some item has a text and a cover, else 'auto'")
 
 def _option_value(name: str, raw: str):
     try: value = json.loads(raw)

@@ -345,7 +345,7 @@ def _fig_layout(title: str, width: int, height: int, **kw) -> dict:
                 **kw)
 
 # %% ../nbs/10_dashboard.ipynb #x7de8f9b
-MODALITY_COLORS = {'text': '#4C78A8', 'image': '#F58518'}
+MODALITY_COLORS = {'text': '#4C78A8', 'image': '#F58518', 'both': '#54A24B'}
 
 def map_base_traces(view: ModelView, cards: ItemCards, max_points: int = 4000, seed: int = 0) -> list[dict]:
     "Scatter traces of (a fixed subset of) all items on `view`'s 2-D map, one per modality; cached on `view`."

@@ -14,20 +14,30 @@ import torch
 from .core import log, option_text, write_json
 
 # %% auto #0
-__all__ = ['MODALITIES', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_ASPECT',
-           'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SIM_TRUTH_FILE', 'DATA_RECORD', 'SPLITS', 'NEG_STREAM',
-           'PIXEL_STORE_VERSION', 'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES', 'write_dataset', 'tiny_mom',
-           'Problem', 'DataError', 'release_images', 'MoMDataset', 'meta_type_ok', 'is_synthetic', 'load_dataset',
-           'data_fingerprint', 'data_changes', 'write_data_record', 'read_data_record', 'record_mismatch',
-           'model_data_mismatch', 'ValidationReport', 'validate', 'train_part', 'history_and_target', 'split_targets',
-           'history_items', 'validation_views', 'window_ends', 'Batch', 'sample_negatives', 'n_batches_per_epoch',
-           'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches', 'default_num_workers', 'train_loader',
-           'pixel_store_wanted', 'pixel_store_dir', 'open_pixel_store', 'prepare_images', 'main']
+__all__ = ['MODALITIES', 'PARTS', 'BOTH', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS', 'MAX_ROWS_PER_KIND', 'MAX_IMAGE_PIXELS',
+           'MAX_IMAGE_ASPECT', 'TIMESTAMP_UNITS', 'META_SCHEMA', 'META_COUNTS', 'SIM_TRUTH_FILE', 'DATA_RECORD',
+           'SPLITS', 'NEG_STREAM', 'PIXEL_STORE_VERSION', 'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES',
+           'has_part', 'write_dataset', 'tiny_mom', 'Problem', 'DataError', 'release_images', 'MoMDataset',
+           'meta_type_ok', 'is_synthetic', 'load_dataset', 'data_fingerprint', 'data_changes', 'write_data_record',
+           'read_data_record', 'record_mismatch', 'model_data_mismatch', 'ValidationReport', 'validate', 'train_part',
+           'history_and_target', 'split_targets', 'history_items', 'validation_views', 'window_ends', 'Batch',
+           'sample_negatives', 'n_batches_per_epoch', 'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches',
+           'default_num_workers', 'train_loader', 'pixel_store_wanted', 'pixel_store_dir', 'open_pixel_store',
+           'prepare_images', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
-MODALITIES = ('text', 'image')  # modality code = position: text = 0, image = 1
+MODALITIES = ('text', 'image', 'both')  # modality code = position: text = 0, image = 1, both = 2
+PARTS = ('text', 'image')  # the parts an item can carry (code = position); a `both` item carries the two
+BOTH = MODALITIES.index('both')
 ITEM_COLUMNS = ('item_id', 'modality', 'text', 'image')
 INTERACTION_COLUMNS = ('user_id', 'item_id', 'timestamp')
+
+# %% ../nbs/01_data.ipynb #b001
+def has_part(modality, part: str):
+    "Boolean mask (numpy or torch, like `modality`) of the items whose modality code carries `part`."
+    if part not in PARTS:
+        raise ValueError(f'part={part!r}: use one of {PARTS}')
+    return (modality == PARTS.index(part)) | (modality == BOTH)
 
 # %% ../nbs/01_data.ipynb #t002
 _NEEDS_QUOTES = re.compile('[\t\r\n"]')
@@ -110,6 +120,8 @@ def write_dataset(path, items: pd.DataFrame, interactions: pd.DataFrame, meta: d
         text_items=int((mod == 'text').sum()),
         image_items=int((mod == 'image').sum()),
     )
+    if (mod == 'both').any():  # only then: the meta.json of every text/image data set stays as it was
+        counts['both_items'] = int((mod == 'both').sum())
     meta = {
         'name': path.name,
         'description': '',
@@ -130,16 +142,21 @@ _TINY_WORDS = (
 
 
 def tiny_mom(
-    path, n_text=12, n_image=8, n_users=10, seed=0, prefix='', image_wh=(16, 16), words=None, seq_len=(3, 8)
+    path, n_text=12, n_image=8, n_users=10, seed=0, prefix='', image_wh=(16, 16), words=None, seq_len=(3, 8),
+    n_both=0,
 ) -> Path:
-    """A tiny MoM folder at `path`: `n_text` captions (`words` words, else 1-8), `n_image` PNGs, `n_users`
-    users."""
+    """A tiny MoM folder at `path`: `n_text` captions (`words` words, else 1-8), `n_image` PNGs, `n_both`
+    items with a caption and a PNG, `n_users` users."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     ids = [f'{prefix}t{i}' for i in range(n_text)] + [f'{prefix}v{i}' for i in range(n_image)]
     captions = [' '.join(rng.choice(_TINY_WORDS, words or int(rng.integers(1, 9)))) for _ in range(n_text)]
     refs = [''] * n_text + [f'images/v{i}.png' for i in range(n_image)]
+    if n_both:  # drawn after the others: a folder without `both` items is the same as before
+        ids += [f'{prefix}b{i}' for i in range(n_both)]
+        captions += [' '.join(rng.choice(_TINY_WORDS, words or int(rng.integers(1, 9)))) for _ in range(n_both)]
+        refs += [f'images/b{i}.png' for i in range(n_both)]
     width, height = image_wh
     images = {
         ref: Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for ref in refs if ref
@@ -147,8 +164,8 @@ def tiny_mom(
     items = pd.DataFrame(
         {
             'item_id': ids,
-            'modality': ['text'] * n_text + ['image'] * n_image,
-            'text': captions + [''] * n_image,
+            'modality': ['text'] * n_text + ['image'] * n_image + ['both'] * n_both,
+            'text': captions[:n_text] + [''] * n_image + captions[n_text:],
             'image': refs,
         }
     )
@@ -730,10 +747,11 @@ def _decode_image(source) -> tuple[object | None, tuple[str, str] | None]:
 
 # %% ../nbs/01_data.ipynb #c015s4
 def _check_images(
-    path: Path, store: str, rows: np.ndarray, refs: np.ndarray, ids: np.ndarray, decode: bool, probs: list
+    path: Path, store: str, rows: np.ndarray, refs: np.ndarray, ids: np.ndarray, decode: bool, probs: list,
+    kinds: np.ndarray | None = None,
 ):
-    """Missing, outside (and, when `decode`, too large or corrupt) images of image items: fatal problems
-    by items.tsv row."""
+    """Missing, outside (and, when `decode`, too large or corrupt) images of image (and `both`) items:
+    fatal problems by items.tsv row; `kinds` names each item's modality in the messages (default image)."""
     import lmdb
 
     uniq = list(dict.fromkeys(refs.tolist()))
@@ -806,6 +824,7 @@ def _check_images(
         corrupt_image='replace it with a valid PNG/JPEG file',
         not_a_file='replace it by a regular PNG/JPEG file',
     )
+    kinds = np.full(len(refs), 'image', dtype=object) if kinds is None else kinds
     for kind, fix in fixes.items():
         of_kind = np.array([found.get(ref, ('',))[0] == kind for ref in refs.tolist()], dtype=bool)
         what = (
@@ -819,10 +838,10 @@ def _check_images(
             rows[of_kind],
             kind,
             [
-                f"{where} {ref!r} of image item {i!r} " + what.format(found[ref][1])
-                for ref, i in zip(refs[of_kind], ids[of_kind])
+                f"{where} {ref!r} of {item_kind} item {i!r} " + what.format(found[ref][1])
+                for ref, i, item_kind in zip(refs[of_kind], ids[of_kind], kinds[of_kind])
             ],
-            fix,
+            fix + (" (or make a `both` item's modality 'text')" if (kinds[of_kind] == 'both').any() else ''),
         )
 
 # %% ../nbs/01_data.ipynb #h24c3
@@ -901,14 +920,14 @@ def _check_items(
         .fillna(-1)
         .to_numpy(dtype=np.int64)
     )
-    for col, mcode in (('text', 0), ('image', 1)):
-        if col not in df.columns and (code == mcode).any():
+    for col in PARTS:
+        if col not in df.columns and has_part(code, col).any():
             probs.append(
                 Problem(
                     name,
                     None,
                     'missing_column',
-                    f"column '{col}' missing but {(code == mcode).sum()} items have modality {col}",
+                    f"column '{col}' missing but {has_part(code, col).sum()} items have modality {col} or both",
                     f"add a '{col}' column to the header (and the values to the rows)",
                 )
             )
@@ -945,7 +964,7 @@ def _check_items(
             f'modality {modality!r} of item {i!r} is not one of {list(MODALITIES)}'
             for modality, i in zip(mod_raw[bad], ids[bad])
         ],
-        "write 'text' or 'image' (lower case, no spaces)",
+        "write 'text', 'image' or 'both' (lower case, no spaces)",
     )
     empty_text = (code == 0) & np.array([_is_blank(str(text)) for text in texts], dtype=bool)
     if 'text' in df.columns:
@@ -967,9 +986,23 @@ def _check_items(
             'fill in its text (e.g. the title) or drop the item',
             fatal=False,
         )
-        if (control := _control_problem(name, rows[code == 0], texts[code == 0])) is not None:
+        both_blank = (code == BOTH) & np.array([_is_blank(str(text)) for text in texts], dtype=bool)
+        _add_rows(
+            probs,
+            name,
+            rows[both_blank],
+            'empty_text',
+            [
+                f'both item {i!r} has ' + ('empty text' if text == '' else f'only invisible characters in its text'
+                                           f' ({_code_points(text)})') + ': a both item needs its two parts'
+                for i, text in zip(ids[both_blank], texts[both_blank])
+            ],
+            "fill in its text (e.g. the title), or make its modality 'image' if it has only a cover",
+        )
+        with_text = has_part(code, 'text')
+        if (control := _control_problem(name, rows[with_text], texts[with_text])) is not None:
             probs.append(control)
-    img = code == 1
+    img = has_part(code, 'image')
     ignored = (code == 0) & (refs != '')
     _add_rows(
         probs,
@@ -986,7 +1019,7 @@ def _check_items(
     )
     refs = np.where(img, refs, '').astype(object)  # only image items have an image
     if 'image' in df.columns:
-        noref = img & (refs == '')
+        noref = (code == 1) & (refs == '')
         _add_rows(
             probs,
             name,
@@ -995,10 +1028,21 @@ def _check_items(
             [f'image item {i!r} has an empty image column' for i in ids[noref]],
             "write the image's path (relative to the folder) or LMDB key into the image column",
         )
+        both_noref = (code == BOTH) & (refs == '')
+        _add_rows(
+            probs,
+            name,
+            rows[both_noref],
+            'missing_image',
+            [f'both item {i!r} has an empty image column: a both item needs its two parts' for i in ids[both_noref]],
+            "write the cover's path (relative to the folder) or LMDB key into the image column, or make its"
+            " modality 'text' if it has only a title",
+        )
         store = _image_store(path, meta, probs)
         has = img & (refs != '')
         if has.any():
-            _check_images(path, store, rows[has], refs[has], ids[has], decode_images, probs)
+            kinds = np.array([MODALITIES[modality_code] for modality_code in code[has]], dtype=object)
+            _check_images(path, store, rows[has], refs[has], ids[has], decode_images, probs, kinds)
     else:
         store = _image_store(path, meta, probs)
     return dict(item_ids=ids, modality=code, texts=texts, image_refs=refs, image_store=store)
@@ -1301,10 +1345,12 @@ class MoMDataset:
 
     def __repr__(self):
         modality_counts = np.bincount(self.modality, minlength=len(MODALITIES))
+        shown = [(modality, count) for modality, count in zip(MODALITIES, modality_counts)
+                 if modality != 'both' or count]  # 'both' only when there are some
         return (
             f"MoMDataset({self.name!r}{' SYNTHETIC' if self.synthetic else ''}: {self.n_users} users,"
             f" {self.n_items} items ("
-            f"{', '.join(f'{count} {modality}' for modality, count in zip(MODALITIES, modality_counts))}),"
+            f"{', '.join(f'{count} {modality}' for modality, count in shown)}),"
             f" {self.n_interactions} interactions)"
         )
 
@@ -1319,7 +1365,7 @@ class MoMDataset:
         fail = lambda kind, what, fix: DataError(
             [Problem('items.tsv', i + 1, kind, f'item {i} ({iid!r}): {what}', fix)], self.path
         )
-        if self.modality[i] != MODALITIES.index('image'):
+        if self.modality[i] not in (PARTS.index('image'), BOTH):
             raise fail(
                 'missing_image',
                 'is a text item: it has no image (its image column is ignored)',
@@ -1440,7 +1486,7 @@ META_SCHEMA = {
     'image_store': str,
     'counts': dict,
 }
-META_COUNTS = ('users', 'items', 'interactions', 'text_items', 'image_items')
+META_COUNTS = ('users', 'items', 'interactions', 'text_items', 'image_items', 'both_items')
 _JSON_TYPES = {str: 'a string', bool: 'true or false', dict: 'an object {...}'}
 
 
@@ -1810,11 +1856,12 @@ class ValidationReport:
 
     def render(self) -> str:
         counts, stats = self.counts, self.seq_len
+        shown = [modality for modality in MODALITIES if modality != 'both' or counts.get('both_items')]
         out = [f'MoM data set {self.path}' + (f'  ({self.settings})' if self.settings else '')]
         if counts:
             out.append(
                 f"  items: {counts.get('items', 0)}  ("
-                + ', '.join(f"{modality} {counts.get(modality + '_items', 0)}" for modality in MODALITIES)
+                + ', '.join(f"{modality} {counts.get(modality + '_items', 0)}" for modality in shown)
                 + (
                     f", unknown modality {counts['unknown_modality_items']}"
                     if counts.get('unknown_modality_items')
@@ -1825,7 +1872,7 @@ class ValidationReport:
             out.append(
                 f"  interactions: {counts.get('interactions', 0)}  ("
                 + ', '.join(
-                    f"{modality} {counts.get(modality + '_interactions', 0)}" for modality in MODALITIES
+                    f"{modality} {counts.get(modality + '_interactions', 0)}" for modality in shown
                 )
                 + ')'
                 + (
@@ -2329,7 +2376,7 @@ def pixel_store_dir(path, size: int) -> Path:
 
 # %% ../nbs/01_data.ipynb #p009s2
 def _image_items(dataset) -> np.ndarray:
-    return np.flatnonzero(np.asarray(dataset.modality) == MODALITIES.index('image'))
+    return np.flatnonzero(has_part(np.asarray(dataset.modality), 'image'))
 
 # %% ../nbs/01_data.ipynb #p009s3
 def _pixel_manifest(dataset, size: int) -> dict:

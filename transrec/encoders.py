@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from .core import ModelConfig, log, banner, atomic_write, write_json
-from .data import MODALITIES, _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted
+from .data import MODALITIES, PARTS, BOTH, has_part, _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted
 from .data import pixel_store_dir
 
 # %% auto #0
@@ -492,7 +492,7 @@ class ItemContent:
         self.modality = torch.as_tensor(modality)
         self.n_items = len(modality)
         self._rows, self.n_by_modality = np.zeros(self.n_items, np.int64), []
-        for code in range(len(MODALITIES)):
+        for code in range(len(PARTS)):
             items_of_modality = np.nonzero(modality == code)[0]
             self._rows[items_of_modality] = np.arange(len(items_of_modality))
             self.n_by_modality.append(len(items_of_modality))
@@ -743,7 +743,7 @@ class ItemTower(nn.Module):
         self.text = TextEncoder(cfg, pretrained, trainable_blocks=n_trainable)
         self.image = ImageEncoder(cfg, pretrained, trainable_blocks=n_trainable)
         on_items = cfg.modality_embedding == 'items'
-        self.modality_embedding = nn.Embedding(len(MODALITIES), cfg.dim) if on_items else None
+        self.modality_embedding = nn.Embedding(len(PARTS), cfg.dim) if on_items else None
         if self.modality_embedding is not None:
             nn.init.normal_(self.modality_embedding.weight, std=0.02)   # start as a small offset
 

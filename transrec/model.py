@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from .core import ModelConfig, log, atomic_write, module_device
 from .encoders import ItemTower, ItemContent, make_content, dataset_item_key, count_parameters
-from .data import MODALITIES
+from .data import MODALITIES, PARTS, BOTH
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'bert_init_', 'UserTower', 'last_valid', 'first_occurrence', 'gather_candidates', 'train_seq_len',
@@ -47,7 +47,7 @@ class UserTower(nn.Module):
                                            batch_first=True, norm_first=not post)
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, norm=None if post else nn.LayerNorm(dim),
                                              enable_nested_tensor=False)
-        self.modality = nn.Embedding(len(MODALITIES), dim) if cfg.modality_embedding == 'history' else None
+        self.modality = nn.Embedding(len(PARTS), dim) if cfg.modality_embedding == 'history' else None
         if self.modality is not None:
             nn.init.normal_(self.modality.weight, std=0.02)   # a small offset at first
         if post: self.apply(bert_init_)
