@@ -1,4 +1,4 @@
-"Cold-start items (issue #23 item 4): test metrics by the test item's training count, ID model versus TransRec."
+"Cold-start items (issue #23 item 4): test metrics by the test item's training count; ID model vs TransRec."
 import json
 
 import numpy as np
@@ -15,8 +15,8 @@ TOPICS = {'music': 'guitar song band melody', 'sport': 'football goal match team
           'health': 'doctor hospital medicine nurse'}
 WARM_PER_TOPIC, COLD_PER_TOPIC, USERS_PER_TOPIC, HISTORY = 16, 12, 16, 7
 SMALL = dict(dim=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0)
-TRAIN = TrainConfig(epochs=30, batch_size=16, lr=1e-2, encoder_lr=1e-3, warmup_steps=0, device='cpu', amp='none',
-                    threads=1, num_workers=0, log_every=1, patience=30)
+TRAIN = TrainConfig(epochs=30, batch_size=16, lr=1e-2, encoder_lr=1e-3, warmup_steps=0, device='cpu',
+                    amp='none', threads=1, num_workers=0, log_every=1, patience=30)
 
 
 def topic_target(path, seed: int = 0):
@@ -29,14 +29,16 @@ def topic_target(path, seed: int = 0):
         warm = [f'{topic}-w{i}' for i in range(WARM_PER_TOPIC)]
         cold = [f'{topic}-c{i}' for i in range(COLD_PER_TOPIC)]
         for item in warm + cold:
-            items.append((item, 'text', f"{' '.join(rng.permutation(words.split()))} item {item.split('-')[1]}", ''))
+            text = f"{' '.join(rng.permutation(words.split()))} item {item.split('-')[1]}"
+            items.append((item, 'text', text, ''))
         for user in range(USERS_PER_TOPIC):
             seen = list(rng.choice(warm, HISTORY + 1, replace=False))
             last = rng.choice(cold) if user % 3 else seen[-1]
             for step, item in enumerate(seen[:HISTORY] + [last]):
                 clicks.append((f'{topic}-u{user}', item, step))
-    return write_dataset(path, pd.DataFrame(items, columns=['item_id', 'modality', 'text', 'image']),
-                         pd.DataFrame(clicks, columns=['user_id', 'item_id', 'timestamp']), {'synthetic': True})
+    items = pd.DataFrame(items, columns=['item_id', 'modality', 'text', 'image'])
+    clicks = pd.DataFrame(clicks, columns=['user_id', 'item_id', 'timestamp'])
+    return write_dataset(path, items, clicks, {'synthetic': True})
 
 
 def chance_ndcg(candidates: int, k: int = 10) -> float:
@@ -51,8 +53,9 @@ def target(tmp_path_factory):
 
 def run(target, out, kind, epochs: int = 30, **model):
     if not target.exists(): topic_target(target)
-    return run_experiment(str(target), out, ModelConfig(kind=kind, **SMALL, **model), TRAIN.replace(epochs=epochs),
-                          experiment='train', progress=False)
+    model_cfg = ModelConfig(kind=kind, **SMALL, **model)
+    return run_experiment(str(target), out, model_cfg, TRAIN.replace(epochs=epochs), experiment='train',
+                          progress=False)
 
 
 def test_the_target_has_cold_test_items(target, tmp_path):
@@ -74,11 +77,11 @@ def test_transrec_ranks_cold_items_above_chance_and_an_id_model_cannot(target, t
     candidates = len(TOPICS) * (WARM_PER_TOPIC + COLD_PER_TOPIC) - HISTORY       # the test history is masked
     uninformed = chance_ndcg(len(TOPICS) * COLD_PER_TOPIC)
     id_model = run(target, tmp_path/'id', 'id_sasrec')['test']['by_item_count']
-    transrec = run(target, tmp_path/'transrec', 'transrec', epochs=6, text_max_tokens=12, text_trainable_blocks=0,
-                   text_pooling='mean')['test']['by_item_count']
+    transrec = run(target, tmp_path/'transrec', 'transrec', epochs=6, text_max_tokens=12,
+                   text_trainable_blocks=0, text_pooling='mean')['test']['by_item_count']
     # both learned the topics: warm test items are found far above chance
     for bins in (id_model, transrec): assert bins['5+']['NDCG@10'] > 4 * chance_ndcg(candidates)
-    # a cold item's ID embedding was never trained: no better than an uninformed order; its text names its topic
+    # a cold item's ID embedding was never trained: no better than an uninformed order; its text names a topic
     assert id_model['0']['NDCG@10'] <= uninformed
     assert transrec['0']['NDCG@10'] > 1.5 * uninformed
     assert transrec['0']['NDCG@10'] > id_model['0']['NDCG@10'] + uninformed
