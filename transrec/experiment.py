@@ -536,6 +536,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     from transrec.train import fit
     from transrec.data import validation_views
     from transrec.metrics import item_count_labels
+    from transrec.tracking import write_hparams, run_hparams
     start = time.time()
     out_dir = Path(out_dir)
     init = check_init(init) if init is not None else None
@@ -602,6 +603,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
              params=_used_params(params, model.cfg, train_cfg), params_given=params,
              wall_time_s=time.time() - start, device=str(device), environment=environment_info())
     write_metrics(out_dir, m)
+    write_hparams(out_dir, *run_hparams(m))      # TensorBoard's HParams table (with tensorboard)
     return m
 
 # %% ../nbs/11_experiment.ipynb #pb09
