@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from .core import log
+from .data import MODALITIES
+from .metrics import item_count_labels
 
 # %% auto #0
-__all__ = ['TENSORBOARD_INSTALL', 'EPOCH_PREFIXES', 'EVENT_FILE_GLOB', 'HPARAM_METRICS', 'summary_writer_class', 'scalar_items',
-           'event_scalars', 'TensorBoardLog', 'tensorboard_log', 'hparam_value', 'write_hparams', 'read_tensorboard',
-           'run_hparams']
+__all__ = ['TENSORBOARD_INSTALL', 'EPOCH_PREFIXES', 'EVENT_FILE_GLOB', 'HPARAM_METRICS', 'HPARAM_SETTINGS',
+           'summary_writer_class', 'scalar_items', 'event_scalars', 'TensorBoardLog', 'tensorboard_log', 'hparam_value',
+           'write_hparams', 'read_tensorboard', 'run_hparams']
 
 # %% ../nbs/16_tracking.ipynb #tk05
 TENSORBOARD_INSTALL = "pip install 'transrec[tracking]'   (or: pip install tensorboard)"
@@ -109,16 +111,18 @@ def hparam_value(value):
 
 # %% ../nbs/16_tracking.ipynb #tk19
 def write_hparams(run_dir, hparams: dict, metrics: dict, step: int = 0) -> bool:
-    "One HParams session in `run_dir`: `hparams` (settings), `metrics` ({name: number}, tags `hparam/name`)."
+    """One HParams session in `run_dir`: `hparams` (settings) and `metrics` ({name: number or None}, tags
+    `hparam/name`); every name is a column, a None or non-finite value an empty cell."""
     writer_class = summary_writer_class()
     if writer_class is None: return False
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
     settings = {name: hparam_value(value) for name, value in hparams.items()}
-    tags = {f'hparam/{name}': float(value) for name, value in scalar_items(metrics).items()}
+    columns = {f'hparam/{name}': 0.0 for name in metrics}
+    values = scalar_items({f'hparam/{name}': value for name, value in metrics.items()})
     with writer_class(log_dir=str(run_dir)) as writer:
-        for summary in hparams_summaries(settings, tags):      # experiment, session start, session end
+        for summary in hparams_summaries(settings, columns):    # experiment, session start, session end
             writer.file_writer.add_summary(summary, step)
-        for tag, value in tags.items(): writer.add_scalar(tag, value, step)
+        for tag, value in values.items(): writer.add_scalar(tag, value, step)
     return True
 
 # %% ../nbs/16_tracking.ipynb #tk21
@@ -147,18 +151,32 @@ def read_tensorboard(run_dir) -> dict:
 
 # %% ../nbs/16_tracking.ipynb #tk25
 HPARAM_METRICS = ('NDCG@10', 'HR@10', 'MRR')
+HPARAM_SETTINGS = ('seed', 'lr', 'encoder_lr', 'epochs', 'batch_size', 'kind', 'dim', 'n_layers', 'loss',
+                   'text_trainable_blocks', 'image_trainable_blocks')
+
+def _given(params: dict) -> dict:
+    "The parameters a run was given, its `model` and `train` sections spread into them."
+    flat = {key: value for key, value in params.items() if not isinstance(value, dict)}
+    for section in params.values():
+        if isinstance(section, dict): flat.update(section)
+    return flat
 
 def run_hparams(metrics: dict) -> tuple[dict, dict]:
     "(settings, final metrics) of a run's `metrics.json` dict for `write_hparams`."
+    used = metrics.get('params') or {}
     settings = {'data': (metrics.get('data') or {}).get('name'), 'method': metrics.get('method'),
                 'init': metrics.get('init'), 'experiment': metrics.get('experiment'),
-                'test_users': metrics.get('test_users'), **(metrics.get('params') or {})}
+                'fraction': metrics.get('fraction'), 'test_users': metrics.get('test_users'),
+                **{name: used[name] for name in HPARAM_SETTINGS if name in used},
+                **_given(metrics.get('params_given') or {})}
     test = metrics.get('test') or {}
     final = {f'test_{name}': test.get(name) for name in HPARAM_METRICS}
-    for group in ('by_item_count', 'by_modality'):
-        for label, bin_metrics in (test.get(group) or {}).items():
-            name = f'items_{label}' if group == 'by_item_count' else label
-            final.update({f'test_{name}_{metric}': bin_metrics.get(metric) for metric in HPARAM_METRICS})
-    final.update(zero_shot_NDCG_10=(metrics.get('zero_shot') or {}).get('NDCG@10'),
-                 best_epoch=metrics.get('best_epoch'), wall_time_s=metrics.get('wall_time_s'))
-    return settings, {name: value for name, value in final.items() if value is not None}
+    groups = (('by_item_count', 'items_', metrics.get('item_count_bins') or item_count_labels()),
+              ('by_modality', '', MODALITIES))
+    for group, prefix, labels in groups:                   # every bin declared: the same columns in every run
+        for label in labels:
+            part = (test.get(group) or {}).get(label) or {}
+            final.update({f'test_{prefix}{label}_{metric}': part.get(metric) for metric in HPARAM_METRICS})
+    final.update({'zero_shot_NDCG@10': (metrics.get('zero_shot') or {}).get('NDCG@10'),
+                  'best_epoch': metrics.get('best_epoch'), 'wall_time_s': metrics.get('wall_time_s')})
+    return settings, final
