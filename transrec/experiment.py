@@ -418,27 +418,33 @@ def sample_users(ds, fraction: float, seed: int):
     return ds.subset_users(split_users(ds.n_users, fraction, seed)[0])
 
 # %% ../nbs/11_experiment.ipynb #c011g
-def group_metrics(ranks, target_modality, mask) -> dict | None:
-    "`metrics_from_ranks` (+ `by_modality`) of the users where `mask` is true; None if there are none."
-    from transrec.metrics import metrics_from_ranks, metrics_by_modality
+def group_metrics(ranks, target_modality, mask, target_counts=None) -> dict | None:
+    """`metrics_from_ranks` (+ `by_modality`, + `by_item_count` with `target_counts`) of the users where
+    `mask` is true; None if there are none."""
+    from transrec.metrics import metrics_from_ranks, metrics_by_modality, metrics_by_item_count
     mask = np.asarray(mask, dtype=bool)
     if not mask.any(): return None
     ranks = np.asarray(ranks)[mask]
     by_modality = metrics_by_modality(ranks, np.asarray(target_modality)[mask])
-    return {**metrics_from_ranks(ranks), 'by_modality': by_modality}
+    out = {**metrics_from_ranks(ranks), 'by_modality': by_modality}
+    if target_counts is not None:
+        out['by_item_count'] = metrics_by_item_count(ranks, np.asarray(target_counts)[mask])
+    return out
 
 # %% ../nbs/11_experiment.ipynb #x62257fa
-def ranked_groups(model, ds, content, split: str, device, held_out) -> tuple[dict, dict]:
+def ranked_groups(model, ds, content, split: str, device, held_out, train_counts=None) -> tuple[dict, dict]:
     """Evaluate every user of `ds` once: ({'cold', 'warm', 'all'} -> metrics, per-user arrays); cold =
-    `held_out` rows."""
+    `held_out` rows. `train_counts` (per item) adds `by_item_count` to each group."""
     from transrec.metrics import evaluate
     from transrec.data import split_targets
     res = evaluate(model, ds, content, split=split, device=device, return_ranks=True)
     rows, ranks = np.asarray(res['users']), np.asarray(res['ranks'])
-    modality = ds.modality[split_targets(ds, split, rows)]
+    targets = split_targets(ds, split, rows)
+    modality = ds.modality[targets]
+    counts = None if train_counts is None else np.asarray(train_counts)[targets]
     cold = np.isin(rows, np.asarray(held_out, dtype=np.int64))
-    groups = dict(cold=group_metrics(ranks, modality, cold), warm=group_metrics(ranks, modality, ~cold),
-                  all=group_metrics(ranks, modality, np.ones(len(rows), bool)))
+    groups = {name: group_metrics(ranks, modality, mask, counts)
+              for name, mask in (('cold', cold), ('warm', ~cold), ('all', np.ones(len(rows), bool)))}
     per_user = dict(user=ds.user_ids[rows].astype(str), rank=ranks.astype(np.int64),
                     group=np.where(cold, 'cold', 'warm').astype(str))
     return groups, per_user
@@ -537,6 +543,8 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     from transrec.encoders import make_content
     from transrec.train import fit
     from transrec.data import validation_views
+    from transrec.metrics import item_count_labels
+    from transrec.tracking import write_hparams, run_hparams
     start = time.time()
     out_dir = Path(out_dir)
     init = check_init(init) if init is not None else None
@@ -562,13 +570,14 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     # logQ: the training users' training items only (val_items > 1: without their extra validation targets)
     trained_on = validation_views(train_ds, train_cfg.val_items)[0]
     content = make_content(model.cfg, trained_on, prefix_cache=train_cfg.prefix_cache)
+    train_counts = trained_on.popularity()         # each item's training count: test metrics by_item_count
     headline = 'cold' if len(held_idx) else 'all'
     zero_shot = None
     if init is not None:
         mismatch = model_data_mismatch(init, ds, data)
         if mismatch: banner(f'WARNING: {mismatch}; fine-tuning goes on with the data as it is now')
         model.fit_data(trained_on)
-        zero_shot, _ = ranked_groups(model.to(device), ds, content, 'test', device, held_idx)
+        zero_shot, _ = ranked_groups(model.to(device), ds, content, 'test', device, held_idx, train_counts)
         log.info(f"zero-shot test NDCG@10 ({headline} users) = {zero_shot[headline]['NDCG@10']:.4f}")
     write_run_params(out_dir, recorded, fingerprint)
     tracked = train_cfg.track_heldout and len(held_idx) > 0
@@ -581,7 +590,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     model = res.model
     write_data_record(res.best_dir, ds, data)      # the model folder says what data it saw
     model.to(device).fit_data(trained_on)
-    test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx)
+    test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx, train_counts)
     valid, _ = ranked_groups(model, ds, content, 'valid', device, held_idx)
     write_per_user(out_dir, per_user['user'], per_user['rank'], per_user['group'])
     zero_shot = zero_shot or {}
@@ -590,6 +599,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
              method=model_cfg.kind if init is None else f'{model_cfg.kind}-pretrained',
              image_weights=image_weights_note(model.cfg), test_users=headline,
              users=dict(fine_tune=int(len(tune_idx)), held_out=int(len(held_idx)), split_seed=train_cfg.seed),
+             item_count_bins=item_count_labels(),
              test=test[headline], test_cold=test['cold'], test_warm=test['warm'], test_all=test['all'],
              valid=valid['warm'], valid_all=valid['all'],
              zero_shot=zero_shot.get(headline), zero_shot_cold=zero_shot.get('cold'),
@@ -601,8 +611,8 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
              params=_used_params(params, model.cfg, train_cfg), params_given=params,
              wall_time_s=time.time() - start, device=str(device), environment=environment_info())
     write_metrics(out_dir, m)
+    write_hparams(out_dir, *run_hparams(m))      # TensorBoard's HParams table (with tensorboard)
     return m
-
 
 # %% ../nbs/11_experiment.ipynb #pb09
 @dataclass

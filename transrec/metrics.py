@@ -12,9 +12,9 @@ from .core import module_device
 from .data import MODALITIES
 
 # %% auto #0
-__all__ = ['CPU_TILE_ITEMS', 'default_tile_items', 'target_ranks', 'per_user_metrics', 'metrics_from_ranks',
-           'metrics_by_modality', 'full_rank_metrics', 'topk_items', 'user_vectors_for', 'evaluate', 'flatten_metrics',
-           'mean_interval', 'paired_test']
+__all__ = ['CPU_TILE_ITEMS', 'ITEM_COUNT_EDGES', 'default_tile_items', 'target_ranks', 'per_user_metrics', 'metrics_from_ranks',
+           'metrics_by_modality', 'item_count_labels', 'metrics_by_item_count', 'full_rank_metrics', 'topk_items',
+           'user_vectors_for', 'evaluate', 'flatten_metrics', 'mean_interval', 'paired_test']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def _check_vectors(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.dtype:
@@ -234,6 +234,38 @@ def metrics_by_modality(ranks, target_modality, ks=(5, 10, 20)) -> dict:
         users = torch.from_numpy(np.flatnonzero(target_modality == code))
         if len(users):
             out[name] = metrics_from_ranks(ranks[users], ks)
+    return out
+
+# %% ../nbs/07_metrics.ipynb #ic02
+ITEM_COUNT_EDGES = (1, 5)     # training-count bins [0, 1), [1, 5), [5, inf): cold, rare, frequent items
+
+def item_count_labels(edges=ITEM_COUNT_EDGES) -> list[str]:
+    "Names of the bins that `edges` cut training counts into: (1, 5) -> ['0', '1-4', '5+']."
+    edges = [int(edge) for edge in edges]
+    if not edges or edges[0] < 1 or any(low >= high for low, high in zip(edges, edges[1:])):
+        raise ValueError(f"item count edges={tuple(edges)} must be increasing whole numbers >= 1, "
+                         "e.g. (1, 5) for the bins 0, 1-4 and 5+")
+    bounds = [0, *edges]
+    labels = [str(low) if high - low == 1 else f'{low}-{high - 1}' for low, high in zip(bounds, bounds[1:])]
+    return labels + [f'{edges[-1]}+']
+
+# %% ../nbs/07_metrics.ipynb #ic04
+def metrics_by_item_count(ranks, target_counts, edges=ITEM_COUNT_EDGES, ks=(5, 10, 20)) -> dict:
+    "`metrics_from_ranks` per bin of the target's training count (`item_count_labels(edges)`), non-empty bins."
+    ranks = torch.as_tensor(ranks).reshape(-1)
+    target_counts = np.asarray(target_counts).reshape(-1)
+    if len(target_counts) != len(ranks):
+        raise ValueError(f"target_counts has {len(target_counts)} entries for {len(ranks)} ranks: give the "
+                         "training count of each user's target item, in the order of the ranks")
+    if len(target_counts) and target_counts.min() < 0:
+        raise ValueError("target_counts must be counts >= 0 (how often each target occurs in training)")
+    labels = item_count_labels(edges)
+    bins = np.searchsorted(np.asarray(edges), target_counts, side='right')
+    out = {}
+    for code, label in enumerate(labels):
+        users = torch.from_numpy(np.flatnonzero(bins == code))
+        if len(users):
+            out[label] = metrics_from_ranks(ranks[users], ks)
     return out
 
 # %% ../nbs/07_metrics.ipynb #c018

@@ -14,12 +14,12 @@ from .experiment import (TRANSFER_METHODS, TRANSFER_TARGETS, RESUME_IGNORES, che
 
 # %% auto #0
 __all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'seed_interval', 'interval_excludes_zero', 'gain_interval', 'difference_interval',
-           'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell', 'format_interval', 'table_markdown',
-           'target_shift', 'gain_vs_shift', 'gain_shift_figure', 'regret_summary', 'study_regrets', 'regret_markdown',
-           'rule_regret_table', 'load_name', 'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_study',
-           'markdown_table_html', 'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_study',
-           'scaling_figures', 'scaling_markdown', 'user_interval', 'run_summary', 'compare_runs', 'compare_markdown',
-           'main']
+           'item_count_cells', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell', 'format_interval',
+           'item_count_columns', 'table_markdown', 'target_shift', 'gain_vs_shift', 'gain_shift_figure',
+           'regret_summary', 'study_regrets', 'regret_markdown', 'rule_regret_table', 'load_name', 'notebooks_dir',
+           'run_or_reuse', 'study_seeds', 'transfer_study', 'markdown_table_html', 'transfer_figure',
+           'write_transfer_reports', 'curve_band', 'scaling_study', 'scaling_figures', 'scaling_markdown',
+           'user_interval', 'run_summary', 'compare_runs', 'compare_markdown', 'main']
 
 # %% ../nbs/12_study.ipynb #c027
 METHOD_LABELS = {'transrec': 'TransRec (scratch)',
@@ -58,6 +58,19 @@ def difference_interval(pretrained, scratch) -> dict | None:
     return _significant_interval([pre - base for pre, base in zip(pretrained, scratch)
                                   if pre is not None and base is not None])
 
+# %% ../nbs/12_study.ipynb #ic11
+def item_count_cells(by_method: dict, metric: str = 'NDCG@10') -> dict:
+    "`{method: {bin: interval over seeds of metric}}` from the runs' `by_item_count` (none: left out)."
+    cells = {}
+    for method, runs in by_method.items():
+        by_bin = {}
+        for run in runs:
+            for label, bin_metrics in ((run or {}).get('by_item_count') or {}).items():
+                by_bin.setdefault(label, []).append(bin_metrics.get(metric))
+        intervals = {label: seed_interval(values) for label, values in by_bin.items()}
+        if any(intervals.values()): cells[method] = intervals
+    return cells
+
 # %% ../nbs/12_study.ipynb #c028
 def aggregate_seeds(results: dict, metrics=('NDCG@10', 'HR@10')) -> dict:
     "`results[target][method]`: one metrics dict per seed -> rows of intervals over seeds and the gain."
@@ -69,6 +82,7 @@ def aggregate_seeds(results: dict, metrics=('NDCG@10', 'HR@10')) -> dict:
         pretrained, scratch = ndcg.get('transrec-pretrained', []), ndcg.get('transrec', [])
         row['gain_NDCG@10'] = gain_interval(pretrained, scratch)
         row['diff_NDCG@10'] = difference_interval(pretrained, scratch)
+        row['by_item_count'] = item_count_cells(by_method)
         rows[target] = row
     return rows
 
@@ -139,6 +153,28 @@ def _gain_text(gain: dict | None, percent: bool = True) -> str:
     sign = '+' if not percent and gain['mean'] >= 0 else ''
     return sign + format_interval(gain, percent=percent) + mark
 
+# %% ../nbs/12_study.ipynb #ic13
+def item_count_columns(rows: dict, metric: str = 'NDCG@10') -> tuple[list[str], dict]:
+    """The cold-item column group of the transfer table: (header cells, {target: cells}); a cell holds a
+    method's mean `metric` per training-count bin over seeds, '0.0123 / 0.0456 / 0.0789', '–' for a bin
+    without users; no columns when no run has the breakdown."""
+    from transrec.metrics import item_count_labels
+    by_target = {target: row.get('by_item_count') or {} for target, row in rows.items()}
+    methods = [m for m in METHOD_LABELS if any(m in cells for cells in by_target.values())]
+    labels = item_count_labels()
+    for cells in by_target.values():                          # bins of other edges, in the order seen
+        for intervals in cells.values():
+            labels += [label for label in intervals if label not in labels]
+    labels = [label for label in labels if any(label in intervals for cells in by_target.values()
+                                               for intervals in cells.values())]
+    bins = ' / '.join(labels)
+    head = [f"{METHOD_LABELS[m]} {metric} by the test item's training count ({bins})" for m in methods]
+    def cell(intervals):
+        if not intervals: return ''
+        means = [f"{intervals[label]['mean']:.4f}" if intervals.get(label) else '–' for label in labels]
+        return ' / '.join(means)
+    return head, {target: [cell(cells.get(m)) for m in methods] for target, cells in by_target.items()}
+
 # %% ../nbs/12_study.ipynb #x89a37fb
 def _p_text(paired: dict | None) -> str:
     if not paired: return ''
@@ -148,10 +184,11 @@ def _p_text(paired: dict | None) -> str:
 def table_markdown(rows: dict, metric: str = 'NDCG@10', shifts: dict | None = None) -> str:
     "A markdown table of `aggregate_seeds` rows: intervals over seeds, the gain and the paired p-value."
     methods = [m for m in METHOD_LABELS if any(m in row for row in rows.values())]
+    count_head, count_cells = item_count_columns(rows, metric)
     head = ('| target | shift | seeds | ' + ' | '.join(f'{METHOD_LABELS[m]} {metric}' for m in methods)
             + f' | gain {metric} (pre-trained vs scratch) | difference {metric} (pre-trained − scratch)'
-            + ' | p (paired, users) |')
-    lines = [head, '|' + '---|' * (6 + len(methods))]
+            + ' | p (paired, users) |' + ''.join(f' {cell} |' for cell in count_head))
+    lines = [head, '|' + '---|' * (6 + len(methods) + len(count_head))]
     for target, row in rows.items():
         seeds, shift = _row_seeds(row), (shifts or {}).get(target)
         cells = [format_interval((row.get(m) or {}).get(metric), seeds=seeds) for m in methods]
@@ -159,7 +196,8 @@ def table_markdown(rows: dict, metric: str = 'NDCG@10', shifts: dict | None = No
         lines.append(f"| {target} | {shift_text} | {seeds} | " + ' | '.join(cells)
                      + f" | {_gain_text(row.get('gain_NDCG@10'))}"
                      + f" | {_gain_text(row.get('diff_NDCG@10'), percent=False)}"
-                     + f" | {_p_text(row.get('paired_NDCG@10'))} |")
+                     + f" | {_p_text(row.get('paired_NDCG@10'))} |"
+                     + ''.join(f' {cell} |' for cell in count_cells[target]))
     return '\n'.join(lines)
 
 # %% ../nbs/12_study.ipynb #st24

@@ -236,8 +236,10 @@ def resume_checkpoint(root, model: nn.Module, device='cpu',
 
 # %% ../nbs/08_train.ipynb #c019
 class MetricsLog:
-    "Append-only JSON-lines event log (a no-op on non-zero ranks)."
-    def __init__(self, path, enabled: bool = True): self.path, self.enabled = Path(path), enabled
+    """Append-only JSON-lines event log (a no-op on non-zero ranks); `mirror` (`tracking.TensorBoardLog`) gets
+    every truncate and event too."""
+    def __init__(self, path, enabled: bool = True, mirror=None):
+        self.path, self.enabled, self.mirror = Path(path), enabled, mirror if enabled else None
 
     @property
     def offset(self) -> int: return self.path.stat().st_size if self.enabled and self.path.exists() else 0
@@ -246,11 +248,16 @@ class MetricsLog:
         if not self.enabled: return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, 'a+b') as file: file.truncate(offset)
+        if self.mirror is not None: self.mirror.truncate(offset)
 
     def write(self, event: str, **values):
         if not self.enabled: return
         line = json.dumps(jsonable(dict(event=event, time=time.time(), **values)))
         with open(self.path, 'a') as file: file.write(line + '\n')
+        if self.mirror is not None: self.mirror.write(event, **values)
+
+    def close(self):
+        if self.mirror is not None: self.mirror.close()
 
 # %% ../nbs/08_train.ipynb #xc842529
 def read_metrics(path) -> list[dict]:
@@ -982,15 +989,18 @@ def _evaluate_only(model, ds, content, cfg, out_dir, dist_info, metrics_log, sta
 def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: bool = True,
         progress: bool = True, checkpoint_every: int | None = None, keep_checkpoints: int = 2,
         validate_start: bool = False, heldout: tuple | None = None) -> FitResult:
-    "Train `model` on `ds` with `cfg`, writing checkpoints, `best/` and `metrics.jsonl` under `out_dir`."
+    """Train `model` on `ds` with `cfg`, writing checkpoints, `best/`, `metrics.jsonl` (and TensorBoard event
+    files, with tensorboard installed) under `out_dir`."""
+    from transrec.tracking import tensorboard_log
     start_time, out_dir = time.time(), Path(out_dir)
     if cfg.track_heldout and heldout is None:
         raise ValueError("TrainConfig.track_heldout=True: give fit(..., heldout=(data set, user rows)) "
                          "(run_experiment gives its held-out users), or set track_heldout=False")
-    dist_info, done = init_distributed(cfg.device), False
+    dist_info, done, metrics_log = init_distributed(cfg.device), False, None
     try:
         _prepare_out_dir(out_dir, resume, dist_info)
-        metrics_log = MetricsLog(out_dir/'metrics.jsonl', enabled=dist_info.is_main)
+        metrics_log = MetricsLog(out_dir/'metrics.jsonl', enabled=dist_info.is_main,
+                                 mirror=tensorboard_log(out_dir, dist_info.is_main))
         from transrec.data import validation_views
         trained_on = validation_views(ds, cfg.val_items)[0]          # no estimate sees a validation target
         if hasattr(model, 'fit_data'): model.fit_data(trained_on)
@@ -1009,6 +1019,7 @@ def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: b
         done = True
         return result
     finally:
+        if metrics_log is not None: metrics_log.close()
         if dist_info.created and dist.is_initialized():
             # let every rank finish its last collective before tearing down (gloo)
             if done: dist.barrier()
@@ -1068,6 +1079,9 @@ def main(argv=None) -> FitResult:
                  checkpoint_every=args.checkpoint_every)
     if int(os.environ.get('RANK', '0')) == 0:
         if result.best_dir: write_data_record(result.best_dir, ds, args.data)   # what best/ was trained on
+        from transrec.tracking import write_hparams, HPARAM_METRICS       # the TensorBoard HParams session
+        write_hparams(args.out, {'data': args.data, **model_cfg.to_dict(), **train_cfg.to_dict()},
+                      {f'test_{name}': (result.test or {}).get(name) for name in HPARAM_METRICS})
         print(json.dumps(result.summary(), indent=2))
     return result
 
