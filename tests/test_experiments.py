@@ -187,8 +187,9 @@ def test_scaling(env, pretrained):
 def test_selection_study(env, pretrained):
     "Every rule replayed on every run, per val_items; the baseline is paired with each rule; runs are reused."
     out = env/'selection'
-    params = dict(targets=['qb_text'], fractions=[0.5], validation_items=[1, 2], seeds=1, pretrained=str(pretrained/'best'),
-                  out_dir=str(out), finetune_epochs=2, finetune_train={'batch_size': 32}, **STUDY)
+    params = dict(targets=['qb_text'], fractions=[0.5], validation_items=[1, 2], seeds=1,
+                  pretrained=str(pretrained/'best'), out_dir=str(out), finetune_epochs=2,
+                  finetune_train={'batch_size': 32}, **STUDY)
     run('selection', env/'selection.ipynb', **params)
     s = json.loads((out/'selection.json').read_text())
     assert s['baseline'] == 'ndcg, patience 5 (today), 1 validation item'

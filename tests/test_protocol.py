@@ -72,7 +72,7 @@ def test_presets_and_overrides():
     assert (train_cfg.epochs, train_cfg.lr, model_cfg.dim, model_cfg.loss) == (2, 1e-4, 64, 'bce')
     model_cfg, train_cfg = experiment_configs('finetune', experiment_params('finetune', {
         **{k: d for k, (d, _) in EXPERIMENT_PARAMS['finetune'].items()}, 'init': 'scratch'}))
-    assert model_cfg == ModelConfig() and (train_cfg.epochs, train_cfg.patience) == (30, 5)
+    assert model_cfg == ModelConfig() and (train_cfg.epochs, train_cfg.select_on, train_cfg.patience) == (30, 'last', 0)
     assert preset_configs('workbench', 'pretrain')[1].epochs == 20
 
 

@@ -34,7 +34,10 @@ def fake_run(run_dir, params, ranks=None, groups=None, test=None, **extra):
         ex.write_per_user(run_dir, [f'u{i}' for i in range(len(ranks))], ranks, groups)
         cold = np.asarray(groups) == 'cold'
         test = metrics_from_ranks(np.asarray(ranks)[cold], ks=(10,))
-    metrics = dict(experiment='finetune', params={**params, 'out_dir': str(run_dir.resolve())}, test=test,
+    # every training setting, as a real run records it (the preset's defaults included)
+    settings = study._training_settings_now('pretrain' if 'source' in params else 'finetune', params)
+    params = {**settings, **params, 'out_dir': str(run_dir.resolve())}
+    metrics = dict(experiment='finetune', params=params, test=test,
                    test_all=test, wall_time_s=1.0, synthetic=True, best_dir=str(run_dir/'best'), **extra)
     ex.write_metrics(run_dir, metrics)
     return metrics

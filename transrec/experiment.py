@@ -79,7 +79,8 @@ def split_params(params: dict, model_cfg: ModelConfig | None = None, train_cfg: 
 
 # %% ../nbs/11_experiment.ipynb #c009b
 PRESETS = ('workbench', 'reference')
-WORKBENCH_TRAIN = dict(pretrain=dict(epochs=20), finetune=dict(epochs=30, patience=5))   # per experiment
+# per experiment; a fine-tune keeps its last epoch (measured in 15_selection: the lowest selection regret)
+WORKBENCH_TRAIN = dict(pretrain=dict(epochs=20), finetune=dict(epochs=30, select_on='last', patience=0))
 
 def preset_configs(preset: str = 'workbench',
                    experiment: str = 'pretrain') -> tuple[ModelConfig, TrainConfig]:

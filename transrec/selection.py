@@ -98,13 +98,16 @@ def selection_markdown(table: list[dict]) -> str:
         versus_text = '(today)' if versus is None else _gain_text(versus, percent=False)
         lines.append(f"| {_users_text(row['users'])} | {METHOD_LABELS.get(row['method'], row['method'])} "
                      f"| {row['rule']} | {format_interval(regret['interval'])} | {regret['median']:.4f} "
-                     f"| {regret['worst']:.4f} | {format_interval(row['kept'])} | {versus_text} | {regret['n']} |")
+                     f"| {regret['worst']:.4f} | {format_interval(row['kept'])} | {versus_text} "
+                     f"| {regret['n']} |")
     return '\n'.join(lines)
 
 # %% ../nbs/15_selection.ipynb #sl25
 def _measuring(train: dict, val_items: int) -> dict:
-    "A fine-tune's `train` settings for measuring rules: every epoch, held-out users tracked, EMA kept."
-    return {'ema_decay': 0.9, **train, 'patience': 0, 'track_heldout': True, 'val_items': val_items}
+    """A fine-tune's `train` settings for measuring rules: every epoch, held-out users tracked, EMA kept (the
+    live rule, best validation NDCG@10, only names `best/`: the rules are replayed on the log)."""
+    return {'ema_decay': 0.9, **train, 'select_on': 'ndcg', 'patience': 0, 'track_heldout': True,
+            'val_items': val_items}
 
 def selection_study(out_dir, source: str = 'qb_mixed', targets=SELECTION_TARGETS, fractions=(0.05, 0.1),
                     val_items=(1, 3), methods=SELECTION_METHODS, seeds: int = 3, pretrained: str = '',

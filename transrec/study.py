@@ -335,6 +335,21 @@ def notebooks_dir(root=None) -> Path:
 
 
 # %% ../nbs/12_study.ipynb #pc04
+def _training_settings_now(nb: str, params: dict) -> dict:
+    "The TrainConfig settings a run of notebook `nb` with `params` would use now, preset defaults included."
+    from dataclasses import asdict
+    from transrec.experiment import experiment_configs
+    _, train_cfg = experiment_configs(nb, params)
+    return {k: v for k, v in jsonable(asdict(train_cfg)).items() if k not in RESUME_IGNORES}
+
+def _same_setting(old: dict, key: str, value) -> bool:
+    "The recorded run used `value` for `key` (a setting it does not list: the field's default)."
+    from dataclasses import fields
+    from transrec.core import TrainConfig
+    if key in old: return old[key] == value
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return key in defaults and jsonable(defaults[key]) == value
+
 def run_or_reuse(nb: str, out_dir, **params) -> dict:
     "Run experiment notebook `nb` (e.g. 'finetune') in `out_dir` unless a run with these parameters is there."
     out_dir = Path(out_dir)
@@ -343,8 +358,9 @@ def run_or_reuse(nb: str, out_dir, **params) -> dict:
     if metrics_file.exists():
         metrics = json.loads(metrics_file.read_text())
         old = metrics.get('params') or {}
-        new = {k: v for k, v in jsonable(flat_params(params)).items() if k not in RESUME_IGNORES}
-        if all(k in old and old[k] == v for k, v in new.items()):   # every parameter set here is what it used
+        given = {k: v for k, v in jsonable(flat_params(params)).items() if k not in RESUME_IGNORES}
+        new = {**_training_settings_now(nb, params), **given}
+        if all(_same_setting(old, k, v) for k, v in new.items()):   # every setting is what that run used
             log.info(f'reusing {out_dir}')
             return metrics
         params['resume'] = 'fresh'                      # a finished run with other settings: replace it
