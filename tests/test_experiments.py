@@ -192,7 +192,7 @@ def test_selection_study(env, pretrained):
                   finetune_train={'batch_size': 32}, **STUDY)
     run('selection', env/'selection.ipynb', **params)
     s = json.loads((out/'selection.json').read_text())
-    assert s['baseline'] == 'ndcg, patience 5 (today), 1 validation item'
+    assert s['baseline'] == 'ndcg, patience 5 (old default), 1 validation item'
     rules = {o['rule'] for o in s['outcomes']}
     assert 'EMA loss, never stop, 2 validation items' in rules and s['baseline'] in rules
     assert {(o['method'], o['seed']) for o in s['outcomes']} == {('transrec-pretrained', 0), ('transrec', 0)}
@@ -200,7 +200,7 @@ def test_selection_study(env, pretrained):
     run_metrics = json.loads((out/'f0.5'/'v2'/'qb_text'/'transrec'/'seed-0'/'metrics.json').read_text())
     assert run_metrics['params']['val_items'] == 2 and run_metrics['params']['batch_size'] == 32
     assert len(run_metrics['history']) == 2                         # every epoch trained (patience 0)
-    assert '| kept − today (paired) |' in (out/'selection.md').read_text()
+    assert '| kept − old default (paired) |' in (out/'selection.md').read_text()
     stamp = (out/'f0.5'/'v1'/'qb_text'/'transrec'/'seed-0'/'metrics.json').stat().st_mtime
     run('selection', env/'selection2.ipynb', **params)               # started again: every run reused
     assert (out/'f0.5'/'v1'/'qb_text'/'transrec'/'seed-0'/'metrics.json').stat().st_mtime == stamp

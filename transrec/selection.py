@@ -13,12 +13,13 @@ from .study import (SELECTION_RULES, METHOD_LABELS, _gain_text, _pretrain_per_se
 
 # %% auto #0
 __all__ = ['SELECTION_TARGETS', 'SELECTION_METHODS', 'BASELINE_RULE', 'selection_run_dir', 'selection_record', 'rule_label',
-           'rule_outcomes', 'compare_rules', 'best_rule', 'selection_markdown', 'selection_study']
+           'rule_outcomes', 'compare_rules', 'best_rule', 'selection_markdown', 'seed_level', 'seed_markdown',
+           'selection_study']
 
 # %% ../nbs/15_selection.ipynb #sl05
 SELECTION_TARGETS = ('qb_text', 'qb_image', 'tn_mixed', 'tn_text')   # the paper's four targets
 SELECTION_METHODS = ('transrec-pretrained', 'transrec')
-BASELINE_RULE = 'ndcg, patience 5 (today)'
+BASELINE_RULE = 'ndcg, patience 5 (old default)'
 
 # %% ../nbs/15_selection.ipynb #sl07
 def selection_run_dir(out_dir, fraction: float, val_items: int, target: str, method: str, seed: int) -> Path:
@@ -91,23 +92,51 @@ def _users_text(users: list) -> str:
 def selection_markdown(table: list[dict]) -> str:
     "Markdown table of `compare_rules`' rows (sorted by group, then by mean regret)."
     lines = ['| fine-tune users | method | rule | regret: mean ± 95% interval | median | worst | '
-             'held-out NDCG@10 kept | kept − today (paired) | runs |', '|---' * 9 + '|']
+             'held-out NDCG@10 kept | kept − old default (paired) | runs |', '|---' * 9 + '|']
     order = lambda row: (row['method'] == 'all', str(row['fraction']), row['method'], row['regret']['mean'])
     for row in sorted((row for row in table if row['regret'] is not None), key=order):
         regret, versus = row['regret'], row['versus_baseline']
-        versus_text = '(today)' if versus is None else _gain_text(versus, percent=False)
+        versus_text = '(old default)' if versus is None else _gain_text(versus, percent=False)
         lines.append(f"| {_users_text(row['users'])} | {METHOD_LABELS.get(row['method'], row['method'])} "
                      f"| {row['rule']} | {format_interval(regret['interval'])} | {regret['median']:.4f} "
                      f"| {regret['worst']:.4f} | {format_interval(row['kept'])} | {versus_text} "
                      f"| {regret['n']} |")
     return '\n'.join(lines)
 
+# %% ../nbs/15_selection.ipynb #sl23b
+def seed_level(outcomes: list[dict], baseline: str = rule_label(BASELINE_RULE, 1)) -> dict:
+    "`{rule: {regret, versus_baseline}}`: per-seed means over all runs, then intervals over the seeds."
+    run_key = lambda o: (o['target'], o['method'], o['fraction'], o['seed'])
+    base = {run_key(o): o['kept'] for o in outcomes if o['rule'] == baseline}
+    by_rule = defaultdict(lambda: defaultdict(list))
+    for o in outcomes:
+        if run_key(o) in base: by_rule[o['rule']][o['seed']].append((o['regret'], o['kept'] - base[run_key(o)]))
+    table = {}
+    for rule, by_seed in by_rule.items():
+        means = [tuple(sum(column) / len(column) for column in zip(*pairs)) for pairs in by_seed.values()]
+        table[rule] = dict(regret=seed_interval([m[0] for m in means]),
+                           versus_baseline=_significant_interval([m[1] for m in means]), seeds=len(means))
+    return table
+
+# %% ../nbs/15_selection.ipynb #sl23d
+def seed_markdown(by_seed: dict) -> str:
+    "Markdown table of `seed_level`: rules sorted by mean regret, intervals over seeds."
+    lines = ['| rule (all runs, intervals over seeds) | regret | kept − old default (paired) | seeds |',
+             '|---|---|---|---|']
+    for rule, cell in sorted(by_seed.items(), key=lambda item: item[1]['regret']['mean']):
+        versus = cell['versus_baseline']
+        is_baseline = versus is None or (versus['mean'] == 0 and not versus['half_width'])
+        versus_text = '(old default)' if is_baseline else _gain_text(versus, percent=False)
+        lines.append(f"| {rule} | {format_interval(cell['regret'])} | {versus_text} | {cell['seeds']} |")
+    return '\n'.join(lines)
+
 # %% ../nbs/15_selection.ipynb #sl25
 def _measuring(train: dict, val_items: int) -> dict:
     """A fine-tune's `train` settings for measuring rules: every epoch, held-out users tracked, EMA kept (the
-    live rule, best validation NDCG@10, only names `best/`: the rules are replayed on the log)."""
-    return {'ema_decay': 0.9, **train, 'select_on': 'ndcg', 'patience': 0, 'track_heldout': True,
-            'val_items': val_items}
+    live rule, best validation NDCG@10, only names `best/`: the rules are replayed on the log). Only `best/`
+    is kept at the end: a study of a hundred runs would otherwise keep every run's checkpoints."""
+    return {'ema_decay': 0.9, 'keep_at_end': 'best', **train, 'select_on': 'ndcg', 'patience': 0,
+            'track_heldout': True, 'val_items': val_items}
 
 def selection_study(out_dir, source: str = 'qb_mixed', targets=SELECTION_TARGETS, fractions=(0.05, 0.1),
                     val_items=(1, 3), methods=SELECTION_METHODS, seeds: int = 3, pretrained: str = '',
@@ -138,7 +167,9 @@ def selection_study(out_dir, source: str = 'qb_mixed', targets=SELECTION_TARGETS
     table = compare_rules(outcomes)
     summary = dict(source=source, targets=list(targets), fractions=list(fractions), val_items=list(val_items),
                    methods=list(methods), seeds=seed_list, baseline=rule_label(BASELINE_RULE, 1),
-                   best=best_rule(table), table=table, outcomes=outcomes, wall_time_s=time.time() - start)
+                   best=best_rule(table), table=table, by_seed=seed_level(outcomes), outcomes=outcomes,
+                   wall_time_s=time.time() - start)
     write_json(out_dir/'selection.json', summary)
-    (out_dir/'selection.md').write_text(selection_markdown(table) + '\n')
+    tables = [selection_markdown(table), seed_markdown(summary['by_seed'])]
+    (out_dir/'selection.md').write_text('\n\n'.join(tables) + '\n')
     return summary

@@ -285,19 +285,19 @@ def regret_markdown(table: dict, title: str = 'Selection regret') -> str:
 # %% ../nbs/12_study.ipynb #x9c317b6
 def _selection_rules() -> dict:
     from transrec.train import SelectionRule
-    today = dict(patience=5)
-    return {'ndcg, patience 5 (today)': SelectionRule(**today),
-            'ndcg, no stop before epoch 10': SelectionRule(**today, min_epochs=10),
-            'ndcg, stop on drops > 1 SE': SelectionRule(**today, stop_noise=1.0),
-            'ndcg, stop on drops > 2 SE': SelectionRule(**today, stop_noise=2.0),
+    old_default = dict(patience=5)
+    return {'ndcg, patience 5 (old default)': SelectionRule(**old_default),
+            'ndcg, no stop before epoch 10': SelectionRule(**old_default, min_epochs=10),
+            'ndcg, stop on drops > 1 SE': SelectionRule(**old_default, stop_noise=1.0),
+            'ndcg, stop on drops > 2 SE': SelectionRule(**old_default, stop_noise=2.0),
             'ndcg, never stop': SelectionRule(patience=0),
-            'loss, patience 5': SelectionRule('loss', **today),
-            'loss, stop on drops > 1 SE': SelectionRule('loss', **today, stop_noise=1.0),
+            'loss, patience 5': SelectionRule('loss', **old_default),
+            'loss, stop on drops > 1 SE': SelectionRule('loss', **old_default, stop_noise=1.0),
             'loss, never stop': SelectionRule('loss', patience=0),
-            'EMA ndcg, patience 5': SelectionRule(weights='ema', **today),
-            'EMA loss, patience 5': SelectionRule('loss', 'ema', **today),
+            'EMA ndcg, patience 5': SelectionRule(weights='ema', **old_default),
+            'EMA loss, patience 5': SelectionRule('loss', 'ema', **old_default),
             'EMA loss, never stop': SelectionRule('loss', 'ema', patience=0),
-            'last epoch (no choice)': SelectionRule('last', patience=0),
+            'last epoch (fine-tune default)': SelectionRule('last', patience=0),
             'EMA, last epoch': SelectionRule('last', 'ema', patience=0)}
 
 SELECTION_RULES = _selection_rules()
