@@ -287,6 +287,7 @@ _TRAINING = dict(progress=(True, Spec(bool)), resume=('auto', Spec(choices=('aut
                  train=({}, Overrides(TRAIN_SPECS, refused=TRAIN_REFUSED)))
 _EPOCHS = Spec(int, 1, 100_000, none_ok=True)        # None: the preset's epochs for that step
 _STUDY = dict(**_RUN, seeds=(3, Spec(int, 1, 1000)), pretrain_epochs=(None, _EPOCHS),
+              workers=(1, Spec(int, 1, 4096)), cluster=('', Spec(str)),     # transrec.cluster.run_graph
               finetune_epochs=(None, _EPOCHS),
               model=({}, Overrides(MODEL_SPECS, refused=dict(kind='is set per method by the study',
                                                 **MODEL_REFUSED))),
