@@ -173,3 +173,15 @@ def test_tiny_transfer_study_on_two_workers_matches_one(tmp_path, monkeypatch):
         a = json.loads((Path(one['runs'][key]['dir'])/'metrics.json').read_text())
         b = json.loads((Path(two['runs'][key]['dir'])/'metrics.json').read_text())
         assert a['test'] == b['test'] and a['best_epoch'] == b['best_epoch'], key
+
+
+def test_study_notebooks_refuse_bad_workers_and_cluster_before_any_work():
+    from transrec.experiment import EXPERIMENT_PARAMS, experiment_params
+    for experiment in ('transfer', 'scaling'):
+        defaults = {name: default for name, (default, _) in EXPERIMENT_PARAMS[experiment].items()}
+        with pytest.raises(ValueError, match=r'parameter workers=0: expected an integer in \[1, 4096\]'):
+            experiment_params(experiment, {**defaults, 'workers': 0})
+        with pytest.raises(ValueError, match="cluster='yarn': give nothing"):
+            experiment_params(experiment, {**defaults, 'cluster': 'yarn'})
+        good = experiment_params(experiment, {**defaults, 'workers': 2, 'cluster': 'tcp://node7:8786'})
+        assert (good['workers'], good['cluster']) == (2, 'tcp://node7:8786')
