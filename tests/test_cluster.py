@@ -185,3 +185,27 @@ def test_study_notebooks_refuse_bad_workers_and_cluster_before_any_work():
             experiment_params(experiment, {**defaults, 'cluster': 'yarn'})
         good = experiment_params(experiment, {**defaults, 'workers': 2, 'cluster': 'tcp://node7:8786'})
         assert (good['workers'], good['cluster']) == (2, 'tcp://node7:8786')
+
+
+def test_a_run_failing_twice_is_a_missing_cell_with_its_error_in_the_study(tmp_path, monkeypatch):
+    "transfer_study (workers=1): one run of a finished study removed and made to fail; the rest is reported."
+    from test_studies import build_transfer_study, run_transfer
+    monkeypatch.setenv('TRANSREC_DATA', str(tmp_path/'no-data'))
+    out = tmp_path/'transfer'
+    build_transfer_study(out)
+    (out/'qb_text'/'popularity'/'seed-1'/'metrics.json').unlink()
+    tries = []
+    def fail(nb, run_dir, params):
+        tries.append(run_dir)
+        raise RuntimeError('out of memory')
+    monkeypatch.setattr(study, 'run_notebook', fail)
+    summary = run_transfer(out)
+    key = 'qb_text/popularity/seed-1'
+    assert len(tries) == 2 and summary['failed'] == {key: 'RuntimeError: out of memory'}
+    assert summary['runs'][key]['error'] == 'RuntimeError: out of memory'
+    assert summary['results']['qb_text']['popularity'][1] is None
+    assert summary['table']['qb_text']['popularity']['NDCG@10']['n'] == 1          # the other seed
+    assert summary['table']['nc_mixed']['popularity']['NDCG@10']['n'] == 2
+    assert f'- {key}: RuntimeError: out of memory' in (out/'table.md').read_text()
+    assert 'out of memory' in (out/'table.html').read_text()
+    assert json.loads((out/'summary.json').read_text())['failed'] == summary['failed']

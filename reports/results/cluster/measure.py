@@ -29,6 +29,12 @@ def study(out, workers, **grid):
                           workers=workers, **{**GRID, **grid})
 
 
+def pretrain_times(summary) -> dict:
+    "{seed: wall time} of a transfer study's own pre-trainings (their metrics.json next to best/)."
+    return {seed: json.loads((Path(best).parent/'metrics.json').read_text())['wall_time_s']
+            for seed, best in summary['pretrained'].items()}
+
+
 def list_schedule(pretrain_s: dict, finetune_s: dict, gpus: int) -> float:
     """Wall time of the transfer graph on `gpus` machines, one run each, greedy in the study's order: a seed's
     fine-tunes start after its pre-training (`finetune_s`: {(seed, key): seconds})."""
@@ -76,7 +82,8 @@ def main(out_root):
         record['studies'][workers] = dict(wall_time_s=wall, load_before=load_before,
                                           load_after=os.getloadavg(),
                                           runs=len(run_s) + len(summary['pretrained']),
-                                          finetune_run_s=run_s, failed=summary['failed'])
+                                          finetune_run_s=run_s, pretrain_run_s=pretrain_times(summary),
+                                          failed=summary['failed'])
         if workers == 2:
             (HERE/'progress-2-workers.txt').write_text(err.getvalue().replace('\r', '\n'))
         print(f'workers={workers}: {wall:.0f} s', flush=True)
