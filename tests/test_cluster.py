@@ -209,3 +209,15 @@ def test_a_run_failing_twice_is_a_missing_cell_with_its_error_in_the_study(tmp_p
     assert f'- {key}: RuntimeError: out of memory' in (out/'table.md').read_text()
     assert 'out of memory' in (out/'table.html').read_text()
     assert json.loads((out/'summary.json').read_text())['failed'] == summary['failed']
+
+
+@pytest.mark.slow
+def test_a_running_scheduler_given_by_its_address(tmp_path):
+    "cluster='tcp://...': the runs go to the workers of a scheduler started elsewhere (here, a LocalCluster)."
+    import logging
+    from distributed import LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=':0',
+                      silence_logs=logging.ERROR) as running:
+        results = run_graph(small_graph(tmp_path), counting_runner, workers=2, cluster=running.scheduler_address,
+                            progress=False)
+    check_small_graph(tmp_path, results)
