@@ -218,6 +218,6 @@ def test_a_running_scheduler_given_by_its_address(tmp_path):
     from distributed import LocalCluster
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=':0',
                       silence_logs=logging.ERROR) as running:
-        results = run_graph(small_graph(tmp_path), counting_runner, workers=2, cluster=running.scheduler_address,
-                            progress=False)
+        address = running.scheduler_address
+        results = run_graph(small_graph(tmp_path), counting_runner, workers=2, cluster=address, progress=False)
     check_small_graph(tmp_path, results)
