@@ -276,6 +276,11 @@ def _methods(value, name):
     if value not in TRANSFER_METHODS:
         raise ValueError(f"parameter {name}: unknown method {value!r}; choose from {list(TRANSFER_METHODS)}")
 
+def _cluster(value, name):
+    "Where a study's runs go (`transrec.cluster.run_graph`): local, a scheduler address or a job queue."
+    from transrec.cluster import cluster_kind
+    cluster_kind(value)
+
 _FRACTION = Spec(float, 0, 1, lo_open=True)
 _DATA = Spec(str, check=check_data_name)
 # notebooks: nbs/
@@ -288,6 +293,7 @@ _TRAINING = dict(progress=(True, Spec(bool)), resume=('auto', Spec(choices=('aut
                  train=({}, Overrides(TRAIN_SPECS, refused=TRAIN_REFUSED)))
 _EPOCHS = Spec(int, 1, 100_000, none_ok=True)        # None: the preset's epochs for that step
 _STUDY = dict(**_RUN, seeds=(3, Spec(int, 1, 1000)), pretrain_epochs=(None, _EPOCHS),
+              workers=(1, Spec(int, 1, 4096)), cluster=('', Spec(str, check=_cluster)),
               finetune_epochs=(None, _EPOCHS),
               model=({}, Overrides(MODEL_SPECS, refused=dict(kind='is set per method by the study',
                                                 **MODEL_REFUSED))),

@@ -8,6 +8,7 @@ import json, math, time
 from pathlib import Path
 import numpy as np
 from .core import log, jsonable, write_json
+from .cluster import RunSpec, RunFailure, run_graph, check_workers, cluster_kind
 from .experiment import (TRANSFER_METHODS, TRANSFER_TARGETS, RESUME_IGNORES, check_data_name, check_init,
                                  check_fraction, flat_params, run_notebook, save_figure,
                                  read_per_user)
@@ -17,9 +18,10 @@ __all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'seed_interval', 'interval_exclud
            'item_count_cells', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell', 'format_interval',
            'item_count_columns', 'table_markdown', 'target_shift', 'gain_vs_shift', 'gain_shift_figure',
            'regret_summary', 'study_regrets', 'regret_markdown', 'rule_regret_table', 'load_name', 'notebooks_dir',
-           'run_or_reuse', 'study_seeds', 'transfer_study', 'markdown_table_html', 'transfer_figure',
-           'write_transfer_reports', 'curve_band', 'scaling_study', 'scaling_figures', 'scaling_markdown',
-           'user_interval', 'run_summary', 'compare_runs', 'compare_markdown', 'main']
+           'run_or_reuse', 'study_seeds', 'transfer_graph', 'transfer_study', 'markdown_table_html', 'failed_lines',
+           'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_graph', 'scaling_study',
+           'scaling_figures', 'scaling_markdown', 'user_interval', 'run_summary', 'compare_runs', 'compare_markdown',
+           'main']
 
 # %% ../nbs/12_study.ipynb #c027
 METHOD_LABELS = {'transrec': 'TransRec (scratch)',
@@ -390,61 +392,104 @@ def _pretrain_per_seed(out_dir, source: str, pretrained: str, seeds: list, param
                                **{**params, 'seed': seed}) for seed in seeds}
     return {seed: Path(run['best_dir']) for seed, run in runs.items()}
 
+# %% ../nbs/12_study.ipynb #kd01
+def transfer_graph(out_dir, source: str, targets, methods, seed_list: list, pretrained: str = '',
+                   target_fraction: float = 0.1, pretrain_params: dict | None = None,
+                   finetune_params: dict | None = None) -> list:
+    "The `RunSpec`s of a transfer study: each seed's pre-training (unless `pretrained`), then the fine-tunes."
+    out_dir, pretrain_params, finetune_params = Path(out_dir), pretrain_params or {}, finetune_params or {}
+    pretrain_key = lambda seed: f'pretrain-{source}/seed-{seed}'
+    own_pretraining = 'transrec-pretrained' in methods and not pretrained
+    specs = [RunSpec(pretrain_key(seed), 'pretrain', str(out_dir/pretrain_key(seed)),
+                     dict(source=source, **{**pretrain_params, 'seed': seed}))
+             for seed in seed_list if own_pretraining]
+    for target in targets:
+        for method in methods:
+            for seed in seed_list:
+                pretrained_run = method == 'transrec-pretrained'
+                from_run = pretrained_run and own_pretraining       # init: that pre-training's best model
+                model_dir = str(check_init(pretrained)) if pretrained_run and pretrained else 'scratch'
+                init = {} if from_run else {'init': model_dir}
+                params = dict(target=target, **init, target_fraction=target_fraction,
+                              **_with_model({**finetune_params, 'seed': seed},
+                                            kind='transrec' if pretrained_run else method))
+                key = f'{target}/{method}/seed-{seed}'
+                specs.append(RunSpec(key, 'finetune', str(out_dir/key), params,
+                                     init_from=pretrain_key(seed) if from_run else None))
+    return specs
+
 # %% ../nbs/12_study.ipynb #x3456b29
 def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: str = '',
                    methods=TRANSFER_METHODS, target_fraction: float = 0.1, seeds: int = 1,
-                   pretrain_params: dict | None = None, finetune_params: dict | None = None) -> dict:
-    "Run the transfer grid over seeds; write summary.json, table.md/.html, chart.html, gain_vs_shift.html."
+                   pretrain_params: dict | None = None, finetune_params: dict | None = None,
+                   workers: int = 1, cluster=None, progress: bool = True) -> dict:
+    """Run the transfer grid over seeds, `workers` runs at once on `cluster` (`transrec.cluster.run_graph`);
+    write summary.json, table.md/.html, chart.html, gain_vs_shift.html."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_workers(workers)
+    cluster_kind(cluster)
     start = time.time()
     for target in targets: check_data_name(target, 'targets')
     bad = [m for m in methods if m not in TRANSFER_METHODS]
     if bad: raise ValueError(f'methods: unknown {bad}; choose from {list(TRANSFER_METHODS)}')
+    out_dir.mkdir(parents=True, exist_ok=True)
     finetune_params = finetune_params or {}
     seed_list = study_seeds(seeds, finetune_params.get('seed', 0))
-    models = (_pretrain_per_seed(out_dir, source, pretrained, seed_list, pretrain_params or {})
-              if 'transrec-pretrained' in methods else {})
+    specs = transfer_graph(out_dir, source, targets, methods, seed_list, pretrained, target_fraction,
+                           pretrain_params, finetune_params)
+    outcome = run_graph(specs, run_or_reuse, workers, cluster, device=finetune_params.get('device', 'cpu'),
+                        progress=progress)
+    failed = {key: result.error for key, result in outcome.items() if isinstance(result, RunFailure)}
+    models = {}
+    if 'transrec-pretrained' in methods:
+        for seed in seed_list:
+            pre = outcome.get(f'pretrain-{source}/seed-{seed}')
+            models[seed] = (check_init(pretrained) if pretrained else
+                            None if isinstance(pre, RunFailure) else Path(pre['best_dir']))
     results, runs, dirs, regrets = {}, {}, {}, {}
     for target in targets:
         results[target] = {}
         for method in methods:
             for seed in seed_list:
-                pretrained_run = method == 'transrec-pretrained'
-                kind, init = ('transrec', str(models[seed])) if pretrained_run else (method, 'scratch')
-                run_dir = out_dir/target/method/f'seed-{seed}'
-                run = run_or_reuse('finetune', run_dir, target=target, init=init,
-                                   target_fraction=target_fraction,
-                                   **_with_model({**finetune_params, 'seed': seed}, kind=kind))
-                results[target].setdefault(method, []).append(run['test'])
+                key = f'{target}/{method}/seed-{seed}'
+                run, run_dir = outcome[key], out_dir/target/method/f'seed-{seed}'
+                if isinstance(run, RunFailure): run = {}        # a missing cell: its seed left out
+                else: dirs.setdefault((target, method), {})[seed] = run_dir
+                results[target].setdefault(method, []).append(run.get('test'))
                 regrets.setdefault(target, {}).setdefault(method, []).append(run.get('selection'))
-                if pretrained_run: results[target].setdefault('zero-shot', []).append(run['zero_shot'])
-                runs[f'{target}/{method}/seed-{seed}'] = dict(
-                    wall_time_s=run['wall_time_s'], dir=str(run_dir), synthetic=run.get('synthetic'),
-                    held_out='test_all' in run)
-                dirs.setdefault((target, method), []).append(run_dir)
+                if method == 'transrec-pretrained':
+                    results[target].setdefault('zero-shot', []).append(run.get('zero_shot'))
+                runs[key] = dict(wall_time_s=run.get('wall_time_s'), dir=str(run_dir),
+                                 synthetic=run.get('synthetic'), held_out='test_all' in run,
+                                 **({'error': failed[key]} if key in failed else {}))
     rows = aggregate_seeds(results)
     for target in targets:
-        if (target, 'transrec') in dirs and (target, 'transrec-pretrained') in dirs:
-            rows[target]['paired_NDCG@10'] = paired_cell(dirs[target, 'transrec-pretrained'],
-                                                         dirs[target, 'transrec'])
+        tuned, scratch = dirs.get((target, 'transrec-pretrained')), dirs.get((target, 'transrec'))
+        if tuned and scratch:
+            both = [seed for seed in seed_list if seed in tuned and seed in scratch]
+            rows[target]['paired_NDCG@10'] = paired_cell([tuned[seed] for seed in both],
+                                                         [scratch[seed] for seed in both])
     shifts = {target: target_shift(target) for target in targets}
     points = gain_vs_shift(rows, shifts)
-    held_out = all(run['held_out'] for run in runs.values())
+    held_out = all(run['held_out'] for run in runs.values() if 'error' not in run)
     evaluated_on = 'held-out (cold) users' if held_out else 'all users (runs without a held-out split)'
     summary = dict(source=source, targets=list(targets), methods=list(methods), seeds=seed_list,
-                   target_fraction=target_fraction, pretrained={str(s): str(p) for s, p in models.items()},
+                   target_fraction=target_fraction,
+                   pretrained={str(s): str(p) if p else None for s, p in models.items()},
                    evaluated_on=evaluated_on,
                    results=results, table=rows, domain_shift=shifts, gain_vs_shift=points, runs=runs,
-                   selection_regret=study_regrets(regrets),
+                   selection_regret=study_regrets(regrets), failed=failed,
+                   engine=dict(workers=workers, cluster=str(cluster) if cluster else 'local'),
                    synthetic=any(run['synthetic'] for run in runs.values()), wall_time_s=time.time() - start)
     write_json(out_dir/'summary.json', summary)
     write_transfer_reports(out_dir, summary)
     return summary
 
 # %% ../nbs/12_study.ipynb #c037
-def markdown_table_html(md: str, title: str = '') -> str:
-    "A minimal standalone HTML page for a markdown pipe table."
+from html import escape as escape_html
+
+def markdown_table_html(md: str, title: str = '', footer: list | None = None) -> str:
+    "A minimal standalone HTML page for a markdown pipe table; `footer`: lines of text below it."
     lines = [line for line in md.splitlines() if line.startswith('|') and not set(line) <= set('|-: ')]
     cells = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines]
     head = ''.join(f'<th>{cell}</th>' for cell in cells[0])
@@ -453,7 +498,13 @@ def markdown_table_html(md: str, title: str = '') -> str:
              'td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}')
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style>'
             f'</head><body><h2>{title}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-            '</body></html>')
+            + ''.join(f'<p>{escape_html(line)}</p>' for line in footer or []) + '</body></html>')
+
+# %% ../nbs/12_study.ipynb #kd03
+def failed_lines(failed: dict | None) -> list[str]:
+    "One line per failed run of a study (`summary['failed']`): its key and error; its cell misses that seed."
+    if not failed: return []
+    return ['Failed runs (left out of their cells):', *[f'- {key}: {error}' for key, error in failed.items()]]
 
 # %% ../nbs/12_study.ipynb #st35
 def transfer_figure(rows: dict, metric: str = 'NDCG@10'):
@@ -479,9 +530,11 @@ def write_transfer_reports(out_dir, summary: dict) -> list[Path]:
     note = (f"Test NDCG@10 on {summary['evaluated_on']}, mean ± 95% interval over seeds "
             f"{summary['seeds']}; n.s. = the interval of the difference includes 0.")
     regret = regret_markdown(summary.get('selection_regret') or {})
-    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n' + (f'\n{regret}\n' if regret else ''))
+    failed = failed_lines(summary.get('failed'))
+    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n' + (f'\n{regret}\n' if regret else '')
+                                    + ('\n' + '\n'.join(failed) + '\n' if failed else ''))
     title = f"Transfer from {summary['source']} (target fraction {summary['target_fraction']})"
-    (out_dir/'table.html').write_text(markdown_table_html(table, title=f'{title}. {note}'))
+    (out_dir/'table.html').write_text(markdown_table_html(table, title=f'{title}. {note}', footer=failed))
     written = [out_dir/'table.md', out_dir/'table.html',
                save_figure(transfer_figure(summary['table']), out_dir/'chart.html')]
     if summary['gain_vs_shift']:
@@ -500,6 +553,42 @@ def curve_band(histories: list, key: str = 'valid_NDCG@10') -> dict:
     return dict(epoch=epochs, mean=[c['mean'] for c in cells], low=[c['low'] for c in cells],
                 high=[c['high'] for c in cells], n=[c['n'] for c in cells])
 
+# %% ../nbs/12_study.ipynb #kd05
+def _scaling_key(share, fraction, seed) -> str:
+    "The key (and folder under the study) of a scaling fine-tune: from source share `share`, None: scratch."
+    name = f'finetune-s{share}-t{fraction}' if share is not None else f'scratch-t{fraction}'
+    return f'{name}/seed-{seed}'
+
+def scaling_graph(out_dir, source: str, target: str, shares: list, target_fractions,
+                  base_target_fraction: float, seed_list: list, full_model: str = '', pretrain_params: dict | None = None,
+                  finetune_params: dict | None = None) -> list:
+    """The `RunSpec`s of a scaling study: the scratch runs, the pre-trainings per source share and their
+    fine-tunes (share 1.0 from `full_model` when given), the target-size runs; each run once."""
+    out_dir, pretrain_params, finetune_params = Path(out_dir), pretrain_params or {}, finetune_params or {}
+    specs = {}
+    pretrain_key = lambda share, seed: f'pretrain-s{share}/seed-{seed}'
+    def finetune(share, fraction, seed):
+        key = _scaling_key(share, fraction, seed)
+        from_run = share is not None and not (share == 1.0 and full_model)
+        init = {} if from_run else {'init': 'scratch' if share is None else str(full_model)}
+        params = dict(target=target, **init, target_fraction=fraction,
+                      **_with_model({**finetune_params, 'seed': seed},
+                                    **(dict(kind='transrec') if share is None else {})))
+        specs.setdefault(key, RunSpec(key, 'finetune', str(out_dir/key), params,
+                                      init_from=pretrain_key(share, seed) if from_run else None))
+    for seed in seed_list: finetune(None, base_target_fraction, seed)
+    for share in shares:
+        for seed in seed_list:
+            if share == 1.0 and full_model: continue
+            specs[pretrain_key(share, seed)] = RunSpec(
+                pretrain_key(share, seed), 'pretrain', str(out_dir/pretrain_key(share, seed)),
+                dict(source=source, source_fraction=share, **{**pretrain_params, 'seed': seed}))
+        for seed in seed_list: finetune(share, base_target_fraction, seed)
+    for fraction in target_fractions:
+        for seed in seed_list: finetune(None, fraction, seed)
+        for seed in seed_list: finetune(1.0, fraction, seed)
+    return list(specs.values())
+
 # %% ../nbs/12_study.ipynb #c039
 def _values_of(runs: list, split: str = 'test', metric: str = 'NDCG@10') -> list:
     return [(run.get(split) or {}).get(metric) for run in runs]
@@ -507,13 +596,20 @@ def _values_of(runs: list, split: str = 'test', metric: str = 'NDCG@10') -> list
 def _interval_of(runs: list, split: str = 'test', metric: str = 'NDCG@10') -> dict | None:
     return seed_interval(_values_of(runs, split, metric))
 
+def _mean_of(values: list) -> float:
+    "The mean of the values that are there (failed runs have none); NaN (null in JSON) without any."
+    present = [value for value in values if value is not None]
+    return float(np.mean(present)) if present else math.nan
+
 def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractions=(0.25, 0.5, 1.0),
                   target_fractions=(0.05, 0.1, 0.25), base_target_fraction: float = 0.1, seeds: int = 1,
                   pretrain_params: dict | None = None, finetune_params: dict | None = None,
-                  pretrained: str = '') -> dict:
-    "Source-size (with convergence curves) and target-size scaling over seeds; writes scaling.json, figures."
+                  pretrained: str = '', workers: int = 1, cluster=None, progress: bool = True) -> dict:
+    """Source-size (with convergence curves) and target-size scaling over seeds, `workers` runs at once on
+    `cluster`; writes scaling.json, figures."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_workers(workers)
+    cluster_kind(cluster)
     start = time.time()
     check_data_name(source, 'source')
     check_data_name(target, 'target')
@@ -526,32 +622,32 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
         if full_run.get('fraction', 1.0) != 1.0 or not same_source:
             raise ValueError(f"pretrained={pretrained!r} was not trained on all of {source!r}; "
                              "leave it empty to pre-train here")
+    out_dir.mkdir(parents=True, exist_ok=True)
     finetune_params, pretrain_params = finetune_params or {}, pretrain_params or {}
     seed_list = study_seeds(seeds, finetune_params.get('seed', 0))
+    shares = sorted(set(source_fractions) | {1.0})
+    specs = scaling_graph(out_dir, source, target, shares, target_fractions, base_target_fraction, seed_list,
+                          full_run['best_dir'] if full_run else '', pretrain_params, finetune_params)
+    outcome = run_graph(specs, run_or_reuse, workers, cluster, device=finetune_params.get('device', 'cpu'),
+                        progress=progress)
+    failed = {key: result.error for key, result in outcome.items() if isinstance(result, RunFailure)}
+    got = lambda key: {} if isinstance(outcome[key], RunFailure) else outcome[key]   # failed: no values
     def pretrain(share, seed):
-        if share == 1.0 and full_run: return full_run
-        return run_or_reuse('pretrain', out_dir/f'pretrain-s{share}'/f'seed-{seed}', source=source,
-                            source_fraction=share, **{**pretrain_params, 'seed': seed})
-    def run_dir(share, fraction, seed):      # share None: trained from scratch
-        name = f'finetune-s{share}-t{fraction}' if share is not None else f'scratch-t{fraction}'
-        return out_dir/name/f'seed-{seed}'
-    def finetune(init, share, fraction, seed):
-        kind = dict(kind='transrec') if share is None else {}
-        return run_or_reuse('finetune', run_dir(share, fraction, seed), target=target, init=str(init),
-                            target_fraction=fraction,
-                            **_with_model({**finetune_params, 'seed': seed}, **kind))
+        return full_run if share == 1.0 and full_run else got(f'pretrain-s{share}/seed-{seed}')
+    def run_dir(share, fraction, seed): return out_dir/_scaling_key(share, fraction, seed)
+    def finetune(share, fraction, seed): return got(_scaling_key(share, fraction, seed))
     def versus_scratch(tuned, scratch, share, fraction):
         "Pre-trained - scratch over seeds, and the paired test over the held-out users of those splits."
         return dict(difference=difference_interval(_values_of(tuned), _values_of(scratch)),
                     paired=paired_cell([run_dir(share, fraction, seed) for seed in seed_list],
                                        [run_dir(None, fraction, seed) for seed in seed_list]))
-    base_scratch = [finetune('scratch', None, base_target_fraction, seed) for seed in seed_list]
+    users = lambda runs: _mean_of([(run.get('train_data') or {}).get('users') for run in runs])
+    base_scratch = [finetune(None, base_target_fraction, seed) for seed in seed_list]
     source_scaling, convergence = {}, {}
-    for share in sorted(set(source_fractions) | {1.0}):
+    for share in shares:
         pre = [pretrain(share, seed) for seed in seed_list]
-        tuned = [finetune(run['best_dir'], share, base_target_fraction, seed)
-                 for run, seed in zip(pre, seed_list)]
-        source_scaling[share] = dict(source_users=float(np.mean([run['train_data']['users'] for run in pre])),
+        tuned = [finetune(share, base_target_fraction, seed) for seed in seed_list]
+        source_scaling[share] = dict(source_users=users(pre),
                                      source_test=_interval_of(pre),
                                      zero_shot=_interval_of(tuned, 'zero_shot'),
                                      finetuned=_interval_of(tuned), scratch=_interval_of(base_scratch),
@@ -559,15 +655,14 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
                                      regret=dict(finetuned=regret_summary(tuned),
                                                  scratch=regret_summary(base_scratch)),
                                      seeds=len(seed_list))
-        convergence[share] = curve_band([run['history'] for run in tuned])
-    convergence['scratch'] = curve_band([run['history'] for run in base_scratch])
+        convergence[share] = curve_band([run.get('history') for run in tuned])
+    convergence['scratch'] = curve_band([run.get('history') for run in base_scratch])
     target_scaling = {}
     for fraction in target_fractions:
-        scratch = [finetune('scratch', None, fraction, seed) for seed in seed_list]
-        tuned = [finetune(pretrain(1.0, seed)['best_dir'], 1.0, fraction, seed) for seed in seed_list]
-        target_users = float(np.mean([run['train_data']['users'] for run in scratch]))
-        held_out_users = float(np.mean([(run.get('test') or {}).get('n_users', 0) for run in scratch]))
-        target_scaling[fraction] = dict(target_users=target_users, held_out_users=held_out_users,
+        scratch = [finetune(None, fraction, seed) for seed in seed_list]
+        tuned = [finetune(1.0, fraction, seed) for seed in seed_list]
+        held_out_users = _mean_of([(run.get('test') or {}).get('n_users', 0) for run in scratch if run])
+        target_scaling[fraction] = dict(target_users=users(scratch), held_out_users=held_out_users,
                                         scratch=_interval_of(scratch),
                                         pretrained=_interval_of(tuned),
                                         gain=gain_interval(_values_of(tuned), _values_of(scratch)),
@@ -576,9 +671,11 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
                                         **versus_scratch(tuned, scratch, 1.0, fraction))
     result = dict(source=source, target=target, seeds=seed_list, base_target_fraction=base_target_fraction,
                   source_scaling=source_scaling, target_scaling=target_scaling, convergence=convergence,
+                  failed=failed, engine=dict(workers=workers, cluster=str(cluster) if cluster else 'local'),
                   wall_time_s=time.time() - start)
     write_json(out_dir/'scaling.json', result)
-    (out_dir/'scaling.md').write_text(scaling_markdown(result) + '\n')
+    (out_dir/'scaling.md').write_text(scaling_markdown(result) + '\n'
+                                      + ''.join(f'\n{line}' for line in failed_lines(failed)))
     for name, fig in scaling_figures(result).items(): save_figure(fig, out_dir/f'{name}.html')
     return result
 
