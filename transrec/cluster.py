@@ -14,7 +14,7 @@ from .core import log, usable_cores
 __all__ = ['LOCK_NAME', 'JOBQUEUE_CLUSTERS', 'CONNECT_TIMEOUT_S', 'LOCAL_CLUSTERS', 'POLL_S', 'RunSpec', 'RunFailure',
            'error_line', 'check_graph', 'run_lock', 'worker_gpu', 'execute_run', 'format_duration', 'eta_seconds',
            'progress_text', 'ProgressLine', 'check_workers', 'cluster_kind', 'local_gpus', 'check_local_engine',
-           'check_remote_device', 'engine_client', 'dashboard_line', 'run_graph']
+           'check_remote_device', 'jobqueue_cluster', 'engine_client', 'dashboard_line', 'run_graph']
 
 # %% ../nbs/14_cluster.ipynb #k005
 @dataclass(frozen=True)
@@ -199,15 +199,19 @@ def check_remote_device(client, device: str, cluster) -> None:
                          "device='cpu', or start the workers on GPU nodes")
 
 # %% ../nbs/14_cluster.ipynb #k034
-def _jobqueue_cluster(cluster, workers: int):
-    "A dask-jobqueue cluster for `cluster` ('slurm' or {'jobqueue': 'slurm', ...settings}), `workers` jobs."
+def jobqueue_cluster(cluster):
+    "The dask-jobqueue cluster for `cluster` ('slurm' or {'jobqueue': 'slurm', ...settings}), no job submitted yet."
     settings = dict(cluster) if isinstance(cluster, dict) else {'jobqueue': cluster}
     kind = str(settings.pop('jobqueue')).lower()
     try: import dask_jobqueue
     except ImportError:
         raise ValueError(f"cluster={cluster!r} needs dask-jobqueue: pip install dask-jobqueue "
                          "(or pip install 'transrec[cluster]')") from None
-    queue = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[kind])(**settings)
+    return getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[kind])(**settings)
+
+def _jobqueue_cluster(cluster, workers: int):
+    "`jobqueue_cluster` with `workers` jobs submitted."
+    queue = jobqueue_cluster(cluster)
     queue.scale(jobs=workers)
     return queue
 
