@@ -90,7 +90,7 @@ def preset_configs(preset: str = 'workbench',
 
 # %% ../nbs/11_experiment.ipynb #c009e
 TRAINING_TIME_FIELDS = ('dropout', 'text_trainable_blocks', 'image_trainable_blocks', 'loss', 'readout',
-                        'n_pos', 'n_neg', 'temperature', 'train_windows')
+                        'n_pos', 'n_neg', 'temperature', 'train_windows', 'modality_dropout')
 
 def architecture_clashes(saved: ModelConfig, wanted: dict) -> dict:
     "The architecture settings in `wanted` (field -> value; None = unset) that differ from `saved`."
