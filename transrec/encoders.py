@@ -803,14 +803,20 @@ class ItemTower(nn.Module):
             raise IndexError(f"item indices must lie in 0..{content.n_items - 1} for data set "
                              f"{content.ds.name!r}")
         item_modality = content.modality[unique_items]
-        dropout = self.cfg.modality_dropout if self.training else 0.0
-        uses = parts_used(item_modality, dropout)
+        uses = parts_used(item_modality, self.cfg.modality_dropout if self.training else 0.0)
+        return self.encode_parts(unique_items, content, uses)[inverse.to(device)]
+
+    def encode_parts(self, items: torch.Tensor, content: ItemContent, uses: tuple, bucketed: bool = True):
+        """Vectors [n, d] of `items` (as given: no de-duplication) from the parts `uses` (text, image masks):
+        each used part encoded, plus its modality embedding; an item using both parts gets their fusion."""
+        device = self.text.proj.weight.device
         full = []                          # per part: [n, d], the part's vector (+ its embedding) where used
         for code, (encoder, used) in enumerate(zip(self.encoders(), uses)):
             selected = torch.nonzero(used).squeeze(1)
-            vecs = torch.zeros(len(unique_items), self.cfg.dim, device=device)
+            vecs = torch.zeros(len(items), self.cfg.dim, device=device)
             if len(selected):
-                part_vecs = encoder(unique_items[selected], content)
+                options = dict(bucketed=bucketed) if encoder.modality == 'text' else {}
+                part_vecs = encoder(items[selected], content, **options)
                 if self.modality_embedding is not None:
                     part_vecs = part_vecs + self.modality_embedding.weight[code]
                 vecs = vecs.index_copy(0, selected.to(device), part_vecs.to(vecs.dtype))
@@ -818,4 +824,4 @@ class ItemTower(nn.Module):
         text_only, both = (uses[0] & ~uses[1]).to(device), torch.nonzero(uses[0] & uses[1]).squeeze(1).to(device)
         vecs = torch.where(text_only[:, None], full[0], full[1])
         if len(both): vecs = vecs.index_copy(0, both, self.fusion(full[0][both], full[1][both]).to(vecs.dtype))
-        return vecs[inverse.to(device)]
+        return vecs
