@@ -13,7 +13,7 @@ from .core import (ModelConfig, TrainConfig, seed_everything, resolve_device, re
                            environment_info, log, data_root, cli_flag)
 import numpy as np
 import torch
-from .data import Batch, train_batches
+from .data import Batch, train_batches, has_part
 
 # %% auto #0
 __all__ = ['BENCH_DATA', 'CPU_ONLY_SKIPS', 'QUICK', 'DATASHEET_BF16', 'SCALE_SOURCE', 'SCALE_MODEL', 'SCALE_EXPONENTS',
@@ -135,7 +135,7 @@ def matmul_flops(device='cpu', dtype=torch.float32, n: int | None = None, reps: 
     return 2 * n ** 3 / min(seconds)
 
 # %% ../nbs/09_bench.ipynb #c013
-BENCH_DATA = {'text': 'qb_text', 'image': 'qb_image', 'mixed': 'qb_mixed'}
+BENCH_DATA = {'text': 'qb_text', 'image': 'qb_image', 'mixed': 'qb_mixed', 'both': 'qb_both'}
 
 def bench_dataset(kind: str, root=None, scale: float = 0.25, seed: int = 0):
     "The data set for batch kind `kind` in `BENCH_DATA` (built once under the data root `root`, then cached)."
@@ -159,23 +159,15 @@ def occurrence_slots(batch: Batch) -> torch.Tensor:
 
 # %% ../nbs/09_bench.ipynb #b026
 def encode_every_occurrence(model, items: torch.Tensor, content) -> torch.Tensor:
-    "Item vectors [n, d] of `items` computed once per entry (no de-duplication), by `model`'s own encoders."
+    """Item vectors [n, d] of `items` computed once per entry (no de-duplication), by `model`'s own encoders
+    and fusion."""
+    from transrec.encoders import parts_used
     tower = model.item_tower
     content.check(model.cfg)
     items = torch.as_tensor(items).cpu()
-    dev = tower.text.proj.weight.device
-    modality = content.modality[items]
-    parts, order = [], []
-    for code, encoder in enumerate(tower.encoders()):
-        selected = torch.nonzero(modality == code).squeeze(1)
-        # TextEncoder sorts texts by length into buckets (our optimisation); the reference pads one block
-        one_block = dict(bucketed=False) if encoder.modality == 'text' else {}
-        if len(selected):
-            parts.append(encoder(items[selected], content, **one_block))
-            order.append(selected)
-    vecs = torch.cat(parts)[torch.argsort(torch.cat(order)).to(dev)]
-    if tower.modality_embedding is not None: vecs = vecs + tower.modality_embedding(modality.to(dev))
-    return vecs
+    # every part of every occurrence (a both item's title and cover each time); TextEncoder sorts texts by
+    # length into buckets (our optimisation), the reference pads one block
+    return tower.encode_parts(items, content, parts_used(content.modality[items]), bucketed=False)
 
 # %% ../nbs/09_bench.ipynb #b029
 def reference_item_vectors(model, batch: Batch, content) -> torch.Tensor:
@@ -289,8 +281,8 @@ def measure_train_step(model, ds, batch: Batch, variant: StepVariant, steps: int
                weights_sha1=weights_sha1(model))
     out['n_encoded'] = out['n_occurrences'] if variant.every_occurrence else out['n_unique']
     modality = content.modality[batch.items]           # tokenise / decode once: data loading, not the step
-    if (modality == 0).any(): content.tokens(batch.items[modality == 0])
-    if (modality == 1).any(): content.pixels(batch.items[modality == 1])
+    if has_part(modality, 'text').any(): content.tokens(batch.items[has_part(modality, 'text')])
+    if has_part(modality, 'image').any(): content.pixels(batch.items[has_part(modality, 'image')])
     if variant.prefix_cache:                           # warm cache = steady state after the first epoch
         with torch.no_grad():
             model.eval()
@@ -423,7 +415,7 @@ def loss_check(rows: list[dict], tol: float = 1e-4, amp_tol: float = 3e-2) -> di
     return dict(reference_loss=ref, abs_diff=diffs, same_weights=same_weights, ok=bool(ok and same_weights))
 
 # %% ../nbs/09_bench.ipynb #b113
-def bench_training(data=('text', 'image', 'mixed'), device='cpu', amp: str | None = None,
+def bench_training(data=('text', 'image', 'mixed', 'both'), device='cpu', amp: str | None = None,
                    compile: bool = False, model_config: ModelConfig | None = None, root=None,
                    scale: float = 0.25, seed: int = 0, batch_size: int = 64, steps: int = 3, warmup: int = 1,
                    threads: int | None = None, isolate: bool = True, count_flops: bool = True,
@@ -623,7 +615,8 @@ def check_targets(res: dict) -> dict:
     return out
 
 # %% ../nbs/09_bench.ipynb #b138
-def run_bench(quick: bool = False, parts=('train', 'eval'), data=('text', 'image', 'mixed'), device='cpu',
+def run_bench(quick: bool = False, parts=('train', 'eval'), data=('text', 'image', 'mixed', 'both'),
+              device='cpu',
               amp: str | None = None, compile: bool = False, steps: int | None = None,
               warmup: int | None = None, batch_size: int | None = None, n_items=None, n_users=None,
               scale: float | None = None, root=None, seed: int = 0, threads: int | None = None,
@@ -797,10 +790,11 @@ class PremadeContent(ItemContent):
         "Decode the pixels of the image items among `items` now (and tokenise the catalogue's texts)."
         self._ready = getattr(self, '_ready', {})
         items = torch.as_tensor(items).cpu()
-        img = items[self.modality[items] == 1]
+        img = items[has_part(self.modality[items], 'image')]
         new = torch.tensor([int(i) for i in img if int(i) not in self._ready], dtype=torch.int64)
         if len(new): self._ready.update(zip(new.tolist(), super().pixels(new)))
-        if (self.modality[items] == 0).any(): self.tokens(items[self.modality[items] == 0])
+        with_text = items[has_part(self.modality[items], 'text')]
+        if len(with_text): self.tokens(with_text)
     def pixels(self, items) -> torch.Tensor:
         items = torch.as_tensor(items).cpu()
         missing = [int(i) for i in items if int(i) not in getattr(self, '_ready', {})]
@@ -830,7 +824,7 @@ def pipeline_images_per_s(ds, cfg: ModelConfig, batches: list, workers: int = 2)
     "Images/s the loader delivers for the image items of `batches` with `workers` processes (no model)."
     # no pixel cache: every image decoded each time
     content = make_content(cfg, ds, prefix_cache=False, pixel_cache_max_bytes=0)
-    lists = [batch.items[content.modality[batch.items] == 1] for batch in batches]
+    lists = [batch.items[has_part(content.modality[batch.items], 'image')] for batch in batches]
     loader = torch.utils.data.DataLoader(_BatchImages(content, lists), batch_size=None, num_workers=workers)
     n_images, t0, t_first, n_first = 0, time.perf_counter(), None, 0
     for pixels in loader:
@@ -880,7 +874,7 @@ def measure_scale_training(ds, cfg: ModelConfig, steps: int = 20, batch_size: in
     train_s = time.perf_counter() - t0
     n_seq = sum(len(batch) for batch in timed)
     n_inter = sum(int(batch.mask.sum()) for batch in timed)
-    n_img = sum(int((content.modality[batch.items] == 1).sum()) for batch in timed)
+    n_img = sum(int(has_part(content.modality[batch.items], 'image').sum()) for batch in timed)
     pipe = pipeline_images_per_s(ds, cfg, timed, workers)
     model_ips = n_img / train_s
     return dict(image_size=cfg.image_size, steps=len(timed), batch_size=batch_size, train_s=train_s,
@@ -1467,7 +1461,7 @@ def main(argv: list[str] | None = None) -> int:
     add('--quick', action='store_true', help='tiny sizes (seconds), for tests')
     add('--parts', nargs='+', default=['train', 'eval'], choices=['train', 'eval'],
         help='what to run (default both)')
-    add('--data', nargs='+', default=['text', 'image', 'mixed'], choices=list(BENCH_DATA),
+    add('--data', nargs='+', default=['text', 'image', 'mixed', 'both'], choices=list(BENCH_DATA),
         help='kinds of training batch')
     add('--steps', type=int, default=None, help='timed training steps per variant (default 3; quick 1)')
     add('--warmup', type=int, default=None, help='warm-up steps before timing (default 1)')

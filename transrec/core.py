@@ -113,7 +113,8 @@ MODEL_CHOICES = dict(kind=('transrec', 'frozen', 'id_sasrec', 'popularity'),
                      text_pooling=('cls', 'mean', 'attention', 'reference'),
                      image_model=('resnet18', 'resnet34', 'resnet50'), readout=('causal', 'last'),
                      loss=('bce', 'softmax'), train_windows=(None, 'all', 'last'), tower_norm=('pre', 'post'),
-                     positions=('newest', 'oldest'), modality_embedding=('items', 'history', 'none'))
+                     positions=('newest', 'oldest'), modality_embedding=('items', 'history', 'none'),
+                     fusion=('sum', 'concat', 'gate'))
 
 @dataclass
 class ModelConfig(JSONConfig):
@@ -133,6 +134,10 @@ class ModelConfig(JSONConfig):
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
     modality_embedding: str = 'items' # on 'items' | 'history' (user-tower input only) | 'none'
+    # items with a title and a cover (modality 'both')
+    fusion: str = 'sum'               # their two part vectors: 'sum' | 'concat' (-> Linear) | 'gate' (learned);
+                                      # 'sum' measured as good as the others (reports/results/both)
+    modality_dropout: float = 0.0     # training: probability of dropping one part of a both item, in [0, 1)
     # user tower
     n_layers: int = 2                 # reference: 4
     n_heads: int = 2                  # reference: 4
@@ -159,7 +164,7 @@ class ModelConfig(JSONConfig):
                         loss='bce', n_pos=5, n_neg=1, modality_embedding='none', text_pooling='reference',
                         text_max_tokens=32, text_trainable_blocks=2, image_model='resnet18', image_size=224,
                         image_trainable_blocks=2, image_mean=(0.485, 0.456, 0.406),
-                        image_std=(0.229, 0.224, 0.225))
+                        image_std=(0.229, 0.224, 0.225), fusion='sum', modality_dropout=0.0)
         return cls(**{**settings, **overrides})
 
     def __post_init__(self):
@@ -174,6 +179,10 @@ class ModelConfig(JSONConfig):
         if isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 0:
             raise ValueError(f"ModelConfig.ffn_dim={self.ffn_dim!r}: give a whole number >= 1, "
                              "or 0 for 4 * dim")
+        dropout = self.modality_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"ModelConfig.modality_dropout={dropout!r}: give a probability in [0, 1) "
+                             "(0 = a both item always keeps its two parts while training)")
         if self.dim % self.n_heads:
             raise ValueError(f"ModelConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}")
 

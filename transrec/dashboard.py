@@ -19,10 +19,10 @@ from .data import MODALITIES
 
 # %% auto #0
 __all__ = ['DASHBOARD_CSS', 'MODALITY_COLORS', 'HIT_RATE_COLORS', 'SHOW_USERS', 'truncate', 'thumbnail_uri', 'ItemCards',
-           'UserRecs', 'user_index', 'ItemProjection', 'ModelView', 'history_table', 'recs_table', 'map_base_traces',
-           'map_overlay_traces', 'map_layout', 'item_map_figure', 'score_parts', 'score_figure', 'hit_rate_figure',
-           'Explorer', 'export_html', 'load_data', 'model_name', 'model_folder', 'load_model_dir', 'run_user_groups',
-           'user_pool', 'data_notes', 'main']
+           'shown_modalities', 'UserRecs', 'user_index', 'ItemProjection', 'ModelView', 'history_table', 'recs_table',
+           'map_base_traces', 'map_overlay_traces', 'map_layout', 'item_map_figure', 'score_parts', 'score_figure',
+           'hit_rate_figure', 'Explorer', 'export_html', 'load_data', 'model_name', 'model_folder', 'load_model_dir',
+           'run_user_groups', 'user_pool', 'data_notes', 'main']
 
 # %% ../nbs/10_dashboard.ipynb #c008
 def truncate(text: str, n: int = 80) -> str:
@@ -85,6 +85,12 @@ class ItemCards:
         hover = item_id + (': ' + text if text else '')
         return (f'<img class="trx-thumb" src="{uri}" title="{_esc(hover)}" alt="{_esc(item_id)}" '
                 f'width="{self.thumb_size}" height="{self.thumb_size}">')
+
+# %% ../nbs/10_dashboard.ipynb #bd00
+def shown_modalities(ds) -> tuple[str, ...]:
+    "The modality filters of an explorer of `ds`: text and image always, `both` when `ds` has such items."
+    has_both = bool((np.asarray(ds.modality) == MODALITIES.index('both')).any())
+    return tuple(modality for modality in MODALITIES if modality != 'both' or has_both)
 
 # %% ../nbs/10_dashboard.ipynb #c015
 @dataclass
@@ -273,7 +279,7 @@ text-align:left}
 .trx-recs .trx-text{max-width:24em}
 .trx-thumb{border-radius:3px;vertical-align:middle;border:1px solid #ccc}
 .trx-mod{padding:1px 6px;border-radius:8px;font-size:11px;color:#fff;white-space:nowrap}
-.trx-mod-text{background:#4C78A8}.trx-mod-image{background:#F58518}
+.trx-mod-text{background:#4C78A8}.trx-mod-image{background:#F58518}.trx-mod-both{background:#54A24B}
 .trx-text{display:inline-block;max-width:32em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;\
 vertical-align:middle}
 .trx-hit-row td{background:#e3f4e6;font-weight:600}
@@ -599,7 +605,7 @@ class Explorer:
         self.k_slider = widgets.IntSlider(value=self.k, min=1, max=max(1, min(100, ds.n_items)),
                                           description='K', continuous_update=False,
                                           layout=Layout(width='260px'))
-        self.modality_buttons = widgets.ToggleButtons(options=['all', *MODALITIES], value='all',
+        self.modality_buttons = widgets.ToggleButtons(options=['all', *shown_modalities(self.ds)], value='all',
                                                       description='Show', style={'button_width': '60px'})
         self.status = widgets.HTML()
         self.history_html = widgets.HTML(layout=Layout(flex='1 1 400px', min_width='360px'))
@@ -772,7 +778,7 @@ def _pick_users(ds, users, seed: int, pool=None) -> list[int]:
 def _user_section(views: dict, ds, cards: ItemCards, user: int, position: int, k: int, history_rows: int,
                   figs: dict) -> tuple[str, str, float]:
     "(`<section>`, `<option>`, seconds) of `user` on the static page; the user's figure specs go into `figs`."
-    names, filters = list(views), ('all', *MODALITIES)
+    names, filters = list(views), ('all', *shown_modalities(ds))
     per_model = {n: {f: views[n].recommend(user, k, None if f == 'all' else f) for f in filters}
                  for n in names}
     seconds = sum(recs.seconds for by_filter in per_model.values() for recs in by_filter.values())
@@ -829,7 +835,7 @@ def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | N
     banner_html = (_SYNTHETIC_BANNER if synthetic else '') + _notes_html(notes)
     encoding = ', '.join(f'{n}: {view.encode_seconds:.1f}s' for n, view in views.items())
     modality = np.asarray(ds.modality)
-    modality_options = ''.join(f'<option value="{m}">{m} only</option>' for m in MODALITIES)
+    modality_options = ''.join(f'<option value="{m}">{m} only</option>' for m in shown_modalities(ds))
     written = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>
@@ -839,7 +845,8 @@ def _write_page(views: dict, ds, out, users=5, k: int = 10, cards: ItemCards | N
 </head><body class="trx-root" data-rendered="pending" data-users="{len(user_idxs)}" data-k="{k}">
 <header><h1>{_esc(title)}</h1>{banner_html}
 <div class="trx-meta">Data set <b>{_esc(ds.name)}</b>: {ds.n_users} users, {ds.n_items} items
-({int((modality == 0).sum())} text, {int((modality == 1).sum())} image).
+({', '.join(f'{int((modality == code).sum())} {name}' for code, name in enumerate(MODALITIES)
+           if name in shown_modalities(ds))}).
 Models: {_esc(', '.join(names))}. {_esc(users_note)}
 Test split: history = all but the last item, held-out = the last; history items masked.</div>
 <label>User <select id="trx-user">{''.join(options)}</select></label>

@@ -19,11 +19,11 @@ __all__ = ['MODALITIES', 'PARTS', 'BOTH', 'ITEM_COLUMNS', 'INTERACTION_COLUMNS',
            'SPLITS', 'NEG_STREAM', 'PIXEL_STORE_VERSION', 'PIXEL_STORE_AUTO_IMAGES', 'PIXEL_STORE_AUTO_BYTES',
            'has_part', 'write_dataset', 'tiny_mom', 'Problem', 'DataError', 'release_images', 'MoMDataset',
            'meta_type_ok', 'is_synthetic', 'load_dataset', 'data_fingerprint', 'data_changes', 'write_data_record',
-           'read_data_record', 'record_mismatch', 'model_data_mismatch', 'ValidationReport', 'validate', 'train_part',
-           'history_and_target', 'split_targets', 'history_items', 'validation_views', 'window_ends', 'Batch',
-           'sample_negatives', 'n_batches_per_epoch', 'TrainBatches', 'train_batches', 'EvalBatch', 'eval_batches',
-           'default_num_workers', 'train_loader', 'pixel_store_wanted', 'pixel_store_dir', 'open_pixel_store',
-           'prepare_images', 'main']
+           'read_data_record', 'record_mismatch', 'model_data_mismatch', 'ValidationReport', 'validate', 'keep_part',
+           'train_part', 'history_and_target', 'split_targets', 'history_items', 'validation_views', 'window_ends',
+           'Batch', 'sample_negatives', 'n_batches_per_epoch', 'TrainBatches', 'train_batches', 'EvalBatch',
+           'eval_batches', 'default_num_workers', 'train_loader', 'pixel_store_wanted', 'pixel_store_dir',
+           'open_pixel_store', 'prepare_images', 'main']
 
 # %% ../nbs/01_data.ipynb #c004
 MODALITIES = ('text', 'image', 'both')  # modality code = position: text = 0, image = 1, both = 2
@@ -1946,6 +1946,20 @@ def validate(path, min_seq_len: int | None = None, check_images: bool = True) ->
     return ValidationReport(
         Path(path), counts, stats, probs, dict(min_seq_len=min_seq_len) if min_seq_len else {}
     )
+
+# %% ../nbs/01_data.ipynb #b004
+def keep_part(dataset: MoMDataset, part: str) -> MoMDataset:
+    "`dataset` with each `both` item reduced to its `part` ('text' or 'image'); named `NAME-PART-only`."
+    if part not in PARTS:
+        raise ValueError(f'keep_part: part={part!r}: use one of {PARTS}')
+    both = dataset.modality == BOTH
+    modality = np.where(both, PARTS.index(part), dataset.modality)
+    texts = [('' if is_both and part == 'image' else text) for text, is_both in zip(dataset.texts, both)]
+    refs = [('' if is_both and part == 'text' else ref) for ref, is_both in zip(dataset.image_refs, both)]
+    meta = {**dataset.meta, 'name': f'{dataset.name}-{part}-only'}
+    return MoMDataset.from_flat(dataset._flat, dataset._lens, dataset.item_ids, modality, texts, refs,
+                                dataset.user_ids, dataset.path, meta, dataset.problems, dataset.image_store,
+                                _item_index=dataset.item_index)
 
 # %% ../nbs/01_data.ipynb #c037
 SPLITS = ('valid', 'test')

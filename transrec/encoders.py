@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import ModelConfig, log, banner, atomic_write, write_json
+from .core import MODEL_CHOICES, ModelConfig, log, banner, atomic_write, write_json
 from .data import MODALITIES, PARTS, BOTH, has_part, _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted
 from .data import pixel_store_dir
 
@@ -20,7 +20,7 @@ from .data import pixel_store_dir
 __all__ = ['SAFE_WEIGHT_FILES', 'PICKLE_WEIGHT_PATTERNS', 'dataset_item_key', 'dataset_content_key', 'freeze_',
            'count_parameters', 'text_model_path', 'UnsafeWeightsError', 'check_text_weights', 'library_reason',
            'AttentionPooling', 'ReferencePooling', 'TextEncoder', 'load_image_weights', 'ImageEncoder', 'PrefixCache',
-           'ItemContent', 'make_content', 'ItemTower']
+           'ItemContent', 'make_content', 'PartFusion', 'parts_used', 'part_embedding', 'ItemTower']
 
 # %% ../nbs/05_encoders.ipynb #c007
 def _sha1(parts) -> str:
@@ -291,7 +291,7 @@ class TextEncoder(_Fingerprinted, nn.Module):
                 missing_ids, missing_mask = content.tokens(items[torch.as_tensor(positions)])
                 states = self.prefix(missing_ids.to(device), missing_mask.to(device))
                 return F.pad(states, (0, 0, 0, max_tokens - missing_ids.shape[1]))
-            x = cache.get(content.rows(items), compute)[:, :ids.shape[1]].to(device, torch.float32)
+            x = cache.get(content.rows(items, 'text'), compute)[:, :ids.shape[1]].to(device, torch.float32)
         return self.suffix(x, mask)
 
     @torch.no_grad()
@@ -409,7 +409,7 @@ class ImageEncoder(_Fingerprinted, nn.Module):
         else:
             def compute(positions):
                 return self.prefix(content.pixels(items[torch.as_tensor(positions)]).to(device))
-            x = cache.get(content.rows(items), compute).to(device, torch.float32)
+            x = cache.get(content.rows(items, 'image'), compute).to(device, torch.float32)
         return self.suffix(x)
 
 # %% ../nbs/05_encoders.ipynb #c023
@@ -491,11 +491,12 @@ class ItemContent:
         modality = np.array(ds.modality, dtype=np.int64)   # a writable copy
         self.modality = torch.as_tensor(modality)
         self.n_items = len(modality)
-        self._rows, self.n_by_modality = np.zeros(self.n_items, np.int64), []
-        for code in range(len(PARTS)):
-            items_of_modality = np.nonzero(modality == code)[0]
-            self._rows[items_of_modality] = np.arange(len(items_of_modality))
-            self.n_by_modality.append(len(items_of_modality))
+        self._part_rows, self.n_by_part = {}, []   # a both item has a row among the text and the image parts
+        for part in PARTS:
+            carrying = np.nonzero(has_part(modality, part))[0]
+            self._part_rows[part] = np.zeros(self.n_items, np.int64)
+            self._part_rows[part][carrying] = np.arange(len(carrying))
+            self.n_by_part.append(len(carrying))
         self.item_key = dataset_item_key(ds)
         self._content_key = None
         self.caches: OrderedDict[str, PrefixCache | None] = OrderedDict()
@@ -507,15 +508,15 @@ class ItemContent:
         if self._content_key is None: self._content_key = dataset_content_key(self.ds)
         return self._content_key
 
-    def rows(self, items) -> np.ndarray:
-        "Row of each item within its modality (index into per-modality arrays)."
-        return self._rows[np.asarray(items.cpu() if torch.is_tensor(items) else items)]
+    def rows(self, items, part: str) -> np.ndarray:
+        "Row of each item among the items carrying `part` (index into that part's arrays and caches)."
+        return self._part_rows[part][np.asarray(items.cpu() if torch.is_tensor(items) else items)]
 
-    def _check_modality(self, items, code):
-        item_modality = self.modality[torch.as_tensor(items).cpu()]
-        if (item_modality != code).any():
-            bad = torch.as_tensor(items).cpu()[item_modality != code][:5].tolist()
-            raise ValueError(f"items {bad} of data set {self.ds.name!r} are not {MODALITIES[code]} items")
+    def _check_part(self, items, part: str):
+        carrying = has_part(self.modality[torch.as_tensor(items).cpu()], part)
+        if not carrying.all():
+            bad = torch.as_tensor(items).cpu()[~carrying][:5].tolist()
+            raise ValueError(f"items {bad} of data set {self.ds.name!r} are not {part} items (nor both items)")
 
     def _get_tokenizer(self):
         if self._tokenizer is None:
@@ -540,14 +541,14 @@ class ItemContent:
 
     def tokens(self, items) -> tuple[torch.Tensor, torch.Tensor]:
         "Token ids and attention mask (int64 [n, l]) of text items, trimmed to the longest of them."
-        self._check_modality(items, 0)
+        self._check_part(items, 'text')
         positions = self._staged_pos('text', items)
         if positions is not None:
             ids, mask = self._staged['text'][1][positions], self._staged['text'][2][positions]
         else:
             if self._tok is None:                                          # compact: text items only
-                self._tok = self._tokenize(np.nonzero(self.modality.numpy() == 0)[0])
-            rows = self.rows(items)
+                self._tok = self._tokenize(np.nonzero(has_part(self.modality.numpy(), 'text'))[0])
+            rows = self.rows(items, 'text')
             ids, mask = self._tok[0][rows], self._tok[1][rows]
         longest = int(mask.sum(1).max()) if len(ids) else 1
         ids, mask = ids[:, :longest].astype(np.int64), mask[:, :longest].astype(np.int64)
@@ -556,7 +557,7 @@ class ItemContent:
     def store(self) -> np.ndarray | None:
         "The pixel store this content reads (`data.open_pixel_store`), resolved once; None: decode images."
         if self._store is None:
-            size, n_images = self.cfg.image_size, self.n_by_modality[1]
+            size, n_images = self.cfg.image_size, self.n_by_part[1]
             store = None
             if self._store_file is not None:                       # a worker process: the parent validated it
                 store = np.memmap(self._store_file, np.uint8, 'r', shape=(n_images, 3, size, size))
@@ -577,11 +578,11 @@ class ItemContent:
 
     def _u8(self, items: np.ndarray, cache: bool = True) -> np.ndarray:
         "uint8 [n, 3, S, S] of image `items`: from the pixel store, else decoded (and cached if `cache`)."
-        size, n_images = self.cfg.image_size, self.n_by_modality[1]
+        size, n_images = self.cfg.image_size, self.n_by_part[1]
         items = np.asarray(items, dtype=np.int64)
         if not len(items): return np.zeros((0, 3, size, size), np.uint8)
         store = self.store()
-        if store is not None: return np.ascontiguousarray(store[self._rows[items]])
+        if store is not None: return np.ascontiguousarray(store[self.rows(items, 'image')])
         if self._pix is None:
             fits = n_images * 3 * size * size <= self.pixel_cache_max_bytes
             self._pix = False
@@ -589,7 +590,7 @@ class ItemContent:
         if self._pix is False or not cache:
             return np.stack([_resize_crop(self.ds.load_image(int(i)), size) for i in items])
         pixels, filled = self._pix
-        rows = self._rows[items]
+        rows = self.rows(items, 'image')
         for item, row in zip(items, rows):
             if not filled[row]:
                 pixels[row] = _resize_crop(self.ds.load_image(int(item)), size)
@@ -598,7 +599,7 @@ class ItemContent:
 
     def pixels(self, items) -> torch.Tensor:
         "Normalised float32 images [n, 3, S, S] of image items (on the device of a staged batch's pixels)."
-        self._check_modality(items, 1)
+        self._check_part(items, 'image')
         positions = self._staged_pos('image', items)
         if positions is not None:
             staged = self._staged['image'][1]
@@ -616,11 +617,13 @@ class ItemContent:
 
     def batch_content(self, items) -> dict:
         """What the encoders read for a batch's unique `items`, made where this runs (a loader worker):
-        `text_ids`, `text_mask` of its text items (trimmed to the longest), uint8 `pixels` of its image items
-        (not when a complete frozen-prefix cache for images exists: the image encoder never reads them)."""
+        `text_ids`, `text_mask` of its items with a text (trimmed to the longest), uint8 `pixels` of its items
+        with an image (not when a complete frozen-prefix cache for images exists: the image encoder never reads
+        them); a both item is in the two, once each."""
         items = np.asarray(items, dtype=np.int64)
         item_modality = self.modality.numpy()[items]
-        out, text, image = {}, items[item_modality == 0], items[item_modality == 1]
+        out = {}
+        text, image = items[has_part(item_modality, 'text')], items[has_part(item_modality, 'image')]
         if len(text):
             ids, mask = self._tokenize(text)
             longest = int(mask.sum(1).max())
@@ -633,8 +636,8 @@ class ItemContent:
 
     def prepare_workers(self):
         "Load the tokenizer and resolve the pixel store before loader workers are forked (they inherit both)."
-        if self.n_by_modality[0]: self._get_tokenizer()
-        if self.n_by_modality[1]: self.store()
+        if self.n_by_part[0]: self._get_tokenizer()
+        if self.n_by_part[1]: self.store()
 
     def staged(self, batch):
         "Context: `tokens`/`pixels` of `batch`'s items come from what the loader put in it (nothing decoded)."
@@ -646,8 +649,8 @@ class ItemContent:
             staged = {}
             if batch.text_ids is not None:
                 text_ids, text_mask = batch.text_ids.cpu().numpy(), batch.text_mask.cpu().numpy()
-                staged['text'] = (items[item_modality == 0], text_ids, text_mask)
-            if batch.pixels is not None: staged['image'] = (items[item_modality == 1], batch.pixels)
+                staged['text'] = (items[has_part(item_modality, 'text')], text_ids, text_mask)
+            if batch.pixels is not None: staged['image'] = (items[has_part(item_modality, 'image')], batch.pixels)
             old, self._staged = self._staged, staged
             try: yield self
             finally: self._staged = old
@@ -666,7 +669,7 @@ class ItemContent:
         if name in self.caches:
             self.caches.move_to_end(name)
             return self.caches[name]
-        n_rows = self.n_by_modality[MODALITIES.index(encoder.modality)]
+        n_rows = self.n_by_part[PARTS.index(encoder.modality)]
         shape = tuple(self._prefix_shape(encoder))
         nbytes = n_rows * math.prod(shape) * np.dtype(self.cache_dtype).itemsize
         if self.cache_dir is not None:
@@ -717,8 +720,10 @@ class ItemContent:
                                  "make_content(model.cfg, ds)")
 
     def __repr__(self):
-        n_text, n_image = self.n_by_modality
-        return (f"ItemContent({self.ds.name!r}: {n_text} text / {n_image} image items, "
+        n_text, n_image = self.n_by_part
+        n_both = int((self.modality == BOTH).sum())
+        both = f' ({n_both} both)' if n_both else ''
+        return (f"ItemContent({self.ds.name!r}: {n_text} text / {n_image} image items{both}, "
                 f"prefix_cache={self.use_cache}, caches={[cache for cache in self.caches.values()]})")
 
 # %% ../nbs/05_encoders.ipynb #xc93632d
@@ -733,9 +738,49 @@ def make_content(cfg: ModelConfig, ds, prefix_cache: bool = True, cache_dir=None
                        cache_max_bytes=cache_max_bytes, cache_dtype=cache_dtype,
                        pixel_cache_max_bytes=pixel_cache_max_bytes, pixel_store=pixel_store)
 
+# %% ../nbs/05_encoders.ipynb #f001
+class PartFusion(nn.Module):
+    "The text and image vectors [n, d] of `both` items -> one vector [n, d] each, by `kind` (`ModelConfig.fusion`)."
+    def __init__(self, kind: str, dim: int):
+        super().__init__()
+        if kind not in MODEL_CHOICES['fusion']:
+            raise ValueError(f"fusion={kind!r}: choose one of {MODEL_CHOICES['fusion']}")
+        self.kind = kind
+        if kind in ('concat', 'gate'):
+            self.linear = nn.Linear(2 * dim, dim)
+            with torch.no_grad():
+                self.linear.bias.zero_()
+                if kind == 'concat': self.linear.weight.copy_(torch.eye(dim).repeat(1, 2))   # starts as the sum
+                else: self.linear.weight.zero_()                                           # starts at g = 1/2
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if self.kind == 'sum': return text + image
+        both = torch.cat([text, image], -1)
+        if self.kind == 'concat': return self.linear(both)
+        gate = torch.sigmoid(self.linear(both))
+        return gate * text + (1 - gate) * image
+
+# %% ../nbs/05_encoders.ipynb #f002
+def parts_used(item_modality: torch.Tensor, modality_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks (text, image) of the parts to encode for items of `item_modality` codes; each `both` item
+    loses one part (chosen at random) with probability `modality_dropout` (torch's random generator)."""
+    uses_text, uses_image = has_part(item_modality, 'text'), has_part(item_modality, 'image')
+    if modality_dropout > 0:
+        dropped = (item_modality == BOTH) & (torch.rand(len(item_modality)) < modality_dropout)
+        drop_text = dropped & (torch.rand(len(item_modality)) < 0.5)
+        uses_text, uses_image = uses_text & ~drop_text, uses_image & ~(dropped & ~drop_text)
+    return uses_text, uses_image
+
+# %% ../nbs/05_encoders.ipynb #f004
+def part_embedding(embedding: nn.Embedding, item_modality: torch.Tensor) -> torch.Tensor:
+    "Rows of `embedding` (one per part) for modality codes `item_modality`; a `both` item gets their mean."
+    parts = torch.stack([has_part(item_modality, part) for part in PARTS], -1).to(embedding.weight.dtype)
+    return (parts @ embedding.weight) / parts.sum(-1, keepdim=True)
+
 # %% ../nbs/05_encoders.ipynb #c035
 class ItemTower(nn.Module):
-    "Items -> vectors [n, cfg.dim]: text/image encoders (each unique item once) + a modality embedding."
+    """Items -> vectors [n, cfg.dim]: text/image encoders (each unique item's part once) + a modality embedding;
+    a both item's two part vectors fused by `cfg.fusion`."""
     def __init__(self, cfg: ModelConfig, pretrained: bool = True):
         super().__init__()
         self.cfg = cfg
@@ -746,6 +791,7 @@ class ItemTower(nn.Module):
         self.modality_embedding = nn.Embedding(len(PARTS), cfg.dim) if on_items else None
         if self.modality_embedding is not None:
             nn.init.normal_(self.modality_embedding.weight, std=0.02)   # start as a small offset
+        self.fusion = PartFusion(cfg.fusion, cfg.dim)
 
     def encoders(self) -> list[nn.Module]: return [self.text, self.image]
 
@@ -757,14 +803,25 @@ class ItemTower(nn.Module):
             raise IndexError(f"item indices must lie in 0..{content.n_items - 1} for data set "
                              f"{content.ds.name!r}")
         item_modality = content.modality[unique_items]
-        parts, order = [], []
-        for code, encoder in enumerate(self.encoders()):
-            selected = torch.nonzero(item_modality == code).squeeze(1)
+        uses = parts_used(item_modality, self.cfg.modality_dropout if self.training else 0.0)
+        return self.encode_parts(unique_items, content, uses)[inverse.to(device)]
+
+    def encode_parts(self, items: torch.Tensor, content: ItemContent, uses: tuple, bucketed: bool = True):
+        """Vectors [n, d] of `items` (as given: no de-duplication) from the parts `uses` (text, image masks):
+        each used part encoded, plus its modality embedding; an item using both parts gets their fusion."""
+        device = self.text.proj.weight.device
+        full = []                          # per part: [n, d], the part's vector (+ its embedding) where used
+        for code, (encoder, used) in enumerate(zip(self.encoders(), uses)):
+            selected = torch.nonzero(used).squeeze(1)
+            vecs = torch.zeros(len(items), self.cfg.dim, device=device)
             if len(selected):
-                parts.append(encoder(unique_items[selected], content))
-                order.append(selected)
-        if not parts: return torch.zeros(0, self.cfg.dim, device=device)
-        vecs = torch.cat(parts)[torch.argsort(torch.cat(order)).to(device)]
-        if self.modality_embedding is not None:
-            vecs = vecs + self.modality_embedding(item_modality.to(device))
-        return vecs[inverse.to(device)]
+                options = dict(bucketed=bucketed) if encoder.modality == 'text' else {}
+                part_vecs = encoder(items[selected], content, **options)
+                if self.modality_embedding is not None:
+                    part_vecs = part_vecs + self.modality_embedding.weight[code]
+                vecs = vecs.index_copy(0, selected.to(device), part_vecs.to(vecs.dtype))
+            full.append(vecs)
+        text_only, both = (uses[0] & ~uses[1]).to(device), torch.nonzero(uses[0] & uses[1]).squeeze(1).to(device)
+        vecs = torch.where(text_only[:, None], full[0], full[1])
+        if len(both): vecs = vecs.index_copy(0, both, self.fusion(full[0][both], full[1][both]).to(vecs.dtype))
+        return vecs

@@ -91,7 +91,7 @@ def preset_configs(preset: str = 'workbench',
 
 # %% ../nbs/11_experiment.ipynb #c009e
 TRAINING_TIME_FIELDS = ('dropout', 'text_trainable_blocks', 'image_trainable_blocks', 'loss', 'readout',
-                        'n_pos', 'n_neg', 'temperature', 'train_windows')
+                        'n_pos', 'n_neg', 'temperature', 'train_windows', 'modality_dropout')
 
 def architecture_clashes(saved: ModelConfig, wanted: dict) -> dict:
     "The architecture settings in `wanted` (field -> value; None = unset) that differ from `saved`."
@@ -209,6 +209,7 @@ MODEL_SPECS = dict(
     tower_norm=Spec(choices=('pre', 'post')), ffn_dim=Spec(int, 0, 1_000_000),
     positions=Spec(choices=('newest', 'oldest')),
     modality_embedding=Spec(choices=('items', 'history', 'none')),
+    fusion=Spec(choices=('sum', 'concat', 'gate')), modality_dropout=Spec(float, 0, 0.99),
     train_windows=Spec(choices=('all', 'last')), n_pos=Spec(int, 1, 10_000),
     temperature=Spec(float, 0, 100, lo_open=True),
     image_mean=Spec(list, item=Spec(float, 0, 1), check=_per_channel),
@@ -407,6 +408,7 @@ def dataset_summary(ds) -> dict:
     return dict(name=ds.name, path=str(ds.path), synthetic=bool(ds.synthetic),
                 users=int(ds.n_users), items=int(ds.n_items),
                 text_items=int((ds.modality == 0).sum()), image_items=int((ds.modality == 1).sum()),
+                both_items=int((ds.modality == 2).sum()),
                 interactions=int(lens.sum()), mean_seq_len=float(lens.mean()))
 
 # %% ../nbs/11_experiment.ipynb #x8f364eb

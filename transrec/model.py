@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from .core import ModelConfig, log, atomic_write, module_device
 from .encoders import ItemTower, ItemContent, make_content, dataset_item_key, count_parameters
-from .data import MODALITIES, PARTS, BOTH
+from .encoders import part_embedding
+from .data import MODALITIES, PARTS
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'bert_init_', 'UserTower', 'last_valid', 'first_occurrence', 'gather_candidates', 'train_seq_len',
@@ -76,9 +77,9 @@ class UserTower(nn.Module):
         if self.modality is not None:
             if hist_modality is None:
                 raise ValueError("modality_embedding='history': the user tower needs each history item's "
-                                 "modality; pass hist_modality [B, L] (0 = text, 1 = image) to user_states / "
-                                 "user_vectors")
-            states = states + self.modality(hist_modality.to(x.device))
+                                 "modality; pass hist_modality [B, L] (0 = text, 1 = image, 2 = both) to "
+                                 "user_states / user_vectors")
+            states = states + part_embedding(self.modality, hist_modality.to(x.device))
         return self.encoder(states, mask=self.attention_mask(mask.bool()))
 
 # %% ../nbs/06_model.ipynb #x585e919

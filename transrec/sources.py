@@ -38,6 +38,10 @@ SOURCES: dict[str, Source] = {source.name: source for source in [
     Source('nc_mixed', 'target',
            'negative control: transitions unrelated to the source, content unrelated to clicks',
            'nc_mixed'),
+    Source('qb_both', 'source', 'pre-training source whose items all carry a title and a cover (as in NineRec, '
+           'PixelRec, MicroLens, Amazon)', 'qb_both'),
+    Source('tn_both', 'target', 'target from another platform whose items all carry a title and a cover',
+           'tn_both'),
     *[Source(f'shift_{percent:03d}', 'target', f'shift ladder: every shift dial at {percent / 100} (0: the '
              "source's world, 1: unrelated to it)", f'shift_{percent:03d}')
       for percent in (0, 25, 50, 75, 100)],
