@@ -17,7 +17,7 @@ from .encoders import count_parameters
 __all__ = ['STRATEGIES', 'SMALL_CHECKPOINT_STRATEGIES', 'PEFT_INSTALL', 'LORA_TEXT_TARGETS', 'LORA_USER_TARGETS', 'STRATEGY_FILE',
            'check_strategy', 'check_peft', 'check_strategy_init', 'StrategyConfig', 'Adapter', 'attach_adapter',
            'add_adapters', 'add_lora', 'strategy_modules', 'file_sha256', 'apply_strategy', 'strategy_costs',
-           'peak_memory', 'small_state_keys', 'small_state', 'save_small_checkpoint', 'check_base',
+           'peak_memory', 'fit_costs', 'small_state_keys', 'small_state', 'save_small_checkpoint', 'check_base',
            'load_small_checkpoint']
 
 # %% ../nbs/13_strategies.ipynb #sg05
@@ -256,6 +256,17 @@ class peak_memory:
                 self.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 self.scope = 'process peak RSS since it started (getrusage)'
         return False
+
+# %% ../nbs/13_strategies.ipynb #sg35b
+def fit_costs(model, result, peak: peak_memory) -> dict:
+    """What a finished `fit` of `model` cost: `strategy_costs`, mean optimiser step time (None for a resumed
+    run), the peak memory measured around it, and the size of its `best/model.safetensors`."""
+    steps = result.steps if result.resumed_from is None else 0
+    weights = Path(result.best_dir)/'model.safetensors'
+    return dict(**strategy_costs(model), steps=result.steps,
+                step_time_s=result.train_time / steps if steps else None,
+                peak_memory_bytes=peak.bytes, peak_memory_scope=peak.scope,
+                checkpoint_bytes=weights.stat().st_size if weights.is_file() else None)
 
 # %% ../nbs/13_strategies.ipynb #sg37
 STRATEGY_FILE = 'strategy.json'
