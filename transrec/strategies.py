@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_strategies.ipynb #sg02
 from __future__ import annotations
-import difflib, hashlib, json, os, resource, time
+import difflib, hashlib, json, math, os, resource, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -15,10 +15,11 @@ from .encoders import count_parameters
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'SMALL_CHECKPOINT_STRATEGIES', 'PEFT_INSTALL', 'LORA_TEXT_TARGETS', 'LORA_USER_TARGETS', 'STRATEGY_FILE',
-           'check_strategy', 'check_peft', 'check_strategy_init', 'StrategyConfig', 'Adapter', 'attach_adapter',
-           'add_adapters', 'add_lora', 'strategy_modules', 'file_sha256', 'apply_strategy', 'strategy_costs',
-           'peak_memory', 'fit_costs', 'small_state_keys', 'small_state', 'save_small_checkpoint', 'check_base',
-           'load_small_checkpoint']
+           'ABLATION_TARGETS', 'COST_FIELDS', 'check_strategy', 'check_peft', 'check_strategy_init', 'StrategyConfig',
+           'Adapter', 'attach_adapter', 'add_adapters', 'add_lora', 'strategy_modules', 'file_sha256', 'apply_strategy',
+           'strategy_costs', 'peak_memory', 'fit_costs', 'small_state_keys', 'small_state', 'save_small_checkpoint',
+           'check_base', 'load_small_checkpoint', 'ablation_runs', 'ablation_rows', 'ablation_markdown',
+           'ablation_figure', 'ablation_study', 'ablation_finetune_params']
 
 # %% ../nbs/13_strategies.ipynb #sg05
 STRATEGIES = ('full', 'top_blocks', 'user_tower', 'item_tower', 'adapters', 'lora', 'none')
@@ -333,3 +334,136 @@ def load_small_checkpoint(folder):
                          f"its base: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     model.load_state_dict(state, strict=False)
     return model
+
+# %% ../nbs/13_strategies.ipynb #sa01
+ABLATION_TARGETS = ('qb_text', 'qb_image', 'tn_text', 'tn_mixed')   # the four targets of the paper's table
+COST_FIELDS = ('trainable_parameters', 'total_parameters', 'optimizer_state_bytes', 'step_time_s',
+               'peak_memory_bytes', 'checkpoint_bytes')
+
+def ablation_runs(out_dir, targets, strategies, pretrained, seeds: int) -> list[dict]:
+    "The grid of an ablation: one dict (target, strategy, seed, init, dir) per run, checked before any work."
+    from transrec.experiment import check_data_name
+    for target in targets: check_data_name(target, 'targets')
+    for strategy in strategies: check_strategy(strategy, 'strategies')
+    pretrained = [pretrained] if isinstance(pretrained, (str, Path)) else list(pretrained)
+    if len(pretrained) < seeds:
+        raise ValueError(f"pretrained: {len(pretrained)} model folder(s) for seeds={seeds}: give one pre-trained "
+                         "model per seed (seed i fine-tunes pretrained[i])")
+    return [dict(target=target, strategy=strategy, seed=seed, init=str(pretrained[seed]),
+                 dir=Path(out_dir)/target/strategy/f'seed-{seed}')
+            for target in targets for strategy in strategies for seed in range(seeds)]
+
+# %% ../nbs/13_strategies.ipynb #sa03
+def ablation_rows(runs: list[dict]) -> dict:
+    "`rows[target][strategy]`: intervals over seeds, the difference to `full`, the paired test, mean costs."
+    from transrec.study import seed_interval, difference_interval, paired_cell
+    grouped = {}
+    for run in runs: grouped.setdefault(run['target'], {}).setdefault(run['strategy'], []).append(run)
+    rows = {}
+    for target, by_strategy in grouped.items():
+        full = by_strategy.get('full', [])
+        full_ndcg = {run['seed']: run['metrics']['test']['NDCG@10'] for run in full}
+        rows[target] = {}
+        for strategy, cell in by_strategy.items():
+            tests = [run['metrics']['test'] for run in cell]
+            costs = [run['metrics'].get('cost') or {} for run in cell]
+            row = dict(seeds=len(cell), **{name: seed_interval([test.get(name) for test in tests])
+                                           for name in ('NDCG@10', 'HR@10')})
+            row.update({name: seed_interval([cost.get(name) for cost in costs]) for name in COST_FIELDS})
+            if full and strategy != 'full':
+                pairs = [(run['metrics']['test']['NDCG@10'], full_ndcg[run['seed']]) for run in cell
+                         if run['seed'] in full_ndcg]
+                row['diff_vs_full'] = difference_interval(*zip(*pairs)) if pairs else None
+                row['paired_vs_full'] = paired_cell([run['dir'] for run in cell if run['seed'] in full_ndcg],
+                                                    [run['dir'] for run in full])
+            rows[target][strategy] = row
+    return rows
+
+# %% ../nbs/13_strategies.ipynb #sa05
+def _size(value, unit: float, suffix: str, digits: int = 1) -> str:
+    return '' if value is None else f'{value["mean"] / unit:.{digits}f} {suffix}'
+
+def ablation_markdown(rows: dict) -> str:
+    "The ablation table: NDCG@10 (held-out users, mean ± 95% interval over seeds), vs full, costs."
+    from transrec.study import format_interval, _p_text
+    lines = ['| target | strategy | seeds | NDCG@10 | HR@10 | NDCG@10 − full | p vs full (paired, users) | '
+             'trainable parameters | AdamW state | step time | peak memory | checkpoint |',
+             '|' + '---|' * 12]
+    for target, by_strategy in rows.items():
+        for strategy in [name for name in STRATEGIES if name in by_strategy]:
+            row = by_strategy[strategy]
+            trainable = row['trainable_parameters']
+            diff = row.get('diff_vs_full')
+            diff_text = '' if diff is None else ('+' if diff['mean'] >= 0 else '') + format_interval(diff)
+            cells = [target, strategy, str(row['seeds']), format_interval(row['NDCG@10']),
+                     format_interval(row['HR@10']), diff_text, _p_text(row.get('paired_vs_full')),
+                     '' if trainable is None else f"{trainable['mean']:,.0f}",
+                     _size(row['optimizer_state_bytes'], 2**20, 'MiB', 2), _size(row['step_time_s'], 1e-3, 'ms', 0),
+                     _size(row['peak_memory_bytes'], 2**20, 'MiB', 0), _size(row['checkpoint_bytes'], 2**20, 'MiB', 2)]
+            lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+# %% ../nbs/13_strategies.ipynb #sa07
+def ablation_figure(rows: dict, metric: str = 'NDCG@10'):
+    "Plotly: `metric` (held-out users) against trainable parameters, log x, one line per target; `none` dotted."
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for index, (target, by_strategy) in enumerate(rows.items()):
+        colour = f'hsl({index * 360 // max(len(rows), 1)}, 60%, 45%)'
+        points = sorted([(row['trainable_parameters']['mean'], row[metric], strategy)
+                         for strategy, row in by_strategy.items()
+                         if strategy != 'none' and row.get(metric) and row.get('trainable_parameters')
+                         and row['trainable_parameters']['mean'] > 0], key=lambda point: point[0])
+        half = [point[1].get('half_width') for point in points]
+        fig.add_trace(go.Scatter(x=[point[0] for point in points], y=[point[1]['mean'] for point in points],
+                                 text=[point[2] for point in points], mode='lines+markers+text',
+                                 textposition='top center', name=target, line=dict(color=colour),
+                                 error_y=dict(type='data', array=[h if h is not None and math.isfinite(h) else 0
+                                                                   for h in half])))
+        zero_shot = (by_strategy.get('none') or {}).get(metric)
+        if zero_shot and points:
+            fig.add_trace(go.Scatter(x=[points[0][0], points[-1][0]], y=[zero_shot['mean']] * 2, mode='lines',
+                                     name=f'{target}: none (zero-shot)', line=dict(color=colour, dash='dot')))
+    fig.update_xaxes(type='log', title='trainable parameters (log scale)')
+    fig.update_yaxes(title=f'{metric}, held-out users (mean ± 95% interval over seeds)')
+    fig.update_layout(title=f'Fine-tuning strategies: {metric} against trainable parameters', template='plotly_white',
+                      height=460)
+    return fig
+
+# %% ../nbs/13_strategies.ipynb #sa09
+def ablation_study(out_dir, pretrained, targets=ABLATION_TARGETS, strategies=STRATEGIES, seeds: int = 3,
+                   target_fraction: float = 0.1, finetune_params: dict | None = None) -> dict:
+    "Run (or reuse) the grid; write summary.json, table.md and chart.html into `out_dir`; the summary."
+    from transrec.study import run_or_reuse
+    from transrec.core import jsonable
+    out_dir, start = Path(out_dir), time.time()
+    runs = ablation_runs(out_dir, targets, strategies, pretrained, seeds)
+    for run in runs:
+        params = {**(finetune_params or {}), 'seed': run['seed'], 'strategy': run['strategy']}
+        run['metrics'] = run_or_reuse('finetune', run['dir'], target=run['target'], init=run['init'],
+                                      target_fraction=target_fraction, **params)
+    rows = ablation_rows(runs)
+    synthetic = any(run['metrics'].get('synthetic') for run in runs)
+    summary = dict(targets=list(targets), strategies=list(strategies), seeds=seeds, target_fraction=target_fraction,
+                   pretrained=[run['init'] for run in runs if run['target'] == targets[0]
+                               and run['strategy'] == strategies[0]],
+                   finetune_params=finetune_params or {}, evaluated_on='held-out users of each target',
+                   synthetic=synthetic, table=rows, wall_time_s=time.time() - start,
+                   runs={f"{run['target']}/{run['strategy']}/seed-{run['seed']}":
+                         dict(dir=str(run['dir']), test=run['metrics']['test'], cost=run['metrics'].get('cost'),
+                              zero_shot=run['metrics'].get('zero_shot'), wall_time_s=run['metrics']['wall_time_s'])
+                         for run in runs})
+    write_json(out_dir/'summary.json', jsonable(summary))
+    (out_dir/'table.md').write_text(ablation_markdown(rows))
+    from transrec.experiment import save_figure
+    save_figure(ablation_figure(rows), out_dir/'chart.html')
+    return summary
+
+# %% ../nbs/13_strategies.ipynb #sa10
+def ablation_finetune_params(params: dict) -> dict:
+    "What every fine-tune of a checked `ablation` notebook's `params` gets (seed and strategy: per run)."
+    from transrec.experiment import STUDY_RUN_PARAMS
+    run = {name: params[name] for name in STUDY_RUN_PARAMS if name != 'seed'}
+    epochs = {} if params['finetune_epochs'] is None else {'epochs': params['finetune_epochs']}
+    return {**run, 'progress': False, 'adapter_size': params['adapter_size'], 'lora_rank': params['lora_rank'],
+            'model': dict(params['model']), 'train': {**params['train'], **epochs}}
