@@ -184,7 +184,7 @@ def test_scaling(env, pretrained):
     assert all(band['mean'] and None not in band['mean'] for band in r['convergence'].values())
 
 
-EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore')
+EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore', 'ablation')
 ANNOTATIONS = {str: 'str', int: 'int', float: 'float', bool: 'bool', list: 'list', dict: 'dict'}
 
 
