@@ -80,3 +80,22 @@ def test_a_changed_base_is_refused_naming_both_hashes(tiny, pretrained):
     save_file(weights, str(base_copy/'model.safetensors'))
     with pytest.raises(ValueError, match=record['base']['sha256'][:16]):
         load_model(run)
+
+
+@pytest.mark.slow
+def test_ablation_notebook_runs_the_grid_and_reuses_finished_runs(tiny, pretrained):
+    "nbs/ablation.ipynb through papermill: table, chart and summary; a second run reuses every finished run."
+    from test_experiments import run
+    out = tiny/'ablation'
+    params = dict(targets=[str(tiny/'data')], strategies=['full', 'adapters', 'none'], pretrained=[str(pretrained)],
+                  seeds=1, finetune_epochs=1, device='cpu', out_dir=str(out), target_fraction=0.5,
+                  train=dict(batch_size=8, amp='none', threads=1))
+    run('ablation', tiny/'ablation.ipynb', **params)
+    summary = json.loads((out/'summary.json').read_text())
+    row = summary['table']['data']
+    assert set(row) == {'full', 'adapters', 'none'} and 'paired_vs_full' in row['adapters']
+    assert row['adapters']['trainable_parameters']['mean'] < row['full']['trainable_parameters']['mean']
+    assert '| data | adapters | 1 |' in (out/'table.md').read_text() and (out/'chart.html').is_file()
+    stamp = (out/'data'/'full'/'seed-0'/'metrics.json').stat().st_mtime
+    run('ablation', tiny/'ablation-again.ipynb', **params)
+    assert (out/'data'/'full'/'seed-0'/'metrics.json').stat().st_mtime == stamp

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import difflib, hashlib, json, math, os, resource, time
 from dataclasses import dataclass, asdict
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,10 +17,10 @@ from .encoders import count_parameters
 # %% auto #0
 __all__ = ['STRATEGIES', 'SMALL_CHECKPOINT_STRATEGIES', 'PEFT_INSTALL', 'LORA_TEXT_TARGETS', 'LORA_USER_TARGETS', 'STRATEGY_FILE',
            'ABLATION_TARGETS', 'COST_FIELDS', 'check_strategy', 'check_peft', 'check_strategy_init', 'StrategyConfig',
-           'Adapter', 'attach_adapter', 'add_adapters', 'add_lora', 'strategy_modules', 'file_sha256', 'apply_strategy',
-           'strategy_costs', 'peak_memory', 'fit_costs', 'small_state_keys', 'small_state', 'save_small_checkpoint',
-           'check_base', 'load_small_checkpoint', 'ablation_runs', 'ablation_rows', 'ablation_markdown',
-           'ablation_figure', 'ablation_study', 'ablation_finetune_params']
+           'Adapter', 'attach_adapter', 'add_adapters', 'add_lora', 'strategy_modules', 'strategy_param_groups',
+           'file_sha256', 'apply_strategy', 'strategy_costs', 'peak_memory', 'fit_costs', 'small_state_keys',
+           'small_state', 'save_small_checkpoint', 'check_base', 'load_small_checkpoint', 'ablation_runs',
+           'ablation_rows', 'ablation_markdown', 'ablation_figure', 'ablation_study', 'ablation_finetune_params']
 
 # %% ../nbs/13_strategies.ipynb #sg05
 STRATEGIES = ('full', 'top_blocks', 'user_tower', 'item_tower', 'adapters', 'lora', 'none')
@@ -182,6 +183,23 @@ def strategy_modules(model, strategy: str) -> list[nn.Module]:
         return [m for name, m in model.named_modules() if name.rsplit('.', 1)[-1] in ('lora_A', 'lora_B')] + projections
     return []
 
+# %% ../nbs/13_strategies.ipynb #sg22c
+def _is_new(name: str) -> bool: return '.adapter.' in name or 'lora_' in name
+
+def strategy_param_groups(model, cfg) -> list[dict]:
+    "`transrec.model.param_groups` with adapter and LoRA parameters moved to groups at `cfg.lr`."
+    from transrec.model import param_groups
+    new_ids = {id(param) for name, param in model.named_parameters() if _is_new(name) and param.requires_grad}
+    groups = []
+    for group in param_groups(model, cfg.lr, cfg.encoder_lr, cfg.weight_decay):
+        groups.append({**group, 'params': [param for param in group['params'] if id(param) not in new_ids]})
+    for decay in (True, False):
+        params = [param for name, param in model.named_parameters()
+                  if id(param) in new_ids and (param.ndim >= 2) == decay]
+        groups.append(dict(name='new' if decay else 'new_no_decay', params=params, lr=cfg.lr,
+                           weight_decay=cfg.weight_decay if decay else 0.0))
+    return [group for group in groups if group['params']]
+
 # %% ../nbs/13_strategies.ipynb #sg23
 def file_sha256(path) -> str:
     "SHA-256 (hex) of the file at `path`, read in 1 MiB chunks."
@@ -210,6 +228,7 @@ def apply_strategy(model, strategy: StrategyConfig | str, base=None):
     for module in strategy_modules(model, name):
         for param in module.parameters(): param.requires_grad_(True)
     if name == 'none': model.trainable = False             # fit evaluates it, nothing to train
+    if name in ('adapters', 'lora'): model.param_groups = partial(strategy_param_groups, model)
     model.train(model.training)                            # frozen encoders to eval mode (batch norm, dropout)
     model.strategy = strategy
     if name in SMALL_CHECKPOINT_STRATEGIES and base is not None:
