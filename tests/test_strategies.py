@@ -1,4 +1,4 @@
-"Fine-tuning strategies end to end (issue #23): run_experiment with each strategy, costs, small checkpoints, refusals."
+"Fine-tuning strategies end to end (issue #23): runs with each strategy, costs, small checkpoints, refusals."
 import json
 from pathlib import Path
 import pytest
@@ -29,8 +29,8 @@ def pretrained(tiny):
 
 def finetune(tiny, out, init, strategy, **kw):
     from transrec.strategies import StrategyConfig
-    return run_experiment(str(tiny/'data'), tiny/out, MODEL, TRAIN, init=init, fraction=0.5, experiment='finetune',
-                          progress=False, strategy=StrategyConfig(strategy, **kw))
+    return run_experiment(str(tiny/'data'), tiny/out, MODEL, TRAIN, init=init, fraction=0.5,
+                          experiment='finetune', progress=False, strategy=StrategyConfig(strategy, **kw))
 
 
 @pytest.mark.parametrize('strategy', ['user_tower', 'adapters', 'lora', 'none'])
@@ -42,7 +42,8 @@ def test_a_strategy_run_records_its_costs_and_its_model_reloads(tiny, pretrained
     assert cost['peak_memory_bytes'] > 0
     assert (cost['step_time_s'] is None) == (strategy == 'none')
     events = [json.loads(line) for line in (tiny/f'ft-{strategy}'/'metrics.jsonl').read_text().splitlines()]
-    assert [event for event in events if event['event'] == 'cost'][0]['trainable_parameters'] == cost['trainable_parameters']
+    logged = [event for event in events if event['event'] == 'cost'][0]
+    assert logged['trainable_parameters'] == cost['trainable_parameters']
     best = Path(metrics['best_dir'])
     small = strategy in ('adapters', 'lora', 'none')
     assert (best/STRATEGY_FILE).is_file() == small
@@ -50,7 +51,8 @@ def test_a_strategy_run_records_its_costs_and_its_model_reloads(tiny, pretrained
     if small: assert cost['checkpoint_bytes'] < base_bytes / 5
     if strategy == 'none': assert metrics['test'] == metrics['zero_shot']      # nothing trained
     model = load_model(best)                         # a small checkpoint comes back with its strategy's parts
-    if small: assert sum(p.numel() for p in model.parameters() if p.requires_grad) == cost['trainable_parameters']
+    trained = sum(param.numel() for param in model.parameters() if param.requires_grad)
+    if small: assert trained == cost['trainable_parameters']
 
 
 def test_strategy_refusals_come_before_any_work(tiny, pretrained):
@@ -87,7 +89,8 @@ def test_ablation_notebook_runs_the_grid_and_reuses_finished_runs(tiny, pretrain
     "nbs/ablation.ipynb through papermill: table, chart and summary; a second run reuses every finished run."
     from test_experiments import run
     out = tiny/'ablation'
-    params = dict(targets=[str(tiny/'data')], strategies=['full', 'adapters', 'none'], pretrained=[str(pretrained)],
+    params = dict(targets=[str(tiny/'data')], strategies=['full', 'adapters', 'none'],
+                  pretrained=[str(pretrained)],
                   seeds=1, finetune_epochs=1, device='cpu', out_dir=str(out), target_fraction=0.5,
                   train=dict(batch_size=8, amp='none', threads=1))
     run('ablation', tiny/'ablation.ipynb', **params)

@@ -78,7 +78,7 @@ class StrategyConfig:
 
 # %% ../nbs/13_strategies.ipynb #sg14
 class Adapter(nn.Module):
-    "Houlsby bottleneck adapter: x + up(gelu(down(x))); `up` starts at zero, so a fresh adapter is the identity."
+    "Houlsby bottleneck adapter: x + up(gelu(down(x))); `up` starts at zero: a fresh adapter is the identity."
     def __init__(self, dim: int, size: int):
         super().__init__()
         self.down, self.up = nn.Linear(dim, size), nn.Linear(size, dim)
@@ -180,7 +180,8 @@ def strategy_modules(model, strategy: str) -> list[nn.Module]:
         adapters = [m for m in model.modules() if isinstance(m, Adapter)]
         return adapters + _layer_norms(_top_blocks(text) + [user]) + projections
     if strategy == 'lora':
-        return [m for name, m in model.named_modules() if name.rsplit('.', 1)[-1] in ('lora_A', 'lora_B')] + projections
+        lora = [m for name, m in model.named_modules() if name.rsplit('.', 1)[-1] in ('lora_A', 'lora_B')]
+        return lora + projections
     return []
 
 # %% ../nbs/13_strategies.ipynb #sg22c
@@ -310,7 +311,8 @@ def save_small_checkpoint(model, folder) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     record = dict(strategy=model.strategy.to_dict(), base=model.base_record)
     metadata = dict(strategy=model.strategy.strategy, base_sha256=model.base_record['sha256'])
-    atomic_write(folder/'model.safetensors', lambda tmp: save_file(small_state(model), str(tmp), metadata=metadata))
+    atomic_write(folder/'model.safetensors',
+                 lambda tmp: save_file(small_state(model), str(tmp), metadata=metadata))
     atomic_write(folder/STRATEGY_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
     atomic_write(folder/'config.json', lambda tmp: model.cfg.save(tmp))
     return folder
@@ -328,7 +330,8 @@ def check_base(folder) -> dict:
                          f"{base} is gone: restore that folder (SHA-256 {record['base']['sha256'][:16]}...)")
     found = file_sha256(base/'model.safetensors')
     if found != record['base']['sha256']:
-        raise ValueError(f"{folder} was fine-tuned from a base with SHA-256 {record['base']['sha256'][:16]}..., "
+        expected = record['base']['sha256'][:16]
+        raise ValueError(f"{folder} was fine-tuned from a base with SHA-256 {expected}..., "
                          f"but {base}/model.safetensors now has SHA-256 {found[:16]}...: a different model; "
                          "restore the base it was trained from, or fine-tune again from this one")
     return record
@@ -366,8 +369,8 @@ def ablation_runs(out_dir, targets, strategies, pretrained, seeds: int) -> list[
     for strategy in strategies: check_strategy(strategy, 'strategies')
     pretrained = [pretrained] if isinstance(pretrained, (str, Path)) else list(pretrained)
     if len(pretrained) < seeds:
-        raise ValueError(f"pretrained: {len(pretrained)} model folder(s) for seeds={seeds}: give one pre-trained "
-                         "model per seed (seed i fine-tunes pretrained[i])")
+        raise ValueError(f"pretrained: {len(pretrained)} model folder(s) for seeds={seeds}: give one "
+                         "pre-trained model per seed (seed i fine-tunes pretrained[i])")
     return [dict(target=target, strategy=strategy, seed=seed, init=str(pretrained[seed]),
                  dir=Path(out_dir)/target/strategy/f'seed-{seed}')
             for target in targets for strategy in strategies for seed in range(seeds)]
@@ -417,8 +420,9 @@ def ablation_markdown(rows: dict) -> str:
             cells = [target, strategy, str(row['seeds']), format_interval(row['NDCG@10']),
                      format_interval(row['HR@10']), diff_text, _p_text(row.get('paired_vs_full')),
                      '' if trainable is None else f"{trainable['mean']:,.0f}",
-                     _size(row['optimizer_state_bytes'], 2**20, 'MiB', 2), _size(row['step_time_s'], 1e-3, 'ms', 0),
-                     _size(row['peak_memory_bytes'], 2**20, 'MiB', 0), _size(row['checkpoint_bytes'], 2**20, 'MiB', 2)]
+                     _size(row['optimizer_state_bytes'], 2**20, 'MiB', 2),
+                     _size(row['step_time_s'], 1e-3, 'ms', 0), _size(row['peak_memory_bytes'], 2**20, 'MiB', 0),
+                     _size(row['checkpoint_bytes'], 2**20, 'MiB', 2)]
             lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
@@ -445,8 +449,8 @@ def ablation_figure(rows: dict, metric: str = 'NDCG@10'):
                                      name=f'{target}: none (zero-shot)', line=dict(color=colour, dash='dot')))
     fig.update_xaxes(type='log', title='trainable parameters (log scale)')
     fig.update_yaxes(title=f'{metric}, held-out users (mean ± 95% interval over seeds)')
-    fig.update_layout(title=f'Fine-tuning strategies: {metric} against trainable parameters', template='plotly_white',
-                      height=460)
+    fig.update_layout(title=f'Fine-tuning strategies: {metric} against trainable parameters',
+                      template='plotly_white', height=460)
     return fig
 
 # %% ../nbs/13_strategies.ipynb #sa09
@@ -463,14 +467,16 @@ def ablation_study(out_dir, pretrained, targets=ABLATION_TARGETS, strategies=STR
                                       target_fraction=target_fraction, **params)
     rows = ablation_rows(runs)
     synthetic = any(run['metrics'].get('synthetic') for run in runs)
-    summary = dict(targets=list(targets), strategies=list(strategies), seeds=seeds, target_fraction=target_fraction,
+    summary = dict(targets=list(targets), strategies=list(strategies), seeds=seeds,
+                   target_fraction=target_fraction,
                    pretrained=[run['init'] for run in runs if run['target'] == targets[0]
                                and run['strategy'] == strategies[0]],
                    finetune_params=finetune_params or {}, evaluated_on='held-out users of each target',
                    synthetic=synthetic, table=rows, wall_time_s=time.time() - start,
                    runs={f"{run['target']}/{run['strategy']}/seed-{run['seed']}":
                          dict(dir=str(run['dir']), test=run['metrics']['test'], cost=run['metrics'].get('cost'),
-                              zero_shot=run['metrics'].get('zero_shot'), wall_time_s=run['metrics']['wall_time_s'])
+                              zero_shot=run['metrics'].get('zero_shot'),
+                              wall_time_s=run['metrics']['wall_time_s'])
                          for run in runs})
     write_json(out_dir/'summary.json', jsonable(summary))
     (out_dir/'table.md').write_text(ablation_markdown(rows))
