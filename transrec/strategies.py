@@ -15,7 +15,7 @@ from .core import log, write_json, atomic_write
 from .encoders import count_parameters
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'SMALL_CHECKPOINT_STRATEGIES', 'PEFT_INSTALL', 'LORA_TEXT_TARGETS', 'LORA_USER_TARGETS', 'STRATEGY_FILE',
+__all__ = ['STRATEGIES', 'SMALL_CHECKPOINT_STRATEGIES', 'STRATEGY_FILE', 'PEFT_INSTALL', 'LORA_TEXT_TARGETS', 'LORA_USER_TARGETS',
            'ABLATION_TARGETS', 'COST_FIELDS', 'check_strategy', 'check_peft', 'check_strategy_init', 'StrategyConfig',
            'Adapter', 'attach_adapter', 'add_adapters', 'add_lora', 'strategy_modules', 'strategy_param_groups',
            'file_sha256', 'apply_strategy', 'strategy_costs', 'peak_memory', 'fit_costs', 'small_state_keys',
@@ -25,6 +25,7 @@ __all__ = ['STRATEGIES', 'SMALL_CHECKPOINT_STRATEGIES', 'PEFT_INSTALL', 'LORA_TE
 # %% ../nbs/13_strategies.ipynb #sg05
 STRATEGIES = ('full', 'top_blocks', 'user_tower', 'item_tower', 'adapters', 'lora', 'none')
 SMALL_CHECKPOINT_STRATEGIES = ('adapters', 'lora', 'none')   # saved as trained parameters + the base's hash
+STRATEGY_FILE = 'strategy.json'                             # what marks such a small checkpoint folder
 
 def check_strategy(strategy, name: str = 'strategy') -> str:
     "`strategy` if it is one of `STRATEGIES`; else a one-line error with the closest valid name."
@@ -48,6 +49,10 @@ def check_peft() -> None:
 def check_strategy_init(strategy: str, init, kind: str = 'transrec') -> str:
     "Refuse, before any work, a strategy that needs a pre-trained content model where there is none."
     check_strategy(strategy)
+    if init not in (None, '', 'scratch') and (Path(init)/STRATEGY_FILE).is_file():
+        base = json.loads((Path(init)/STRATEGY_FILE).read_text()).get('base', {}).get('path')
+        raise ValueError(f"init={str(init)!r} is a small checkpoint (only what its fine-tune trained, on base "
+                         f"{base}): fine-tune from that base instead")
     if strategy == 'full': return strategy
     if kind not in ('transrec', 'frozen'):
         raise ValueError(f"strategy={strategy!r} chooses the trained parts of a TransRec model; kind={kind!r} "
@@ -290,8 +295,6 @@ def fit_costs(model, result, peak: peak_memory) -> dict:
                 checkpoint_bytes=weights.stat().st_size if weights.is_file() else None)
 
 # %% ../nbs/13_strategies.ipynb #sg37
-STRATEGY_FILE = 'strategy.json'
-
 def small_state_keys(model) -> set:
     "The state-dict keys a small checkpoint keeps: the trained parameters and the saved buffers."
     trained = {name for name, param in model.named_parameters() if param.requires_grad}
