@@ -366,16 +366,18 @@ COST_FIELDS = ('trainable_parameters', 'total_parameters', 'optimizer_state_byte
                'peak_memory_bytes', 'checkpoint_bytes')
 
 def ablation_runs(out_dir, targets, strategies, pretrained, seeds: int) -> list[dict]:
-    "The grid of an ablation: one dict (target, strategy, seed, init, dir) per run, checked before any work."
+    "The grid: one dict (target, name, strategy, seed, init, dir) per run, checked before any work."
+    # a target given as a MoM folder is named (and filed) by the folder's name
     from transrec.experiment import check_data_name
+    from transrec.study import load_name
     for target in targets: check_data_name(target, 'targets')
     for strategy in strategies: check_strategy(strategy, 'strategies')
     pretrained = [pretrained] if isinstance(pretrained, (str, Path)) else list(pretrained)
     if len(pretrained) < seeds:
         raise ValueError(f"pretrained: {len(pretrained)} model folder(s) for seeds={seeds}: give one "
                          "pre-trained model per seed (seed i fine-tunes pretrained[i])")
-    return [dict(target=target, strategy=strategy, seed=seed, init=str(pretrained[seed]),
-                 dir=Path(out_dir)/target/strategy/f'seed-{seed}')
+    return [dict(target=target, name=load_name(target), strategy=strategy, seed=seed,
+                 init=str(pretrained[seed]), dir=Path(out_dir)/load_name(target)/strategy/f'seed-{seed}')
             for target in targets for strategy in strategies for seed in range(seeds)]
 
 # %% ../nbs/13_strategies.ipynb #sa03
@@ -383,7 +385,8 @@ def ablation_rows(runs: list[dict]) -> dict:
     "`rows[target][strategy]`: intervals over seeds, the difference to `full`, the paired test, mean costs."
     from transrec.study import seed_interval, difference_interval, paired_cell
     grouped = {}
-    for run in runs: grouped.setdefault(run['target'], {}).setdefault(run['strategy'], []).append(run)
+    for run in runs:
+        grouped.setdefault(run.get('name', run['target']), {}).setdefault(run['strategy'], []).append(run)
     rows = {}
     for target, by_strategy in grouped.items():
         full = by_strategy.get('full', [])
@@ -464,6 +467,7 @@ def ablation_study(out_dir, pretrained, targets=ABLATION_TARGETS, strategies=STR
     from transrec.core import jsonable
     out_dir, start = Path(out_dir), time.time()
     runs = ablation_runs(out_dir, targets, strategies, pretrained, seeds)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for run in runs:
         params = {**(finetune_params or {}), 'seed': run['seed'], 'strategy': run['strategy']}
         run['metrics'] = run_or_reuse('finetune', run['dir'], target=run['target'], init=run['init'],
@@ -476,7 +480,7 @@ def ablation_study(out_dir, pretrained, targets=ABLATION_TARGETS, strategies=STR
                                and run['strategy'] == strategies[0]],
                    finetune_params=finetune_params or {}, evaluated_on='held-out users of each target',
                    synthetic=synthetic, table=rows, wall_time_s=time.time() - start,
-                   runs={f"{run['target']}/{run['strategy']}/seed-{run['seed']}":
+                   runs={f"{run['name']}/{run['strategy']}/seed-{run['seed']}":
                          dict(dir=str(run['dir']), test=run['metrics']['test'], cost=run['metrics'].get('cost'),
                               zero_shot=run['metrics'].get('zero_shot'),
                               wall_time_s=run['metrics']['wall_time_s'])
