@@ -206,7 +206,7 @@ def test_selection_study(env, pretrained):
     assert (out/'f0.5'/'v1'/'qb_text'/'transrec'/'seed-0'/'metrics.json').stat().st_mtime == stamp
 
 
-EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore', 'selection')
+EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore', 'selection', 'ablation')
 ANNOTATIONS = {str: 'str', int: 'int', float: 'float', bool: 'bool', list: 'list', dict: 'dict'}
 
 

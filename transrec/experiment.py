@@ -282,6 +282,11 @@ def _cluster(value, name):
     from transrec.cluster import cluster_kind
     cluster_kind(value)
 
+def _strategy(value, name):
+    "A fine-tuning strategy of `transrec.strategies` (the closest valid name when it is not one)."
+    from transrec.strategies import check_strategy
+    check_strategy(value, f'parameter {name}')
+
 _FRACTION = Spec(float, 0, 1, lo_open=True)
 _DATA = Spec(str, check=check_data_name)
 # notebooks: nbs/
@@ -305,10 +310,19 @@ _STUDY = dict(**_RUN, seeds=(3, Spec(int, 1, 1000)), pretrain_epochs=(None, _EPO
 EXPERIMENT_PARAMS = {
     'pretrain': dict(source=('qb_mixed', _DATA), source_fraction=(1.0, _FRACTION), **_RUN, **_TRAINING),
     'finetune': dict(target=('qb_text', _DATA), init=('reports/pretrain-qb_mixed/best', _INIT),
-                     target_fraction=(0.1, _FRACTION), **_RUN, **_TRAINING),
+                     target_fraction=(0.1, _FRACTION), strategy=('full', Spec(str, check=_strategy)),
+                     adapter_size=(16, Spec(int, 1, 4096)), lora_rank=(8, Spec(int, 1, 1024)),
+                     **_RUN, **_TRAINING),
     'transfer': dict(source=('qb_mixed', _DATA), targets=(list(TRANSFER_TARGETS), Spec(list, item=_DATA)),
                      methods=(list(TRANSFER_METHODS), Spec(list, item=Spec(str, check=_methods))),
                      pretrained=('', _INIT), target_fraction=(0.1, _FRACTION), **_STUDY),
+    'ablation': dict(targets=(['qb_text', 'qb_image', 'tn_text', 'tn_mixed'], Spec(list, item=_DATA)),
+                     strategies=(['full', 'top_blocks', 'user_tower', 'item_tower', 'adapters', 'lora', 'none'],
+                                 Spec(list, item=Spec(str, check=_strategy))),
+                     pretrained=(['reports/pretrain-qb_mixed/best'], Spec(list, item=_INIT)),
+                     target_fraction=(0.1, _FRACTION), adapter_size=(16, Spec(int, 1, 4096)),
+                     lora_rank=(8, Spec(int, 1, 1024)),
+                     **{k: v for k, v in _STUDY.items() if k not in ('seed', 'pretrain_epochs')}),
     'scaling': dict(source=('qb_mixed', _DATA), target=('tn_mixed', _DATA),
                     source_fractions=([0.25, 0.5, 1.0], Spec(list, item=_FRACTION)),
                     target_fractions=([0.05, 0.1, 0.25, 0.5], Spec(list, item=_FRACTION)),
@@ -544,19 +558,22 @@ def _used_params(params: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) -
 def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, *, init=None,
                    fraction: float = 1.0, scale: float = 1.0, data_seed: int = 0, root=None,
                    experiment: str = 'train', params: dict | None = None, progress: bool = True,
-                   resume: str = 'auto', holdout: bool | None = None) -> dict:
+                   resume: str = 'auto', holdout: bool | None = None, strategy=None) -> dict:
     """Train (from scratch or from `init`) on `data`, evaluate, write `out_dir/metrics.json` and
-    `per_user.npz`."""
+    `per_user.npz`; `strategy`: a `strategies.StrategyConfig` (None: 'full')."""
     from transrec.sources import load_source
     from transrec.model import build_model, check_model_dir
     from transrec.encoders import make_content
-    from transrec.train import fit
+    from transrec.train import fit, MetricsLog
     from transrec.data import validation_views
     from transrec.metrics import item_count_labels
     from transrec.tracking import write_hparams, run_hparams
+    from transrec.strategies import StrategyConfig, check_strategy_init, apply_strategy, peak_memory, fit_costs
     start = time.time()
     out_dir = Path(out_dir)
     init = check_init(init) if init is not None else None
+    strategy = strategy or StrategyConfig()
+    check_strategy_init(strategy.strategy, init, model_cfg.kind)      # before any work
     if init is not None and architecture_clashes(check_model_dir(init), model_cfg.to_dict()):
         _load_init(init, model_cfg)                           # raises, naming the parameters, before any work
     holdout = experiment != 'pretrain' if holdout is None else holdout
@@ -575,6 +592,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     train_ds = ds if len(tune_idx) == ds.n_users else ds.subset_users(tune_idx)
     device = resolve_device(train_cfg.device)
     model = _load_init(init, model_cfg) if init is not None else build_model(model_cfg, train_ds)
+    model = apply_strategy(model, strategy, base=init)    # which parameters train; small checkpoints
     model.trained_on = None        # fine-tuning trains it on this data (a changed build was warned about)
     # logQ: the training users' training items only (val_items > 1: without their extra validation targets)
     trained_on = validation_views(train_ds, train_cfg.val_items)[0]
@@ -593,10 +611,17 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     if train_cfg.track_heldout and not tracked:
         log.warning('track_heldout=True: this run has no held-out users (pre-training, or target_fraction=1); '
                     'no selection regret is measured')
-    res = fit(model, train_ds, train_cfg.replace(track_heldout=tracked), out_dir, content=content,
-              progress=progress, resume=resuming, validate_start=init is not None,
-              heldout=(ds, held_idx) if tracked else None)
+    with peak_memory(device) as peak:
+        res = fit(model, train_ds, train_cfg.replace(track_heldout=tracked), out_dir, content=content,
+                  progress=progress, resume=resuming, validate_start=init is not None,
+                  heldout=(ds, held_idx) if tracked else None)
     model = res.model
+    cost = fit_costs(model, res, peak)
+    MetricsLog(out_dir/'metrics.jsonl').write('cost', strategy=strategy.strategy, **cost)
+    log.info(f"strategy {strategy.strategy}: {cost['trainable_parameters']:,} of {cost['total_parameters']:,} "
+             f"parameters trained, AdamW state {cost['optimizer_state_bytes'] / 2**20:.1f} MiB, "
+             f"step {cost['step_time_s'] or float('nan'):.3f} s, "
+             f"peak memory {(cost['peak_memory_bytes'] or 0) / 2**20:.0f} MiB")
     write_data_record(res.best_dir, ds, data)      # the model folder says what data it saw
     model.to(device).fit_data(trained_on)
     test, per_user = ranked_groups(model, ds, content, 'test', device, held_idx, train_counts)
@@ -606,6 +631,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     m = dict(experiment=experiment, data=dataset_summary(ds), train_data=dataset_summary(train_ds),
              synthetic=bool(ds.synthetic), fraction=fraction, init=str(init) if init else 'scratch',
              method=model_cfg.kind if init is None else f'{model_cfg.kind}-pretrained',
+             strategy=strategy.to_dict(), cost=cost,
              image_weights=image_weights_note(model.cfg), test_users=headline,
              users=dict(fine_tune=int(len(tune_idx)), held_out=int(len(held_idx)), split_seed=train_cfg.seed),
              item_count_bins=item_count_labels(),
@@ -645,10 +671,14 @@ class ExperimentRun:
     def run(self) -> dict:
         "Train and evaluate with `run_experiment`; its metrics."
         params = self.params
+        strategy = None
+        if self.experiment == 'finetune':
+            from transrec.strategies import StrategyConfig
+            strategy = StrategyConfig(params['strategy'], params['adapter_size'], params['lora_rank'])
         return run_experiment(self.data, self.out, self.model_cfg, self.train_cfg, init=self.init_dir,
                               fraction=self.fraction, scale=params['scale'], data_seed=params['data_seed'],
                               experiment=self.experiment, params=params, progress=params['progress'],
-                              resume=params['resume'])
+                              resume=params['resume'], strategy=strategy)
 
     def curves(self, metrics: dict):
         "The training curves of the finished run, also saved as `curves.html` in its folder."
@@ -669,10 +699,14 @@ def setup_experiment(experiment: str, namespace: dict, root='..') -> ExperimentR
     with parameter_errors():
         init_dir = check_init(params['init'], root=root) if experiment == 'finetune' else None
         model_cfg, train_cfg = experiment_configs(experiment, params, init_dir)  # clashes with init stop here
+        if experiment == 'finetune':
+            from transrec.strategies import check_strategy_init
+            check_strategy_init(params['strategy'], init_dir, model_cfg.kind)    # before any work
     if params['out_dir']: out = Path(params['out_dir'])
     elif experiment == 'pretrain': out = reports_root()/f"pretrain-{params['source']}"
     else:
         method = 'pretrained' if init_dir else model_cfg.kind
+        if params['strategy'] != 'full': method += f"-{params['strategy']}"
         out = reports_root()/f"finetune-{params['target']}-{method}-f{params['target_fraction']}"
     print('writing to', out)
     return ExperimentRun(experiment, params, model_cfg, train_cfg, init_dir, out)

@@ -416,6 +416,9 @@ def save_model(model, dir) -> Path:
     "Write `dir/config.json` and `dir/model.safetensors` (all weights incl. encoders); returns `dir`."
     from safetensors.torch import save_file
     unwrapped = getattr(model, 'module', model)                  # unwrap DDP
+    if getattr(unwrapped, 'base_record', None) is not None:     # adapters / lora / none: what it trained only
+        from transrec.strategies import save_small_checkpoint
+        return save_small_checkpoint(unwrapped, dir)
     folder = Path(dir)
     folder.mkdir(parents=True, exist_ok=True)
     state = {key.replace('_orig_mod.', ''): value.detach().cpu().contiguous()
@@ -455,7 +458,13 @@ def load_model(dir, map_location='cpu') -> SequenceRecommender:
     "The model saved by `save_model` in `dir`, on `map_location`."
     from safetensors import safe_open
     from safetensors.torch import load_file
+    from transrec.data import read_data_record
+    from transrec.strategies import STRATEGY_FILE, load_small_checkpoint
     folder = Path(dir)
+    if (folder/STRATEGY_FILE).is_file():               # a small checkpoint: its base + what the fine-tune trained
+        model = load_small_checkpoint(folder)
+        model.trained_on = read_data_record(folder)
+        return model.to(map_location)
     cfg = check_model_dir(folder)
     model = build_model(cfg, pretrained=False)
     try:
@@ -469,7 +478,6 @@ def load_model(dir, map_location='cpu') -> SequenceRecommender:
                          f"({str(e)[:500]})") from e
     if isinstance(model, TransRec):
         model.item_tower.image.weights_source = metadata.get('image_weights', 'checkpoint')
-    from transrec.data import read_data_record
     model.trained_on = read_data_record(folder)   # its data.json: what evaluate checks the data against
     return model.to(map_location)
 

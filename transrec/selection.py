@@ -8,13 +8,15 @@ from collections import defaultdict
 from pathlib import Path
 import time
 from .core import log, write_json
-from .study import (SELECTION_RULES, METHOD_LABELS, _gain_text, _pretrain_per_seed, _significant_interval,
-                            format_interval, regret_summary, run_or_reuse, seed_interval, study_seeds)
+from .study import (SELECTION_RULES, METHOD_LABELS, _gain_text, _significant_interval, format_interval,
+                            regret_summary, run_or_reuse, seed_interval, study_seeds)
+from .experiment import check_init
+from .cluster import RunFailure, RunSpec, run_graph
 
 # %% auto #0
 __all__ = ['SELECTION_TARGETS', 'SELECTION_METHODS', 'BASELINE_RULE', 'selection_run_dir', 'selection_record', 'rule_label',
            'rule_outcomes', 'compare_rules', 'best_rule', 'selection_markdown', 'seed_level', 'seed_markdown',
-           'selection_study']
+           'selection_graph', 'selection_study']
 
 # %% ../nbs/15_selection.ipynb #sl05
 SELECTION_TARGETS = ('qb_text', 'qb_image', 'tn_mixed', 'tn_text')   # the paper's four targets
@@ -138,37 +140,62 @@ def _measuring(train: dict, val_items: int) -> dict:
     return {'ema_decay': 0.9, 'keep_at_end': 'best', **train, 'select_on': 'ndcg', 'patience': 0,
             'track_heldout': True, 'val_items': val_items}
 
-def selection_study(out_dir, source: str = 'qb_mixed', targets=SELECTION_TARGETS, fractions=(0.05, 0.1),
-                    val_items=(1, 3), methods=SELECTION_METHODS, seeds: int = 3, pretrained: str = '',
-                    pretrain_params: dict | None = None, finetune_params: dict | None = None) -> dict:
-    "Run the selection grid, compare the rules; write selection.json and selection.md into `out_dir`."
-    out_dir, start = Path(out_dir), time.time()
-    bad = [method for method in methods if method not in SELECTION_METHODS]
-    if bad: raise ValueError(f'methods: {bad} do not choose a checkpoint here; use some of {SELECTION_METHODS}')
+def selection_graph(out_dir, source: str, targets, fractions, val_items, methods, seed_list: list,
+                    pretrained: str = '', pretrain_params: dict | None = None,
+                    finetune_params: dict | None = None) -> list:
+    "The `RunSpec`s of a selection study: each seed's pre-training (unless `pretrained`), then the fine-tunes."
     finetune_params = dict(finetune_params or {})
     train = finetune_params.pop('train', {}) or {}
-    seed_list = study_seeds(seeds, finetune_params.pop('seed', 0))
-    models = (_pretrain_per_seed(out_dir, source, pretrained, seed_list, pretrain_params or {})
-              if 'transrec-pretrained' in methods else {})
-    records = []
+    model = {**(finetune_params.pop('model', None) or {}), 'kind': 'transrec'}
+    pretrain_key = lambda seed: f'pretrain-{source}/seed-{seed}'
+    own_pretraining = 'transrec-pretrained' in methods and not pretrained
+    specs = [RunSpec(pretrain_key(seed), 'pretrain', str(Path(out_dir)/pretrain_key(seed)),
+                     dict(source=source, **{**(pretrain_params or {}), 'seed': seed}))
+             for seed in seed_list if own_pretraining]
     for items in val_items:
         for fraction in fractions:
             for target in targets:
                 for method in methods:
                     for seed in seed_list:
-                        init = str(models[seed]) if method == 'transrec-pretrained' else 'scratch'
+                        from_run = method == 'transrec-pretrained' and own_pretraining
+                        init = ('scratch' if method == 'transrec' else str(check_init(pretrained)) if pretrained
+                                else None)
+                        params = dict(**finetune_params, model=model, target=target,
+                                      **({} if init is None else {'init': init}), target_fraction=fraction,
+                                      seed=seed, train=_measuring(train, items))
                         run_dir = selection_run_dir(out_dir, fraction, items, target, method, seed)
-                        model = {**(finetune_params.get('model') or {}), 'kind': 'transrec'}
-                        metrics = run_or_reuse('finetune', run_dir, **{**finetune_params, 'model': model},
-                                               target=target, init=init, target_fraction=fraction, seed=seed,
-                                               train=_measuring(train, items))
-                        records.append(selection_record(metrics, target, method, fraction, items, seed))
+                        specs.append(RunSpec(str(run_dir.relative_to(out_dir)), 'finetune', str(run_dir), params,
+                                             init_from=pretrain_key(seed) if from_run else None))
+    return specs
+
+def selection_study(out_dir, source: str = 'qb_mixed', targets=SELECTION_TARGETS, fractions=(0.05, 0.1),
+                    val_items=(1, 3), methods=SELECTION_METHODS, seeds: int = 3, pretrained: str = '',
+                    pretrain_params: dict | None = None, finetune_params: dict | None = None,
+                    workers: int = 1, cluster=None, progress: bool = True) -> dict:
+    "Run the selection grid, compare the rules; write selection.json and selection.md into `out_dir`."
+    out_dir, start = Path(out_dir), time.time()
+    bad = [method for method in methods if method not in SELECTION_METHODS]
+    if bad: raise ValueError(f'methods: {bad} do not choose a checkpoint here; use some of {SELECTION_METHODS}')
+    finetune_params = dict(finetune_params or {})
+    seed_list = study_seeds(seeds, finetune_params.pop('seed', 0))
+    specs = selection_graph(out_dir, source, targets, fractions, val_items, methods, seed_list, pretrained,
+                            pretrain_params, finetune_params)
+    outcome = run_graph(specs, run_or_reuse, workers, cluster, device=finetune_params.get('device', 'cpu'),
+                        progress=progress)
+    records, failed = [], {}
+    for spec in specs:
+        result = outcome[spec.key]
+        if isinstance(result, RunFailure): failed[spec.key] = result.error
+        elif spec.notebook == 'finetune':
+            fraction, items, target, method, seed = Path(spec.key).parts
+            records.append(selection_record(result, target, method, float(fraction[1:]), int(items[1:]),
+                                            int(seed.split('-')[1])))
     outcomes = rule_outcomes(records)
     table = compare_rules(outcomes)
     summary = dict(source=source, targets=list(targets), fractions=list(fractions), val_items=list(val_items),
                    methods=list(methods), seeds=seed_list, baseline=rule_label(BASELINE_RULE, 1),
                    best=best_rule(table), table=table, by_seed=seed_level(outcomes), outcomes=outcomes,
-                   wall_time_s=time.time() - start)
+                   failed=failed, wall_time_s=time.time() - start)
     write_json(out_dir/'selection.json', summary)
     tables = [selection_markdown(table), seed_markdown(summary['by_seed'])]
     (out_dir/'selection.md').write_text('\n\n'.join(tables) + '\n')

@@ -384,14 +384,6 @@ def _with_model(params: dict, **settings) -> dict:
     "A run's `params` with `settings` added to its `model` dict."
     return {**params, 'model': {**(params.get('model') or {}), **settings}}
 
-# %% ../nbs/12_study.ipynb #xb1cc18d
-def _pretrain_per_seed(out_dir, source: str, pretrained: str, seeds: list, params: dict) -> dict:
-    "{seed: pre-trained model folder}: the given model for every seed, else one pre-training per seed."
-    if pretrained: return {seed: check_init(pretrained) for seed in seeds}
-    runs = {seed: run_or_reuse('pretrain', Path(out_dir)/f'pretrain-{source}'/f'seed-{seed}', source=source,
-                               **{**params, 'seed': seed}) for seed in seeds}
-    return {seed: Path(run['best_dir']) for seed, run in runs.items()}
-
 # %% ../nbs/12_study.ipynb #kd01
 def transfer_graph(out_dir, source: str, targets, methods, seed_list: list, pretrained: str = '',
                    target_fraction: float = 0.1, pretrain_params: dict | None = None,

@@ -136,6 +136,9 @@ def _load_weights(model: nn.Module, folder: Path, device):
     weights = _read(weights_file, 'the safetensors weights written by save_model',
                     lambda: load_file(str(weights_file), device=str(device)))
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    if getattr(model, 'base_record', None) is not None:   # a small checkpoint: the frozen base stays as loaded
+        from transrec.strategies import small_state_keys
+        missing = sorted(set(missing) & small_state_keys(model))
     if missing or unexpected:
         raise ValueError(f"weights in {folder} do not fit {type(model).__name__}: "
                          f"missing {sorted(missing)[:5]}, "
@@ -388,6 +391,7 @@ class FitResult:
     stopped: str = ''                # 'epochs' | 'early_stop' | 'max_steps' | 'not_trainable'
     resumed_from: str | None = None
     selection: dict | None = None    # `selection_regret` of the run (held-out users tracked), else None
+    train_time: float = 0.0          # seconds of optimiser steps in this call (no evaluation): step time
     model: nn.Module | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
@@ -951,7 +955,7 @@ def finish(self: TrainingRun, stopped: str, start_time: float) -> FitResult:
                      sequences_per_s=sequences_per_s, steps=loop.step,
                      epochs=loop.epoch, best_epoch=loop.best_epoch, best_step=loop.best_step, stopped=stopped,
                      resumed_from=str(self.resumed_from) if self.resumed_from else None, model=self.model,
-                     selection=selection)
+                     selection=selection, train_time=self.train_time)
 
 # %% ../nbs/08_train.ipynb #c045
 def _prepare_out_dir(out_dir: Path, resume: bool, dist_info: DistInfo):
