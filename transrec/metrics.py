@@ -13,8 +13,8 @@ from .data import MODALITIES
 
 # %% auto #0
 __all__ = ['CPU_TILE_ITEMS', 'ITEM_COUNT_EDGES', 'default_tile_items', 'target_ranks', 'per_user_metrics', 'metrics_from_ranks',
-           'metrics_by_modality', 'item_count_labels', 'metrics_by_item_count', 'full_rank_metrics', 'topk_items',
-           'user_vectors_for', 'evaluate', 'flatten_metrics', 'mean_interval', 'paired_test']
+           'metrics_by_group', 'metrics_by_modality', 'item_count_labels', 'metrics_by_item_count', 'full_rank_metrics',
+           'topk_items', 'user_vectors_for', 'evaluate', 'flatten_metrics', 'mean_interval', 'paired_test']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def _check_vectors(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.dtype:
@@ -226,15 +226,19 @@ def metrics_from_ranks(ranks, ks=(5, 10, 20)) -> dict:
     return out
 
 # %% ../nbs/07_metrics.ipynb #xm05a
+def metrics_by_group(ranks, group_codes, labels, ks=(5, 10, 20)) -> dict:
+    "`metrics_from_ranks` for the users of each group (code = position in `labels`) that has at least one user."
+    ranks, group_codes = torch.as_tensor(ranks).reshape(-1), np.asarray(group_codes).reshape(-1)
+    out = {}
+    for code, label in enumerate(labels):
+        users = torch.from_numpy(np.flatnonzero(group_codes == code))
+        if len(users):
+            out[label] = metrics_from_ranks(ranks[users], ks)
+    return out
+
 def metrics_by_modality(ranks, target_modality, ks=(5, 10, 20)) -> dict:
     "`metrics_from_ranks` for the users of each modality in `MODALITIES` that has at least one target."
-    ranks, target_modality = torch.as_tensor(ranks).reshape(-1), np.asarray(target_modality).reshape(-1)
-    out = {}
-    for code, name in enumerate(MODALITIES):
-        users = torch.from_numpy(np.flatnonzero(target_modality == code))
-        if len(users):
-            out[name] = metrics_from_ranks(ranks[users], ks)
-    return out
+    return metrics_by_group(ranks, target_modality, MODALITIES, ks)
 
 # %% ../nbs/07_metrics.ipynb #ic02
 ITEM_COUNT_EDGES = (1, 5)     # training-count bins [0, 1), [1, 5), [5, inf): cold, rare, frequent items
@@ -259,14 +263,8 @@ def metrics_by_item_count(ranks, target_counts, edges=ITEM_COUNT_EDGES, ks=(5, 1
                          "training count of each user's target item, in the order of the ranks")
     if len(target_counts) and target_counts.min() < 0:
         raise ValueError("target_counts must be counts >= 0 (how often each target occurs in training)")
-    labels = item_count_labels(edges)
     bins = np.searchsorted(np.asarray(edges), target_counts, side='right')
-    out = {}
-    for code, label in enumerate(labels):
-        users = torch.from_numpy(np.flatnonzero(bins == code))
-        if len(users):
-            out[label] = metrics_from_ranks(ranks[users], ks)
-    return out
+    return metrics_by_group(ranks, bins, item_count_labels(edges), ks)
 
 # %% ../nbs/07_metrics.ipynb #c018
 def full_rank_metrics(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets, exclude: list | None = None,
