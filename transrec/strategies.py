@@ -461,17 +461,24 @@ def ablation_figure(rows: dict, metric: str = 'NDCG@10'):
 
 # %% ../nbs/13_strategies.ipynb #sa09
 def ablation_study(out_dir, pretrained, targets=ABLATION_TARGETS, strategies=STRATEGIES, seeds: int = 3,
-                   target_fraction: float = 0.1, finetune_params: dict | None = None) -> dict:
-    "Run (or reuse) the grid; write summary.json, table.md and chart.html into `out_dir`; the summary."
+                   target_fraction: float = 0.1, finetune_params: dict | None = None, workers: int = 1,
+                   cluster=None, progress: bool = True) -> dict:
+    """Run (or reuse) the grid, `workers` runs at once on `cluster` (`transrec.cluster.run_graph`); write
+    summary.json, table.md and chart.html into `out_dir`; the summary (runs that failed twice: `failed`)."""
     from transrec.study import run_or_reuse
+    from transrec.cluster import RunFailure, RunSpec, run_graph
     from transrec.core import jsonable
     out_dir, start = Path(out_dir), time.time()
-    runs = ablation_runs(out_dir, targets, strategies, pretrained, seeds)
+    every_run = ablation_runs(out_dir, targets, strategies, pretrained, seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for run in runs:
-        params = {**(finetune_params or {}), 'seed': run['seed'], 'strategy': run['strategy']}
-        run['metrics'] = run_or_reuse('finetune', run['dir'], target=run['target'], init=run['init'],
-                                      target_fraction=target_fraction, **params)
+    specs = [RunSpec(str(run['dir']), 'finetune', str(run['dir']),
+                     dict(target=run['target'], init=run['init'], target_fraction=target_fraction,
+                          **{**(finetune_params or {}), 'seed': run['seed'], 'strategy': run['strategy']}))
+             for run in every_run]
+    outcome = run_graph(specs, run_or_reuse, workers, cluster,
+                        device=(finetune_params or {}).get('device', 'cpu'), progress=progress)
+    failed = {key: result.error for key, result in outcome.items() if isinstance(result, RunFailure)}
+    runs = [{**run, 'metrics': outcome[str(run['dir'])]} for run in every_run if str(run['dir']) not in failed]
     rows = ablation_rows(runs)
     synthetic = any(run['metrics'].get('synthetic') for run in runs)
     summary = dict(targets=list(targets), strategies=list(strategies), seeds=seeds,
@@ -479,6 +486,7 @@ def ablation_study(out_dir, pretrained, targets=ABLATION_TARGETS, strategies=STR
                    pretrained=[run['init'] for run in runs if run['target'] == targets[0]
                                and run['strategy'] == strategies[0]],
                    finetune_params=finetune_params or {}, evaluated_on='held-out users of each target',
+                   failed=failed,
                    synthetic=synthetic, table=rows, wall_time_s=time.time() - start,
                    runs={f"{run['name']}/{run['strategy']}/seed-{run['seed']}":
                          dict(dir=str(run['dir']), test=run['metrics']['test'], cost=run['metrics'].get('cost'),
