@@ -223,7 +223,7 @@ class DomainSpec:
     description: str
     n_users: int = 800
     n_items: int = 600
-    text_fraction: float = 0.5   # share of text items (the rest are image items)
+    text_fraction: float = 0.5   # share of text items among the one-part items (the rest: image items)
     zipf: float = 0.8            # within-topic popularity ~ rank ** -zipf
     topic_skew: float = 20.0     # Dirichlet concentration of the domain's topic popularity (small = skewed)
     seq_min: int = 5
@@ -239,7 +239,7 @@ class DomainSpec:
     style_shift: float | None = None    # shift dial: 0 = qb look .. 1 = tn look; None = the family's look
     topic_overlap: float = 1.0          # shift dial: share of topics that keep their own words and look
     content_link: float = 1.0           # control dial: share of items whose words and look follow their topic
-    both_fraction: float = 0.0          # share of items with a title and a cover ('both'); text_fraction splits the rest
+    both_fraction: float = 0.0          # share of items with a title and a cover ('both')
     text_signal: float = 0.5            # dial, both items: share whose title carries the click signal (else the cover)
 
     def __post_init__(self):
@@ -668,7 +668,8 @@ def generator_params(spec: DomainSpec, scale: float, seed: int, world: WorldConf
     "JSON-able parameters that determine a synthetic domain completely (with this GENERATOR_VERSION)."
     spec_fields = asdict(spec)
     if not spec.both_fraction:   # a domain without both items: the parameters (and cached builds) of before
-        spec_fields = {name: value for name, value in spec_fields.items() if name not in ('both_fraction', 'text_signal')}
+        spec_fields = {name: value for name, value in spec_fields.items()
+                       if name not in ('both_fraction', 'text_signal')}
     params = dict(generator='transrec.sim', version=GENERATOR_VERSION, domain=spec.name, scale=float(scale),
                   seed=int(seed), domain_spec=spec_fields, world_config=asdict(world or WorldConfig()),
                   render_style=asdict(domain_style(spec)))

@@ -552,8 +552,8 @@ def _scaling_key(share, fraction, seed) -> str:
     return f'{name}/seed-{seed}'
 
 def scaling_graph(out_dir, source: str, target: str, shares: list, target_fractions,
-                  base_target_fraction: float, seed_list: list, full_model: str = '', pretrain_params: dict | None = None,
-                  finetune_params: dict | None = None) -> list:
+                  base_target_fraction: float, seed_list: list, full_model: str = '',
+                  pretrain_params: dict | None = None, finetune_params: dict | None = None) -> list:
     """The `RunSpec`s of a scaling study: the scratch runs, the pre-trainings per source share and their
     fine-tunes (share 1.0 from `full_model` when given), the target-size runs; each run once."""
     out_dir, pretrain_params, finetune_params = Path(out_dir), pretrain_params or {}, finetune_params or {}
