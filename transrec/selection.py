@@ -60,10 +60,17 @@ def _group_keys(outcome: dict) -> list[tuple]:
     "The groups an outcome belongs to: its (method, fraction) and the pooled ('all', 'all')."
     return [(outcome['method'], outcome['fraction']), ('all', 'all')]
 
+def _run_key(outcome: dict) -> tuple:
+    "The run an outcome was replayed on: (target, method, fraction, seed); its `val_items` is in the rule."
+    return outcome['target'], outcome['method'], outcome['fraction'], outcome['seed']
+
+def _kept_by_run(outcomes: list[dict], rule: str) -> dict:
+    "`{run key: held-out NDCG@10 kept}` of `rule`: what the other rules are paired with."
+    return {_run_key(o): o['kept'] for o in outcomes if o['rule'] == rule}
+
 def compare_rules(outcomes: list[dict], baseline: str = rule_label(BASELINE_RULE, 1)) -> list[dict]:
     "Per (method, fraction, rule): regret summary, kept held-out NDCG@10, paired difference from `baseline`."
-    run_key = lambda o: (o['target'], o['method'], o['fraction'], o['seed'])
-    base = {run_key(o): o['kept'] for o in outcomes if o['rule'] == baseline}
+    run_key, base = _run_key, _kept_by_run(outcomes, baseline)
     groups = defaultdict(list)
     for outcome in outcomes:
         for method, fraction in _group_keys(outcome):
@@ -108,8 +115,7 @@ def selection_markdown(table: list[dict]) -> str:
 # %% ../nbs/15_selection.ipynb #sl23b
 def seed_level(outcomes: list[dict], baseline: str = rule_label(BASELINE_RULE, 1)) -> dict:
     "`{rule: {regret, versus_baseline}}`: per-seed means over all runs, then intervals over the seeds."
-    run_key = lambda o: (o['target'], o['method'], o['fraction'], o['seed'])
-    base = {run_key(o): o['kept'] for o in outcomes if o['rule'] == baseline}
+    run_key, base = _run_key, _kept_by_run(outcomes, baseline)
     by_rule = defaultdict(lambda: defaultdict(list))
     for o in outcomes:
         if run_key(o) in base: by_rule[o['rule']][o['seed']].append((o['regret'], o['kept'] - base[run_key(o)]))
