@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['OMP_WAIT_POLICY', 'MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'KEEP_AT_END', 'log', 'CGROUP_ROOT',
+__all__ = ['OMP_WAIT_POLICY', 'MODEL_CHOICES', 'SELECT_ON', 'SELECT_WEIGHTS', 'KEEP_AT_END', 'log', 'CGROUP_ROOT', 'PROC_CGROUP',
            'THREAD_POLICIES', 'project_dir', 'data_root', 'reports_root', 'seed_everything', 'resolve_device',
            'resolve_amp', 'JSONConfig', 'ModelConfig', 'TrainConfig', 'banner', 'temporary_sibling', 'atomic_write',
-           'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device', 'cgroup_cpu_quota',
-           'UsableCores', 'usable_cores', 'ThreadPlan', 'thread_plan', 'apply_thread_plan', 'environment_info',
-           'cli_flag', 'option_text']
+           'clean_stale_temporaries', 'atomic_dir', 'jsonable', 'write_json', 'module_device', 'cgroup_folders',
+           'folder_cpu_quota', 'cgroup_cpu_quota', 'UsableCores', 'usable_cores', 'ThreadPlan', 'thread_plan',
+           'apply_thread_plan', 'environment_info', 'cli_flag', 'option_text']
 
 # %% ../nbs/00_core.ipynb #c005
 def _is_project(folder: Path) -> bool:
@@ -413,15 +413,36 @@ def module_device(module: torch.nn.Module) -> torch.device:
 
 # %% ../nbs/00_core.ipynb #x2ed32et
 CGROUP_ROOT = Path('/sys/fs/cgroup')
+PROC_CGROUP = Path('/proc/self/cgroup')
 
-def cgroup_cpu_quota(cgroup_root=CGROUP_ROOT) -> float | None:
-    "CPU quota of the cgroup in cores (v2 `cpu.max`, else v1 `cpu.cfs_quota_us / cpu.cfs_period_us`), or None."
+def cgroup_folders(cgroup_root=CGROUP_ROOT, membership=PROC_CGROUP) -> list[Path]:
+    """Folders under `cgroup_root` that may hold this process's CPU quota: its own cgroup's (from `membership`,
+    /proc/self/cgroup: v2's unified tree, v1's cpu mount), each parent up to the mount, then the root's."""
     root = Path(cgroup_root)
-    v2_file = root/'cpu.max'
-    v1_folders = [folder for folder in (root/'cpu', root/'cpu,cpuacct', root)
-                  if (folder/'cpu.cfs_quota_us').is_file() and (folder/'cpu.cfs_period_us').is_file()]
-    if v2_file.is_file(): files = [v2_file]
-    elif v1_folders: files = [v1_folders[0]/'cpu.cfs_quota_us', v1_folders[0]/'cpu.cfs_period_us']
+    try: lines = Path(membership).read_text().splitlines()
+    except OSError: lines = []                                  # not Linux, or no /proc: the root only
+    folders = []
+    for line in lines:
+        fields = line.split(':', 2)
+        if len(fields) != 3: continue
+        controllers, path = fields[1], fields[2].strip()
+        if controllers == '': mount = root                      # v2: one tree for every controller
+        elif 'cpu' in controllers.split(','): mount = root/controllers
+        else: continue
+        parts = Path(os.path.normpath('/' + path).lstrip('/')).parts   # never above the mount
+        for depth in range(len(parts), -1, -1):
+            folder = mount.joinpath(*parts[:depth])
+            if folder not in folders: folders.append(folder)
+    fallbacks = [root, root/'cpu', root/'cpu,cpuacct']
+    return folders + [folder for folder in fallbacks if folder not in folders]
+
+# %% ../nbs/00_core.ipynb #cgq01
+def folder_cpu_quota(folder) -> float | None:
+    "CPU quota set in one cgroup `folder`, in cores (v2 `cpu.max`, else v1 `cpu.cfs_quota_us / ...period_us`)."
+    folder = Path(folder)
+    v1_files = [folder/'cpu.cfs_quota_us', folder/'cpu.cfs_period_us']
+    if (folder/'cpu.max').is_file(): files = [folder/'cpu.max']
+    elif all(file.is_file() for file in v1_files): files = v1_files
     else: return None
     text = ' '.join(file.read_text().strip() for file in files)
     try:
@@ -432,6 +453,12 @@ def cgroup_cpu_quota(cgroup_root=CGROUP_ROOT) -> float | None:
         log.warning(f"cannot read the CPU quota from {' and '.join(map(str, files))} ({text!r}); "
                     "assuming no cgroup quota")
         return None
+
+# %% ../nbs/00_core.ipynb #cgq03
+def cgroup_cpu_quota(cgroup_root=CGROUP_ROOT, membership=PROC_CGROUP) -> float | None:
+    "This process's CPU quota in cores: the smallest set in its cgroup or any above it (None: no quota)."
+    quotas = [folder_cpu_quota(folder) for folder in cgroup_folders(cgroup_root, membership)]
+    return min((quota for quota in quotas if quota is not None), default=None)
 
 # %% ../nbs/00_core.ipynb #xe23e6at
 @dataclass(frozen=True)
@@ -449,12 +476,13 @@ class UsableCores:
         return f'{self.count} usable {core_s}: affinity {affinity}, cgroup quota {quota}'
 
 # %% ../nbs/00_core.ipynb #x82b3fdt
-def usable_cores(affinity=None, cgroup_root=CGROUP_ROOT, machine: int | None = None) -> UsableCores:
+def usable_cores(affinity=None, cgroup_root=CGROUP_ROOT, machine: int | None = None,
+                 membership=PROC_CGROUP) -> UsableCores:
     "Cores this process may use: `affinity` (default `os.sched_getaffinity(0)`) and the cgroup quota."
     machine = machine or os.cpu_count() or 1
     if affinity is None and hasattr(os, 'sched_getaffinity'): affinity = os.sched_getaffinity(0)
     n_affinity = None if affinity is None else len(affinity)
-    quota = cgroup_cpu_quota(cgroup_root)
+    quota = cgroup_cpu_quota(cgroup_root, membership)
     count = min(machine, n_affinity or machine)
     if quota is not None: count = min(count, math.floor(quota))
     return UsableCores(max(1, count), machine, n_affinity, quota)
