@@ -33,7 +33,7 @@ CFG.read(ROOT/'settings.ini')
 SETTINGS = CFG['DEFAULT']
 NBS = ROOT/SETTINGS['nbs_path']
 README_NB = NBS/SETTINGS['readme_nb']
-CHAPTER_RE = re.compile(r'^\d\d_.*\.ipynb$')          # the library chapters (experiment notebooks are not pages)
+CHAPTER_RE = re.compile(r"^\d\d[a-z]?_.*\.ipynb$")          # the library chapters (experiment notebooks are not pages)
 DIRECTIVE_RE = re.compile(r'^\s*#\s*\|\s*(\S+)(.*)$')
 # Formulas render offline: MathJax 2 as the `jupyter-server-mathjax` package ships it is copied into the site, and
 # the pages load it from there (nbconvert's default is a CDN). They load no other script: nbconvert's require.js

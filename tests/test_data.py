@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from transrec.data import (MODALITIES, Batch, DataError, EvalBatch, MoMDataset, Problem, ValidationReport, eval_batches,
-                           history_and_target, history_items, load_dataset, main, n_batches_per_epoch, sample_negatives,
-                           split_targets, train_batches, train_part, validate, write_dataset)
+from transrec.datafiles import MODALITIES, DataError, Problem
+from transrec.batches import (Batch, EvalBatch, eval_batches, history_and_target, history_items,
+    n_batches_per_epoch, sample_negatives, split_targets, train_batches, train_part)
+from transrec.data import MoMDataset, ValidationReport, load_dataset, main, validate, write_dataset
 
 ITEMS_HEADER = 'item_id\tmodality\ttext\timage\n'
 INTER_HEADER = 'user_id\titem_id\ttimestamp\n'
@@ -135,12 +136,12 @@ def test_lmdb_is_lazy_and_fork_safe(tmp_path):
     p = write_dataset(tmp_path/'lm', items, inter, {}, image_store='lmdb',
                       images={'images/v1.png': png_bytes('red'), 'images/v2.png': png_bytes('green')})
     assert not (p/'images').exists()
-    from transrec import data
+    from transrec import datafiles
     key = str((p/'images.lmdb').resolve())
     ds = load_dataset(p)
-    assert key not in data._LMDB_ENVS                    # loading leaves no environment open
+    assert key not in datafiles._LMDB_ENVS                    # loading leaves no environment open
     assert ds.load_image(3).getpixel((0, 0)) == (255, 0, 0)
-    assert key in data._LMDB_ENVS
+    assert key in datafiles._LMDB_ENVS
     sub = ds.subset_users([1])                           # a copy shares the one environment of this process
     assert sub.load_image(4).getpixel((0, 0)) == (0, 128, 0)
     ctx = mp.get_context('fork'); q = ctx.Queue()
@@ -332,8 +333,8 @@ def test_parquet_tables(tmp_path):
 
 
 def test_many_bad_rows_are_all_counted(tmp_path, monkeypatch):
-    from transrec import data
-    monkeypatch.setattr(data, 'MAX_ROWS_PER_KIND', 3)
+    from transrec import datafiles
+    monkeypatch.setattr(datafiles, 'MAX_ROWS_PER_KIND', 3)
     p = write_raw(tmp_path/'d', inter=GOOD_INTER + ''.join(f'u1\tghost{k}\t{k}\n' for k in range(5)))
     rep = validate(p)
     unk = [q for q in rep.problems if q.kind == 'unknown_item']

@@ -5,7 +5,8 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np, pandas as pd, pytest, torch
 
 from transrec.core import ModelConfig, TrainConfig
-from transrec.data import tiny_mom, load_dataset, train_batches
+from transrec.data import tiny_mom, load_dataset
+from transrec.batches import train_batches
 from transrec.encoders import make_content
 from transrec.model import build_model, train_seq_len, train_stride
 from transrec import train as T

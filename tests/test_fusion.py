@@ -43,7 +43,8 @@ def test_a_tower_trained_on_both_items_scores_one_part_items(tmp_path):
 def test_both_items_through_the_pixel_store_and_the_loader(tmp_path):
     "A both item's cover comes from the pixel store and its title and cover from a loader batch, like any item's."
     import torch
-    from transrec.data import BOTH, has_part, prepare_images, train_batches
+    from transrec.datafiles import BOTH, has_part
+    from transrec.batches import prepare_images, train_batches
     from transrec.encoders import make_content
     ds = load_dataset(tiny_mom(tmp_path/'both', n_text=3, n_image=3, n_both=6, n_users=8, seq_len=(4, 7)))
     decoded = make_content(TINY, ds, pixel_store=False)

@@ -25,7 +25,8 @@ from PIL import Image
 
 from transrec.convert import (CONVERTERS, ConversionError, PickleRefused, convert, decode_lmdb_image,
                               load_pickle_data, read_npy)
-from transrec.data import DataError, load_dataset, validate, write_dataset
+from transrec.datafiles import DataError
+from transrec.data import load_dataset, validate, write_dataset
 
 # Hypothesis' caches (unicode tables, constants) go to the temporary folder, not into the checkout
 if not os.environ.get('HYPOTHESIS_STORAGE_DIRECTORY'):

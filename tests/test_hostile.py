@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from transrec.data import DataError, load_dataset, tiny_mom, validate, write_dataset
+from transrec.datafiles import DataError
+from transrec.data import load_dataset, tiny_mom, validate, write_dataset
 import json, os, pickle, subprocess, sys
-from transrec import data as tdata
+from transrec import batches as tbatches, data as tdata, datafiles as tdatafiles
 from transrec import convert as tconvert
 from transrec.convert import ConversionError, from_amazon, from_mind, from_pixelrec, from_recbole, from_reference, main
 import ast, json, os, sys, shutil
@@ -234,12 +235,12 @@ def test_i24_1_lmdb_pixel_store_and_truth_file_obey_the_folder_rule(tmp_path):
     with pytest.raises(DataError, match='images.lmdb: .*outside the data set folder'):
         load_dataset(d)
     ds = load_dataset(real)
-    store = tdata.prepare_images(ds, 4)
-    assert tdata.open_pixel_store(ds, 4) is not None
+    store = tbatches.prepare_images(ds, 4)
+    assert tbatches.open_pixel_store(ds, 4) is not None
     store.rename(tmp_path/'outside-pixels'); store.symlink_to(tmp_path/'outside-pixels')
-    assert tdata.open_pixel_store(ds, 4) is None             # not used: it lies outside (a cache: rebuilt, not fatal)
-    tdata.prepare_images(ds, 4)                               # rebuilt inside the folder; the outside copy left alone
-    assert not store.is_symlink() and tdata.open_pixel_store(ds, 4) is not None
+    assert tbatches.open_pixel_store(ds, 4) is None             # not used: it lies outside (a cache: rebuilt, not fatal)
+    tbatches.prepare_images(ds, 4)                               # rebuilt inside the folder; the outside copy left alone
+    assert not store.is_symlink() and tbatches.open_pixel_store(ds, 4) is not None
     assert (tmp_path/'outside-pixels'/'pixels.u8').is_file()
     truth = tmp_path/'outside-truth.json'; truth.write_text(json.dumps({'secret': SECRET}))
     (real/'sim_truth.json').symlink_to(truth)
@@ -367,7 +368,7 @@ def test_i24_7_validate_and_load_image_agree_on_damaged_pngs(tmp_path, what):
 
 def test_i24_7_one_decoder_serves_validate_and_load_image(tmp_path, monkeypatch):
     d = folder(tmp_path/'d'); ds = load_dataset(d)
-    monkeypatch.setattr(tdata, '_decode_image', lambda source: (None, ('corrupt_image', 'refused by the one decoder')))
+    monkeypatch.setattr(tdatafiles, '_decode_image', lambda source: (None, ('corrupt_image', 'refused by the one decoder')))
     assert 'refused by the one decoder' in problems(d, 'corrupt_image')[0].message
     with pytest.raises(DataError, match='refused by the one decoder'):
         ds.load_image(1)

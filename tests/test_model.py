@@ -6,7 +6,8 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import pytest
 import torch
 from transrec.core import ModelConfig, seed_everything
-from transrec.data import load_dataset, train_batches, tiny_mom
+from transrec.data import load_dataset, tiny_mom
+from transrec.batches import train_batches
 from transrec.encoders import make_content
 from transrec.model import TransRec, train_seq_len
 

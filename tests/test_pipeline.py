@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 from transrec.core import ModelConfig
-from transrec.data import (MoMDataset, load_dataset, train_batches, train_loader, prepare_images, open_pixel_store,
-                           pixel_store_dir, main as data_main, _image_items, _resize_crop)
+from transrec.data import MoMDataset, load_dataset, main as data_main
+from transrec.batches import (train_batches, train_loader, prepare_images, open_pixel_store,
+    pixel_store_dir, _image_items, _resize_crop)
 from transrec.encoders import ImageEncoder, make_content
 from transrec.data import tiny_mom
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from transrec.core import ModelConfig, TrainConfig, seed_everything
-from transrec.data import load_dataset, train_batches, eval_batches
+from transrec.data import load_dataset
+from transrec.batches import train_batches, eval_batches
 from transrec.encoders import make_content, TextEncoder, ReferencePooling
 from transrec.model import UserTower, TransRec, train_seq_len, recommend, load_model, save_model
 from transrec.metrics import user_vectors_for

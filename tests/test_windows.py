@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np, pandas as pd, pytest, torch
 
 from transrec.core import ModelConfig, TrainConfig
-from transrec.data import (MoMDataset, tiny_mom, load_dataset, train_batches, n_batches_per_epoch,
-                           train_part, window_ends)
+from transrec.data import MoMDataset, tiny_mom, load_dataset
+from transrec.batches import train_batches, n_batches_per_epoch, train_part, window_ends
 from transrec.model import SequenceRecommender, training_pairs, train_seq_len, train_stride
 from transrec.train import fit
 

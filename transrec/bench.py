@@ -13,7 +13,8 @@ from .core import (ModelConfig, TrainConfig, seed_everything, resolve_device, re
                            environment_info, log, data_root, cli_flag)
 import numpy as np
 import torch
-from .data import Batch, train_batches, has_part
+from .batches import Batch, train_batches
+from .datafiles import has_part
 
 # %% auto #0
 __all__ = ['BENCH_DATA', 'CPU_ONLY_SKIPS', 'QUICK', 'DATASHEET_BF16', 'SCALE_SOURCE', 'SCALE_MODEL', 'SCALE_EXPONENTS',
@@ -813,10 +814,10 @@ class _BatchImages(torch.utils.data.Dataset):
 
 # %% ../nbs/09_bench.ipynb #b207
 def pixel_source() -> str:
-    "Where the bench's image pipeline reads pixels: the pixel store if `transrec.data.prepare_images` exists."
-    import transrec.data
-    return ('pixel store (transrec.data.prepare_images, uint8 memmap)'
-            if getattr(transrec.data, 'prepare_images', None)
+    "Where the bench's image pipeline reads pixels: the pixel store if `transrec.batches.prepare_images` exists."
+    import transrec.batches
+    return ('pixel store (transrec.batches.prepare_images, uint8 memmap)'
+            if getattr(transrec.batches, 'prepare_images', None)
             else 'decode on the fly (PNG decode + resize per image, no pixel store)')
 
 # %% ../nbs/09_bench.ipynb #b210
@@ -970,11 +971,11 @@ def bench_scale(scales=(1, 10, 100), steps: int = 20, sizes=(64, 224), batch_siz
                 work_dir=None, seed: int = 0, threads: int | None = None, model_config: dict | None = None,
                 progress: bool = True) -> dict:
     "The cost curve: each scale built (or reused) under `work_dir`, measured in a fresh process; exponents."
-    import transrec.data
+    import transrec.batches
     if not scales or any(not s > 0 for s in scales):
         raise ValueError(f"scales={list(scales)}: give scales > 0")
     work_dir = Path(work_dir or Path(tempfile.gettempdir())/'transrec-bench-scale')
-    prepare = getattr(transrec.data, 'prepare_images', None)
+    prepare = getattr(transrec.batches, 'prepare_images', None)
     model_cfg = dict(model_config or SCALE_MODEL)
     points = []
     for scale in sorted(scales):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 from .core import log, atomic_dir, jsonable, cli_flag, option_text
-from . import data as _data
+from . import data as _data, datafiles as _datafiles
 from .data import write_dataset
 
 # %% auto #0
@@ -67,7 +67,7 @@ class ProblemLog:
 
     def where(self, file, row=None) -> str:
         "`file` (relative) and line `row`, as `data.Problem.where` renders a source file's line."
-        return _data.Problem(self.rel(file), row, '', '', '', line_numbers=True).where()
+        return _datafiles.Problem(self.rel(file), row, '', '', '', line_numbers=True).where()
 
     def add(self, kind: str, file, row, detail: str, message: str, fix: str, policy: str = 'report',
             count: int = 1, option: str = 'on_problem') -> None:
@@ -77,7 +77,7 @@ class ProblemLog:
         if policy == 'error':
             skip = option_text(option, 'report')
             fix = f"{fix}{'' if fix.endswith('.') else '.'} Or pass {skip} to skip and count such problems"
-        problem = _data.Problem(self.rel(file), row, kind, message, fix, fatal=policy == 'error', detail=detail,
+        problem = _datafiles.Problem(self.rel(file), row, kind, message, fix, fatal=policy == 'error', detail=detail,
                                 line_numbers=True)
         if problem.fatal: raise ConversionError(str(problem), problem)
         entry = self.entries.setdefault((kind, problem.file), dict(problem=problem, count=0, examples=[]))
@@ -85,7 +85,7 @@ class ProblemLog:
         if len(entry['examples']) < self.max_examples: entry['examples'].append(dict(row=row, detail=detail))
 
     def problems(self) -> list:
-        "The first `transrec.data.Problem` of each kind and file."
+        "The first `transrec.datafiles.Problem` of each kind and file."
         return [entry['problem'] for entry in self.entries.values()]
 
     def count(self, kind: str | None = None) -> int:
@@ -246,7 +246,7 @@ def image_problem(cover) -> str | None:
     converter keeps is one `validate` and the image loader accept."""
     try: source = cover() if callable(cover) else cover
     except Exception as e: return f'{type(e).__name__}: {e}'
-    problem = _data._decode_image(source)[1]
+    problem = _datafiles._decode_image(source)[1]
     return None if problem is None else problem[1]
 
 # %% ../nbs/03_convert.ipynb #c017
@@ -322,7 +322,7 @@ def item_modality(modality: str, has_text: bool, has_cover: bool) -> str | None:
 def default_modality(catalog: dict[str, SourceItem], item_ids) -> str:
     "`modality` left out: 'both' when one of `item_ids` has a text and a cover in `catalog`, else 'auto'."
     items = (catalog[iid] for iid in item_ids)
-    has_both = any(item.cover is not None and not _data._is_blank(item.text) for item in items)
+    has_both = any(item.cover is not None and not _datafiles._is_blank(item.text) for item in items)
     return 'both' if has_both else 'auto'
 
 # %% ../nbs/03_convert.ipynb #x9e3bd7c
@@ -361,10 +361,10 @@ def _report_one_part(problems: ProblemLog, iid: str, source_item: SourceItem, wr
 def _one_timestamp_unit(events: list[tuple], problems: ProblemLog, opts: dict) -> list[tuple]:
     "The `events` whose timestamp is in the unit most use; the others are bad rows (`opts['bad_rows']`)."
     times = np.array([float(event[2]) if isinstance(event[2], (int, float)) else np.nan for event in events])
-    units = _data._timestamp_units(times)
-    used = np.bincount(units[units >= 0], minlength=len(_data.TIMESTAMP_UNITS))
+    units = _datafiles._timestamp_units(times)
+    used = np.bincount(units[units >= 0], minlength=len(_datafiles.TIMESTAMP_UNITS))
     if (used > 0).sum() <= 1: return events
-    names, main_unit = list(_data.TIMESTAMP_UNITS), int(used.argmax())
+    names, main_unit = list(_datafiles.TIMESTAMP_UNITS), int(used.argmax())
     for event, unit in zip(events, units):
         if unit >= 0 and unit != main_unit:
             _bad_row(problems, event[3], event[4], f'timestamp {event[2]!r}',
@@ -479,7 +479,7 @@ def assemble(dst, *, fmt: str, src, catalog: dict[str, SourceItem], events: list
                              'Replace the image file.', opts['on_problem'])
                 cover = None
         # a both item's text must show something (the data set refuses an invisible one); else `strip()` rules
-        has_text = (not _data._is_blank(source_item.text) if modality == 'both'
+        has_text = (not _datafiles._is_blank(source_item.text) if modality == 'both'
                     else bool(source_item.text.strip()))
         written = item_modality(modality, has_text, cover is not None)
         if written is None and modality == 'image':
@@ -731,7 +731,7 @@ def parse_time(value: str):
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is None: moment = moment.replace(tzinfo=timezone.utc)
         timestamp = int(moment.timestamp())
-    if _data._timestamp_units(np.array([float(timestamp)]))[0] < 0:     # the loader's plausibility rule
+    if _datafiles._timestamp_units(np.array([float(timestamp)]))[0] < 0:     # the loader's plausibility rule
         raise ValueError(f"timestamp {text!r} is not a plausible time (negative, or outside 1970..2100 in "
                          f"seconds, milliseconds, microseconds and nanoseconds): expected {TIME_FORMATS}")
     return timestamp

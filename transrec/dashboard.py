@@ -15,7 +15,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 import ipywidgets as widgets
 from .core import log, option_text
-from .data import MODALITIES
+from .datafiles import MODALITIES
 
 # %% auto #0
 __all__ = ['DASHBOARD_CSS', 'MODALITY_COLORS', 'HIT_RATE_COLORS', 'SHOW_USERS', 'truncate', 'thumbnail_uri', 'ItemCards',
@@ -230,7 +230,7 @@ class ModelView:
 
     def recommend(self, user, k: int = 10, modality: str | None = None) -> UserRecs:
         "Top-`k` items for `user` (history masked; only `modality` items if given), the held-out item's rank."
-        from transrec.data import history_items
+        from transrec.batches import history_items
         t0 = time.perf_counter()
         user_idx = user_index(self.ds, user)
         modality = _resolve_modality(modality)

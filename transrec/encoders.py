@@ -13,8 +13,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from .core import MODEL_CHOICES, ModelConfig, log, banner, atomic_write, write_json
-from .data import MODALITIES, PARTS, BOTH, has_part, _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted
-from .data import pixel_store_dir
+from .datafiles import MODALITIES, PARTS, BOTH, has_part
+from .batches import _resize_crop, open_pixel_store, prepare_images, pixel_store_wanted
+from .batches import pixel_store_dir
 
 # %% auto #0
 __all__ = ['SAFE_WEIGHT_FILES', 'PICKLE_WEIGHT_PATTERNS', 'dataset_item_key', 'dataset_content_key', 'freeze_',

@@ -459,7 +459,7 @@ def ranked_groups(model, ds, content, split: str, device, held_out, train_counts
     """Evaluate every user of `ds` once: ({'cold', 'warm', 'all'} -> metrics, per-user arrays); cold =
     `held_out` rows. `train_counts` (per item) adds `by_item_count` to each group."""
     from transrec.metrics import evaluate
-    from transrec.data import split_targets
+    from transrec.batches import split_targets
     res = evaluate(model, ds, content, split=split, device=device, return_ranks=True)
     rows, ranks = np.asarray(res['users']), np.asarray(res['ranks'])
     targets = split_targets(ds, split, rows)
@@ -565,7 +565,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     from transrec.model import build_model, check_model_dir
     from transrec.encoders import make_content
     from transrec.train import fit, MetricsLog
-    from transrec.data import validation_views
+    from transrec.batches import validation_views
     from transrec.metrics import item_count_labels
     from transrec.tracking import write_hparams, run_hparams
     from transrec.strategies import StrategyConfig, check_strategy_init, apply_strategy, peak_memory, fit_costs

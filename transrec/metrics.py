@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy import stats
 from .core import module_device
-from .data import MODALITIES
+from .datafiles import MODALITIES
 
 # %% auto #0
 __all__ = ['CPU_TILE_ITEMS', 'ITEM_COUNT_EDGES', 'default_tile_items', 'target_ranks', 'per_user_metrics', 'metrics_from_ranks',
@@ -332,7 +332,7 @@ def topk_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, exclude: list |
 def user_vectors_for(model, ds, item_vecs: torch.Tensor, split: str = 'test', batch_size: int = 256,
                      users=None, device=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     "User vectors for `split` from the model's user tower: (user_vecs [U, d], users [U], targets [U])."
-    from transrec.data import eval_batches
+    from transrec.batches import eval_batches
     from transrec.model import history_modality_kw
     device = module_device(model) if device is None else torch.device(device)
     item_vecs = item_vecs.to(device)
@@ -366,7 +366,7 @@ def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, dev
              item_vecs: torch.Tensor | None = None, ks=(5, 10, 20), chunk_size: int = 1024,
              return_ranks: bool = False, check_data: bool = True) -> dict:
     "Full-ranking metrics of `model` on `split` of `ds` (history masked), with the per-modality breakdown."
-    from transrec.data import history_items
+    from transrec.batches import history_items
     if split not in ('valid', 'test'):
         raise ValueError(f"split={split!r}: use 'valid' or 'test'")
     if check_data: _check_trained_on(model, ds)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from .core import ModelConfig, log, atomic_write, module_device
 from .encoders import ItemTower, ItemContent, make_content, dataset_item_key, count_parameters
 from .encoders import part_embedding
-from .data import MODALITIES, PARTS
+from .datafiles import MODALITIES, PARTS
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'bert_init_', 'UserTower', 'last_valid', 'first_occurrence', 'gather_candidates', 'train_seq_len',
@@ -130,7 +130,7 @@ def gather_candidates(item_vecs: torch.Tensor, items: torch.Tensor,
 
 # %% ../nbs/06_model.ipynb #c010
 def train_seq_len(cfg: ModelConfig) -> int:
-    "Window length for `transrec.data.train_batches`: max_len + 1 (causal) or max_len + n_pos (last)."
+    "Window length for `transrec.batches.train_batches`: max_len + 1 (causal) or max_len + n_pos (last)."
     return cfg.max_len + 1 if cfg.readout == 'causal' else cfg.max_len + cfg.n_pos
 
 # %% ../nbs/06_model.ipynb #x32c8035

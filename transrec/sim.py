@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
-from .data import SIM_TRUTH_FILE, DataError, _dataset_file, write_dataset
+from .data import SIM_TRUTH_FILE, write_dataset
+from .datafiles import DataError, _dataset_file
 
 # %% auto #0
 __all__ = ['TOPIC_WORDS', 'TOPICS', 'FAMILIES', 'NOISE_WORDS', 'STYLE_WORDS', 'RENDER_STYLES', 'SYNTHETIC_DOMAINS', 'SHAPES',

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from .core import log
-from .data import MODALITIES
+from .datafiles import MODALITIES
 from .metrics import item_count_labels
 
 # %% auto #0

@@ -572,7 +572,7 @@ class TrainingRun:
                  metrics_log: MetricsLog, progress: bool = True, checkpoint_every: int | None = None,
                  keep_checkpoints: int = 2, heldout: tuple | None = None):
         from transrec.model import train_seq_len, train_stride
-        from transrec.data import n_batches_per_epoch, validation_views
+        from transrec.batches import n_batches_per_epoch, validation_views
         world = dist_info.world_size
         if cfg.batch_size % (cfg.grad_accum * world):
             raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by grad_accum x "
@@ -754,7 +754,7 @@ def progress_bar(total: int, initial: int = 0, desc: str = '', disable: bool = F
 @patch
 def train_epoch(self: TrainingRun) -> bool:
     "Run the rest of the current epoch; True if `max_steps` was reached."
-    from transrec.data import train_loader
+    from transrec.batches import train_loader
     loop, cfg = self.loop, self.cfg
     content = self.content if hasattr(self.model, 'item_tower') else None    # only content models read it
     batches = train_loader(self.ds, self.micro_bs, self.seq_len, self.n_neg, seed=cfg.seed, epoch=loop.epoch,
@@ -1005,7 +1005,7 @@ def fit(model: nn.Module, ds, cfg: TrainConfig, out_dir, content=None, resume: b
         _prepare_out_dir(out_dir, resume, dist_info)
         metrics_log = MetricsLog(out_dir/'metrics.jsonl', enabled=dist_info.is_main,
                                  mirror=tensorboard_log(out_dir, dist_info.is_main))
-        from transrec.data import validation_views
+        from transrec.batches import validation_views
         trained_on = validation_views(ds, cfg.val_items)[0]          # no estimate sees a validation target
         if hasattr(model, 'fit_data'): model.fit_data(trained_on)
         model.to(dist_info.device)
