@@ -598,7 +598,7 @@ from test_experiments import run      # papermill in-process, with the paths `--
 
 TINY = dict(scale=0.1, epochs=1, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
             image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=64, device='cpu', progress=False)
-EXPERIMENTS = ('pretrain', 'finetune', 'transfer', 'scaling', 'ablation')
+EXPERIMENTS = ('pretrain', 'finetune', 'transfer', 'scaling', 'ablation', 'both_transfer')
 
 
 @pytest.fixture
