@@ -622,6 +622,7 @@ def env(tmp_path, monkeypatch):
     (dict(device='tpu'), "device='tpu'"),
     (dict(source_fraction=0), 'source_fraction=0'),
     (dict(readout='first'), "readout='first'"),
+    (dict(parts='title'), "parameter parts='title': expected one of 'both', 'text', 'image'"),
     (dict(model={'dimm': 16}), "unknown setting 'dimm'; did you mean 'dim'?"),
     (dict(model={'dim': 16}), "parameter dim is given twice, as -p dim and in model: give it once, "
                               "-y 'model: {dim: 16}'"),
