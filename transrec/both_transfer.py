@@ -43,9 +43,10 @@ ONE_PART_VIEWS = DATA_PARTS[1:]      # ('text', 'image'); BOTH_SOURCES / BOTH_TA
 
 def study_cells(sources=BOTH_SOURCES, targets=BOTH_TARGETS, views_target: str = 'tn_both',
                 views_source: str = 'qb_both', views=ONE_PART_VIEWS) -> list[Cell]:
-    "The cells of the study: each target from scratch and from each source; the one-part views of `views_target`."
+    "The study's cells: each target from scratch and from each source; the one-part views of `views_target`."
     if views and views_source not in sources:
-        raise ValueError(f"views_source={views_source!r}: pre-train on it too, give one of sources={list(sources)}")
+        raise ValueError(f"views_source={views_source!r}: pre-train on it too, "
+                         f"give one of sources={list(sources)}")
     if views and views_target not in targets:
         raise ValueError(f"views_target={views_target!r}: give one of targets={list(targets)}")
     for view in views:
@@ -106,7 +107,7 @@ def compare_cells(a_runs: dict, b_runs: dict, a_dirs: dict, b_dirs: dict) -> dic
 
 # %% ../nbs/18_both_transfer.ipynb #bt021
 def cell_intervals(runs: dict, zero_shot: dict) -> dict:
-    "Mean ± interval over seeds of a cell's test NDCG@10 and HR@10 (`runs`: {seed: test metrics}), and zero-shot."
+    "Mean ± interval over seeds of a cell's test NDCG@10, HR@10 (`runs`: {seed: test metrics}) and zero-shot."
     row = {name: seed_interval([run.get(name) for run in runs.values()]) for name in ('NDCG@10', 'HR@10')}
     shots = [shot.get('NDCG@10') for shot in zero_shot.values() if shot]
     return {**row, 'zero_shot_NDCG@10': seed_interval(shots) if shots else None, 'seeds': sorted(runs)}
@@ -114,8 +115,9 @@ def cell_intervals(runs: dict, zero_shot: dict) -> dict:
 # %% ../nbs/18_both_transfer.ipynb #bt022
 def both_transfer_study(out_dir, sources=BOTH_SOURCES, targets=BOTH_TARGETS, views_target: str = 'tn_both',
                         views_source: str = 'qb_both', views=ONE_PART_VIEWS, target_fraction: float = 0.1,
-                        seeds: int = 3, pretrain_params: dict | None = None, finetune_params: dict | None = None,
-                        workers: int = 1, cluster=None, progress: bool = True) -> dict:
+                        seeds: int = 3, pretrain_params: dict | None = None,
+                        finetune_params: dict | None = None, workers: int = 1, cluster=None,
+                        progress: bool = True) -> dict:
     "Run the both-parts transfer grid over seeds on the engine; write summary.json and table.md / table.html."
     out_dir, start = Path(out_dir), time.time()
     check_workers(workers)
@@ -145,9 +147,18 @@ def both_transfer_study(out_dir, sources=BOTH_SOURCES, targets=BOTH_TARGETS, vie
                                                                        dirs.get(a, {}), dirs.get(b, {})))
                    for label, a, b in study_comparisons(cells)]
     synthetic = any(run.get('synthetic') for run in outcome.values() if isinstance(run, dict))
+    # every run's numbers, so each cell can be recomputed from the summary alone
+    results = {cell.key: {str(seed): dict(test=test, zero_shot=shots[cell][seed], dir=str(dirs[cell][seed]))
+                          for seed, test in runs.get(cell, {}).items()} for cell in cells}
+    pretrained = [spec.key for spec in specs
+                  if spec.notebook == 'pretrain' and not isinstance(outcome[spec.key], RunFailure)]
+    pretrainings = {key: dict(test=outcome[key].get('test'), wall_time_s=outcome[key].get('wall_time_s'))
+                    for key in pretrained}
     summary = dict(sources=list(sources), targets=list(targets), views_target=views_target,
-                   views_source=views_source, views=list(views), seeds=seed_list, target_fraction=target_fraction,
-                   evaluated_on='held-out (cold) users', table=table, comparisons=comparisons, failed=failed,
+                   views_source=views_source, views=list(views), seeds=seed_list,
+                   target_fraction=target_fraction,
+                   evaluated_on='held-out (cold) users', table=table, comparisons=comparisons, results=results,
+                   pretrainings=pretrainings, failed=failed,
                    engine=dict(workers=workers, cluster=str(cluster) if cluster else 'local'),
                    synthetic=synthetic, wall_time_s=time.time() - start)
     write_json(out_dir/'summary.json', summary)
@@ -160,17 +171,16 @@ def both_markdown(summary: dict) -> str:
     n_seeds = len(summary['seeds'])
     lines = ['| cell | seeds | NDCG@10 | HR@10 | zero-shot NDCG@10 |', '|---|---|---|---|---|']
     for row in summary['table'].values():
-        lines.append(f"| {row['label']} | {len(row['seeds'])} | {format_interval(row['NDCG@10'], seeds=n_seeds)} | "
-                     f"{format_interval(row['HR@10'], seeds=n_seeds)} | "
-                     f"{format_interval(row['zero_shot_NDCG@10'], seeds=n_seeds)} |")
+        cells = [format_interval(row[name], seeds=n_seeds) for name in ('NDCG@10', 'HR@10', 'zero_shot_NDCG@10')]
+        lines.append(f"| {row['label']} | {len(row['seeds'])} | " + ' | '.join(cells) + ' |')
     lines += ['', '| comparison (a − b) | seeds | difference NDCG@10 (over seeds) | '
                   'paired difference (users) [95% interval] | p (paired, users) |', '|---|---|---|---|---|']
     for row in summary['comparisons']:
         paired = row['paired']
-        users = ('' if 'note' in paired else
-                 f"{paired['diff']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}] ({paired['n_users']} users)")
-        lines.append(f"| {row['label']} | {len(row['seeds'])} | {_gain_text(row['difference'], percent=False)} | "
-                     f"{users} | {_p_text(paired)} |")
+        users = ('' if 'note' in paired else f"{paired['diff']:+.4f} [{paired['low']:+.4f}, "
+                                              f"{paired['high']:+.4f}] ({paired['n_users']} users)")
+        difference = _gain_text(row['difference'], percent=False)
+        lines.append(f"| {row['label']} | {len(row['seeds'])} | {difference} | {users} | {_p_text(paired)} |")
     return '\n'.join(lines)
 
 # %% ../nbs/18_both_transfer.ipynb #bt025
@@ -182,7 +192,8 @@ def write_both_reports(out_dir, summary: dict) -> list[Path]:
             f"{summary['seeds']}; n.s. = the interval of the difference includes 0; p: Wilcoxon signed-rank "
             "over held-out users (each user's NDCG@10 averaged over seeds).")
     failed = failed_lines(summary.get('failed'))
-    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n' + ('\n' + '\n'.join(failed) + '\n' if failed else ''))
+    failed_text = '\n' + '\n'.join(failed) + '\n' if failed else ''
+    (out_dir/'table.md').write_text(table + '\n\n' + note + '\n' + failed_text)
     cells_table, comparisons_table = table.split('\n\n')
     title = f"Transfer with items that carry both parts (target fraction {summary['target_fraction']})"
     html = (markdown_table_html(cells_table, title=title) +
