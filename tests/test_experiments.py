@@ -206,7 +206,28 @@ def test_selection_study(env, pretrained):
     assert (out/'f0.5'/'v1'/'qb_text'/'transrec'/'seed-0'/'metrics.json').stat().st_mtime == stamp
 
 
-EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore', 'selection', 'ablation')
+
+@pytest.mark.slow
+def test_both_transfer_grid(env):
+    "Pre-training on a `both` source, fine-tuning on a `both` target and on its one-part views: the grid, one seed."
+    out = env/'both_transfer'
+    run('both_transfer', env/'both_transfer.ipynb', seeds=1, target_fraction=0.5, out_dir=str(out),
+        pretrain_epochs=1, finetune_epochs=1, **STUDY)
+    s = json.loads((out/'summary.json').read_text())
+    assert s['failed'] == {} and len(s['table']) == 10 and s['seeds'] == [0]
+    assert all(0 <= row['NDCG@10']['mean'] <= 1 for row in s['table'].values())
+    assert all('p_value' in c['paired'] for c in s['comparisons'])          # every run wrote per_user.npz
+    pre = json.loads((out/'pretrain-qb_both'/'seed-0'/'metrics.json').read_text())
+    assert pre['parts'] == 'both' and pre['data']['both_items'] == pre['data']['items'] > 0
+    view = json.loads((out/'tn_both'/'text'/'from-qb_both'/'seed-0'/'metrics.json').read_text())
+    assert view['parts'] == view['params']['parts'] == 'text' and view['data']['both_items'] == 0
+    assert view['data']['name'].endswith('-text-only') and view['init'].endswith('best')
+    fused = json.loads((out/'tn_both'/'both'/'from-qb_mixed'/'seed-0'/'metrics.json').read_text())
+    assert fused['data']['both_items'] == fused['data']['items'] and 'both' in fused['test_all']['by_modality']
+    assert 'tn_both, from qb_both: both parts − image only' in (out/'table.md').read_text()
+
+EXPERIMENT_NOTEBOOKS = ('pretrain', 'finetune', 'transfer', 'scaling', 'explore', 'selection', 'ablation',
+                        'both_transfer')
 ANNOTATIONS = {str: 'str', int: 'int', float: 'float', bool: 'bool', list: 'list', dict: 'dict'}
 
 

@@ -599,7 +599,7 @@ from test_experiments import run      # papermill in-process, with the paths `--
 
 TINY = dict(scale=0.1, epochs=1, dim=16, n_layers=1, n_heads=1, max_len=8, text_trainable_blocks=1,
             image_trainable_blocks=1, image_size=32, text_max_tokens=16, batch_size=64, device='cpu', progress=False)
-EXPERIMENTS = ('pretrain', 'finetune', 'transfer', 'scaling', 'ablation')
+EXPERIMENTS = ('pretrain', 'finetune', 'transfer', 'scaling', 'ablation', 'both_transfer')
 
 
 @pytest.fixture
@@ -623,6 +623,7 @@ def env(tmp_path, monkeypatch):
     (dict(device='tpu'), "device='tpu'"),
     (dict(source_fraction=0), 'source_fraction=0'),
     (dict(readout='first'), "readout='first'"),
+    (dict(parts='title'), "parameter parts='title': expected one of 'both', 'text', 'image'"),
     (dict(model={'dimm': 16}), "unknown setting 'dimm'; did you mean 'dim'?"),
     (dict(model={'dim': 16}), "parameter dim is given twice, as -p dim and in model: give it once, "
                               "-y 'model: {dim: 16}'"),

@@ -48,13 +48,13 @@ def user_ranks(rng, n_users, best):
     return rng.integers(1, best, n_users)
 
 
-def build_transfer_study(out, seeds=(0, 1), targets=('qb_text', 'nc_mixed'), skip_per_user=()):
-    "Pre-train and fine-tune runs for the study `transfer_study(out, 'qb_mixed', targets, seeds=len(seeds))`."
+def build_transfer_study(out, seeds=(0, 1), targets=('qb_text', 'nc_mixed'), skip_per_user=(), source='qb_mixed'):
+    "Pre-train and fine-tune runs for the study `transfer_study(out, source, targets, seeds=len(seeds))`."
     rng = np.random.default_rng(0)
     groups = ['cold'] * 40 + ['warm'] * 10
     for seed in seeds:
-        pre = out/'pretrain-qb_mixed'/f'seed-{seed}'
-        fake_run(pre, dict(source='qb_mixed', **{**PRETRAIN, 'seed': seed}), test={'NDCG@10': 0.3})
+        pre = out/f'pretrain-{source}'/f'seed-{seed}'
+        fake_run(pre, dict(source=source, **{**PRETRAIN, 'seed': seed}), test={'NDCG@10': 0.3})
         for target in targets:
             # qb_text: pre-training clearly helps; nc_mixed: +/- noise around no effect
             best = dict(transrec=30, popularity=60, pretrained=8 if target == 'qb_text' else 30)
@@ -131,6 +131,21 @@ def test_gain_vs_shift_has_one_point_per_target_at_its_domain_shift(tmp_path, no
     html = (out/'gain_vs_shift.html').read_text()
     assert 'domain shift' in html and 'nc_mixed' in html
 
+
+
+def test_transfer_study_takes_a_both_target_and_a_both_source(tmp_path, no_training):
+    "tn_both as a target (its shift: tn_mixed's, the mix of parts is no ladder dial) and qb_both as the source."
+    out = tmp_path/'transfer'
+    build_transfer_study(out, targets=('tn_both',))
+    saved = run_transfer(out, targets=['tn_both'])
+    assert saved['domain_shift']['tn_both'] == sim.domain_shift(sim.domain_spec('tn_mixed')) == 0.5
+    assert saved['table']['tn_both']['paired_NDCG@10']['n_users'] == 40
+    assert '| tn_both | 0.50 | 2 |' in (out/'table.md').read_text()
+    both_out = tmp_path/'transfer-from-both'
+    build_transfer_study(both_out, targets=('tn_both',), source='qb_both')
+    saved = study.transfer_study(both_out, 'qb_both', ['tn_both'], methods=['transrec', 'transrec-pretrained'],
+                                 target_fraction=0.2, seeds=2, pretrain_params=PRETRAIN, finetune_params=FINETUNE)
+    assert saved['source'] == 'qb_both' and saved['pretrained']['0'].endswith('pretrain-qb_both/seed-0/best')
 
 def test_table_marks_not_significant_and_missing_per_user_files(tmp_path, no_training):
     out = tmp_path/'transfer'

@@ -17,17 +17,18 @@ from .data import (data_fingerprint, data_changes, write_data_record,
 
 # %% auto #0
 __all__ = ['PRESETS', 'WORKBENCH_TRAIN', 'TRAINING_TIME_FIELDS', 'OVERRIDE_SECTIONS', 'MODEL_SIZES', 'MODEL_SPECS', 'TRAIN_SPECS',
-           'MODEL_REFUSED', 'TRAIN_REFUSED', 'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'EXPERIMENT_PARAMS',
-           'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS', 'PER_USER_README', 'RESUME_IGNORES',
-           'check_data_name', 'check_init', 'check_fraction', 'split_params', 'preset_configs', 'architecture_clashes',
-           'init_model_config', 'flat_params', 'experiment_configs', 'Spec', 'override_spelling', 'Overrides',
-           'fold_old_spellings', 'ParameterError', 'parameter_errors', 'experiment_params', 'study_run_params',
-           'dataset_summary', 'split_users', 'sample_users', 'group_metrics', 'ranked_groups', 'write_per_user',
-           'read_per_user', 'per_user_frame', 'image_weights_note', 'run_experiment', 'ExperimentRun',
-           'setup_experiment', 'cli_value', 'train_parser', 'main', 'write_metrics', 'read_run_json',
-           'write_run_params', 'resume_run', 'check_resume_data', 'curves_figure', 'save_figure', 'results_frame',
-           'update_report_index', 'index_run', 'read_logged_events', 'run_summary', 'summary_text', 'summarise_run',
-           'runs_main', 'papermill_output_path', 'render_notebook_html', 'render_executed_notebook', 'run_notebook']
+           'MODEL_REFUSED', 'TRAIN_REFUSED', 'DATA_PARTS', 'TRANSFER_METHODS', 'TRANSFER_TARGETS', 'BOTH_SOURCES',
+           'BOTH_TARGETS', 'EXPERIMENT_PARAMS', 'IPYTHON_NAMES', 'NOTEBOOK_NAMES', 'STUDY_RUN_PARAMS',
+           'PER_USER_README', 'RESUME_IGNORES', 'check_data_name', 'check_init', 'check_fraction', 'split_params',
+           'preset_configs', 'architecture_clashes', 'init_model_config', 'flat_params', 'experiment_configs', 'Spec',
+           'override_spelling', 'Overrides', 'check_parts', 'parts_view', 'fold_old_spellings', 'ParameterError',
+           'parameter_errors', 'experiment_params', 'study_run_params', 'dataset_summary', 'split_users',
+           'sample_users', 'group_metrics', 'ranked_groups', 'write_per_user', 'read_per_user', 'per_user_frame',
+           'image_weights_note', 'run_experiment', 'ExperimentRun', 'setup_experiment', 'cli_value', 'train_parser',
+           'main', 'write_metrics', 'read_run_json', 'write_run_params', 'resume_run', 'check_resume_data',
+           'curves_figure', 'save_figure', 'results_frame', 'update_report_index', 'index_run', 'read_logged_events',
+           'run_summary', 'summary_text', 'summarise_run', 'runs_main', 'papermill_output_path', 'render_notebook_html',
+           'render_executed_notebook', 'run_notebook']
 
 # %% ../nbs/11_experiment.ipynb #c005
 def check_data_name(name: str, param: str = 'source', root=None) -> str:
@@ -267,10 +268,32 @@ class Overrides:
                 checked[key] = self.specs[key](f'{name}.{key}', self._number(self.specs[key], item))
         return checked
 
+# %% ../nbs/11_experiment.ipynb #bp02
+DATA_PARTS = ('both', 'text', 'image')   # `parts`: the items as they are, or the one-part view of `both` items
+
+def check_parts(parts: str, param: str = 'parts') -> str:
+    "`parts` if it is one of `DATA_PARTS`; else a one-line error naming `param` and the valid values."
+    if parts not in DATA_PARTS:
+        raise ValueError(f"parameter {param}={parts!r}: expected one of {', '.join(map(repr, DATA_PARTS))} "
+                         "('both': items as they are; 'text' / 'image': each both item cut to that part)")
+    return parts
+
+def parts_view(ds, parts: str = 'both'):
+    "`ds` as a run with `parts` sees it: as it is ('both'), or with each `both` item reduced to that part."
+    from transrec.data import keep_part, BOTH
+    if check_parts(parts) == 'both': return ds
+    if not (ds.modality == BOTH).any():
+        log.warning(f"parts={parts!r}: {ds.name} has no both items, so its {parts} view is the data set as it "
+                    "is (single-part items keep their part)")
+    return keep_part(ds, parts)
+
 # %% ../nbs/11_experiment.ipynb #p005b
 TRANSFER_METHODS = ('transrec', 'transrec-pretrained', 'id_sasrec', 'frozen', 'popularity')
 TRANSFER_TARGETS = ('qb_text', 'qb_image', 'tn_mixed', 'tn_text', 'tn_image', 'nc_mixed',
                     'shift_000', 'shift_025', 'shift_050', 'shift_075', 'shift_100')
+# the both-parts transfer study (transrec.both_transfer): a MoM and a `both` source, a MoM and a `both` target
+BOTH_SOURCES = ('qb_mixed', 'qb_both')
+BOTH_TARGETS = ('tn_mixed', 'tn_both')
 
 def _methods(value, name):
     "A method of the transfer study."
@@ -308,11 +331,12 @@ _STUDY = dict(**_RUN, seeds=(3, Spec(int, 1, 1000)), pretrain_epochs=(None, _EPO
                   **TRAIN_REFUSED))))
 
 EXPERIMENT_PARAMS = {
-    'pretrain': dict(source=('qb_mixed', _DATA), source_fraction=(1.0, _FRACTION), **_RUN, **_TRAINING),
+    'pretrain': dict(source=('qb_mixed', _DATA), source_fraction=(1.0, _FRACTION),
+                     parts=('both', Spec(choices=DATA_PARTS)), **_RUN, **_TRAINING),
     'finetune': dict(target=('qb_text', _DATA), init=('reports/pretrain-qb_mixed/best', _INIT),
                      target_fraction=(0.1, _FRACTION), strategy=('full', Spec(str, check=_strategy)),
                      adapter_size=(16, Spec(int, 1, 4096)), lora_rank=(8, Spec(int, 1, 1024)),
-                     **_RUN, **_TRAINING),
+                     parts=('both', Spec(choices=DATA_PARTS)), **_RUN, **_TRAINING),
     'transfer': dict(source=('qb_mixed', _DATA), targets=(list(TRANSFER_TARGETS), Spec(list, item=_DATA)),
                      methods=(list(TRANSFER_METHODS), Spec(list, item=Spec(str, check=_methods))),
                      pretrained=('', _INIT), target_fraction=(0.1, _FRACTION), **_STUDY),
@@ -335,6 +359,13 @@ EXPERIMENT_PARAMS = {
                       pretrained=('', _INIT), **_STUDY,
                       finetune_train=({}, Overrides(TRAIN_SPECS, refused=dict(
                           epochs='is set by -p finetune_epochs N', **TRAIN_REFUSED)))),
+    'both_transfer': dict(sources=(list(BOTH_SOURCES), Spec(list, item=_DATA)),
+                          targets=(list(BOTH_TARGETS), Spec(list, item=_DATA)),
+                          views_target=('tn_both', _DATA), views_source=('qb_both', _DATA),
+                          views=(list(DATA_PARTS[1:]), Spec(list, item=Spec(choices=DATA_PARTS[1:]))),
+                          target_fraction=(0.1, _FRACTION), **_STUDY,
+                          finetune_train=({}, Overrides(TRAIN_SPECS, refused=dict(
+                              epochs='is set by -p finetune_epochs N', **TRAIN_REFUSED)))),
 }
 
 # %% ../nbs/11_experiment.ipynb #p008
@@ -366,7 +397,7 @@ def fold_old_spellings(experiment: str, given: dict) -> dict:
 # %% ../nbs/11_experiment.ipynb #pa17
 IPYTHON_NAMES = ('In', 'Out', 'get_ipython', 'exit', 'quit')
 NOTEBOOK_NAMES = ('PAPERMILL_INPUT_PATH', 'PAPERMILL_OUTPUT_PATH', 'params', 'experiment', 'out', 'm', 'fig',
-                  'summary', 'res', 'figs')
+                  'summary', 'res', 'figs', 'run_params')
 # set by papermill (`--inject-paths` sets both paths) or by the notebooks' own cells
 
 def _user_names(namespace: dict) -> list:
@@ -558,9 +589,9 @@ def _used_params(params: dict, model_cfg: ModelConfig, train_cfg: TrainConfig) -
 def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainConfig, *, init=None,
                    fraction: float = 1.0, scale: float = 1.0, data_seed: int = 0, root=None,
                    experiment: str = 'train', params: dict | None = None, progress: bool = True,
-                   resume: str = 'auto', holdout: bool | None = None, strategy=None) -> dict:
+                   resume: str = 'auto', holdout: bool | None = None, strategy=None, parts: str = 'both') -> dict:
     """Train (from scratch or from `init`) on `data`, evaluate, write `out_dir/metrics.json` and
-    `per_user.npz`; `strategy`: a `strategies.StrategyConfig` (None: 'full')."""
+    `per_user.npz`; `strategy`: a `strategies.StrategyConfig` (None: 'full'); `parts`: see `parts_view`."""
     from transrec.sources import load_source
     from transrec.model import build_model, check_model_dir
     from transrec.encoders import make_content
@@ -570,6 +601,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     from transrec.tracking import write_hparams, run_hparams
     from transrec.strategies import StrategyConfig, check_strategy_init, apply_strategy, peak_memory, fit_costs
     start = time.time()
+    check_parts(parts)
     out_dir = Path(out_dir)
     init = check_init(init) if init is not None else None
     strategy = strategy or StrategyConfig()
@@ -577,13 +609,13 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     if init is not None and architecture_clashes(check_model_dir(init), model_cfg.to_dict()):
         _load_init(init, model_cfg)                           # raises, naming the parameters, before any work
     holdout = experiment != 'pretrain' if holdout is None else holdout
-    params = params or {}
+    params = {**(params or {}), 'parts': parts}             # recorded: a study never reuses another view
     out_dir.mkdir(parents=True, exist_ok=True)
     recorded = _used_params(params, model_cfg, train_cfg)   # the full configuration: what `run.json` compares
     # before any work: a clash with an older run fails now
     resuming = resume_run(out_dir, recorded, resume)
     seed_everything(train_cfg.seed)
-    ds = load_source(data, root=root, scale=scale, seed=data_seed)
+    ds = parts_view(load_source(data, root=root, scale=scale, seed=data_seed), parts)
     fingerprint = data_fingerprint(ds)
     # the same parameters on other data: refuse to mix them
     if resuming: check_resume_data(out_dir, fingerprint)
@@ -629,7 +661,7 @@ def run_experiment(data: str, out_dir, model_cfg: ModelConfig, train_cfg: TrainC
     write_per_user(out_dir, per_user['user'], per_user['rank'], per_user['group'])
     zero_shot = zero_shot or {}
     m = dict(experiment=experiment, data=dataset_summary(ds), train_data=dataset_summary(train_ds),
-             synthetic=bool(ds.synthetic), fraction=fraction, init=str(init) if init else 'scratch',
+             synthetic=bool(ds.synthetic), fraction=fraction, parts=parts, init=str(init) if init else 'scratch',
              method=model_cfg.kind if init is None else f'{model_cfg.kind}-pretrained',
              strategy=strategy.to_dict(), cost=cost,
              image_weights=image_weights_note(model.cfg), test_users=headline,
@@ -678,7 +710,7 @@ class ExperimentRun:
         return run_experiment(self.data, self.out, self.model_cfg, self.train_cfg, init=self.init_dir,
                               fraction=self.fraction, scale=params['scale'], data_seed=params['data_seed'],
                               experiment=self.experiment, params=params, progress=params['progress'],
-                              resume=params['resume'], strategy=strategy)
+                              resume=params['resume'], strategy=strategy, parts=params.get('parts', 'both'))
 
     def curves(self, metrics: dict):
         "The training curves of the finished run, also saved as `curves.html` in its folder."

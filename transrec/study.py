@@ -14,12 +14,12 @@ from .experiment import (TRANSFER_METHODS, TRANSFER_TARGETS, RESUME_IGNORES, che
                                  read_per_user)
 
 # %% auto #0
-__all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'seed_interval', 'interval_excludes_zero', 'gain_interval', 'difference_interval',
-           'item_count_cells', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell', 'format_interval',
-           'item_count_columns', 'table_markdown', 'target_shift', 'gain_vs_shift', 'gain_shift_figure',
-           'regret_summary', 'study_regrets', 'regret_markdown', 'rule_regret_table', 'load_name', 'notebooks_dir',
-           'run_or_reuse', 'study_seeds', 'transfer_graph', 'transfer_study', 'markdown_table_html', 'failed_lines',
-           'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_graph', 'scaling_study',
+__all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'RUN_SETTING_DEFAULTS', 'seed_interval', 'interval_excludes_zero', 'gain_interval',
+           'difference_interval', 'item_count_cells', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell',
+           'format_interval', 'item_count_columns', 'table_markdown', 'target_shift', 'gain_vs_shift',
+           'gain_shift_figure', 'regret_summary', 'study_regrets', 'regret_markdown', 'rule_regret_table', 'load_name',
+           'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_graph', 'transfer_study', 'markdown_table_html',
+           'failed_lines', 'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_graph', 'scaling_study',
            'scaling_figures', 'scaling_markdown', 'user_interval', 'run_summary', 'compare_runs', 'compare_markdown',
            'main']
 
@@ -344,12 +344,15 @@ def _training_settings_now(nb: str, params: dict) -> dict:
     _, train_cfg = experiment_configs(nb, params)
     return {k: v for k, v in jsonable(asdict(train_cfg)).items() if k not in RESUME_IGNORES}
 
+# run parameters compared even when a study does not give them, with the value of a run that does not list them
+RUN_SETTING_DEFAULTS = dict(parts='both')
+
 def _same_setting(old: dict, key: str, value) -> bool:
     "The recorded run used `value` for `key` (a setting it does not list: the field's default)."
     from dataclasses import fields
     from transrec.core import TrainConfig
     if key in old: return old[key] == value
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **RUN_SETTING_DEFAULTS}
     return key in defaults and jsonable(defaults[key]) == value
 
 def run_or_reuse(nb: str, out_dir, **params) -> dict:
@@ -361,7 +364,7 @@ def run_or_reuse(nb: str, out_dir, **params) -> dict:
         metrics = json.loads(metrics_file.read_text())
         old = metrics.get('params') or {}
         given = {k: v for k, v in jsonable(flat_params(params)).items() if k not in RESUME_IGNORES}
-        new = {**_training_settings_now(nb, params), **given}
+        new = {**_training_settings_now(nb, params), **RUN_SETTING_DEFAULTS, **given}
         if all(_same_setting(old, k, v) for k, v in new.items()):   # every setting is what that run used
             log.info(f'reusing {out_dir}')
             return metrics
