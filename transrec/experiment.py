@@ -280,7 +280,8 @@ def check_parts(parts: str, param: str = 'parts') -> str:
 
 def parts_view(ds, parts: str = 'both'):
     "`ds` as a run with `parts` sees it: as it is ('both'), or with each `both` item reduced to that part."
-    from transrec.data import keep_part, BOTH
+    from transrec.data import keep_part
+    from transrec.datafiles import BOTH
     if check_parts(parts) == 'both': return ds
     if not (ds.modality == BOTH).any():
         log.warning(f"parts={parts!r}: {ds.name} has no both items, so its {parts} view is the data set as it "
