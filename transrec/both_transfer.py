@@ -11,12 +11,12 @@ from .core import write_json
 from .cluster import RunSpec, RunFailure, run_graph, check_workers, cluster_kind
 from .experiment import (check_data_name, check_fraction, check_parts, DATA_PARTS, BOTH_SOURCES,
                                  BOTH_TARGETS)
-from .study import (run_or_reuse, study_seeds, seed_interval, difference_interval, paired_cell,
+from .study import (run_or_reuse, study_seeds, pretrain_key, seed_interval, difference_interval, paired_cell,
                             format_interval, _gain_text, _p_text, markdown_table_html, failed_lines)
 
 # %% auto #0
-__all__ = ['ONE_PART_VIEWS', 'Cell', 'study_cells', 'pretrain_key', 'both_graph', 'study_comparisons', 'compare_cells',
-           'cell_intervals', 'both_transfer_study', 'both_markdown', 'write_both_reports']
+__all__ = ['ONE_PART_VIEWS', 'Cell', 'study_cells', 'both_graph', 'study_comparisons', 'compare_cells', 'cell_intervals',
+           'both_transfer_study', 'both_markdown', 'write_both_reports']
 
 # %% ../nbs/18_both_transfer.ipynb #bt005
 @dataclass(frozen=True)
@@ -57,8 +57,6 @@ def study_cells(sources=BOTH_SOURCES, targets=BOTH_TARGETS, views_target: str = 
     return cells + [Cell(views_target, view, source) for view in views for source in (None, views_source)]
 
 # %% ../nbs/18_both_transfer.ipynb #bt011
-def pretrain_key(source: str, seed: int) -> str: return f'pretrain-{source}/seed-{seed}'
-
 def both_graph(out_dir, cells: list, seed_list: list, target_fraction: float = 0.1,
                pretrain_params: dict | None = None, finetune_params: dict | None = None) -> list:
     "The `RunSpec`s of the study: each source's pre-training per seed, then every cell's fine-tune per seed."

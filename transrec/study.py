@@ -18,10 +18,10 @@ __all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'RUN_SETTING_DEFAULTS', 'seed_int
            'difference_interval', 'item_count_cells', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell',
            'format_interval', 'item_count_columns', 'table_markdown', 'target_shift', 'gain_vs_shift',
            'gain_shift_figure', 'regret_summary', 'study_regrets', 'regret_markdown', 'rule_regret_table', 'load_name',
-           'notebooks_dir', 'run_or_reuse', 'study_seeds', 'transfer_graph', 'transfer_study', 'markdown_table_html',
-           'failed_lines', 'transfer_figure', 'write_transfer_reports', 'curve_band', 'scaling_graph', 'scaling_study',
-           'scaling_figures', 'scaling_markdown', 'user_interval', 'run_summary', 'compare_runs', 'compare_markdown',
-           'main']
+           'notebooks_dir', 'run_or_reuse', 'study_seeds', 'pretrain_key', 'transfer_graph', 'transfer_study',
+           'markdown_table_html', 'failed_lines', 'transfer_figure', 'write_transfer_reports', 'curve_band',
+           'scaling_graph', 'scaling_study', 'scaling_figures', 'scaling_markdown', 'user_interval', 'run_summary',
+           'compare_runs', 'compare_markdown', 'main']
 
 # %% ../nbs/12_study.ipynb #c027
 METHOD_LABELS = {'transrec': 'TransRec (scratch)',
@@ -388,14 +388,17 @@ def _with_model(params: dict, **settings) -> dict:
     return {**params, 'model': {**(params.get('model') or {}), **settings}}
 
 # %% ../nbs/12_study.ipynb #kd01
+def pretrain_key(source: str, seed: int) -> str:
+    "The key (and folder under the study's `out_dir`) of a study's pre-training on `source` with `seed`."
+    return f'pretrain-{source}/seed-{seed}'
+
 def transfer_graph(out_dir, source: str, targets, methods, seed_list: list, pretrained: str = '',
                    target_fraction: float = 0.1, pretrain_params: dict | None = None,
                    finetune_params: dict | None = None) -> list:
     "The `RunSpec`s of a transfer study: each seed's pre-training (unless `pretrained`), then the fine-tunes."
     out_dir, pretrain_params, finetune_params = Path(out_dir), pretrain_params or {}, finetune_params or {}
-    pretrain_key = lambda seed: f'pretrain-{source}/seed-{seed}'
     own_pretraining = 'transrec-pretrained' in methods and not pretrained
-    specs = [RunSpec(pretrain_key(seed), 'pretrain', str(out_dir/pretrain_key(seed)),
+    specs = [RunSpec(pretrain_key(source, seed), 'pretrain', str(out_dir/pretrain_key(source, seed)),
                      dict(source=source, **{**pretrain_params, 'seed': seed}))
              for seed in seed_list if own_pretraining]
     for target in targets:
@@ -410,7 +413,7 @@ def transfer_graph(out_dir, source: str, targets, methods, seed_list: list, pret
                                             kind='transrec' if pretrained_run else method))
                 key = f'{target}/{method}/seed-{seed}'
                 specs.append(RunSpec(key, 'finetune', str(out_dir/key), params,
-                                     init_from=pretrain_key(seed) if from_run else None))
+                                     init_from=pretrain_key(source, seed) if from_run else None))
     return specs
 
 # %% ../nbs/12_study.ipynb #x3456b29
@@ -438,7 +441,7 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
     models = {}
     if 'transrec-pretrained' in methods:
         for seed in seed_list:
-            pre = outcome.get(f'pretrain-{source}/seed-{seed}')
+            pre = outcome.get(pretrain_key(source, seed))
             models[seed] = (check_init(pretrained) if pretrained else
                             None if isinstance(pre, RunFailure) else Path(pre['best_dir']))
     results, runs, dirs, regrets = {}, {}, {}, {}
