@@ -159,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1')
     parser.add_argument('--arms', default=','.join(FUSION_ARMS), help='comma-separated arms')
     parser.add_argument('--epochs', type=int, default=SMALL_TRAIN['epochs'])
+    parser.add_argument('--image-batchnorm', choices=MODEL_CHOICES['image_batchnorm'], default='batch',
+                        help="the trained ResNet stage's BatchNorm (ModelConfig.image_batchnorm)")
     parser.add_argument('--data-dir', default=None, help='where the domain is built (default: OUT/data)')
     args = parser.parse_args(argv)
     try:
         study = FusionStudy(args.domain, args.scale, args.text_signal, args.silent_variants,
                             seeds=tuple(range(args.seeds)),
                             arms=tuple(arm.strip() for arm in args.arms.split(',')),
+                            model={**SMALL_MODEL, 'image_batchnorm': args.image_batchnorm},
                             train={**SMALL_TRAIN, 'epochs': args.epochs})
     except ValueError as error: parser.error(str(error))
     summary = compare_fusion(args.out, study, args.data_dir)
