@@ -132,9 +132,11 @@ def compare_fusion(out_dir, study: FusionStudy | None = None, data_dir=None) -> 
 def fusion_markdown(summary: dict) -> str:
     "The comparison as markdown: arms with intervals, then the paired tests of the fused arms."
     study = summary['study']
-    silent = (f", silent parts: {study['silent_variants']} shared variants" if study.get('silent_variants')
-              else '')
-    lines = [f"On `{study['domain']}` (scale {study['scale']}, text_signal {study['text_signal']}{silent}), "
+    dials = (f", silent parts: {study['silent_variants']} shared variants" if study.get('silent_variants')
+             else '')
+    if study['model'].get('image_batchnorm', 'batch') != 'batch':
+        dials += f", image_batchnorm {study['model']['image_batchnorm']!r}"
+    lines = [f"On `{study['domain']}` (scale {study['scale']}, text_signal {study['text_signal']}{dials}), "
              f"{len(study['seeds'])} seeds, test NDCG@10:", '', '| arm | NDCG@10 (95% interval over seeds) |',
              '|---|---|']
     for arm, cell in summary['arms'].items():
