@@ -81,8 +81,9 @@ def test_fusion_matches_the_titles_where_only_titles_carry_signal(tmp_path):
     silent cover one of 4 shared by the domain: it names neither a topic nor an item), image_batchnorm 'frozen':
     seed 0 of the measured comparison (reports/results/both/shared-silent-parts/image_batchnorm-frozen/
     text_signal_1). Fused ('sum') matches text only (measured: -0.0019 [-0.0090, +0.0046] NDCG@10 over the same
-    400 users) and image only is clearly below (0.0000: every cover is one of 4, so its items tie). It fails where
-    the fused model leans on the cover: a cover unique to its item (silent_variants 0: +0.022 [+0.002, +0.041]
+    400 users; over the 3 measured seeds a small cost remains, -0.0059 [-0.0108, -0.0013], seed 2 alone -0.0109)
+    and image only is clearly below (0.0000: every cover is one of 4, so its items tie). It fails where the fused
+    model leans on the cover: a cover unique to its item (silent_variants 0: +0.022 [+0.002, +0.041]
     over text only) or BatchNorm on batch statistics in the trained ResNet stage (image_batchnorm 'batch': sum
     0.0529 vs text only 0.0895). Single-threaded CPU training is deterministic, so this reruns those runs: about
     1-2 minutes per arm on a quiet 2-core CPU."""
