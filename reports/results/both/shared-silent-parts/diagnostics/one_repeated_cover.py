@@ -1,8 +1,10 @@
 """The ResNet stage that the fusion study trains (layer4 at 32 px: a 1x1 map) on a batch of one repeated cover:
 its BatchNorm's batch variance is 0, so training sees only the shift and evaluation divides by a running variance
 near 0. Prints (and writes next to this file) the cover's vector norm in training and in evaluation mode after 30
-SGD steps, for image_batchnorm 'batch' and 'frozen'.
-    PYTHONPATH=. OMP_NUM_THREADS=1 python reports/results/both/shared-silent-parts/diagnostics/one_repeated_cover.py"""
+SGD steps, for image_batchnorm 'batch' and 'frozen'. From the project folder:
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python \
+        reports/results/both/shared-silent-parts/diagnostics/one_repeated_cover.py"""
 import json
 from pathlib import Path
 import torch
