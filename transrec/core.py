@@ -114,7 +114,7 @@ MODEL_CHOICES = dict(kind=('transrec', 'frozen', 'id_sasrec', 'popularity'),
                      image_model=('resnet18', 'resnet34', 'resnet50'), readout=('causal', 'last'),
                      loss=('bce', 'softmax'), train_windows=(None, 'all', 'last'), tower_norm=('pre', 'post'),
                      positions=('newest', 'oldest'), modality_embedding=('items', 'history', 'none'),
-                     fusion=('sum', 'concat', 'gate'))
+                     fusion=('sum', 'concat', 'gate'), image_batchnorm=('batch', 'frozen'))
 
 @dataclass
 class ModelConfig(JSONConfig):
@@ -133,6 +133,8 @@ class ModelConfig(JSONConfig):
     image_trainable_blocks: int = 2   # top ResNet stages trained: 2 = layer3+layer4 (reference)
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
+    image_batchnorm: str = 'batch'    # BatchNorm of the trained stages: 'batch' (batch statistics while
+                                      # training) | 'frozen' (kept as loaded: running statistics, scale, shift)
     modality_embedding: str = 'items' # on 'items' | 'history' (user-tower input only) | 'none'
     # items with a title and a cover (modality 'both')
     fusion: str = 'sum'               # their two part vectors: 'sum' | 'concat' (-> Linear) | 'gate' (learned);
@@ -164,7 +166,8 @@ class ModelConfig(JSONConfig):
                         loss='bce', n_pos=5, n_neg=1, modality_embedding='none', text_pooling='reference',
                         text_max_tokens=32, text_trainable_blocks=2, image_model='resnet18', image_size=224,
                         image_trainable_blocks=2, image_mean=(0.485, 0.456, 0.406),
-                        image_std=(0.229, 0.224, 0.225), fusion='sum', modality_dropout=0.0)
+                        image_std=(0.229, 0.224, 0.225), image_batchnorm='batch', fusion='sum',
+                        modality_dropout=0.0)
         return cls(**{**settings, **overrides})
 
     def __post_init__(self):

@@ -377,7 +377,13 @@ class ImageEncoder(_Fingerprinted, nn.Module):
         return [[getattr(self.resnet, name) for name in names] for names in _RESNET_BLOCKS]
 
     def prefix_modules(self): return [module for block in self.blocks()[:self.n_frozen] for module in block]
-    frozen_modules = prefix_modules
+
+    def frozen_modules(self):
+        "The prefix; with `image_batchnorm='frozen'` also the BatchNorm layers of the trained stages."
+        if self.cfg.image_batchnorm != 'frozen': return self.prefix_modules()
+        trained = [module for block in self.blocks()[self.n_frozen:] for module in block]
+        norms = [norm for module in trained for norm in module.modules() if isinstance(norm, nn.BatchNorm2d)]
+        return self.prefix_modules() + norms
 
     def run_blocks(self, x, start, stop):
         for block in self.blocks()[start:stop]:

@@ -92,7 +92,8 @@ def preset_configs(preset: str = 'workbench',
 
 # %% ../nbs/11_experiment.ipynb #c009e
 TRAINING_TIME_FIELDS = ('dropout', 'text_trainable_blocks', 'image_trainable_blocks', 'loss', 'readout',
-                        'n_pos', 'n_neg', 'temperature', 'train_windows', 'modality_dropout')
+                        'n_pos', 'n_neg', 'temperature', 'train_windows', 'modality_dropout',
+                        'image_batchnorm')
 
 def architecture_clashes(saved: ModelConfig, wanted: dict) -> dict:
     "The architecture settings in `wanted` (field -> value; None = unset) that differ from `saved`."
@@ -211,6 +212,7 @@ MODEL_SPECS = dict(
     positions=Spec(choices=('newest', 'oldest')),
     modality_embedding=Spec(choices=('items', 'history', 'none')),
     fusion=Spec(choices=('sum', 'concat', 'gate')), modality_dropout=Spec(float, 0, 0.99),
+    image_batchnorm=Spec(choices=('batch', 'frozen')),
     train_windows=Spec(choices=('all', 'last')), n_pos=Spec(int, 1, 10_000),
     temperature=Spec(float, 0, 100, lo_open=True),
     image_mean=Spec(list, item=Spec(float, 0, 1), check=_per_channel),

@@ -30,10 +30,11 @@ SMALL_TRAIN = dict(epochs=10, batch_size=64, warmup_steps=10, patience=3, device
 
 @dataclass
 class FusionStudy:
-    "What `compare_fusion` runs: every arm of `arms` on `domain` (with `text_signal`) for every seed."
+    "What `compare_fusion` runs: every arm of `arms` on `domain` (with its dials) for every seed."
     domain: str = 'tn_both'
     scale: float = 0.5
     text_signal: float = 0.5
+    silent_variants: int = 0      # 0: a silent title or cover drawn per item; K: one of K shared ones
     data_seed: int = 0
     seeds: tuple = (0, 1, 2)
     arms: tuple = tuple(FUSION_ARMS)
@@ -47,6 +48,10 @@ class FusionStudy:
             raise ValueError(f"FusionStudy.arms: unknown arm(s) {unknown}; choose from {list(FUSION_ARMS)}")
         if not 0 <= self.text_signal <= 1:
             raise ValueError(f"FusionStudy.text_signal={self.text_signal}: must lie in [0, 1]")
+        variants = self.silent_variants
+        if isinstance(variants, bool) or not isinstance(variants, (int, np.integer)) or variants < 0:
+            raise ValueError(f"FusionStudy.silent_variants={variants!r}: must be an integer >= 0 (0: a silent "
+                             "part drawn per item; K: one of K shared ones)")
         if not self.seeds:
             raise ValueError("FusionStudy.seeds: give at least one seed")
         ModelConfig(**self.model)    # bad settings fail here, before any work
@@ -54,14 +59,15 @@ class FusionStudy:
 
 # %% ../nbs/17_fusion.ipynb #fu011
 def both_domain(study: FusionStudy, data_dir):
-    "The study's synthetic domain, built under `data_dir` once (a folder per domain, scale, seed, dial)."
+    "The study's synthetic domain, built under `data_dir` once (a folder per domain, scale, seed, dials)."
     from transrec.sim import build_synthetic
     name = f'{study.domain}-scale{study.scale:g}-seed{study.data_seed}-text{study.text_signal:g}'
+    if study.silent_variants: name += f'-silent{study.silent_variants}'   # 0: the folder of before
     folder = Path(data_dir)/name
     if not (folder/'items.tsv').is_file():
         if folder.exists(): shutil.rmtree(folder)
         build_synthetic(study.domain, folder, scale=study.scale, seed=study.data_seed,
-                        text_signal=study.text_signal)
+                        text_signal=study.text_signal, silent_variants=study.silent_variants)
     return load_dataset(folder)
 
 # %% ../nbs/17_fusion.ipynb #fu012
@@ -126,7 +132,11 @@ def compare_fusion(out_dir, study: FusionStudy | None = None, data_dir=None) -> 
 def fusion_markdown(summary: dict) -> str:
     "The comparison as markdown: arms with intervals, then the paired tests of the fused arms."
     study = summary['study']
-    lines = [f"On `{study['domain']}` (scale {study['scale']}, text_signal {study['text_signal']}), "
+    dials = (f", silent parts: {study['silent_variants']} shared variants" if study.get('silent_variants')
+             else '')
+    if study['model'].get('image_batchnorm', 'batch') != 'batch':
+        dials += f", image_batchnorm {study['model']['image_batchnorm']!r}"
+    lines = [f"On `{study['domain']}` (scale {study['scale']}, text_signal {study['text_signal']}{dials}), "
              f"{len(study['seeds'])} seeds, test NDCG@10:", '', '| arm | NDCG@10 (95% interval over seeds) |',
              '|---|---|']
     for arm, cell in summary['arms'].items():
@@ -140,20 +150,26 @@ def fusion_markdown(summary: dict) -> str:
 
 # %% ../nbs/17_fusion.ipynb #fu021
 def main(argv: list[str] | None = None) -> int:
-    "CLI: `python -m transrec.fusion --out DIR [--domain D --scale S --text-signal T --seeds N --arms A,B]`."
+    "CLI: `python -m transrec.fusion --out DIR [--domain D --scale S --text-signal T --silent-variants K]`."
     parser = argparse.ArgumentParser(prog='python -m transrec.fusion', description=__doc__)
     parser.add_argument('--out', required=True, help='folder for runs.jsonl, fusion.json and fusion.md')
     parser.add_argument('--domain', default='tn_both')
     parser.add_argument('--scale', type=float, default=0.5)
     parser.add_argument('--text-signal', type=float, default=0.5)
+    parser.add_argument('--silent-variants', type=int, default=0,
+                        help='0: a silent title or cover drawn per item (unique to it); K: one of K shared')
     parser.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1')
     parser.add_argument('--arms', default=','.join(FUSION_ARMS), help='comma-separated arms')
     parser.add_argument('--epochs', type=int, default=SMALL_TRAIN['epochs'])
+    parser.add_argument('--image-batchnorm', choices=MODEL_CHOICES['image_batchnorm'], default='batch',
+                        help="the trained ResNet stage's BatchNorm (ModelConfig.image_batchnorm)")
     parser.add_argument('--data-dir', default=None, help='where the domain is built (default: OUT/data)')
     args = parser.parse_args(argv)
     try:
-        study = FusionStudy(args.domain, args.scale, args.text_signal, seeds=tuple(range(args.seeds)),
+        study = FusionStudy(args.domain, args.scale, args.text_signal, args.silent_variants,
+                            seeds=tuple(range(args.seeds)),
                             arms=tuple(arm.strip() for arm in args.arms.split(',')),
+                            model={**SMALL_MODEL, 'image_batchnorm': args.image_batchnorm},
                             train={**SMALL_TRAIN, 'epochs': args.epochs})
     except ValueError as error: parser.error(str(error))
     summary = compare_fusion(args.out, study, args.data_dir)

@@ -18,9 +18,9 @@ __all__ = ['TOPIC_WORDS', 'TOPICS', 'FAMILIES', 'NOISE_WORDS', 'STYLE_WORDS', 'R
            'TEXTURES', 'GENERATOR_VERSION', 'topic_vocabulary', 'WorldConfig', 'World', 'make_world', 'RenderStyle',
            'DomainSpec', 'make_items', 'domain_style', 'content_topics', 'item_content', 'part_content',
            'silent_caption', 'silent_image', 'domain_transition', 'shifted_world', 'domain_shift', 'swap_family_words',
-           'make_caption', 'topic_look', 'render_image', 'png_bytes', 'make_sequences', 'SimDomain', 'generator_params',
-           'domain_spec', 'simulate', 'build_synthetic', 'load_truth', 'oracle_scores', 'content_oracle_scores',
-           'popularity_scores', 'leave_one_out_ndcg']
+           'make_caption', 'topic_look', 'render_image', 'png_bytes', 'SilentVariants', 'shared_silent_parts',
+           'make_sequences', 'SimDomain', 'generator_params', 'domain_spec', 'simulate', 'build_synthetic',
+           'load_truth', 'oracle_scores', 'content_oracle_scores', 'popularity_scores', 'leave_one_out_ndcg']
 
 # %% ../nbs/02_sim.ipynb #c005
 TOPIC_WORDS = {
@@ -242,6 +242,7 @@ class DomainSpec:
     content_link: float = 1.0           # control dial: share of items whose words and look follow their topic
     both_fraction: float = 0.0          # share of items with a title and a cover ('both')
     text_signal: float = 0.5            # dial, both items: share whose title carries the click signal (else the cover)
+    silent_variants: int = 0            # both items: 0 = a silent part drawn per item, K = one of K shared ones
 
     def __post_init__(self):
         where = f"DomainSpec {self.name!r}"
@@ -268,6 +269,10 @@ class DomainSpec:
         for dial, value in dials.items():
             if not 0 <= value <= 1:
                 raise ValueError(f"{where}: {dial}={value} must lie in [0, 1]")
+        variants = self.silent_variants
+        if isinstance(variants, bool) or not isinstance(variants, (int, np.integer)) or variants < 0:
+            raise ValueError(f"{where}: silent_variants={variants!r} must be an integer >= 0 (0: a silent "
+                             "title or cover drawn per item; K: each one of K shared variants)")
 
     def scaled(self, scale: float) -> tuple[int, int]:
         "(n_users, n_items) at `scale`."
@@ -581,6 +586,28 @@ def png_bytes(image: Image.Image) -> bytes:
     image.save(buffer, format='PNG', compress_level=6, optimize=False)
     return buffer.getvalue()
 
+# %% ../nbs/02_sim.ipynb #bs05
+@dataclass
+class SilentVariants:
+    "A domain's K shared silent titles and covers (PNG bytes), and the variant each item wears."
+    captions: list[str]
+    covers: list[bytes]         # empty bytes where images are not rendered
+    variant: np.ndarray         # [n_items]: the variant (0..K-1) item i wears where a part of it is silent
+
+
+def shared_silent_parts(spec: DomainSpec, style: RenderStyle, n_items: int, seed: int,
+                        render_images: bool = True) -> SilentVariants:
+    "`spec.silent_variants` silent titles and covers shared by the domain, and each item's variant."
+    if spec.silent_variants < 1:
+        raise ValueError(f"DomainSpec {spec.name!r}: silent_variants={spec.silent_variants}; shared silent "
+                         "parts need silent_variants >= 1")
+    rng_text, rng_images = _rng(seed, spec.name, 'silent_captions'), _rng(seed, spec.name, 'silent_covers')
+    captions = [silent_caption(spec, rng_text) for _ in range(spec.silent_variants)]
+    covers = [png_bytes(silent_image(style, spec.image_size, rng_images)) if render_images else b''
+              for _ in range(spec.silent_variants)]
+    variant = _rng(seed, spec.name, 'silent_variant').integers(spec.silent_variants, size=n_items)
+    return SilentVariants(captions, covers, variant)
+
 # %% ../nbs/02_sim.ipynb #c026
 def make_sequences(spec: DomainSpec, world: World, items: dict, topic_prior: np.ndarray, n_users: int,
                    rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -669,8 +696,9 @@ def generator_params(spec: DomainSpec, scale: float, seed: int, world: WorldConf
     "JSON-able parameters that determine a synthetic domain completely (with this GENERATOR_VERSION)."
     spec_fields = asdict(spec)
     if not spec.both_fraction:   # a domain without both items: the parameters (and cached builds) of before
-        spec_fields = {name: value for name, value in spec_fields.items()
-                       if name not in ('both_fraction', 'text_signal')}
+        for name in ('both_fraction', 'text_signal', 'silent_variants'): spec_fields.pop(name)
+    elif not spec.silent_variants:   # silent parts drawn per item: likewise
+        spec_fields.pop('silent_variants')
     params = dict(generator='transrec.sim', version=GENERATOR_VERSION, domain=spec.name, scale=float(scale),
                   seed=int(seed), domain_spec=spec_fields, world_config=asdict(world or WorldConfig()),
                   render_style=asdict(domain_style(spec)))
@@ -709,16 +737,20 @@ def simulate(name: str | DomainSpec, scale: float = 1.0, seed: int = 0, world: W
     texts, paths, images = [''] * n_items, [''] * n_items, {}
     style = domain_style(spec)
     parts = part_content(spec, latent['modality'], content_topic, content_subtopic, n_topics, n_subtopics, seed)
+    shared = (shared_silent_parts(spec, style, n_items, seed, render_images) if spec.silent_variants else None)
     for i in range(n_items):
         text_topic, text_subtopic = parts['text'][0][i], parts['text'][1][i]
-        if latent['modality'][i] != 1 and text_topic < 0: texts[i] = silent_caption(spec, rng_text)
+        if latent['modality'][i] != 1 and text_topic < 0:
+            own_caption = silent_caption(spec, rng_text)   # drawn for every K: the other parts stay the same
+            texts[i] = own_caption if shared is None else shared.captions[shared.variant[i]]
         elif latent['modality'][i] != 1:                                # text and both items: a caption
             texts[i] = make_caption(text_topic, text_subtopic, spec, domain_world, rng_text)
         if latent['modality'][i] == 0: continue
         topic, subtopic = parts['image'][0][i], parts['image'][1][i]
         paths[i] = f'images/{item_ids[i]}.png'
         if render_images and topic < 0:
-            images[paths[i]] = png_bytes(silent_image(style, spec.image_size, rng_images))
+            own_cover = silent_image(style, spec.image_size, rng_images)   # drawn for every K (as above)
+            images[paths[i]] = png_bytes(own_cover) if shared is None else shared.covers[shared.variant[i]]
         elif render_images:
             look = int(domain_world.content_topic[topic])
             image = render_image(look, int(subtopic), n_topics, style, spec.image_size, rng_images)
