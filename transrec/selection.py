@@ -9,7 +9,7 @@ from pathlib import Path
 import time
 from .core import log, write_json
 from .study import (SELECTION_RULES, METHOD_LABELS, _gain_text, _significant_interval, format_interval,
-                            regret_summary, run_or_reuse, seed_interval, study_seeds)
+                            pretrain_key, regret_summary, run_or_reuse, seed_interval, study_seeds)
 from .experiment import check_init
 from .cluster import RunFailure, RunSpec, run_graph
 
@@ -153,9 +153,8 @@ def selection_graph(out_dir, source: str, targets, fractions, val_items, methods
     finetune_params = dict(finetune_params or {})
     train = finetune_params.pop('train', {}) or {}
     model = {**(finetune_params.pop('model', None) or {}), 'kind': 'transrec'}
-    pretrain_key = lambda seed: f'pretrain-{source}/seed-{seed}'
     own_pretraining = 'transrec-pretrained' in methods and not pretrained
-    specs = [RunSpec(pretrain_key(seed), 'pretrain', str(Path(out_dir)/pretrain_key(seed)),
+    specs = [RunSpec(pretrain_key(source, seed), 'pretrain', str(Path(out_dir)/pretrain_key(source, seed)),
                      dict(source=source, **{**(pretrain_params or {}), 'seed': seed}))
              for seed in seed_list if own_pretraining]
     for items in val_items:
@@ -171,7 +170,7 @@ def selection_graph(out_dir, source: str, targets, fractions, val_items, methods
                                       seed=seed, train=_measuring(train, items))
                         run_dir = selection_run_dir(out_dir, fraction, items, target, method, seed)
                         specs.append(RunSpec(str(run_dir.relative_to(out_dir)), 'finetune', str(run_dir), params,
-                                             init_from=pretrain_key(seed) if from_run else None))
+                                             init_from=pretrain_key(source, seed) if from_run else None))
     return specs
 
 def selection_study(out_dir, source: str = 'qb_mixed', targets=SELECTION_TARGETS, fractions=(0.05, 0.1),

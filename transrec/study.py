@@ -564,7 +564,6 @@ def scaling_graph(out_dir, source: str, target: str, shares: list, target_fracti
     fine-tunes (share 1.0 from `full_model` when given), the target-size runs; each run once."""
     out_dir, pretrain_params, finetune_params = Path(out_dir), pretrain_params or {}, finetune_params or {}
     specs = {}
-    pretrain_key = lambda share, seed: f'pretrain-s{share}/seed-{seed}'
     def finetune(share, fraction, seed):
         key = _scaling_key(share, fraction, seed)
         from_run = share is not None and not (share == 1.0 and full_model)
@@ -573,13 +572,13 @@ def scaling_graph(out_dir, source: str, target: str, shares: list, target_fracti
                       **_with_model({**finetune_params, 'seed': seed},
                                     **(dict(kind='transrec') if share is None else {})))
         specs.setdefault(key, RunSpec(key, 'finetune', str(out_dir/key), params,
-                                      init_from=pretrain_key(share, seed) if from_run else None))
+                                      init_from=pretrain_key(f's{share}', seed) if from_run else None))
     for seed in seed_list: finetune(None, base_target_fraction, seed)
     for share in shares:
         for seed in seed_list:
             if share == 1.0 and full_model: continue
-            specs[pretrain_key(share, seed)] = RunSpec(
-                pretrain_key(share, seed), 'pretrain', str(out_dir/pretrain_key(share, seed)),
+            specs[pretrain_key(f's{share}', seed)] = RunSpec(
+                pretrain_key(f's{share}', seed), 'pretrain', str(out_dir/pretrain_key(f's{share}', seed)),
                 dict(source=source, source_fraction=share, **{**pretrain_params, 'seed': seed}))
         for seed in seed_list: finetune(share, base_target_fraction, seed)
     for fraction in target_fractions:
@@ -631,7 +630,7 @@ def scaling_study(out_dir, source: str, target: str = 'tn_mixed', source_fractio
     failed = {key: result.error for key, result in outcome.items() if isinstance(result, RunFailure)}
     got = lambda key: {} if isinstance(outcome[key], RunFailure) else outcome[key]   # failed: no values
     def pretrain(share, seed):
-        return full_run if share == 1.0 and full_run else got(f'pretrain-s{share}/seed-{seed}')
+        return full_run if share == 1.0 and full_run else got(pretrain_key(f's{share}', seed))
     def run_dir(share, fraction, seed): return out_dir/_scaling_key(share, fraction, seed)
     def finetune(share, fraction, seed): return got(_scaling_key(share, fraction, seed))
     def versus_scratch(tuned, scratch, share, fraction):
