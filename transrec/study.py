@@ -18,10 +18,10 @@ __all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'RUN_SETTING_DEFAULTS', 'seed_int
            'difference_interval', 'item_count_cells', 'aggregate_seeds', 'load_per_user', 'paired_users', 'paired_cell',
            'format_interval', 'item_count_columns', 'table_markdown', 'target_shift', 'gain_vs_shift',
            'gain_shift_figure', 'regret_summary', 'study_regrets', 'regret_markdown', 'rule_regret_table', 'load_name',
-           'notebooks_dir', 'run_or_reuse', 'study_seeds', 'pretrain_key', 'transfer_graph', 'transfer_study',
-           'markdown_table_html', 'failed_lines', 'transfer_figure', 'write_transfer_reports', 'curve_band',
-           'scaling_graph', 'scaling_study', 'scaling_figures', 'scaling_markdown', 'user_interval', 'run_summary',
-           'compare_runs', 'compare_markdown', 'main']
+           'notebooks_dir', 'run_or_reuse', 'study_seeds', 'seed_pretrained', 'pretrain_key', 'transfer_graph',
+           'transfer_study', 'markdown_table_html', 'failed_lines', 'transfer_figure', 'write_transfer_reports',
+           'curve_band', 'scaling_graph', 'scaling_study', 'scaling_figures', 'scaling_markdown', 'user_interval',
+           'run_summary', 'compare_runs', 'compare_markdown', 'main']
 
 # %% ../nbs/12_study.ipynb #c027
 METHOD_LABELS = {'transrec': 'TransRec (scratch)',
@@ -387,17 +387,32 @@ def _with_model(params: dict, **settings) -> dict:
     "A run's `params` with `settings` added to its `model` dict."
     return {**params, 'model': {**(params.get('model') or {}), **settings}}
 
+# %% ../nbs/12_study.ipynb #sp01
+def seed_pretrained(pretrained, seed_list: list) -> dict:
+    """`{seed: model folder}` of a study's `pretrained`: `''` none (the study pre-trains), one folder shared
+    by every seed, or a list with one folder per seed (the i-th seed of `seed_list` gets `pretrained[i]`)."""
+    if not pretrained: return {}
+    if isinstance(pretrained, (str, Path)): return {seed: str(check_init(pretrained)) for seed in seed_list}
+    models = list(pretrained)
+    if len(models) < len(seed_list):
+        raise ValueError(f"pretrained: {len(models)} model folder(s) for {len(seed_list)} seeds: give one "
+                         "pre-trained model per seed (the i-th seed fine-tunes pretrained[i]) or one shared "
+                         "model")
+    return {seed: str(check_init(model)) for seed, model in zip(seed_list, models)}
+
 # %% ../nbs/12_study.ipynb #kd01
 def pretrain_key(source: str, seed: int) -> str:
     "The key (and folder under the study's `out_dir`) of a study's pre-training on `source` with `seed`."
     return f'pretrain-{source}/seed-{seed}'
 
-def transfer_graph(out_dir, source: str, targets, methods, seed_list: list, pretrained: str = '',
+def transfer_graph(out_dir, source: str, targets, methods, seed_list: list, pretrained='',
                    target_fraction: float = 0.1, pretrain_params: dict | None = None,
                    finetune_params: dict | None = None) -> list:
-    "The `RunSpec`s of a transfer study: each seed's pre-training (unless `pretrained`), then the fine-tunes."
+    """The `RunSpec`s of a transfer study: each seed's pre-training (unless `pretrained`: one model, or one
+    per seed), then the fine-tunes."""
     out_dir, pretrain_params, finetune_params = Path(out_dir), pretrain_params or {}, finetune_params or {}
     own_pretraining = 'transrec-pretrained' in methods and not pretrained
+    models = seed_pretrained(pretrained, seed_list) if 'transrec-pretrained' in methods else {}
     specs = [RunSpec(pretrain_key(source, seed), 'pretrain', str(out_dir/pretrain_key(source, seed)),
                      dict(source=source, **{**pretrain_params, 'seed': seed}))
              for seed in seed_list if own_pretraining]
@@ -406,7 +421,7 @@ def transfer_graph(out_dir, source: str, targets, methods, seed_list: list, pret
             for seed in seed_list:
                 pretrained_run = method == 'transrec-pretrained'
                 from_run = pretrained_run and own_pretraining       # init: that pre-training's best model
-                model_dir = str(check_init(pretrained)) if pretrained_run and pretrained else 'scratch'
+                model_dir = models[seed] if pretrained_run and pretrained else 'scratch'
                 init = {} if from_run else {'init': model_dir}
                 params = dict(target=target, **init, target_fraction=target_fraction,
                               **_with_model({**finetune_params, 'seed': seed},
@@ -417,7 +432,7 @@ def transfer_graph(out_dir, source: str, targets, methods, seed_list: list, pret
     return specs
 
 # %% ../nbs/12_study.ipynb #x3456b29
-def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: str = '',
+def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained='',
                    methods=TRANSFER_METHODS, target_fraction: float = 0.1, seeds: int = 1,
                    pretrain_params: dict | None = None, finetune_params: dict | None = None,
                    workers: int = 1, cluster=None, progress: bool = True) -> dict:
@@ -442,7 +457,7 @@ def transfer_study(out_dir, source: str, targets=TRANSFER_TARGETS, pretrained: s
     if 'transrec-pretrained' in methods:
         for seed in seed_list:
             pre = outcome.get(pretrain_key(source, seed))
-            models[seed] = (check_init(pretrained) if pretrained else
+            models[seed] = (seed_pretrained(pretrained, seed_list)[seed] if pretrained else
                             None if isinstance(pre, RunFailure) else Path(pre['best_dir']))
     results, runs, dirs, regrets = {}, {}, {}, {}
     for target in targets:
