@@ -176,7 +176,7 @@ def test_tiny_transfer_study_on_two_workers_matches_one(tmp_path, monkeypatch):
 
 
 def test_study_notebooks_refuse_bad_workers_and_cluster_before_any_work():
-    from transrec.experiment import EXPERIMENT_PARAMS, experiment_params
+    from transrec.params import EXPERIMENT_PARAMS, experiment_params
     for experiment in ('transfer', 'scaling'):
         defaults = {name: default for name, (default, _) in EXPERIMENT_PARAMS[experiment].items()}
         with pytest.raises(ValueError, match=r'parameter workers=0: expected an integer in \[1, 4096\]'):

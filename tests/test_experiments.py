@@ -234,7 +234,7 @@ ANNOTATIONS = {str: 'str', int: 'int', float: 'float', bool: 'bool', list: 'list
 @pytest.mark.parametrize('nb', EXPERIMENT_NOTEBOOKS)
 def test_help_notebook_shows_type_and_help(nb):
     "`papermill --help-notebook`: every parameter has its Spec's type (no 'Unknown type') and a help text."
-    from transrec.experiment import EXPERIMENT_PARAMS, Spec
+    from transrec.params import EXPERIMENT_PARAMS, Spec
     shown = pm.inspect_notebook(str(NBS/f'{nb}.ipynb'))
     for name, p in shown.items():
         assert p['inferred_type_name'] not in ('None', None) and p['help'].strip(), (nb, p)

@@ -637,7 +637,7 @@ def test_class9_bad_parameter_names_and_ranges_fail_before_any_work(env, params,
 
 @pytest.mark.parametrize('experiment', EXPERIMENTS)
 def test_class9_parameters_cell_declares_exactly_the_library_parameters(experiment):
-    from transrec.experiment import EXPERIMENT_PARAMS, NOTEBOOK_NAMES
+    from transrec.params import EXPERIMENT_PARAMS, NOTEBOOK_NAMES
     nb = NBS/f'{experiment}.ipynb'
     cell = pm.inspect_notebook(str(nb))
     declared = EXPERIMENT_PARAMS[experiment]
@@ -652,7 +652,7 @@ def test_class9_parameters_cell_declares_exactly_the_library_parameters(experime
 
 
 def test_class9_transfer_methods_default_is_every_method():
-    from transrec.experiment import EXPERIMENT_PARAMS, TRANSFER_METHODS, experiment_params
+    from transrec.params import EXPERIMENT_PARAMS, TRANSFER_METHODS, experiment_params
     assert EXPERIMENT_PARAMS['transfer']['methods'][0] == list(TRANSFER_METHODS)
     ns = {k: d for k, (d, _) in EXPERIMENT_PARAMS['transfer'].items()}
     with pytest.raises(ValueError, match="unknown method 'sasrec'"): experiment_params('transfer', {**ns, 'methods': ['sasrec']})
@@ -713,7 +713,7 @@ def test_class11_truncated_checkpoint_falls_back_then_says_resume_fresh(tmp_path
 def test_class11_garbage_image_weights_and_corrupt_init_are_named(tmp_path):
     from transrec.core import ModelConfig
     from transrec.encoders import ImageEncoder
-    from transrec.experiment import check_init
+    from transrec.params import check_init
     from transrec.model import build_model, save_model
     junk = tmp_path/'w.pth'; junk.write_bytes(b'\x80\x02}q\x00garbage')
     with pytest.raises(ValueError) as e: ImageEncoder(ModelConfig(dim=8, image_weights=str(junk)))

@@ -8,8 +8,8 @@ import torch
 
 from transrec.core import ModelConfig, TrainConfig
 from transrec.data import load_dataset, tiny_mom, write_dataset
-from transrec.experiment import (EXPERIMENT_PARAMS, experiment_params, experiment_configs, run_experiment, split_users,
-                                 preset_configs)
+from transrec.params import EXPERIMENT_PARAMS, experiment_params, experiment_configs, preset_configs
+from transrec.experiment import run_experiment, split_users
 from transrec.metrics import metrics_from_ranks
 
 ID_MODEL = ModelConfig(kind='id_sasrec', dim=16, n_layers=1, n_heads=1, max_len=6)

@@ -5,7 +5,8 @@ import pytest
 
 from transrec.core import ModelConfig, TrainConfig
 from transrec.data import tiny_mom
-from transrec.experiment import run_experiment, experiment_params, EXPERIMENT_PARAMS
+from transrec.experiment import run_experiment
+from transrec.params import experiment_params, EXPERIMENT_PARAMS
 from transrec.model import load_model
 from transrec.strategies import STRATEGY_FILE
 

@@ -1246,7 +1246,7 @@ def measure_load_step(spec: LoadSpec) -> dict:
     "Sequences/s of the default training step in this process under threads policy `spec.policy`."
     import transrec.core
     from transrec.core import thread_plan, apply_thread_plan
-    from transrec.experiment import preset_configs
+    from transrec.params import preset_configs
     from transrec.model import build_model
     from transrec.encoders import make_content
     from transrec.train import TrainingRun, DistInfo, MetricsLog

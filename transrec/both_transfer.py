@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from .core import write_json
 from .cluster import RunSpec, RunFailure, run_graph, check_workers, cluster_kind
-from .experiment import (check_data_name, check_fraction, check_parts, DATA_PARTS, BOTH_SOURCES,
-                                 BOTH_TARGETS)
+from transrec.params import (check_data_name, check_fraction, check_parts, DATA_PARTS, BOTH_SOURCES,
+    BOTH_TARGETS)
 from .study import (run_or_reuse, study_seeds, pretrain_key, seed_interval, difference_interval, paired_cell,
                             format_interval, _gain_text, _p_text, markdown_table_html, failed_lines)
 

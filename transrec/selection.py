@@ -10,7 +10,7 @@ import time
 from .core import log, write_json
 from .study import (SELECTION_RULES, METHOD_LABELS, _gain_text, _significant_interval, format_interval,
                             pretrain_key, regret_summary, run_or_reuse, seed_interval, study_seeds)
-from .experiment import check_init
+from .params import check_init
 from .cluster import RunFailure, RunSpec, run_graph
 
 # %% auto #0

@@ -368,7 +368,7 @@ COST_FIELDS = ('trainable_parameters', 'total_parameters', 'optimizer_state_byte
 def ablation_runs(out_dir, targets, strategies, pretrained, seeds: int) -> list[dict]:
     "The grid: one dict (target, name, strategy, seed, init, dir) per run, checked before any work."
     # a target given as a MoM folder is named (and filed) by the folder's name
-    from transrec.experiment import check_data_name
+    from transrec.params import check_data_name
     from transrec.study import load_name
     for target in targets: check_data_name(target, 'targets')
     for strategy in strategies: check_strategy(strategy, 'strategies')
@@ -502,7 +502,7 @@ def ablation_study(out_dir, pretrained, targets=ABLATION_TARGETS, strategies=STR
 # %% ../nbs/13_strategies.ipynb #sa10
 def ablation_finetune_params(params: dict) -> dict:
     "What every fine-tune of a checked `ablation` notebook's `params` gets (seed and strategy: per run)."
-    from transrec.experiment import STUDY_RUN_PARAMS
+    from transrec.params import STUDY_RUN_PARAMS
     run = {name: params[name] for name in STUDY_RUN_PARAMS if name != 'seed'}
     epochs = {} if params['finetune_epochs'] is None else {'epochs': params['finetune_epochs']}
     return {**run, 'progress': False, 'adapter_size': params['adapter_size'], 'lora_rank': params['lora_rank'],

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from .core import log, jsonable, write_json
 from .cluster import RunSpec, RunFailure, run_graph, check_workers, cluster_kind
-from .experiment import (TRANSFER_METHODS, TRANSFER_TARGETS, RESUME_IGNORES, check_data_name, check_init,
-                                 check_fraction, flat_params, run_notebook, save_figure,
-                                 read_per_user)
+from .params import (TRANSFER_METHODS, TRANSFER_TARGETS, check_data_name, check_init,
+    check_fraction, flat_params)
+from .experiment import RESUME_IGNORES, run_notebook, save_figure, read_per_user
 
 # %% auto #0
 __all__ = ['METHOD_LABELS', 'SELECTION_RULES', 'RUN_SETTING_DEFAULTS', 'seed_interval', 'interval_excludes_zero', 'gain_interval',
@@ -340,7 +340,7 @@ def notebooks_dir(root=None) -> Path:
 def _training_settings_now(nb: str, params: dict) -> dict:
     "The TrainConfig settings a run of notebook `nb` with `params` would use now, preset defaults included."
     from dataclasses import asdict
-    from transrec.experiment import experiment_configs
+    from transrec.params import experiment_configs
     _, train_cfg = experiment_configs(nb, params)
     return {k: v for k, v in jsonable(asdict(train_cfg)).items() if k not in RESUME_IGNORES}
 
