@@ -13,8 +13,8 @@ from .data import load_dataset, keep_part
 from .metrics import mean_interval, paired_test, per_user_metrics
 
 # %% auto #0
-__all__ = ['FUSION_ARMS', 'SMALL_MODEL', 'SMALL_TRAIN', 'FusionStudy', 'both_domain', 'run_arm', 'summarise_fusion',
-           'compare_fusion', 'fusion_markdown', 'main']
+__all__ = ['FUSION_ARMS', 'SMALL_MODEL', 'SMALL_TRAIN', 'FusionStudy', 'both_domain', 'fusion_settings', 'run_arm',
+           'summarise_fusion', 'reusable_runs', 'compare_fusion', 'fusion_markdown', 'main']
 
 # %% ../nbs/17_fusion.ipynb #fu005
 # arm -> (the part kept, or None: the fused items; the fusion)
@@ -70,6 +70,12 @@ def both_domain(study: FusionStudy, data_dir):
                         text_signal=study.text_signal, silent_variants=study.silent_variants)
     return load_dataset(folder)
 
+# %% ../nbs/17_fusion.ipynb #fu011s
+def fusion_settings(study: FusionStudy) -> dict:
+    "What a run of `study` depends on besides its arm and seed: the world, its dials, the model and training."
+    settings = {key: value for key, value in asdict(study).items() if key not in ('seeds', 'arms')}
+    return json.loads(json.dumps(settings))             # as runs.jsonl will give it back
+
 # %% ../nbs/17_fusion.ipynb #fu012
 def run_arm(ds, arm: str, seed: int, study: FusionStudy, work_dir) -> dict:
     "Train arm `arm` of `study` on `ds` with `seed`: its test NDCG@10 per user and overall, the run's time."
@@ -91,7 +97,7 @@ def run_arm(ds, arm: str, seed: int, study: FusionStudy, work_dir) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
     ndcg = per_user_metrics(metrics['ranks'])['NDCG@10']
     return dict(arm=arm, seed=seed, ndcg=float(ndcg.mean()), per_user=ndcg.tolist(), epochs=result.epochs,
-                seconds=round(time.time() - start, 1))
+                seconds=round(time.time() - start, 1), settings=fusion_settings(study))
 
 # %% ../nbs/17_fusion.ipynb #fu014
 def summarise_fusion(runs: list[dict], study: FusionStudy) -> dict:
@@ -106,16 +112,29 @@ def summarise_fusion(runs: list[dict], study: FusionStudy) -> dict:
               for arm in per_user if FUSION_ARMS[arm][0] is None for other in one_part}
     return dict(study=asdict(study), arms=arms, paired=paired)
 
+# %% ../nbs/17_fusion.ipynb #fu015r
+def reusable_runs(runs: list[dict], settings: dict, log_file) -> list[dict]:
+    "`runs` (rows of `log_file`) if all were made with `settings`; else stop, naming what differs."
+    other = [run for run in runs if run.get('settings') != settings]
+    if not other: return runs
+    old = other[0].get('settings')
+    why = ('made before runs recorded their settings' if old is None else 'made with other settings: ' +
+           ', '.join(f'{key} {old.get(key)!r} (now {value!r})' for key, value in settings.items()
+                     if old.get(key) != value))
+    raise ValueError(f"{log_file}: {len(other)} of its {len(runs)} runs were {why}; give the study another "
+                     "folder (--out), or move runs.jsonl away to start over")
+
 # %% ../nbs/17_fusion.ipynb #fu016
 def compare_fusion(out_dir, study: FusionStudy | None = None, data_dir=None) -> dict:
     "Run (or reuse) every arm and seed of `study`; write and return `out_dir/fusion.json` (the summary)."
     study = study or FusionStudy()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ds = both_domain(study, data_dir or out_dir/'data')
     log_file, runs = out_dir/'runs.jsonl', []
     if log_file.is_file():
         runs = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    runs = reusable_runs(runs, fusion_settings(study), log_file)    # before any work
+    ds = both_domain(study, data_dir or out_dir/'data')
     done = {(run['arm'], run['seed']) for run in runs}
     for seed in study.seeds:
         for arm in study.arms:
