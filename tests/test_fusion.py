@@ -11,13 +11,14 @@ TINY = ModelConfig(dim=8, n_layers=1, n_heads=1, max_len=4, image_size=16, text_
                    text_trainable_blocks=0, image_trainable_blocks=0)
 
 
-def test_finetune_with_another_fusion_is_refused_before_any_work(tmp_path, monkeypatch):
-    "A checkpoint trained with fusion 'sum' fine-tuned with 'gate': refused, naming both, before data or output."
+@pytest.mark.parametrize('field, value, saved', [('fusion', 'gate', 'sum'), ('part_norm', 'layer', 'none')])
+def test_finetune_with_another_item_tower_is_refused_before_any_work(tmp_path, monkeypatch, field, value, saved):
+    "A checkpoint fine-tuned with another fusion or part_norm: refused, naming both, before data or output."
     from transrec.model import build_model, save_model
-    checkpoint = save_model(build_model(TINY), tmp_path/'sum-model')
+    checkpoint = save_model(build_model(TINY), tmp_path/'saved-model')
     monkeypatch.setenv('TRANSREC_DATA', str(tmp_path/'data'))
-    with pytest.raises(ValueError, match=r"fusion='gate' \(checkpoint: 'sum'\)"):
-        run_experiment('tn_both', tmp_path/'run', TINY.replace(fusion='gate'), TrainConfig(device='cpu'),
+    with pytest.raises(ValueError, match=rf"{field}='{value}' \(checkpoint: '{saved}'\)"):
+        run_experiment('tn_both', tmp_path/'run', TINY.replace(**{field: value}), TrainConfig(device='cpu'),
                        init=str(checkpoint), scale=0.05, experiment='finetune', progress=False)
     assert not (tmp_path/'data').exists() and not (tmp_path/'run').exists()
 
@@ -61,37 +62,37 @@ def test_both_items_through_the_pixel_store_and_the_loader(tmp_path):
         torch.testing.assert_close(stored.pixels(both), decoded.pixels(both))
 
 
+def _silent_parts_study(text_signal: float, arms: tuple):
+    """Seed 0 of the measured silent-parts comparison (reports/results/both/keep-last/silent-parts/epochs-20/
+    part_norm-none): `tn_both` at scale 0.5 (400 users), every silent title or cover one of 4 shared by the domain
+    (it names neither a topic nor an item), the default small model trained 20 epochs, the last kept."""
+    from transrec.fusion import SMALL_MODEL, SMALL_TRAIN, FusionStudy
+    return FusionStudy(text_signal=text_signal, silent_variants=4, seeds=(0,), arms=arms,
+                       model={**SMALL_MODEL, 'image_batchnorm': 'batch'}, train={**SMALL_TRAIN, 'epochs': 20})
+
+
 @pytest.mark.slow
 def test_fusion_beats_either_part_where_both_carry_signal(tmp_path):
-    """On `tn_both` (scale 0.5, 400 users, text_signal 0.5: the click signal in half the titles and half the
-    covers), seed 0 of the measured comparison (reports/results/both/text_signal_0.5): fused ('sum') beats text
-    only and image only over the same test users (measured: +0.010 [-0.001, +0.021] and +0.005 [-0.002, +0.013]
-    NDCG@10). Single-threaded CPU training is deterministic, so this reruns those runs: about 2 minutes per arm
-    on a quiet 2-core CPU."""
-    from transrec.fusion import FusionStudy, compare_fusion
-    study = FusionStudy(text_signal=0.5, seeds=(0,), arms=('text only', 'image only', 'sum'))
-    paired = compare_fusion(tmp_path, study)['paired']
+    """text_signal 0.5: the click signal in half the titles and half the covers. Fused ('sum') beats text only and
+    image only over the same 400 test users (measured, seed 0: +0.0336 [+0.0125, +0.0554] and +0.0637 [+0.0400,
+    +0.0882] NDCG@10; 3 seeds: +0.0373 and +0.0596). Single-threaded CPU training is deterministic, so this reruns
+    those runs: 4-6 minutes on a quiet 2-core CPU."""
+    from transrec.fusion import compare_fusion
+    paired = compare_fusion(tmp_path, _silent_parts_study(0.5, ('text only', 'image only', 'sum')))['paired']
     for part in ('text only', 'image only'):
-        assert paired[f'sum vs {part}']['diff'] > 0, paired
-        assert paired[f'sum vs {part}']['low'] > -0.01, paired
+        assert paired[f'sum vs {part}']['low'] > 0, paired
 
 
 @pytest.mark.slow
 def test_fusion_matches_the_titles_where_only_titles_carry_signal(tmp_path):
-    """On `tn_both` (scale 0.5, 400 users) with text_signal 1 (every cover silent) and silent_variants 4 (each
-    silent cover one of 4 shared by the domain: it names neither a topic nor an item), image_batchnorm 'frozen':
-    seed 0 of the measured comparison (reports/results/both/shared-silent-parts/image_batchnorm-frozen/
-    text_signal_1). Fused ('sum') matches text only (measured: -0.0019 [-0.0090, +0.0046] NDCG@10 over the same
-    400 users; over the 3 measured seeds a small cost remains, -0.0059 [-0.0108, -0.0013], seed 2 alone -0.0109)
-    and image only is clearly below (0.0000: every cover is one of 4, so its items tie). It fails where the fused
-    model leans on the cover: a cover unique to its item (silent_variants 0: +0.022 [+0.002, +0.041]
-    over text only) or BatchNorm on batch statistics in the trained ResNet stage (image_batchnorm 'batch': sum
-    0.0529 vs text only 0.0895). Single-threaded CPU training is deterministic, so this reruns those runs: about
-    1-2 minutes per arm on a quiet 2-core CPU."""
-    from transrec.fusion import SMALL_MODEL, FusionStudy, compare_fusion
-    study = FusionStudy(text_signal=1.0, silent_variants=4, seeds=(0,), arms=('text only', 'image only', 'sum'),
-                        model={**SMALL_MODEL, 'image_batchnorm': 'frozen'})
-    summary = compare_fusion(tmp_path, study)
+    """text_signal 1: every cover silent, one of 4. In seed 0, fused ('sum') matches text only over the 400 users
+    (measured: -0.0031 [-0.0154, +0.0090]) and image only is clearly below (0.0000: its items tie in 4 groups).
+    Over 5 seeds a cost remains, -0.0086 [-0.0151, -0.0022] (seeds 2 and 3: -0.0224, -0.0156), so this guards the
+    measured seed 0, not the claim in general (issue 21 item 4 stays open on it). Trained 10 epochs the cost is
+    larger (-0.0199 [-0.0306, -0.0098], 3 seeds): a silent cover starts loud and needs epochs to be set aside.
+    4-6 minutes."""
+    from transrec.fusion import compare_fusion
+    summary = compare_fusion(tmp_path, _silent_parts_study(1.0, ('text only', 'image only', 'sum')))
     arms, paired = summary['arms'], summary['paired']
     assert paired['sum vs text only']['low'] <= 0 <= paired['sum vs text only']['high'], paired
     assert arms['image only']['mean'] < arms['text only']['mean'] - 0.03, arms
@@ -100,14 +101,11 @@ def test_fusion_matches_the_titles_where_only_titles_carry_signal(tmp_path):
 
 @pytest.mark.slow
 def test_fusion_matches_the_covers_where_only_covers_carry_signal(tmp_path):
-    """The mirror image with the default model: on `tn_both` (scale 0.5) with text_signal 0 (every title silent)
-    and silent_variants 4, seed 0 of reports/results/both/shared-silent-parts/image_batchnorm-batch/text_signal_0.
-    Fused ('sum') matches image only (measured: -0.0057 [-0.0153, +0.0041] NDCG@10 over 400 users; 3 seeds
-    -0.0027 [-0.0081, +0.0027]) and text only is clearly below (0.0000: every title is one of 4, so its items
-    tie). Deterministic single-threaded reruns: about 1 minute per arm on a quiet 2-core CPU."""
-    from transrec.fusion import FusionStudy, compare_fusion
-    study = FusionStudy(text_signal=0.0, silent_variants=4, seeds=(0,), arms=('text only', 'image only', 'sum'))
-    summary = compare_fusion(tmp_path, study)
+    """The mirror image: text_signal 0, every title silent, one of 4. Fused ('sum') matches image only (measured,
+    seed 0: +0.0014 [-0.0051, +0.0079]; 3 seeds +0.0017 [-0.0027, +0.0061]) and text only is clearly below (its
+    items tie in 4 groups). 4-6 minutes."""
+    from transrec.fusion import compare_fusion
+    summary = compare_fusion(tmp_path, _silent_parts_study(0.0, ('text only', 'image only', 'sum')))
     arms, paired = summary['arms'], summary['paired']
     assert paired['sum vs image only']['low'] <= 0 <= paired['sum vs image only']['high'], paired
     assert arms['text only']['mean'] < arms['image only']['mean'] - 0.03, arms

@@ -114,7 +114,8 @@ MODEL_CHOICES = dict(kind=('transrec', 'frozen', 'id_sasrec', 'popularity'),
                      image_model=('resnet18', 'resnet34', 'resnet50'), readout=('causal', 'last'),
                      loss=('bce', 'softmax'), train_windows=(None, 'all', 'last'), tower_norm=('pre', 'post'),
                      positions=('newest', 'oldest'), modality_embedding=('items', 'history', 'none'),
-                     fusion=('sum', 'concat', 'gate'), image_batchnorm=('batch', 'frozen'))
+                     fusion=('sum', 'concat', 'gate'), image_batchnorm=('batch', 'frozen', 'calibrated'),
+                     part_norm=('none', 'layer'))
 
 @dataclass
 class ModelConfig(JSONConfig):
@@ -135,11 +136,15 @@ class ModelConfig(JSONConfig):
     image_std: tuple = (0.229, 0.224, 0.225)
     image_batchnorm: str = 'batch'    # BatchNorm of the trained stages: 'batch' (batch statistics while
                                       # training) | 'frozen' (kept as loaded: running statistics, scale, shift)
+                                      # | 'calibrated' (frozen after re-estimating the statistics over the
+                                      # training data's covers: transrec.encoders.calibrate_image_norms)
     modality_embedding: str = 'items' # on 'items' | 'history' (user-tower input only) | 'none'
     # items with a title and a cover (modality 'both')
     fusion: str = 'sum'               # their two part vectors: 'sum' | 'concat' (-> Linear) | 'gate' (learned);
                                       # 'sum' measured as good as the others (reports/results/both)
     modality_dropout: float = 0.0     # training: probability of dropping one part of a both item, in [0, 1)
+    part_norm: str = 'none'           # each part's vector (every title, every cover) before the modality
+                                      # embedding and fusion: 'none' | 'layer' (LayerNorm, learned scale, shift)
     # user tower
     n_layers: int = 2                 # reference: 4
     n_heads: int = 2                  # reference: 4

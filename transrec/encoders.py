@@ -21,7 +21,8 @@ from .batches import pixel_store_dir
 __all__ = ['SAFE_WEIGHT_FILES', 'PICKLE_WEIGHT_PATTERNS', 'dataset_item_key', 'dataset_content_key', 'freeze_',
            'count_parameters', 'text_model_path', 'UnsafeWeightsError', 'check_text_weights', 'library_reason',
            'AttentionPooling', 'ReferencePooling', 'TextEncoder', 'load_image_weights', 'ImageEncoder', 'PrefixCache',
-           'ItemContent', 'make_content', 'PartFusion', 'parts_used', 'part_embedding', 'ItemTower']
+           'ItemContent', 'make_content', 'PartFusion', 'parts_used', 'part_embedding', 'ItemTower',
+           'calibrate_image_norms']
 
 # %% ../nbs/05_encoders.ipynb #c007
 def _sha1(parts) -> str:
@@ -378,12 +379,15 @@ class ImageEncoder(_Fingerprinted, nn.Module):
 
     def prefix_modules(self): return [module for block in self.blocks()[:self.n_frozen] for module in block]
 
-    def frozen_modules(self):
-        "The prefix; with `image_batchnorm='frozen'` also the BatchNorm layers of the trained stages."
-        if self.cfg.image_batchnorm != 'frozen': return self.prefix_modules()
+    def trained_norms(self) -> list[nn.BatchNorm2d]:
+        "The BatchNorm layers of the trained stages."
         trained = [module for block in self.blocks()[self.n_frozen:] for module in block]
-        norms = [norm for module in trained for norm in module.modules() if isinstance(norm, nn.BatchNorm2d)]
-        return self.prefix_modules() + norms
+        return [norm for module in trained for norm in module.modules() if isinstance(norm, nn.BatchNorm2d)]
+
+    def frozen_modules(self):
+        "The prefix; unless `image_batchnorm='batch'` also the trained stages' BatchNorm layers."
+        if self.cfg.image_batchnorm == 'batch': return self.prefix_modules()
+        return self.prefix_modules() + self.trained_norms()
 
     def run_blocks(self, x, start, stop):
         for block in self.blocks()[start:stop]:
@@ -798,6 +802,8 @@ class ItemTower(nn.Module):
         self.modality_embedding = nn.Embedding(len(PARTS), cfg.dim) if on_items else None
         if self.modality_embedding is not None:
             nn.init.normal_(self.modality_embedding.weight, std=0.02)   # start as a small offset
+        self.part_norms = (nn.ModuleList([nn.LayerNorm(cfg.dim) for _ in PARTS]) if cfg.part_norm == 'layer'
+                           else None)
         self.fusion = PartFusion(cfg.fusion, cfg.dim)
 
     def encoders(self) -> list[nn.Module]: return [self.text, self.image]
@@ -824,6 +830,7 @@ class ItemTower(nn.Module):
             if len(selected):
                 options = dict(bucketed=bucketed) if encoder.modality == 'text' else {}
                 part_vecs = encoder(items[selected], content, **options)
+                if self.part_norms is not None: part_vecs = self.part_norms[code](part_vecs)
                 if self.modality_embedding is not None:
                     part_vecs = part_vecs + self.modality_embedding.weight[code]
                 vecs = vecs.index_copy(0, selected.to(device), part_vecs.to(vecs.dtype))
@@ -832,3 +839,31 @@ class ItemTower(nn.Module):
         vecs = torch.where(text_only[:, None], full[0], full[1])
         if len(both): vecs = vecs.index_copy(0, both, self.fusion(full[0][both], full[1][both]).to(vecs.dtype))
         return vecs
+
+# %% ../nbs/05_encoders.ipynb #bn02
+def calibrate_image_norms(tower: ItemTower, content: ItemContent, seed: int = 0, n_covers: int = 2048,
+                          chunk: int = 256) -> int:
+    """With `image_batchnorm='calibrated'`: set the running statistics of the image encoder's trained-stage
+    BatchNorm layers to their average over up to `n_covers` of `content`'s covers (drawn with `seed`), read in
+    chunks of about `chunk`. Returns how many covers were read (0: nothing to calibrate)."""
+    norms = tower.image.trained_norms()
+    if tower.cfg.image_batchnorm != 'calibrated' or not norms: return 0
+    with_cover = np.nonzero(has_part(content.modality.numpy(), 'image'))[0]
+    if len(with_cover) > n_covers:
+        with_cover = np.sort(np.random.default_rng(seed).choice(with_cover, n_covers, replace=False))
+    if len(with_cover) < 2: return 0                        # one cover has no batch variance to average
+    states = [(norm.momentum, norm.training) for norm in norms]
+    try:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None                             # a cumulative average over the chunks
+            norm.train()
+        with torch.no_grad():
+            for part in np.array_split(with_cover, max(1, len(with_cover) // max(chunk, 2))):
+                tower.image(torch.as_tensor(part), content)
+    finally:
+        for norm, (momentum, training) in zip(norms, states):
+            norm.momentum = momentum
+            norm.train(training)
+    return len(with_cover)
+

@@ -14,7 +14,7 @@ from .metrics import mean_interval, paired_test, per_user_metrics
 
 # %% auto #0
 __all__ = ['FUSION_ARMS', 'SMALL_MODEL', 'SMALL_TRAIN', 'FusionStudy', 'both_domain', 'fusion_settings', 'run_arm',
-           'summarise_fusion', 'reusable_runs', 'compare_fusion', 'fusion_markdown', 'main']
+           'summarise_fusion', 'reusable_runs', 'compare_fusion', 'fusion_markdown', 'cli_model', 'main']
 
 # %% ../nbs/17_fusion.ipynb #fu005
 # arm -> (the part kept, or None: the fused items; the fusion)
@@ -24,8 +24,8 @@ FUSION_ARMS = {'text only': ('text', 'sum'), 'image only': ('image', 'sum'),
 # %% ../nbs/17_fusion.ipynb #fu008
 SMALL_MODEL = dict(dim=32, n_layers=1, n_heads=1, max_len=10, image_size=32, text_max_tokens=16,
                    text_trainable_blocks=0, image_trainable_blocks=1)
-SMALL_TRAIN = dict(epochs=10, batch_size=64, warmup_steps=10, patience=3, device='cpu', amp='none',
-                   num_workers=0, threads=1, keep_at_end='best')
+SMALL_TRAIN = dict(epochs=10, batch_size=64, warmup_steps=10, select_on='last', patience=0, device='cpu',
+                   amp='none', num_workers=0, threads=1, keep_at_end='best')   # every epoch; the last one kept
 
 
 @dataclass
@@ -153,8 +153,10 @@ def fusion_markdown(summary: dict) -> str:
     study = summary['study']
     dials = (f", silent parts: {study['silent_variants']} shared variants" if study.get('silent_variants')
              else '')
-    if study['model'].get('image_batchnorm', 'batch') != 'batch':
-        dials += f", image_batchnorm {study['model']['image_batchnorm']!r}"
+    model_defaults = {**ModelConfig().to_dict(), **SMALL_MODEL}
+    changed = {name: value for name, value in study['model'].items() if model_defaults.get(name) != value}
+    changed.update({name: value for name, value in study['train'].items() if SMALL_TRAIN.get(name) != value})
+    dials += ''.join(f", {name} {value!r}" for name, value in changed.items())
     lines = [f"On `{study['domain']}` (scale {study['scale']}, text_signal {study['text_signal']}{dials}), "
              f"{len(study['seeds'])} seeds, test NDCG@10:", '', '| arm | NDCG@10 (95% interval over seeds) |',
              '|---|---|']
@@ -166,6 +168,13 @@ def fusion_markdown(summary: dict) -> str:
         lines.append(f"| {name} | {test['diff']:+.4f} [{test['low']:+.4f}, {test['high']:+.4f}] | "
                      f"{test['p_value']:.2g} | {test['n_users']} |")
     return '\n'.join(lines)
+
+# %% ../nbs/17_fusion.ipynb #fu020c
+def cli_model(image_batchnorm: str = 'batch', part_norm: str = 'none') -> dict:
+    "The `model` of the CLI's study: `SMALL_MODEL` with its two flags (`part_norm` only where it is set)."
+    model = {**SMALL_MODEL, 'image_batchnorm': image_batchnorm}
+    return model if part_norm == 'none' else {**model, 'part_norm': part_norm}
+
 
 # %% ../nbs/17_fusion.ipynb #fu021
 def main(argv: list[str] | None = None) -> int:
@@ -182,13 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--epochs', type=int, default=SMALL_TRAIN['epochs'])
     parser.add_argument('--image-batchnorm', choices=MODEL_CHOICES['image_batchnorm'], default='batch',
                         help="the trained ResNet stage's BatchNorm (ModelConfig.image_batchnorm)")
+    parser.add_argument('--part-norm', choices=MODEL_CHOICES['part_norm'], default='none',
+                        help="each part's vector normalised before fusion (ModelConfig.part_norm)")
     parser.add_argument('--data-dir', default=None, help='where the domain is built (default: OUT/data)')
     args = parser.parse_args(argv)
     try:
         study = FusionStudy(args.domain, args.scale, args.text_signal, args.silent_variants,
                             seeds=tuple(range(args.seeds)),
                             arms=tuple(arm.strip() for arm in args.arms.split(',')),
-                            model={**SMALL_MODEL, 'image_batchnorm': args.image_batchnorm},
+                            model=cli_model(args.image_batchnorm, args.part_norm),
                             train={**SMALL_TRAIN, 'epochs': args.epochs})
     except ValueError as error: parser.error(str(error))
     summary = compare_fusion(args.out, study, args.data_dir)

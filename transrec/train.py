@@ -622,6 +622,14 @@ class TrainingRun:
 def _config_diff(old: dict, new: dict) -> dict:
     return {key: (old.get(key), value) for key, value in new.items() if old.get(key) != value}
 
+# %% ../nbs/08_train.ipynb #bn03
+def _calibrate_image_norms(model, content, seed: int) -> int:
+    "`encoders.calibrate_image_norms` for a content model; 0 for an ID model or another `image_batchnorm`."
+    from transrec.encoders import calibrate_image_norms
+    tower = getattr(model, 'item_tower', None)
+    return 0 if tower is None or content is None else calibrate_image_norms(tower, content, seed)
+
+
 # %% ../nbs/08_train.ipynb #xdfd32fd
 @patch
 def start(self: TrainingRun, resume: bool = True):
@@ -654,6 +662,11 @@ def start(self: TrainingRun, resume: bool = True):
                      steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                      synthetic=getattr(self.ds, 'synthetic', None), environment=environment_info(),
                      threads=dict(asdict(self.threads), described=self.threads.describe()))
+        covers = _calibrate_image_norms(model, self.content, cfg.seed)
+        if covers:
+            events.write('batchnorm_calibrated', covers=covers)
+            if dist_info.is_main: log.info(f"image_batchnorm='calibrated': the trained ResNet stages' BatchNorm "
+                                           f"statistics set from {covers} covers")
     if dist_info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
         # content models run one encoder per modality: a rank's slice may hold no image (or no text) item
