@@ -365,7 +365,8 @@ def _check_trained_on(model, ds):
 def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, device=None, users=None,
              item_vecs: torch.Tensor | None = None, ks=(5, 10, 20), chunk_size: int = 1024,
              return_ranks: bool = False, check_data: bool = True) -> dict:
-    "Full-ranking metrics of `model` on `split` of `ds` (history masked), with the per-modality breakdown."
+    """Full-ranking metrics of `model` on `split` of `ds` (history masked), with the per-modality breakdown.
+    `return_ranks`: also each user's `ranks`, row in `ds` (`users`), `user_vecs` and `targets`."""
     from transrec.batches import history_items
     if split not in ('valid', 'test'):
         raise ValueError(f"split={split!r}: use 'valid' or 'test'")
@@ -388,6 +389,7 @@ def evaluate(model, ds, content, split: str = 'test', batch_size: int = 256, dev
                                 item_modality=ds.modality, return_ranks=return_ranks)
         if return_ranks:
             out['users'] = np.asarray(user_rows, dtype=np.int64)   # row of each rank in `ds`
+            out['user_vecs'], out['targets'] = user_vecs, np.asarray(targets)   # what the ranks came from
         return out
     finally:
         model.train(was_training)

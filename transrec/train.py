@@ -494,7 +494,7 @@ def _target_cross_entropy(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targ
 @torch.no_grad()
 def _validation_metrics(model, ds, content, split, device, amp_dtype, users=None) -> dict:
     "`evaluate`'s metrics plus `NDCG@10_se`, `loss` (mean target cross-entropy) and `loss_se`."
-    from transrec.metrics import per_user_metrics, user_vectors_for
+    from transrec.metrics import per_user_metrics
     was_training = model.training
     model.eval()
     try:
@@ -502,10 +502,10 @@ def _validation_metrics(model, ds, content, split, device, amp_dtype, users=None
             item_vecs = model.all_item_vectors(content).float().to(device)
             metrics = evaluate(model, ds, content, split=split, device=device, users=users, item_vecs=item_vecs,
                                return_ranks=True)
-            user_vecs, _, targets = user_vectors_for(model, ds, item_vecs, split, users=users, device=device)
     finally: model.train(was_training)
     ndcg = per_user_metrics(metrics.pop('ranks'), ks=(10,))['NDCG@10']
     metrics.pop('users')
+    user_vecs, targets = metrics.pop('user_vecs'), metrics.pop('targets')   # the ranks' own, not computed again
     losses = _target_cross_entropy(user_vecs, item_vecs, targets, getattr(model.cfg, 'temperature', 1.0))
     return {**metrics, 'NDCG@10_se': _standard_error(ndcg), 'loss': float(losses.mean()),
             'loss_se': _standard_error(losses)}
