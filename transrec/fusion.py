@@ -24,7 +24,7 @@ FUSION_ARMS = {'text only': ('text', 'sum'), 'image only': ('image', 'sum'),
 # %% ../nbs/17_fusion.ipynb #fu008
 SMALL_MODEL = dict(dim=32, n_layers=1, n_heads=1, max_len=10, image_size=32, text_max_tokens=16,
                    text_trainable_blocks=0, image_trainable_blocks=1)
-SMALL_TRAIN = dict(epochs=10, batch_size=64, warmup_steps=10, select_on='last', patience=0, device='cpu',
+SMALL_TRAIN = dict(epochs=40, batch_size=64, warmup_steps=10, select_on='last', patience=0, device='cpu',
                    amp='none', num_workers=0, threads=1, keep_at_end='best')   # every epoch; the last one kept
 
 
