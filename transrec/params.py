@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 # core first: it sets OpenMP's wait policy before torch loads (see core's "Threads on a shared machine")
 from .core import (ModelConfig, TrainConfig, resolve_device, log, banner, environment_info,
-                           seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS, KEEP_AT_END)
+                           seed_everything, jsonable, write_json, SELECT_ON, SELECT_WEIGHTS, KEEP_AT_END,
+                           MODEL_CHOICES)
 import numpy as np
 import torch
 
@@ -195,17 +196,12 @@ MODEL_SIZES = dict(dim=Spec(int, 1, 4096), n_layers=Spec(int, 1, 64), n_heads=Sp
                    image_trainable_blocks=Spec(int, 0, 5), image_size=Spec(int, 16, 2048),
                    text_max_tokens=Spec(int, 4, 4096))
 MODEL_SPECS = dict(
-    kind=Spec(choices=('transrec', 'frozen', 'id_sasrec', 'popularity')), **MODEL_SIZES,
-    dropout=Spec(float, 0, 0.99), readout=Spec(choices=('causal', 'last')),
+    **{name: Spec(choices=MODEL_CHOICES[name])     # the choices ModelConfig itself checks, one list of each
+       for name in ('kind', 'readout', 'text_pooling', 'image_model', 'tower_norm', 'positions',
+                    'modality_embedding', 'fusion', 'image_batchnorm', 'part_norm')},
+    **MODEL_SIZES, dropout=Spec(float, 0, 0.99),
     loss=Spec(choices=('softmax', 'bce')), n_neg=Spec(int, 1, 10_000), text_model=Spec(str),
-    text_pooling=Spec(choices=('cls', 'mean', 'attention', 'reference')),
-    image_model=Spec(choices=('resnet18', 'resnet34', 'resnet50')), image_weights=Spec(str, check=_file),
-    tower_norm=Spec(choices=('pre', 'post')), ffn_dim=Spec(int, 0, 1_000_000),
-    positions=Spec(choices=('newest', 'oldest')),
-    modality_embedding=Spec(choices=('items', 'history', 'none')),
-    fusion=Spec(choices=('sum', 'concat', 'gate')), modality_dropout=Spec(float, 0, 0.99),
-    image_batchnorm=Spec(choices=('batch', 'frozen', 'calibrated')),
-    part_norm=Spec(choices=('none', 'layer')),
+    image_weights=Spec(str, check=_file), ffn_dim=Spec(int, 0, 1_000_000), modality_dropout=Spec(float, 0, 0.99),
     train_windows=Spec(choices=('all', 'last')), n_pos=Spec(int, 1, 10_000),
     temperature=Spec(float, 0, 100, lo_open=True),
     image_mean=Spec(list, item=Spec(float, 0, 1), check=_per_channel),
